@@ -1,0 +1,381 @@
+"""``lopt``: the command line, a thin entrance to Hydra-composed configs.
+
+    lopt list tasks|optimizers|suites [PATTERN]
+    lopt bench [-m] task=NAME[,NAME...] optimizer=NAME[,NAME...] [optimizer.lr=0.01] [steps=N]
+               [seeds=N] [out=PATH.csv] [device=cpu|cuda] [threads=N] [max_seconds=S] ...
+    lopt suite name=SUITE [seeds=N] [out=PATH.csv] [report=true] ...
+    lopt report in=PATH.csv out=DIR [reference=OPTIMIZER] [target_split=train]
+
+Overrides are Hydra's ``key=value``. Optimizer hyperparameters are ``optimizer.NAME=VALUE``
+(``optimizer.lr=0.01``); task settings are ``task.NAME=VALUE``. In ``bench``, comma lists of
+``task`` and ``optimizer`` run every combination; ``-m`` (``--multirun``) also sweeps comma lists
+of any other key (``-m optimizer.lr=0.001,0.01``). ``lopt COMMAND --help`` prints the command's
+keys and defaults.
+
+Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 130 interrupted (rerun
+the same command to resume), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import UsageError
+
+USAGE = __doc__.split("\n\n")[0] if __doc__ else ""
+ALWAYS_SWEPT = {"bench": ("task", "optimizer")}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lopt`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return dispatch(args)
+    except UsageError as exc:
+        print(f"lopt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "lopt: interrupted; finished runs are saved: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def dispatch(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = args[0], args[1:]
+    if command == "list":
+        return list_command(rest)
+    if command not in ("bench", "suite", "report"):
+        raise UsageError(
+            f"unknown command {command!r}; the commands are list, bench, suite, report"
+        )
+    multirun = False
+    overrides = []
+    show_help = False
+    for arg in rest:
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in ("-h", "--help"):
+            show_help = True
+        elif arg.startswith("-"):
+            raise UsageError(f"unknown option {arg!r}; options are -m/--multirun and -h/--help")
+        else:
+            overrides.append(arg)
+    if multirun and command != "bench":
+        raise UsageError(f"-m (multirun) is supported by `lopt bench`, not by `lopt {command}`")
+    return {"bench": bench_command, "suite": suite_command, "report": report_command}[command](
+        overrides, multirun=multirun, show_help=show_help
+    )
+
+
+# -- lopt list -------------------------------------------------------------------------------------
+def list_command(args: list[str]) -> int:
+    from harness.config import list_suites
+    from harness.registry import OPTIMIZERS, TASKS
+
+    kinds = ("tasks", "optimizers", "suites")
+    if not args or args[0] not in kinds or len(args) > 2:
+        raise UsageError("usage: lopt list tasks|optimizers|suites [PATTERN]")
+    kind, pattern = args[0], (args[1] if len(args) == 2 else None)
+    if kind == "suites":
+        import fnmatch
+
+        for name in list_suites():
+            if pattern is None or fnmatch.fnmatchcase(name, pattern):
+                print(name)
+        return 0
+    registry = TASKS if kind == "tasks" else OPTIMIZERS
+    for name in registry.names(pattern):
+        entry = registry.get(name)
+        factory = entry.factory
+        if kind == "tasks":
+            detail = (
+                f"steps={getattr(factory, 'default_steps', '?')} "
+                f"pairs_with={','.join(getattr(factory, 'pairs_with', ('*',)))}"
+            )
+        else:
+            detail = " ".join(
+                f"{spec.name}={spec.default!r}" for spec in getattr(factory, "hparam_specs", ())
+            )
+        source = "" if entry.source == "builtin" else f"  [{entry.source}]"
+        print(f"{name:<16} {entry.description}{source}\n{'':<16} {detail}")
+    return 0
+
+
+# -- override handling ---------------------------------------------------------------------------
+def parse_overrides(overrides: list[str]) -> list[Any]:
+    """Hydra ``Override`` objects, or a one-line ``UsageError`` for a malformed one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        bad = next((o for o in overrides if _malformed(o)), overrides[0] if overrides else "")
+        raise UsageError(
+            f"malformed override {bad!r}: overrides are key=value (e.g. optimizer.lr=0.01, "
+            "optimizer=adam,sgd)"
+        ) from exc
+
+
+def _malformed(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except HydraException:
+        return True
+    return False
+
+
+def load_plugins(parsed: list[Any]) -> list[str]:
+    """Import the modules named by a ``plugins=`` override; returns the rewritten override."""
+    from harness.registry import load_plugin_modules
+
+    for override in parsed:
+        if override.key_or_group == "plugins":
+            value = override.value()
+            modules = [value] if isinstance(value, str) else list(value)
+            load_plugin_modules(modules)
+            return [f"plugins=[{','.join(modules)}]"]
+    return []
+
+
+def expand_sweeps(parsed: list[Any], command: str, multirun: bool) -> list[list[str]]:
+    """The override lists of every combination of the comma lists (a single list if none)."""
+    fixed: list[str] = []
+    axes: list[list[str]] = []
+    for override in parsed:
+        key = override.key_or_group
+        if key == "plugins":
+            continue
+        if override.is_sweep_override():
+            if not (multirun or key in ALWAYS_SWEPT.get(command, ())):
+                raise UsageError(
+                    f"{override.input_line!r} is a comma list: add -m to sweep over it, or quote "
+                    f"it ({key}='a,b') to pass one string"
+                )
+            prefix = override.get_key_element()
+            axes.append([f"{prefix}={value}" for value in override.sweep_string_iterator()])
+        else:
+            fixed.append(override.input_line)
+    return [fixed + list(combo) for combo in itertools.product(*axes)] if axes else [fixed]
+
+
+def check_keys(parsed: list[Any], command: str) -> None:
+    """Friendly one-line errors for the mistakes Hydra would report cryptically."""
+    from harness.registry import OPTIMIZERS, TASKS
+
+    hparam_names = {
+        spec.name
+        for name in OPTIMIZERS.names()
+        for spec in getattr(OPTIMIZERS.get(name).factory, "hparam_specs", ())
+    }
+    selected: dict[str, list[str]] = {"task": [], "optimizer": []}
+    for override in parsed:
+        key = override.key_or_group
+        if key in selected and command == "bench":
+            values = (
+                list(override.sweep_string_iterator())
+                if override.is_sweep_override()
+                else [str(override.value())]
+            )
+            registry = TASKS if key == "task" else OPTIMIZERS
+            for value in values:
+                registry.get(value)  # UnknownNameError with close matches
+            selected[key] = values
+        elif key in hparam_names and command in ("bench", "suite"):
+            raise UsageError(
+                f"unknown key {key!r}: optimizer hyperparameters are set as "
+                f"optimizer.{key}=VALUE (one way only)"
+            )
+    if command != "bench":
+        return
+    optimizers = selected["optimizer"] or ["adam"]
+    for override in parsed:
+        key = override.key_or_group
+        if key.startswith("optimizer.") and not override.is_add():
+            name = key.split(".", 1)[1]
+            for optimizer in optimizers:
+                specs = getattr(OPTIMIZERS.get(optimizer).factory, "hparam_specs", ())
+                allowed = [spec.name for spec in specs]
+                if name not in allowed:
+                    raise UsageError(
+                        f"{optimizer} takes no hyperparameter {name!r}; it takes: "
+                        f"{', '.join(allowed) or 'none'}"
+                    )
+
+
+def composed(command: str, overrides: list[str], multirun: bool) -> list[DictConfig]:
+    """Parse, check and compose: one config per combination of the swept values."""
+    from harness.config import compose_config, hydra_context
+
+    parsed = parse_overrides(overrides)
+    plugin_override = load_plugins(parsed)
+    check_keys(parsed, command)
+    combos = expand_sweeps(parsed, command, multirun)
+    with hydra_context():
+        return [compose_config(command, plugin_override + combo) for combo in combos]
+
+
+def _print_help(command: str) -> int:
+    from harness.config import compose_config, hydra_context
+
+    with hydra_context():
+        cfg = compose_config(command, [])
+    print(_usage())
+    print(f"\n`lopt {command}` keys and their defaults:\n")
+    print(OmegaConf.to_yaml(cfg))
+    return 0
+
+
+def _usage() -> str:
+    return (__doc__ or "").strip()
+
+
+# -- lopt bench ------------------------------------------------------------------------------------
+def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.plan import RunPlan, execute
+
+    if show_help:
+        return _print_help("bench")
+    configs = composed("bench", overrides, multirun)
+    plans: list[RunPlan] = []
+    outs = {cfg.out for cfg in configs}
+    if len(outs) != 1:
+        raise UsageError("out cannot be swept: one bench writes one results file")
+    for cfg in configs:
+        _check_run_settings(cfg)
+        if cfg.seeds < 1:
+            raise UsageError(f"seeds must be >= 1, got {cfg.seeds}")
+        task_cfg = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}
+        hparams = {k: v for k, v in OmegaConf.to_container(cfg.optimizer).items() if k != "name"}
+        for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
+            plans.append(
+                RunPlan(
+                    task=cfg.task.name,
+                    optimizer=cfg.optimizer.name,
+                    seed=seed,
+                    suite=cfg.suite,
+                    steps=cfg.steps,
+                    hparams=hparams,
+                    task_cfg=task_cfg,
+                    eval_every=cfg.eval_every,
+                    log_every=cfg.log_every,
+                    warmup_steps=cfg.warmup_steps,
+                    max_seconds=cfg.max_seconds,
+                    device=cfg.device,
+                )
+            )
+    execute(plans, configs[0].out, resume=configs[0].resume)
+    return 0
+
+
+def _check_run_settings(cfg: DictConfig) -> None:
+    """Validate the settings shared by bench and suite, and apply the thread count."""
+    import torch
+
+    from tasks.base import resolve_device
+
+    resolve_device(cfg.device)
+    for key in ("steps", "eval_every", "max_seconds"):
+        value = cfg.get(key)
+        if value is not None and value <= 0:
+            raise UsageError(f"{key} must be > 0, got {value}")
+    if cfg.get("log_every") is not None and cfg.log_every <= 0:
+        raise UsageError(f"log_every must be > 0, got {cfg.log_every}")
+    if cfg.warmup_steps < 0:
+        raise UsageError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    if cfg.threads is not None:
+        if cfg.threads <= 0:
+            raise UsageError(f"threads must be > 0, got {cfg.threads}")
+        torch.set_num_threads(cfg.threads)
+
+
+# -- lopt suite ------------------------------------------------------------------------------------
+def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.config import list_suites, suite_entries
+    from harness.plan import RunPlan, execute
+
+    # `name=X` selects the suite file: it is the `suite` config group.
+    rewritten = []
+    for override in overrides:
+        if override.startswith("name="):
+            name = override.split("=", 1)[1]
+            if name not in list_suites():
+                raise UsageError(
+                    f"unknown suite {name!r}; the suites are: {', '.join(list_suites())}"
+                )
+            rewritten.append(f"suite={name}")
+        else:
+            rewritten.append(override)
+    if show_help:
+        return _print_help("suite")
+    (cfg,) = composed("suite", rewritten, multirun=False)
+    _check_run_settings(cfg)
+    suite = cfg.suite
+    seeds = cfg.seeds if cfg.seeds is not None else suite.seeds
+    if seeds < 1:
+        raise UsageError(f"seeds must be >= 1, got {seeds}")
+    plans = [
+        RunPlan(
+            task=entry.task,
+            optimizer=entry.optimizer,
+            seed=seed,
+            suite=suite.name,
+            steps=entry.steps,
+            hparams=dict(entry.hparams),
+            task_cfg=dict(entry.task_cfg),
+            eval_every=suite.eval_every,
+            log_every=suite.log_every,
+            warmup_steps=cfg.warmup_steps,
+            device=cfg.device,
+        )
+        for entry in suite_entries(suite)
+        for seed in range(suite.first_seed, suite.first_seed + seeds)
+    ]
+    out = Path(cfg.out) if cfg.out else Path("results") / suite.name / "runs.csv"
+    frame = execute(plans, out, resume=cfg.resume)
+    if cfg.report:
+        from harness.results.report import build_report
+
+        written = build_report(frame, out.parent, reference=cfg.reference)
+        print(f"report: {len(written)} files in {out.parent}", file=sys.stderr)
+    return 0
+
+
+# -- lopt report -----------------------------------------------------------------------------------
+def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.results.io import read_results
+    from harness.results.report import build_report
+
+    if show_help:
+        return _print_help("report")
+    (cfg,) = composed("report", overrides, multirun=False)
+    missing = [key for key in ("in", "out") if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise UsageError(f"lopt report needs {' and '.join(f'{k}=...' for k in missing)}")
+    if cfg.target_split not in ("train", "valid", "test"):
+        raise UsageError(f"target_split must be train, valid or test, got {cfg.target_split!r}")
+    frame = read_results(str(cfg["in"]))
+    written = build_report(
+        frame, Path(str(cfg.out)), reference=cfg.reference, target_split=cfg.target_split
+    )
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hydra's config search path (``pkg://harness.conf``): the suite files live in ``suite/``."""

@@ -1,0 +1,211 @@
+"""Hydra configuration: config groups, structured configs and composition.
+
+The groups:
+
+* ``task``: one structured config per registered task, generated from the task class's keyword
+  arguments (``task=mnist5k_cnn16 task.batch_size=64``);
+* ``optimizer``: one per registered optimizer, generated from its declared hyperparameters
+  (``optimizer=adam optimizer.lr=0.01``). Plugins get their groups the same way, so third-party
+  tasks and optimizers are configured exactly like built-ins;
+* ``suite``: YAML files in ``harness/conf/suite/`` (``lopt suite name=small``), typed by
+  :class:`SuiteFile`.
+
+Each ``lopt`` command composes one primary config (:class:`BenchConfig`, :class:`SuiteConfig`,
+:class:`ReportConfig`) with the Compose API. Composition errors become one-line
+:class:`~harness.errors.UsageError` messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.errors import UsageError
+from harness.registry import OPTIMIZERS, TASKS
+from tasks.base import task_arguments
+
+CONFIG_MODULE = "harness.conf"
+
+# Hydra's structured configs need typing.Optional/List/Dict (PEP 604 unions are not understood
+# by OmegaConf 2.3), hence the UP-rule exemptions below.
+
+
+@dataclass
+class BenchConfig:
+    """``lopt bench``: every task x optimizer x seed, one tidy CSV."""
+
+    defaults: list[Any] = field(
+        default_factory=lambda: [{"task": "mnist5k_cnn16"}, {"optimizer": "adam"}, "_self_"]
+    )
+    task: Any = MISSING
+    optimizer: Any = MISSING
+    steps: Optional[int] = None  # noqa: UP045  (None: the task's default)
+    seeds: int = 1
+    first_seed: int = 0
+    eval_every: Optional[int] = None  # noqa: UP045  (None: steps // 20)
+    log_every: int = 10
+    warmup_steps: int = 2
+    device: str = "cpu"
+    threads: Optional[int] = None  # noqa: UP045  (None: torch's default)
+    max_seconds: Optional[float] = None  # noqa: UP045
+    out: str = "results/bench.csv"
+    suite: str = "bench"
+    resume: bool = True
+    plugins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SuiteEntry:
+    """One (task, optimizer) pair of a suite, with its budget and settings."""
+
+    task: str = MISSING
+    optimizer: str = MISSING
+    steps: Optional[int] = None  # noqa: UP045  (None: the task's default)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    task_cfg: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SuiteFile:
+    """The schema of ``harness/conf/suite/*.yaml``."""
+
+    name: str = MISSING
+    description: str = ""
+    seeds: int = 1
+    first_seed: int = 0
+    eval_every: Optional[int] = None  # noqa: UP045
+    log_every: int = 10
+    runs: list[Any] = field(default_factory=list)  # SuiteEntry each, checked by suite_entries()
+
+
+@dataclass
+class SuiteConfig:
+    """``lopt suite name=NAME``: run a suite file, write its tidy CSV and its report."""
+
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"suite": "small"}])
+    suite: SuiteFile = field(default_factory=SuiteFile)
+    seeds: Optional[int] = None  # noqa: UP045  (None: the suite file's)
+    device: str = "cpu"
+    threads: Optional[int] = None  # noqa: UP045
+    warmup_steps: int = 2
+    out: Optional[str] = None  # noqa: UP045  (None: results/<suite name>/runs.csv)
+    report: bool = True
+    reference: Optional[str] = None  # noqa: UP045  (None: the report's default)
+    resume: bool = True
+    plugins: list[str] = field(default_factory=list)
+
+
+# ``in`` is a Python keyword, so the report config is a plain node with a checked shape.
+REPORT_DEFAULTS: dict[str, Any] = {
+    "in": MISSING,
+    "out": MISSING,
+    "reference": None,
+    "target_split": "train",
+}
+
+PRIMARY = {"bench": "lopt_bench", "suite": "lopt_suite", "report": "lopt_report"}
+
+
+def register_configs() -> None:
+    """Store the primary configs and one group entry per registered task and optimizer."""
+    store = ConfigStore.instance()
+    store.store(name=PRIMARY["bench"], node=BenchConfig)
+    store.store(name=PRIMARY["suite"], node=SuiteConfig)
+    store.store(name=PRIMARY["report"], node=OmegaConf.create(REPORT_DEFAULTS))
+    for name in TASKS.names():
+        store.store(group="task", name=name, node=task_config_class(name))
+    for name in OPTIMIZERS.names():
+        store.store(group="optimizer", name=name, node=optimizer_config_class(name))
+
+
+def optimizer_config_class(name: str) -> type:
+    """A dataclass with ``name`` and one typed field per declared hyperparameter."""
+    factory = OPTIMIZERS.get(name).factory
+    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=name))]
+    for spec in getattr(factory, "hparam_specs", ()):
+        fields.append((spec.name, spec.type, field(default=spec.default)))
+    return dataclasses.make_dataclass(f"{_camel(name)}OptimizerConfig", fields)
+
+
+def task_config_class(name: str) -> type:
+    """A dataclass with ``name`` and one typed field per keyword argument of the task class
+    (``device`` excluded: it is a run setting)."""
+    factory = TASKS.get(name).factory
+    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=name))]
+    for param, annotation, default in task_arguments(factory):
+        fields.append((param, annotation, field(default=default)))
+    return dataclasses.make_dataclass(f"{_camel(name)}TaskConfig", fields)
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
+
+
+@contextmanager
+def hydra_context() -> Iterator[None]:
+    """Initialise Hydra's Compose API on ``harness.conf`` (and clean up afterwards)."""
+    GlobalHydra.instance().clear()
+    register_configs()
+    with initialize_config_module(version_base=None, config_module=CONFIG_MODULE):
+        yield
+
+
+def compose_config(command: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose the primary config of ``command`` with Hydra ``overrides`` (inside
+    :func:`hydra_context`); errors become one-line ``UsageError``s."""
+    try:
+        return compose(config_name=PRIMARY[command], overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise UsageError(describe_config_error(exc)) from exc
+
+
+def describe_config_error(exc: BaseException) -> str:
+    """One line from a Hydra/OmegaConf exception and its cause."""
+    first = _first_line(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and _first_line(cause) and _first_line(cause) not in first:
+        first = f"{first}: {_first_line(cause)}"
+    first = first.replace("Error merging override", "invalid override")
+    return first.replace("To append to your config use", "").strip()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def list_suites() -> list[str]:
+    """Names of the suite files in ``harness/conf/suite``."""
+    from importlib import resources
+
+    folder = resources.files(CONFIG_MODULE) / "suite"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def suite_entries(suite: DictConfig) -> list[SuiteEntry]:
+    """The suite file's ``runs``, each checked against :class:`SuiteEntry`."""
+    entries = []
+    for index, raw in enumerate(suite.runs):
+        try:
+            node = OmegaConf.merge(OmegaConf.structured(SuiteEntry), raw)
+            entry = typing.cast(SuiteEntry, OmegaConf.to_object(node))
+        except OmegaConfBaseException as exc:
+            raise UsageError(
+                f"suite {suite.name!r}, runs[{index}]: {_first_line(exc)} "
+                "(each run needs task and optimizer; may set steps, hparams, task_cfg)"
+            ) from exc
+        entries.append(entry)
+    if not entries:
+        raise UsageError(f"suite {suite.name!r} has no runs")
+    return entries

@@ -1,0 +1,185 @@
+"""Run many (task, optimizer, seed) runs into one tidy results file, resumably.
+
+:func:`execute` takes a list of :class:`RunPlan` and:
+
+* checks every plan before the first run starts (names, hyperparameters, pairings), so a typo
+  fails in a second, not after an hour;
+* shows progress (a bar per run on a terminal, one summary line per finished run on stderr);
+* saves each finished run's rows at once under ``<out>.parts/`` (atomically), so an interrupted
+  invocation loses at most the run in flight: rerunning the same command skips the finished runs
+  (their ids are deterministic) and completes only the missing ones;
+* writes ``out`` atomically once every run is done, then removes the parts folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from harness.errors import UsageError
+from harness.registry import OPTIMIZERS, TASKS, create_optimizer, create_task
+from harness.results.io import check_results_path, read_results, write_results
+from harness.results.schema import canonical_json
+from harness.runner import RunResult, default_eval_every, run, run_id_for, run_settings
+from tasks.base import Task, task_config
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything that defines one run (see :func:`harness.runner.run` for the meaning)."""
+
+    task: str
+    optimizer: str
+    seed: int
+    suite: str = "bench"
+    steps: int | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+    task_cfg: dict[str, Any] = field(default_factory=dict)
+    eval_every: int | None = None
+    log_every: int = 10
+    warmup_steps: int = 2
+    max_seconds: float | None = None
+    device: str = "cpu"
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_steps(self) -> int:
+        return self.steps if self.steps is not None else TASKS.get(self.task).factory.default_steps
+
+    def run_id(self) -> str:
+        return run_id_for(
+            suite=self.suite,
+            task=self.task,
+            task_cfg=task_config(TASKS.get(self.task).factory, self.task_cfg),
+            optimizer=self.optimizer,
+            hparams=create_optimizer(self.optimizer, **self.hparams).hparams,
+            seed=self.seed,
+            steps=self.resolved_steps(),
+            settings=run_settings(
+                device=self.device,
+                eval_every=self.eval_every or default_eval_every(self.resolved_steps()),
+                log_every=self.log_every,
+                max_seconds=self.max_seconds,
+            ),
+        )
+
+
+def check_plans(plans: Sequence[RunPlan]) -> None:
+    """Raise ``UsageError`` for the first plan that cannot run (nothing has run yet)."""
+    if not plans:
+        raise UsageError("nothing to run: the selection is empty")
+    for plan in plans:
+        task_class = TASKS.get(plan.task).factory
+        OPTIMIZERS.get(plan.optimizer)
+        create_optimizer(plan.optimizer, **plan.hparams)
+        is_task_class = isinstance(task_class, type) and issubclass(task_class, Task)
+        if is_task_class and not task_class.pairs_with_optimizer(plan.optimizer):
+            raise UsageError(
+                f"task {plan.task!r} does not pair with optimizer {plan.optimizer!r}; "
+                f"it pairs with: {', '.join(task_class.pairs_with)}"
+            )
+
+
+def parts_dir(out: Path) -> Path:
+    """Where finished runs are saved until ``out`` is written."""
+    return out.with_name(out.name + ".parts")
+
+
+def execute(
+    plans: Sequence[RunPlan],
+    out: str | Path,
+    *,
+    resume: bool = True,
+    log: Log | None = None,
+    progress_bars: bool | None = None,
+) -> pd.DataFrame:
+    """Run ``plans`` (skipping those already saved when ``resume``) and write the tidy ``out``.
+
+    Args:
+        progress_bars: show a bar per run (None: only when stderr is a terminal).
+    Returns the whole tidy table, as written to ``out``.
+    """
+    out = Path(out)
+    check_results_path(out)
+    check_plans(plans)
+    log = log or _stderr
+    ids = [plan.run_id() for plan in plans]
+    unique = dict(zip(ids, plans, strict=True))
+    parts = parts_dir(out)
+    if parts.exists() and not resume:
+        shutil.rmtree(parts)
+    done = {p.stem for p in parts.glob("*.csv")} if parts.exists() else set()
+    already = [run_id for run_id in unique if run_id in done]
+    if already:
+        log(f"resuming: {len(already)} of {len(unique)} runs already saved in {parts}")
+
+    tasks: dict[tuple[str, str, str], Task] = {}
+    todo = [(run_id, plan) for run_id, plan in unique.items() if run_id not in done]
+    for index, (run_id, plan) in enumerate(todo, start=len(already) + 1):
+        key = (plan.task, canonical_json(plan.task_cfg), plan.device)
+        if key not in tasks:
+            tasks[key] = create_task(plan.task, device=plan.device, **plan.task_cfg)
+        label = f"[{index}/{len(unique)}] {plan.task} {plan.optimizer} seed {plan.seed}"
+        result = _run_with_progress(plan, tasks[key], label, progress_bars)
+        if result.run_id != run_id:  # the runner and the plan must agree on identity
+            raise AssertionError(f"run id mismatch: {result.run_id} != {run_id}")
+        write_results(result.frame(), parts / f"{run_id}.csv")
+        log(f"{label}: {_summary(result)}")
+
+    frame = pd.concat(
+        [read_results(parts / f"{run_id}.csv") for run_id in unique], ignore_index=True
+    )
+    write_results(frame, out)
+    shutil.rmtree(parts, ignore_errors=True)
+    log(f"wrote {len(frame)} rows from {len(unique)} runs to {out}")
+    return frame
+
+
+def _run_with_progress(
+    plan: RunPlan, task: Task, label: str, progress_bars: bool | None
+) -> RunResult:
+    steps = plan.resolved_steps()
+    disable = None if progress_bars is None else not progress_bars
+    with tqdm(total=steps, desc=label, unit="step", leave=False, disable=disable) as bar:
+
+        def progress(step: int, loss: float) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+        return run(
+            task,
+            plan.optimizer,
+            plan.hparams,
+            steps=steps,
+            seed=plan.seed,
+            eval_every=plan.eval_every,
+            device=plan.device,
+            max_seconds=plan.max_seconds,
+            suite=plan.suite,
+            task_cfg=plan.task_cfg,
+            warmup_steps=plan.warmup_steps,
+            log_every=plan.log_every,
+            progress=progress,
+            tags=plan.tags,
+        )
+
+
+def _summary(result: RunResult) -> str:
+    parts = [f"{result.status} after {result.steps_done} steps in {result.train_seconds:.2f} s"]
+    for split in ("train", "test"):
+        value = result.final(split)
+        if value == value:  # not NaN
+            parts.append(f"{split} loss {value:.4g}")
+    return ", ".join(parts)
+
+
+def _stderr(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)

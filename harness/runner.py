@@ -1,0 +1,332 @@
+"""The runner: train one task with one optimizer and return tidy rows.
+
+What happens in :func:`run`, in order:
+
+1. The task is built on ``device`` (or taken as given), the optimizer is built from ``hparams``
+   (validated), parameters are initialised from ``seed``.
+2. Warm-up: ``warmup_steps`` training steps on *copies* of the parameters and a fresh optimizer
+   state, then thrown away. Untimed; the run itself starts from the untouched initial state.
+3. Evaluation at step 0, then at every ``eval_every`` steps and at the last step: loss (and
+   accuracy) over each whole split in ``eval_splits``. Untimed.
+4. Each training step: fetch the next batch (untimed; the task's iterator prepares it on the
+   device), then, inside the stopwatch's timed section, the gradient and the optimizer update.
+   The minibatch loss is read after the section closes and logged every ``log_every`` steps.
+5. The run stops at ``steps`` (status ``completed``), when the timed seconds reach
+   ``max_seconds`` (``time_limit``), or when the minibatch loss is NaN/inf or exceeds
+   ``divergence_factor * max(1, first minibatch loss)`` (``diverged``; the rows so far are kept
+   and the diverged parameters are still evaluated, so the table shows what happened).
+
+The timing contract is in TIMING.md; the row schema in :mod:`harness.results.schema`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+from harness.errors import UsageError
+from harness.registry import create_optimizer, create_task
+from harness.results.schema import (
+    COLUMNS,
+    SPLIT_TRAIN_BATCH,
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_TIME_LIMIT,
+    canonical_json,
+    provenance,
+)
+from harness.timing import Stopwatch
+from optimizers.base import Optimizer, OptState
+from tasks.base import SPLITS, Batch, Params, Task, task_config
+
+ProgressCallback = Callable[[int, float], None]
+
+DEFAULT_WARMUP_STEPS = 2
+DEFAULT_LOG_EVERY = 10
+DEFAULT_DIVERGENCE_FACTOR = 100.0
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run: its identity, how it ended, and its measurements.
+
+    ``measurements`` holds ``(step, wall_time_s, split, metric, value)`` tuples; :meth:`frame`
+    turns them into the tidy table with every column of the schema.
+    """
+
+    run_id: str
+    suite: str
+    task: str
+    optimizer: str
+    hparams: dict[str, Any]
+    seed: int
+    budget_steps: int
+    device: str
+    status: str = STATUS_COMPLETED
+    steps_done: int = 0
+    train_seconds: float = 0.0
+    tags: dict[str, Any] = field(default_factory=dict)
+    measurements: list[tuple[int, float, str, str, float]] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        """The tidy rows of this run (see :mod:`harness.results.schema`)."""
+        constant = {
+            "run_id": self.run_id,
+            "suite": self.suite,
+            "task": self.task,
+            "optimizer": self.optimizer,
+            "hparams": canonical_json(self.hparams),
+            "seed": self.seed,
+            "status": self.status,
+            "budget_steps": self.budget_steps,
+            "tags": canonical_json(self.tags),
+            **provenance(self.device),
+        }
+        frame = pd.DataFrame(
+            self.measurements, columns=["step", "wall_time_s", "split", "metric", "value"]
+        )
+        for column, value in constant.items():
+            frame[column] = value
+        return frame[list(COLUMNS)]
+
+    def final(self, split: str, metric: str = "loss") -> float:
+        """The last measured value of ``metric`` on ``split`` (NaN if never measured)."""
+        for _step, _wall, s, m, value in reversed(self.measurements):
+            if s == split and m == metric:
+                return value
+        return math.nan
+
+
+def run_id_for(
+    *,
+    suite: str,
+    task: str,
+    task_cfg: dict[str, Any],
+    optimizer: str,
+    hparams: dict[str, Any],
+    seed: int,
+    steps: int,
+    settings: dict[str, Any],
+) -> str:
+    """A readable id that is the same exactly when the run's definition and measurement
+    settings (``settings``: device, budgets, evaluation and logging cadence) are the same."""
+    definition = canonical_json(
+        {
+            "suite": suite,
+            "task": task,
+            "task_cfg": task_cfg,
+            "optimizer": optimizer,
+            "hparams": hparams,
+            "seed": seed,
+            "steps": steps,
+            **settings,
+        }
+    )
+    digest = hashlib.sha256(definition.encode()).hexdigest()[:10]
+    return f"{task}-{optimizer}-s{seed}-{digest}"
+
+
+def run_settings(
+    *,
+    device: str | torch.device,
+    eval_every: int,
+    log_every: int,
+    max_seconds: float | None,
+    eval_splits: Sequence[str] = SPLITS,
+    divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR,
+) -> dict[str, Any]:
+    """The measurement settings that change a run's rows (part of its id)."""
+    return {
+        "device": str(torch.device(device)),
+        "eval_every": eval_every,
+        "log_every": log_every,
+        "max_seconds": max_seconds,
+        "eval_splits": list(eval_splits),
+        "divergence_factor": divergence_factor,
+    }
+
+
+def default_eval_every(steps: int) -> int:
+    """Twenty evaluations per run (at least one step apart)."""
+    return max(1, steps // 20)
+
+
+def make_train_step(
+    task: Task, optimizer: Optimizer
+) -> Callable[[Params, OptState, Batch], tuple[Params, OptState, torch.Tensor]]:
+    """The timed unit of work: gradient of the minibatch loss, then the optimizer update.
+
+    Returns ``step(params, state, batch) -> (new_params, new_state, loss)``, ``loss`` detached.
+    The update runs under ``torch.no_grad``; the new parameters are leaves that the next step
+    marks as requiring gradients.
+    """
+
+    def train_step(
+        params: Params, state: OptState, batch: Batch
+    ) -> tuple[Params, OptState, torch.Tensor]:
+        params = tuple(p.requires_grad_(True) for p in params)
+        loss = task.loss(params, batch)
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            new_params, new_state = optimizer.update(grads, state, params)
+        return new_params, new_state, loss.detach()
+
+    return train_step
+
+
+def run(
+    task: str | Task,
+    optimizer: str | Optimizer,
+    hparams: dict[str, Any] | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    eval_every: int | None = None,
+    device: str | torch.device = "cpu",
+    max_seconds: float | None = None,
+    *,
+    suite: str = "adhoc",
+    task_cfg: dict[str, Any] | None = None,
+    warmup_steps: int = DEFAULT_WARMUP_STEPS,
+    log_every: int = DEFAULT_LOG_EVERY,
+    eval_splits: Sequence[str] = SPLITS,
+    divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR,
+    stopwatch: Stopwatch | None = None,
+    progress: ProgressCallback | None = None,
+    tags: dict[str, Any] | None = None,
+) -> RunResult:
+    """Train ``task`` with ``optimizer`` for ``steps`` steps from ``seed``; see the module doc.
+
+    Args:
+        task: a registered name (built with ``task_cfg`` on ``device``) or a task instance.
+        task_cfg: the task's configuration keywords; with an instance, say how it was built
+            (the run id covers the full configuration, defaults filled in).
+        optimizer: a registered name (built with ``hparams``) or an optimizer instance (then
+            ``hparams`` must be None).
+        steps: the step budget (default: the task's ``default_steps``).
+        eval_every: steps between whole-split evaluations (default: ``steps // 20``, at least 1).
+        max_seconds: a budget on the timed training seconds (None: no limit).
+        stopwatch: the timing layer (default: ``Stopwatch.for_device(task.device)``); tests
+            inject one with a fake clock.
+        progress: called as ``progress(step, minibatch_loss)`` at every logged step.
+        tags: extra provenance stored in the ``tags`` column.
+    """
+    task_cfg = dict(task_cfg or {})
+    if isinstance(task, str):
+        task = create_task(task, device=device, **task_cfg)
+    task_cfg = task_config(type(task), task_cfg)
+    if isinstance(optimizer, str):
+        optimizer = create_optimizer(optimizer, **(hparams or {}))
+    elif hparams is not None:
+        raise UsageError("give hparams with an optimizer name, not with an optimizer instance")
+    steps = task.default_steps if steps is None else steps
+    _check_positive_int("steps", steps)
+    eval_every = default_eval_every(steps) if eval_every is None else eval_every
+    _check_positive_int("eval_every", eval_every)
+    _check_positive_int("log_every", log_every)
+    if warmup_steps < 0:
+        raise UsageError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise UsageError(f"max_seconds must be > 0, got {max_seconds}")
+    for split in eval_splits:
+        task.check_split(split)
+    stopwatch = stopwatch or Stopwatch.for_device(task.device)
+
+    settings = run_settings(
+        device=task.device,
+        eval_every=eval_every,
+        log_every=log_every,
+        max_seconds=max_seconds,
+        eval_splits=eval_splits,
+        divergence_factor=divergence_factor,
+    )
+    result = RunResult(
+        run_id=run_id_for(
+            suite=suite,
+            task=task.name,
+            task_cfg=task_cfg,
+            optimizer=optimizer.name,
+            hparams=optimizer.hparams,
+            seed=seed,
+            steps=steps,
+            settings=settings,
+        ),
+        suite=suite,
+        task=task.name,
+        optimizer=optimizer.name,
+        hparams=dict(optimizer.hparams),
+        seed=seed,
+        budget_steps=steps,
+        device=str(task.device),
+        tags=dict(tags or {}),
+    )
+    train_step = make_train_step(task, optimizer)
+    params = task.init_params(seed)
+    _warm_up(train_step, task, optimizer, params, seed, warmup_steps)
+
+    record = result.measurements.append
+
+    def evaluate(step: int) -> None:
+        for split in eval_splits:
+            for metric, value in task.evaluate(params, split).items():
+                record((step, stopwatch.total, split, metric, value))
+
+    evaluate(0)
+    state = optimizer.init(params)
+    batches = task.batches("train", seed)
+    threshold = math.inf
+    step = 0
+    while step < steps:
+        batch = next(batches)
+        with stopwatch.timed():
+            params, state, loss = train_step(params, state, batch)
+        step += 1
+        loss_value = loss.item()
+        if step == 1 and divergence_factor is not None:
+            threshold = divergence_factor * max(1.0, abs(loss_value))
+        diverged = not math.isfinite(loss_value) or loss_value > threshold
+        if diverged:
+            result.status = STATUS_DIVERGED
+        elif max_seconds is not None and stopwatch.total >= max_seconds:
+            result.status = STATUS_TIME_LIMIT
+        last = diverged or result.status == STATUS_TIME_LIMIT or step == steps
+        if step % log_every == 0 or last:
+            record((step, stopwatch.total, SPLIT_TRAIN_BATCH, "loss", loss_value))
+            if progress is not None:
+                progress(step, loss_value)
+        if step % eval_every == 0 or last:
+            evaluate(step)
+        if last:
+            break
+    result.steps_done = step
+    result.train_seconds = stopwatch.total
+    return result
+
+
+def _warm_up(
+    train_step: Callable[..., Any],
+    task: Task,
+    optimizer: Optimizer,
+    params: Params,
+    seed: int,
+    warmup_steps: int,
+) -> None:
+    """Run ``warmup_steps`` throw-away steps on copies (untimed; the run's state is untouched)."""
+    if warmup_steps == 0:
+        return
+    copies = tuple(p.detach().clone() for p in params)
+    state = optimizer.init(copies)
+    batches = task.batches("train", seed)
+    for _ in range(warmup_steps):
+        copies, state, _loss = train_step(copies, state, next(batches))
+    task.evaluate(copies, "valid")  # warms the evaluation path too
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,56 @@
+"""Sessions: ``nox -s tests`` (the test suite), ``lint``, ``suite`` (the main job: the small
+benchmark suite and its report), ``benchmarks`` (speed checks that print ratios).
+
+torch is installed first, from ``$LOPT_TORCH`` (default ``torch==2.13.0``, the CPU build on the
+machines this project runs on). Elsewhere pick the build for your platform, for example
+``LOPT_TORCH="torch --index-url https://download.pytorch.org/whl/cu124"`` for CUDA 12.4 or
+``LOPT_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"`` for a CPU-only
+machine that would otherwise download a CUDA build. The project's own dependency (torch>=2.2) is
+then already satisfied, so pip never swaps the build.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+
+TORCH = os.environ.get("LOPT_TORCH", "torch==2.13.0")
+
+
+def install(session: nox.Session, extras: str = "") -> None:
+    session.install(*shlex.split(TORCH))
+    session.install("-e", f".[{extras}]" if extras else ".")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (about 5 minutes on 2 cores)."""
+    install(session, "dev")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def suite(session: nox.Session) -> None:
+    """The main job: run the small suite into results/small/ (CSV, summary tables, plots)."""
+    install(session)
+    session.run("lopt", "suite", "name=small", *session.posargs)
+
+
+@nox.session
+def benchmarks(session: nox.Session) -> None:
+    """Optimizer-update microbenchmarks, then the harness-vs-bare-loop overhead ratio."""
+    install(session, "dev")
+    session.run("pytest", "benchmarks", "-q", "--benchmark-columns=min,median,mean,stddev,rounds")
+    session.run("python", "benchmarks/harness_overhead.py", *session.posargs)

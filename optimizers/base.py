@@ -1,0 +1,262 @@
+"""The one optimizer contract, shared by hand-designed and learned optimizers.
+
+An optimizer is a pair of functions, as in optax, except that ``update`` returns the new
+parameters rather than an increment::
+
+    opt = create_optimizer("adam", lr=1e-3)
+    state = opt.init(params)                            # params: tuple of tensors
+    params, state = opt.update(grads, state, params)    # grads: same shapes as params
+
+* ``params`` and ``grads`` are tuples of tensors with matching shapes, dtypes and devices.
+* ``state`` is a dict; ``state["step"]`` is the number of updates applied so far (an int).
+* ``update`` is pure for the built-ins: it never modifies its inputs, so it can be called inside
+  autograd (learned optimizers and meta-training rely on this). Adapters around stateful code,
+  such as :class:`TorchOptimizer`, set ``pure = False`` and update in place.
+
+Hyperparameters are declared as data (:class:`HParam`): name, default, the values that are valid,
+and the search space a tuner samples. ``Optimizer(**hparams)`` validates them, so a bad value fails
+at construction with one line, never in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from harness.errors import UsageError
+
+Params = tuple[torch.Tensor, ...]
+OptState = dict[str, Any]
+
+HParamValue = float | int | bool
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyperparameter: its default, the values that are valid, and its search space.
+
+    Attributes:
+        name: the keyword the optimizer takes.
+        default: the default value; its Python type (float, int or bool) is the hyperparameter's.
+        help: one line for ``lopt list optimizers``.
+        gt, ge, lt, le: bounds on valid values (strict and inclusive); ``None`` means unbounded.
+        low, high, log: the search range a tuner samples (log-uniform when ``log``). Booleans are
+            searched over ``(False, True)``.
+        tune: whether the hyperparameter is in the optimizer's default search space.
+    """
+
+    name: str
+    default: HParamValue
+    help: str = ""
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    tune: bool = False
+
+    @property
+    def type(self) -> type:
+        """``bool``, ``int`` or ``float``."""
+        return type(self.default)
+
+    def validate(self, value: Any, owner: str) -> HParamValue:
+        """Return ``value`` converted to this hyperparameter's type, or raise ``UsageError``."""
+        kind = self.type
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise UsageError(f"{owner}: {self.name} must be true or false, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{owner}: {self.name} must be a number, got {value!r}")
+        if kind is int:
+            if float(value) != int(value):
+                raise UsageError(f"{owner}: {self.name} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if not math.isfinite(value):
+            raise UsageError(f"{owner}: {self.name} must be finite, got {value!r}")
+        inside = (
+            (self.gt is None or value > self.gt)
+            and (self.ge is None or value >= self.ge)
+            and (self.lt is None or value < self.lt)
+            and (self.le is None or value <= self.le)
+        )
+        if not inside:
+            raise UsageError(f"{owner}: {self.name} must be {self.valid_range()}, got {value!r}")
+        return value
+
+    def valid_range(self) -> str:
+        """Human-readable valid values, e.g. ``> 0`` or ``>= 0 and < 1``."""
+        parts = [
+            f"{word} {bound:g}"
+            for bound, word in ((self.gt, ">"), (self.ge, ">="), (self.lt, "<"), (self.le, "<="))
+            if bound is not None
+        ]
+        return " and ".join(parts) if parts else "any value"
+
+    def search_space(self) -> dict[str, Any]:
+        """The search space as plain data: ``{"type", "low", "high", "log"}`` or choices."""
+        if self.type is bool:
+            return {"type": "categorical", "choices": [False, True]}
+        return {"type": self.type.__name__, "low": self.low, "high": self.high, "log": self.log}
+
+
+class Optimizer(ABC):
+    """Base class of every optimizer plugin (see the module docstring for the contract).
+
+    Subclasses declare ``hparam_specs`` and implement :meth:`init` and :meth:`update`; the
+    validated hyperparameters are in ``self.hparams``. The registry sets ``name``.
+    """
+
+    name: ClassVar[str] = ""
+    hparam_specs: ClassVar[tuple[HParam, ...]] = ()
+    #: ``update`` never modifies its inputs and supports autograd through it.
+    pure: ClassVar[bool] = True
+
+    def __init__(self, **hparams: Any) -> None:
+        self.hparams: dict[str, HParamValue] = resolve_hparams(
+            self.hparam_specs, hparams, owner=self.name or type(self).__name__
+        )
+
+    @abstractmethod
+    def init(self, params: Params) -> OptState:
+        """The state before the first update; ``state["step"] == 0``."""
+
+    @abstractmethod
+    def update(self, grads: Params, state: OptState, params: Params) -> tuple[Params, OptState]:
+        """Apply one update; returns ``(new_params, new_state)`` with ``step`` incremented."""
+
+    @classmethod
+    def hparam(cls, name: str) -> HParam:
+        """The declared hyperparameter called ``name``."""
+        for spec in cls.hparam_specs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    @classmethod
+    def defaults(cls) -> dict[str, HParamValue]:
+        """The declared default of every hyperparameter."""
+        return {spec.name: spec.default for spec in cls.hparam_specs}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({args})"
+
+
+def resolve_hparams(
+    specs: Sequence[HParam], given: dict[str, Any], owner: str
+) -> dict[str, HParamValue]:
+    """Defaults overridden by ``given``, each validated; unknown names raise ``UsageError``."""
+    known = {spec.name: spec for spec in specs}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        allowed = ", ".join(known) if known else "none"
+        raise UsageError(f"{owner} takes no hyperparameter {unknown[0]!r}; it takes: {allowed}")
+    return {
+        name: spec.validate(given.get(name, spec.default), owner) for name, spec in known.items()
+    }
+
+
+# -- shared declarations ---------------------------------------------------------------------------
+def learning_rate(default: float) -> HParam:
+    """The learning rate every built-in declares: > 0, searched log-uniformly in [1e-5, 1]."""
+    return HParam("lr", default, "learning rate", gt=0.0, low=1e-5, high=1.0, log=True, tune=True)
+
+
+def weight_decay(default: float = 0.0, help: str = "L2 penalty added to the gradient") -> HParam:
+    return HParam("weight_decay", default, help, ge=0.0, low=1e-6, high=1e-1, log=True)
+
+
+def addcdiv(
+    params: Params,
+    numerators: Sequence[torch.Tensor],
+    denominators: Sequence[torch.Tensor],
+    value: float,
+) -> Params:
+    """``params + value * numerators / denominators`` as new tensors, differentiable.
+
+    (The out-of-place ``torch._foreach_addcdiv`` has a broken backward in torch 2.13 for tensors
+    whose first dimension is at most their position in the list; the in-place form on a copy
+    does not.)
+    """
+    out = [p.clone() for p in params]
+    torch._foreach_addcdiv_(out, list(numerators), list(denominators), value=value)
+    return tuple(out)
+
+
+# -- the adapter -----------------------------------------------------------------------------------
+@dataclass
+class _TorchOptimState:
+    optimizer: torch.optim.Optimizer
+    params: Params = field(default_factory=tuple)
+
+
+class TorchOptimizer(Optimizer):
+    """Adapter: any ``torch.optim.Optimizer`` class behind the functional contract.
+
+    Subclass it with ``optimizer_class`` and ``hparam_specs`` (each hyperparameter is passed to the
+    torch optimizer under the same keyword), or call :meth:`wrap`::
+
+        Adagrad = TorchOptimizer.wrap(torch.optim.Adagrad, learning_rate(1e-2))
+
+    ``init`` makes leaf copies of ``params`` that the torch optimizer owns; ``update`` sets their
+    ``.grad`` and calls ``step()``, so it updates in place (``pure = False``) and returns those same
+    tensors. ``state["torch_optimizer"]`` is the wrapped optimizer, for its ``state_dict``.
+    """
+
+    optimizer_class: ClassVar[type[torch.optim.Optimizer]]
+    pure: ClassVar[bool] = False
+
+    @classmethod
+    def wrap(
+        cls, optimizer_class: type[torch.optim.Optimizer], *hparam_specs: HParam
+    ) -> type[TorchOptimizer]:
+        """A ``TorchOptimizer`` subclass for ``optimizer_class`` with the given hyperparameters."""
+        doc = (inspect_first_line(optimizer_class) or optimizer_class.__name__) + " (torch.optim)"
+        return type(
+            optimizer_class.__name__,
+            (cls,),
+            {
+                "optimizer_class": optimizer_class,
+                "hparam_specs": tuple(hparam_specs),
+                "__doc__": doc,
+                "__module__": optimizer_class.__module__,
+            },
+        )
+
+    def init(self, params: Params) -> OptState:
+        owned = tuple(p.detach().clone().requires_grad_(True) for p in params)
+        return {
+            "step": 0,
+            "torch_optimizer": self.optimizer_class(list(owned), **self.hparams),
+            "params": owned,
+        }
+
+    def update(self, grads: Params, state: OptState, params: Params) -> tuple[Params, OptState]:
+        owned: Params = state["params"]
+        if params is not owned:
+            with torch.no_grad():
+                for mine, given in zip(owned, params, strict=True):
+                    if mine is not given:
+                        mine.copy_(given)
+        for p, g in zip(owned, grads, strict=True):
+            p.grad = g
+        state["torch_optimizer"].step()
+        for p in owned:
+            p.grad = None
+        return owned, {**state, "step": state["step"] + 1}
+
+
+def inspect_first_line(obj: Any) -> str:
+    doc = (obj.__doc__ or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""

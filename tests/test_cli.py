@@ -1,0 +1,240 @@
+"""The `lopt` command line: bench, suite, report, list, sweeps, errors, resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.results.schema import COLUMNS
+
+FAST = ["task=quadratic", "steps=20", "eval_every=10", "warmup_steps=0"]
+
+
+def lopt(*args: str) -> int:
+    return main(list(args))
+
+
+def only_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_bench_writes_one_tidy_table_for_every_optimizer_and_seed(tmp_path, capsys) -> None:
+    out = tmp_path / "x.csv"
+    assert lopt("bench", *FAST, "optimizer=adam,sgd,momentum", "seeds=2", f"out={out}") == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == list(COLUMNS)
+    assert frame.groupby("optimizer").seed.unique().map(sorted).to_dict() == {
+        "adam": [0, 1],
+        "momentum": [0, 1],
+        "sgd": [0, 1],
+    }
+    assert frame.run_id.nunique() == 6 and set(frame.suite) == {"bench"}
+    evals = frame[frame.split == "test"]
+    assert sorted(evals.step.unique()) == [0, 10, 20]
+    assert (frame.wall_time_s >= 0).all()
+    assert "wrote" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv.parts").exists()
+
+
+def test_hyperparameters_are_optimizer_dot_overrides(tmp_path) -> None:
+    out = tmp_path / "lr.csv"
+    assert lopt("bench", *FAST, "optimizer=sgd", "optimizer.lr=0.05", f"out={out}") == 0
+    assert set(pd.read_csv(out).hparams) == {'{"lr":0.05,"weight_decay":0.0}'}
+
+
+def test_multirun_sweeps_a_hyperparameter(tmp_path) -> None:
+    out = tmp_path / "sweep.csv"
+    assert lopt("bench", "-m", *FAST, "optimizer=sgd", "optimizer.lr=0.01,0.1", f"out={out}") == 0
+    assert set(pd.read_csv(out).hparams) == {
+        '{"lr":0.01,"weight_decay":0.0}',
+        '{"lr":0.1,"weight_decay":0.0}',
+    }
+
+
+def test_task_settings_are_task_dot_overrides(tmp_path) -> None:
+    out = tmp_path / "task.csv"
+    assert lopt("bench", *FAST, "optimizer=sgd", "task.dim=3", f"out={out}") == 0
+    assert len(pd.read_csv(out)) > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["optimizer=adamm"], "unknown optimizer 'adamm'. Did you mean: adam"),
+        (["task=mnist"], "unknown task 'mnist'"),
+        (["optimizer=adam", "optimizer.lr=-0.1"], "adam: lr must be > 0"),
+        (["optimizer=adam", "optimizer.momentum=0.9"], "adam takes no hyperparameter 'momentum'"),
+        (["lr=0.1"], "optimizer hyperparameters are set as optimizer.lr=VALUE"),
+        (["steps=ten"], "steps"),
+        (["optimizer.lr=="], "malformed override"),
+        (["stepz=10"], "stepz"),
+        (["optimizer.lr=0.1,0.2"], "add -m"),
+        (["seeds=0"], "seeds must be >= 1"),
+        (["device=cuda:7"], "device 'cuda:7'"),
+        (["out=results.txt"], "must end in .csv or .parquet"),
+        (["optimizer.nesterov=maybe", "optimizer=momentum"], "nesterov"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "never.csv"
+    has_out = any(a.startswith("out=") for a in args)
+    code = lopt("bench", *FAST, *args, *([] if has_out else [f"out={out}"]))
+    assert code == 2
+    line = only_line(capsys.readouterr().err)
+    assert line.startswith("lopt: error: ") and message in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_bench_resumes_with_only_the_missing_runs(tmp_path, monkeypatch) -> None:
+    import harness.plan as plan
+
+    out = tmp_path / "resume.csv"
+    real_run, calls = plan.run, []
+
+    def interrupted_run(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(kwargs["seed"])
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(plan, "run", interrupted_run)
+    assert lopt("bench", *FAST, "optimizer=sgd", "seeds=4", f"out={out}") == 130
+    assert not out.exists() and len(list((tmp_path / "resume.csv.parts").iterdir())) == 2
+
+    calls.clear()
+    monkeypatch.setattr(plan, "run", lambda *a, **k: calls.append(k["seed"]) or real_run(*a, **k))
+    assert lopt("bench", *FAST, "optimizer=sgd", "seeds=4", f"out={out}") == 0
+    assert calls == [2, 3]  # only the runs that had not finished
+    assert sorted(pd.read_csv(out).seed.unique()) == [0, 1, 2, 3]
+    assert not (tmp_path / "resume.csv.parts").exists()
+
+
+def test_list_commands(capsys) -> None:
+    assert lopt("list", "tasks") == 0
+    tasks = capsys.readouterr().out
+    for name in ("mnist5k_cnn16", "fmnist_cnn16", "digits_mlp", "quadratic"):
+        assert name in tasks
+    assert lopt("list", "optimizers", "adam*") == 0
+    listed = capsys.readouterr().out
+    assert "adam " in listed and "adamw" in listed and "sgd" not in listed
+    assert lopt("list", "suites") == 0
+    assert "small" in capsys.readouterr().out.split()
+    assert lopt("list", "things") == 2
+
+
+def test_suite_runs_a_suite_file_and_writes_its_report(tmp_path, capsys) -> None:
+    out = tmp_path / "smoke" / "runs.csv"
+    assert lopt("suite", "name=smoke", f"out={out}") == 0
+    frame = pd.read_csv(out)
+    assert set(frame.suite) == {"smoke"}
+    assert set(zip(frame.task, frame.optimizer, strict=True)) == {
+        ("quadratic", "sgd"),
+        ("quadratic", "adam"),
+        ("digits_mlp", "sgd"),
+        ("digits_mlp", "adam"),
+    }
+    assert (tmp_path / "smoke" / "summary.md").is_file()
+    assert lopt("suite", "name=smok") == 2
+    assert "unknown suite 'smok'" in capsys.readouterr().err
+
+
+def test_report_turns_a_results_file_into_tables_and_plots(tmp_path) -> None:
+    results = tmp_path / "x.csv"
+    assert lopt("bench", *FAST, "optimizer=adam,sgd", "seeds=2", f"out={results}") == 0
+    report = tmp_path / "report"
+    assert lopt("report", f"in={results}", f"out={report}") == 0
+    names = {p.name for p in report.iterdir()}
+    assert {"summary.csv", "summary.md"} <= names
+    assert any(name.endswith(".png") for name in names)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.csv", "does not exist"),
+        (lambda d: (d / "garbage.csv").write_text("a,b\n1,2\n") and d / "garbage.csv", "lacks"),
+    ],
+)
+def test_report_refuses_unreadable_results(tmp_path, capsys, make, message) -> None:
+    source = make(tmp_path)
+    assert lopt("report", f"in={source}", f"out={tmp_path / 'r'}") == 2
+    assert message in only_line(capsys.readouterr().err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_console_script_exits_2_on_bad_input(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "bench", "optimizer=nope", f"out={tmp_path}/a.csv"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert only_line(done.stderr).startswith("lopt: error: unknown optimizer 'nope'")
+
+
+def write_plugin_distribution(root: Path) -> None:
+    """A third-party package, installed the way pip would: module + dist-info entry points."""
+    (root / "lopt_signsgd.py").write_text(
+        "import torch\n"
+        "from optimizers.base import Optimizer, learning_rate\n\n"
+        "class SignSGD(Optimizer):\n"
+        '    """SignSGD from a third-party package."""\n'
+        "    hparam_specs = (learning_rate(0.01),)\n\n"
+        "    def init(self, params):\n"
+        '        return {"step": 0}\n\n'
+        "    def update(self, grads, state, params):\n"
+        '        lr = self.hparams["lr"]\n'
+        "        new = tuple(p - lr * torch.sign(g) for p, g in zip(params, grads))\n"
+        '        return new, {"step": state["step"] + 1}\n'
+    )
+    info = root / "lopt_signsgd-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lopt-signsgd\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[lopt_harness.optimizers]\nthirdparty_signsgd = lopt_signsgd:SignSGD\n"
+    )
+
+
+def test_an_entry_point_plugin_runs_through_the_cli(tmp_path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    write_plugin_distribution(site)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    listed = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "list", "optimizers", "thirdparty*"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert "thirdparty_signsgd" in listed.stdout and "entry point" in listed.stdout
+    out = tmp_path / "plugin.csv"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "bench",
+            *FAST,
+            "optimizer=thirdparty_signsgd",
+            "optimizer.lr=0.05",
+            f"out={out}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    frame = pd.read_csv(out)
+    assert set(frame.optimizer) == {"thirdparty_signsgd"} and set(frame.status) == {"completed"}
