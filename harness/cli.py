@@ -345,7 +345,7 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
         for entry in suite_entries(suite)
         for seed in range(suite.first_seed, suite.first_seed + seeds)
     ]
-    out = Path(cfg.out) if cfg.out else Path("results") / suite.name / "runs.csv"
+    out = Path(cfg.out) if cfg.out else Path("results") / suite.name / "results.csv"
     frame = execute(plans, out, resume=cfg.resume)
     if cfg.report:
         from harness.results.report import build_report

@@ -99,7 +99,7 @@ class SuiteConfig:
     device: str = "cpu"
     threads: Optional[int] = None  # noqa: UP045
     warmup_steps: int = 2
-    out: Optional[str] = None  # noqa: UP045  (None: results/<suite name>/runs.csv)
+    out: Optional[str] = None  # noqa: UP045  (None: results/<suite name>/results.csv)
     report: bool = True
     reference: Optional[str] = None  # noqa: UP045  (None: the report's default)
     resume: bool = True

@@ -267,7 +267,7 @@ def run(
     )
     train_step = make_train_step(task, optimizer)
     params = task.init_params(seed)
-    _warm_up(train_step, task, optimizer, params, seed, warmup_steps)
+    _warm_up(train_step, task, optimizer, params, seed, warmup_steps, tuple(eval_splits))
 
     record = result.measurements.append
 
@@ -315,8 +315,10 @@ def _warm_up(
     params: Params,
     seed: int,
     warmup_steps: int,
+    eval_splits: tuple[str, ...],
 ) -> None:
-    """Run ``warmup_steps`` throw-away steps on copies (untimed; the run's state is untouched)."""
+    """Run ``warmup_steps`` throw-away steps on copies (untimed; the run's state is untouched),
+    and one evaluation when the run will evaluate."""
     if warmup_steps == 0:
         return
     copies = tuple(p.detach().clone() for p in params)
@@ -324,7 +326,8 @@ def _warm_up(
     batches = task.batches("train", seed)
     for _ in range(warmup_steps):
         copies, state, _loss = train_step(copies, state, next(batches))
-    task.evaluate(copies, "valid")  # warms the evaluation path too
+    if eval_splits:
+        task.evaluate(copies, eval_splits[0])  # warms the evaluation path too
 
 
 def _check_positive_int(name: str, value: Any) -> None:

@@ -131,7 +131,7 @@ def test_list_commands(capsys) -> None:
 
 
 def test_suite_runs_a_suite_file_and_writes_its_report(tmp_path, capsys) -> None:
-    out = tmp_path / "smoke" / "runs.csv"
+    out = tmp_path / "smoke" / "results.csv"
     assert lopt("suite", "name=smoke", f"out={out}") == 0
     frame = pd.read_csv(out)
     assert set(frame.suite) == {"smoke"}

@@ -82,7 +82,7 @@ def synthetic() -> pd.DataFrame:
 
 
 EXPECTED_FILES = [
-    "runs.csv",
+    "final_and_best.csv",
     "summary.csv",
     "speedup.csv",
     "time_to_target.csv",
@@ -117,7 +117,7 @@ def test_build_report_writes_every_file(built: tuple[Path, list[Path]]):
 def test_report_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(report, "_write_figures", lambda frame, folder: {})  # tables only
     build_report(synthetic(), tmp_path)
-    runs = pd.read_csv(tmp_path / "runs.csv")
+    runs = pd.read_csv(tmp_path / "final_and_best.csv")
     assert set(runs["split"]) == set(SPLITS)
     assert len(runs) == 5 * 3 * 2 + 2 * 3  # task t: 5 runs x 3 splits x 2 metrics; q: loss only
     summary = pd.read_csv(tmp_path / "summary.csv")

@@ -3,7 +3,7 @@
 :func:`build_report` writes, into one folder:
 
 =====================  =====================================================================
-``runs.csv``           :func:`~harness.results.derived.final_and_best` (evaluated splits)
+``final_and_best.csv`` :func:`~harness.results.derived.final_and_best` (evaluated splits)
 ``summary.csv``        :func:`~harness.results.derived.seed_summary` of ``final_value``,
                        ``best_value`` and ``final_wall_time_s``
 ``speedup.csv``        :func:`~harness.results.derived.speedup` on ``target_split`` loss, per
@@ -121,7 +121,7 @@ def _write_report(
     targets = dict(zip(speed["task"], speed["target"], strict=True))
     reached = time_to_target(frame, targets, split=target_split, metric=TARGET_METRIC)
     tables = {
-        "runs.csv": runs,
+        "final_and_best.csv": runs,
         "summary.csv": summary,
         "speedup.csv": speed,
         "time_to_target.csv": reached,
@@ -312,6 +312,8 @@ def mean_std_text(mean: float, std: float) -> str:
     """``mean ± std`` with 4 significant digits (2 for std); only the mean if std is NaN."""
     if math.isnan(std):
         return _number(mean)
+    if std <= 1e-9 * abs(mean):  # identical seeds; do not print rounding noise like 1.4e-16
+        std = 0.0
     return f"{_number(mean)} ± {_number(std, '{:.2g}')}"
 
 
