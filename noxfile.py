@@ -28,7 +28,7 @@ def install(session: nox.Session, extras: str = "") -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (about 5 minutes on 2 cores)."""
+    """The test suite (about 2 minutes on 2 cores, most of it installing)."""
     install(session, "dev")
     session.run("pytest", "-q", *session.posargs)
 

@@ -238,3 +238,14 @@ def test_an_entry_point_plugin_runs_through_the_cli(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     frame = pd.read_csv(out)
     assert set(frame.optimizer) == {"thirdparty_signsgd"} and set(frame.status) == {"completed"}
+
+
+def test_bench_writes_parquet_when_asked(tmp_path) -> None:
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "x.parquet"
+    assert lopt("bench", *FAST, "optimizer=sgd", f"out={out}") == 0
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == list(COLUMNS) and len(frame) > 0
+    report = tmp_path / "report"
+    assert lopt("report", f"in={out}", f"out={report}") == 0
+    assert (report / "summary.md").is_file()
