@@ -46,6 +46,9 @@ from optimizers.base import Optimizer, OptState
 from tasks.base import SPLITS, Batch, Params, Task, task_config
 
 ProgressCallback = Callable[[int, float], None]
+#: Called after each evaluation as ``on_eval(step, {split: {metric: value}})``; an exception it
+#: raises (e.g. ``optuna.TrialPruned``) ends the run and propagates to the caller.
+EvalCallback = Callable[[int, dict[str, dict[str, float]]], None]
 
 DEFAULT_WARMUP_STEPS = 2
 DEFAULT_LOG_EVERY = 10
@@ -198,6 +201,7 @@ def run(
     divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR,
     stopwatch: Stopwatch | None = None,
     progress: ProgressCallback | None = None,
+    on_eval: EvalCallback | None = None,
     tags: dict[str, Any] | None = None,
 ) -> RunResult:
     """Train ``task`` with ``optimizer`` for ``steps`` steps from ``seed``; see the module doc.
@@ -214,6 +218,8 @@ def run(
         stopwatch: the timing layer (default: ``Stopwatch.for_device(task.device)``); tests
             inject one with a fake clock.
         progress: called as ``progress(step, minibatch_loss)`` at every logged step.
+        on_eval: called as ``on_eval(step, {split: metrics})`` after every evaluation (untimed);
+            an exception it raises stops the run and propagates (how a tuner prunes a trial).
         tags: extra provenance stored in the ``tags`` column.
     """
     task_cfg = dict(task_cfg or {})
@@ -272,9 +278,12 @@ def run(
     record = result.measurements.append
 
     def evaluate(step: int) -> None:
-        for split in eval_splits:
-            for metric, value in task.evaluate(params, split).items():
+        measured = {split: task.evaluate(params, split) for split in eval_splits}
+        for split, metrics in measured.items():
+            for metric, value in metrics.items():
                 record((step, stopwatch.total, split, metric, value))
+        if on_eval is not None:
+            on_eval(step, measured)
 
     evaluate(0)
     state = optimizer.init(params)

@@ -33,7 +33,7 @@ from harness.errors import UsageError
 Params = tuple[torch.Tensor, ...]
 OptState = dict[str, Any]
 
-HParamValue = float | int | bool
+HParamValue = float | int | bool | str
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class HParam:
 
     Attributes:
         name: the keyword the optimizer takes.
-        default: the default value; its Python type (float, int or bool) is the hyperparameter's.
+        default: the default value; its Python type (float, int, bool or str) is the
+            hyperparameter's. Strings (e.g. a checkpoint path) are never tuned.
         help: one line for ``lopt list optimizers``.
         gt, ge, lt, le: bounds on valid values (strict and inclusive); ``None`` means unbounded.
         low, high, log: the search range a tuner samples (log-uniform when ``log``). Booleans are
@@ -64,12 +65,16 @@ class HParam:
 
     @property
     def type(self) -> type:
-        """``bool``, ``int`` or ``float``."""
+        """``bool``, ``int``, ``float`` or ``str``."""
         return type(self.default)
 
     def validate(self, value: Any, owner: str) -> HParamValue:
         """Return ``value`` converted to this hyperparameter's type, or raise ``UsageError``."""
         kind = self.type
+        if kind is str:
+            if not isinstance(value, str):
+                raise UsageError(f"{owner}: {self.name} must be a string, got {value!r}")
+            return value
         if kind is bool:
             if not isinstance(value, bool):
                 raise UsageError(f"{owner}: {self.name} must be true or false, got {value!r}")
@@ -105,6 +110,8 @@ class HParam:
 
     def search_space(self) -> dict[str, Any]:
         """The search space as plain data: ``{"type", "low", "high", "log"}`` or choices."""
+        if self.type is str:
+            return {"type": "fixed", "value": self.default}
         if self.type is bool:
             return {"type": "categorical", "choices": [False, True]}
         return {"type": self.type.__name__, "low": self.low, "high": self.high, "log": self.log}

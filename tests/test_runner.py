@@ -194,3 +194,28 @@ def test_bad_settings_fail_before_training(kwargs, message) -> None:
 def test_hparams_with_an_optimizer_instance_is_refused() -> None:
     with pytest.raises(UsageError, match="hparams"):
         run("quadratic", create_optimizer("sgd"), {"lr": 0.1}, steps=2)
+
+
+def test_on_eval_sees_each_evaluation_and_can_stop_the_run() -> None:
+    seen: list[tuple[int, float]] = []
+
+    class Stop(Exception):
+        pass
+
+    def on_eval(step: int, measured: dict[str, dict[str, float]]) -> None:
+        seen.append((step, measured["valid"]["loss"]))
+        if step == 20:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(
+            "quadratic",
+            "sgd",
+            {"lr": 0.1},
+            steps=50,
+            eval_every=10,
+            on_eval=on_eval,
+            eval_splits=("valid",),
+        )
+    assert [step for step, _ in seen] == [0, 10, 20]
+    assert seen[0][1] > seen[-1][1]
