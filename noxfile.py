@@ -50,7 +50,9 @@ def suite(session: nox.Session) -> None:
 
 @nox.session
 def benchmarks(session: nox.Session) -> None:
-    """Optimizer-update microbenchmarks, then the harness-vs-bare-loop overhead ratio."""
+    """Optimizer-update microbenchmarks, the harness-vs-bare-loop overhead ratio, and TPE
+    against a dense grid for Adam's learning rate."""
     install(session, "dev")
     session.run("pytest", "benchmarks", "-q", "--benchmark-columns=min,median,mean,stddev,rounds")
     session.run("python", "benchmarks/harness_overhead.py", *session.posargs)
+    session.run("python", "benchmarks/tuning_grid_vs_tpe.py")

@@ -5,12 +5,19 @@
                [seeds=N] [out=PATH.csv] [device=cpu|cuda] [threads=N] [max_seconds=S] ...
     lopt suite name=SUITE [seeds=N] [out=PATH.csv] [report=true] ...
     lopt report in=PATH.csv out=DIR [reference=OPTIMIZER] [target_split=train]
+    lopt tune task=NAME optimizer=NAME[,NAME...] trials=N objective=valid_loss|train_loss
+              budget_steps=S [sampler=tpe|random|grid|qmc] [pruner=median|none]
+              [storage=URL] [search.lr=[LOW,HIGH]] ...
+    lopt studies [storage=URL] [out=DIR]
 
 Overrides are Hydra's ``key=value``. Optimizer hyperparameters are ``optimizer.NAME=VALUE``
 (``optimizer.lr=0.01``); task settings are ``task.NAME=VALUE``. In ``bench``, comma lists of
 ``task`` and ``optimizer`` run every combination; ``-m`` (``--multirun``) also sweeps comma lists
-of any other key (``-m optimizer.lr=0.001,0.01``). ``lopt COMMAND --help`` prints the command's
-keys and defaults.
+of any other key (``-m optimizer.lr=0.001,0.01``). In ``tune``, ``optimizer.NAME=VALUE`` fixes a
+hyperparameter and ``search.NAME=[LOW,HIGH]`` (or ``true``/``false``) changes the search space.
+``lopt bench ... tuned=true`` takes the hyperparameters from the stored tuning study
+(``tuning.objective``, ``tuning.budget_steps``, ``tuning.sampler``, ``tuning.storage`` select it).
+``lopt COMMAND --help`` prints the command's keys and defaults.
 
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 130 interrupted (rerun
 the same command to resume), 1 anything else.
@@ -29,7 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 from harness.errors import UsageError
 
 USAGE = __doc__.split("\n\n")[0] if __doc__ else ""
-ALWAYS_SWEPT = {"bench": ("task", "optimizer")}
+ALWAYS_SWEPT = {"bench": ("task", "optimizer"), "tune": ("task", "optimizer")}
+COMMANDS = ("list", "bench", "suite", "report", "tune", "studies")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,10 +63,8 @@ def dispatch(args: list[str]) -> int:
     command, rest = args[0], args[1:]
     if command == "list":
         return list_command(rest)
-    if command not in ("bench", "suite", "report"):
-        raise UsageError(
-            f"unknown command {command!r}; the commands are list, bench, suite, report"
-        )
+    if command not in COMMANDS:
+        raise UsageError(f"unknown command {command!r}; the commands are {', '.join(COMMANDS)}")
     multirun = False
     overrides = []
     show_help = False
@@ -73,9 +79,14 @@ def dispatch(args: list[str]) -> int:
             overrides.append(arg)
     if multirun and command != "bench":
         raise UsageError(f"-m (multirun) is supported by `lopt bench`, not by `lopt {command}`")
-    return {"bench": bench_command, "suite": suite_command, "report": report_command}[command](
-        overrides, multirun=multirun, show_help=show_help
-    )
+    handlers = {
+        "bench": bench_command,
+        "suite": suite_command,
+        "report": report_command,
+        "tune": tune_command,
+        "studies": studies_command,
+    }
+    return handlers[command](overrides, multirun=multirun, show_help=show_help)
 
 
 # -- lopt list -------------------------------------------------------------------------------------
@@ -185,7 +196,7 @@ def check_keys(parsed: list[Any], command: str) -> None:
     selected: dict[str, list[str]] = {"task": [], "optimizer": []}
     for override in parsed:
         key = override.key_or_group
-        if key in selected and command == "bench":
+        if key in selected and command in ("bench", "tune"):
             values = (
                 list(override.sweep_string_iterator())
                 if override.is_sweep_override()
@@ -195,12 +206,12 @@ def check_keys(parsed: list[Any], command: str) -> None:
             for value in values:
                 registry.get(value)  # UnknownNameError with close matches
             selected[key] = values
-        elif key in hparam_names and command in ("bench", "suite"):
+        elif key in hparam_names and command in ("bench", "suite", "tune"):
             raise UsageError(
                 f"unknown key {key!r}: optimizer hyperparameters are set as "
                 f"optimizer.{key}=VALUE (one way only)"
             )
-    if command != "bench":
+    if command not in ("bench", "tune"):
         return
     optimizers = selected["optimizer"] or ["adam"]
     for override in parsed:
@@ -255,12 +266,21 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
     outs = {cfg.out for cfg in configs}
     if len(outs) != 1:
         raise UsageError("out cannot be swept: one bench writes one results file")
+    explicit = explicit_hparams(overrides)
     for cfg in configs:
         _check_run_settings(cfg)
         if cfg.seeds < 1:
             raise UsageError(f"seeds must be >= 1, got {cfg.seeds}")
         task_cfg = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}
         hparams = {k: v for k, v in OmegaConf.to_container(cfg.optimizer).items() if k != "name"}
+        tags: dict[str, Any] = {}
+        if cfg.tuned:
+            if explicit:
+                raise UsageError(
+                    f"tuned=true takes the hyperparameters from the tuning study: drop "
+                    f"optimizer.{sorted(explicit)[0]}=..."
+                )
+            hparams, tags = _tuned(cfg.task.name, cfg.optimizer.name, cfg.tuning, cfg.steps)
         for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
             plans.append(
                 RunPlan(
@@ -276,13 +296,42 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
                     warmup_steps=cfg.warmup_steps,
                     max_seconds=cfg.max_seconds,
                     device=cfg.device,
+                    tags=tags,
                 )
             )
     execute(plans, configs[0].out, resume=configs[0].resume)
     return 0
 
 
-def _check_run_settings(cfg: DictConfig) -> None:
+def explicit_hparams(overrides: list[str]) -> dict[str, Any]:
+    """The ``optimizer.NAME=VALUE`` overrides the user gave, by NAME."""
+    return {
+        o.key_or_group.split(".", 1)[1]: o.value()
+        for o in parse_overrides(overrides)
+        if o.key_or_group.startswith("optimizer.") and not o.is_sweep_override()
+    }
+
+
+def _tuned(
+    task: str, optimizer: str, tuning: DictConfig, steps: int | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tuned hyperparameters and their provenance tags (see harness.tuning.tuner)."""
+    from harness.registry import TASKS
+    from harness.tuning.tuner import tuned_configuration
+
+    budget = tuning.budget_steps or steps or TASKS.get(task).factory.default_steps
+    return tuned_configuration(
+        task=task,
+        optimizer=optimizer,
+        objective=tuning.objective,
+        budget_steps=budget,
+        sampler=tuning.sampler,
+        tag=tuning.tag,
+        storage=tuning.storage,
+    )
+
+
+def _check_run_settings(cfg: DictConfig, warmup: bool = True) -> None:
     """Validate the settings shared by bench and suite, and apply the thread count."""
     import torch
 
@@ -295,7 +344,7 @@ def _check_run_settings(cfg: DictConfig) -> None:
             raise UsageError(f"{key} must be > 0, got {value}")
     if cfg.get("log_every") is not None and cfg.log_every <= 0:
         raise UsageError(f"log_every must be > 0, got {cfg.log_every}")
-    if cfg.warmup_steps < 0:
+    if warmup and cfg.warmup_steps < 0:
         raise UsageError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if cfg.threads is not None:
         if cfg.threads <= 0:
@@ -328,23 +377,33 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
     seeds = cfg.seeds if cfg.seeds is not None else suite.seeds
     if seeds < 1:
         raise UsageError(f"seeds must be >= 1, got {seeds}")
-    plans = [
-        RunPlan(
-            task=entry.task,
-            optimizer=entry.optimizer,
-            seed=seed,
-            suite=suite.name,
-            steps=entry.steps,
-            hparams=dict(entry.hparams),
-            task_cfg=dict(entry.task_cfg),
-            eval_every=suite.eval_every,
-            log_every=suite.log_every,
-            warmup_steps=cfg.warmup_steps,
-            device=cfg.device,
-        )
-        for entry in suite_entries(suite)
-        for seed in range(suite.first_seed, suite.first_seed + seeds)
-    ]
+    plans = []
+    for entry in suite_entries(suite):
+        hparams, tags = dict(entry.hparams), {}
+        if entry.tuned:
+            if hparams:
+                raise UsageError(
+                    f"suite {suite.name!r}: the {entry.task}/{entry.optimizer} run is tuned, so "
+                    "it takes its hparams from the tuning study: drop its hparams"
+                )
+            hparams, tags = _tuned(entry.task, entry.optimizer, suite.tuning, entry.steps)
+        plans += [
+            RunPlan(
+                task=entry.task,
+                optimizer=entry.optimizer,
+                seed=seed,
+                suite=suite.name,
+                steps=entry.steps,
+                hparams=hparams,
+                task_cfg=dict(entry.task_cfg),
+                eval_every=suite.eval_every,
+                log_every=suite.log_every,
+                warmup_steps=cfg.warmup_steps,
+                device=cfg.device,
+                tags=tags,
+            )
+            for seed in range(suite.first_seed, suite.first_seed + seeds)
+        ]
     out = Path(cfg.out) if cfg.out else Path("results") / suite.name / "results.csv"
     frame = execute(plans, out, resume=cfg.resume)
     if cfg.report:
@@ -372,6 +431,91 @@ def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> 
     written = build_report(
         frame, Path(str(cfg.out)), reference=cfg.reference, target_split=cfg.target_split
     )
+    for path in written:
+        print(path)
+    return 0
+
+
+# -- lopt tune -------------------------------------------------------------------------------------
+def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.tuning.tuner import TuneSettings, tune
+
+    if show_help:
+        return _print_help("tune")
+    search = {}
+    rest = []
+    for override in parse_overrides(overrides):
+        if override.key_or_group.startswith("search."):
+            if override.is_sweep_override():
+                raise UsageError(
+                    f"{override.input_line!r}: a range is written search.NAME=[LOW,HIGH]"
+                )
+            search[override.key_or_group.split(".", 1)[1]] = override.value()
+        else:
+            rest.append(override.input_line)
+    explicit = explicit_hparams(rest)
+    for cfg in composed("tune", rest, multirun=False):
+        _check_run_settings(cfg, warmup=False)
+        task_cfg = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}
+        explicit_task_cfg = {
+            k: v for k, v in task_cfg.items() if any(o.startswith(f"task.{k}=") for o in rest)
+        }
+        settings = TuneSettings(
+            task=cfg.task.name,
+            optimizer=cfg.optimizer.name,
+            trials=cfg.trials,
+            objective=cfg.objective,
+            objective_at=cfg.objective_at,
+            budget_steps=cfg.budget_steps,
+            seeds=cfg.seeds,
+            eval_seeds=cfg.eval_seeds,
+            sampler=cfg.sampler,
+            sampler_seed=cfg.sampler_seed,
+            grid_points=cfg.grid_points,
+            pruner=cfg.pruner,
+            storage=cfg.storage,
+            tag=cfg.tag,
+            eval_every=cfg.eval_every,
+            device=cfg.device,
+            out=cfg.out,
+            task_cfg=explicit_task_cfg,
+            fixed={k: v for k, v in explicit.items()},
+            search={k: _plain(v) for k, v in search.items()},
+        )
+        outcome = tune(settings, log=_log)
+        if outcome.best_hparams is not None:
+            _log(
+                f"{outcome.study}: best trial {outcome.best_number}, {cfg.objective} "
+                f"{outcome.best_value:.5g}, hparams {outcome.best_hparams}"
+            )
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    """A parsed override value as plain Python (lists instead of Hydra's list nodes)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.tuning.export import plot_objective_vs_lr, write_trials
+    from harness.tuning.tuner import studies_frame
+
+    if show_help:
+        return _print_help("studies")
+    (cfg,) = composed("studies", overrides, multirun=False)
+    frame = studies_frame(cfg.storage)
+    out = Path(cfg.out)
+    written = [write_trials(frame, out / "trials.csv")]
+    if "param_lr" in frame.columns:
+        keys = ["task", "objective", "budget_steps"]
+        for (task, objective, budget), group in frame.groupby(keys, sort=True):
+            name = f"lr_{task}_{objective}_{budget}steps.png"
+            title = f"{task}: {objective} after {budget} steps"
+            written.append(plot_objective_vs_lr(group, out / name, title=title))
     for path in written:
         print(path)
     return 0

@@ -33,12 +33,25 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, TASKS
+from harness.tuning.storage import DEFAULT_STORAGE
 from tasks.base import task_arguments
 
 CONFIG_MODULE = "harness.conf"
 
 # Hydra's structured configs need typing.Optional/List/Dict (PEP 604 unions are not understood
 # by OmegaConf 2.3), hence the UP-rule exemptions below.
+
+
+@dataclass
+class TuningRef:
+    """Which tuning study a ``tuned=true`` run takes its hyperparameters from (the study name is
+    derived from the task, the optimizer and these)."""
+
+    objective: str = "valid_loss"
+    budget_steps: Optional[int] = None  # noqa: UP045  (None: the run's step budget)
+    sampler: str = "tpe"
+    tag: str = ""
+    storage: str = DEFAULT_STORAGE
 
 
 @dataclass
@@ -62,7 +75,45 @@ class BenchConfig:
     out: str = "results/bench.csv"
     suite: str = "bench"
     resume: bool = True
+    tuned: bool = False
+    tuning: TuningRef = field(default_factory=TuningRef)
     plugins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TuneConfig:
+    """``lopt tune``: an Optuna study of one optimizer on one task (see harness.tuning)."""
+
+    defaults: list[Any] = field(
+        default_factory=lambda: [{"task": "mnist5k_cnn16"}, {"optimizer": "adam"}, "_self_"]
+    )
+    task: Any = MISSING
+    optimizer: Any = MISSING
+    trials: int = 20
+    objective: str = "valid_loss"
+    objective_at: str = "final"
+    budget_steps: Optional[int] = None  # noqa: UP045  (None: the task's default steps)
+    seeds: int = 1
+    eval_seeds: int = 5
+    sampler: str = "tpe"
+    sampler_seed: int = 0
+    grid_points: int = 13
+    pruner: str = "median"
+    storage: str = DEFAULT_STORAGE
+    tag: str = ""
+    eval_every: Optional[int] = None  # noqa: UP045  (None: budget_steps // 10)
+    device: str = "cpu"
+    threads: Optional[int] = None  # noqa: UP045
+    out: str = "results/tuning"
+    plugins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudiesConfig:
+    """``lopt studies``: every study in a storage as a tidy CSV, with learning-rate plots."""
+
+    storage: str = DEFAULT_STORAGE
+    out: str = "results/tuning"
 
 
 @dataclass
@@ -74,6 +125,7 @@ class SuiteEntry:
     steps: Optional[int] = None  # noqa: UP045  (None: the task's default)
     hparams: dict[str, Any] = field(default_factory=dict)
     task_cfg: dict[str, Any] = field(default_factory=dict)
+    tuned: bool = False  # take hparams from the suite's tuning study instead
 
 
 @dataclass
@@ -86,6 +138,7 @@ class SuiteFile:
     first_seed: int = 0
     eval_every: Optional[int] = None  # noqa: UP045
     log_every: int = 10
+    tuning: TuningRef = field(default_factory=TuningRef)
     runs: list[Any] = field(default_factory=list)  # SuiteEntry each, checked by suite_entries()
 
 
@@ -114,7 +167,13 @@ REPORT_DEFAULTS: dict[str, Any] = {
     "target_split": "train",
 }
 
-PRIMARY = {"bench": "lopt_bench", "suite": "lopt_suite", "report": "lopt_report"}
+PRIMARY = {
+    "bench": "lopt_bench",
+    "suite": "lopt_suite",
+    "report": "lopt_report",
+    "tune": "lopt_tune",
+    "studies": "lopt_studies",
+}
 
 
 def register_configs() -> None:
@@ -123,6 +182,8 @@ def register_configs() -> None:
     store.store(name=PRIMARY["bench"], node=BenchConfig)
     store.store(name=PRIMARY["suite"], node=SuiteConfig)
     store.store(name=PRIMARY["report"], node=OmegaConf.create(REPORT_DEFAULTS))
+    store.store(name=PRIMARY["tune"], node=TuneConfig)
+    store.store(name=PRIMARY["studies"], node=StudiesConfig)
     for name in TASKS.names():
         store.store(group="task", name=name, node=task_config_class(name))
     for name in OPTIMIZERS.names():
@@ -203,7 +264,7 @@ def suite_entries(suite: DictConfig) -> list[SuiteEntry]:
         except OmegaConfBaseException as exc:
             raise UsageError(
                 f"suite {suite.name!r}, runs[{index}]: {_first_line(exc)} "
-                "(each run needs task and optimizer; may set steps, hparams, task_cfg)"
+                "(each run needs task and optimizer; may set steps, hparams, task_cfg, tuned)"
             ) from exc
         entries.append(entry)
     if not entries:

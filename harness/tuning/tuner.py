@@ -1,0 +1,428 @@
+"""The tuning loop, the re-evaluation of the winner, and the lookup of tuned configurations.
+
+:func:`tune` runs a study until it holds ``trials`` counted trials (see
+:mod:`harness.tuning.study`), working with any other process tuning the same study on the same
+storage: each trial is claimed under the storage's lock, so together they run exactly
+``trials`` trials, and a rerun after a crash or ``kill -9`` runs only the missing ones. The
+optimizer's default hyperparameters are queued as the first trial (except for the grid sampler,
+whose points are the whole design).
+
+When the study is complete, the best configuration is trained again with ``eval_seeds`` fresh
+seeds (``EVAL_SEED_OFFSET + k``; the tuning seeds are ``0 .. seeds-1``), with whole-split
+evaluations, and written as tidy rows (``OUT/<study>/best_runs.csv``) whose ``tags`` name the
+study, the trial, the trial count and the step budget. The study's trials and an
+objective-against-learning-rate plot are written next to them.
+
+Samplers are seeded, but Optuna does not store a sampler's random state, so a resumed study
+samples differently from an uninterrupted one after the interruption (the trials already done
+are kept as they were).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from harness.errors import UsageError
+from harness.plan import RunPlan, execute
+from harness.registry import OPTIMIZERS, TASKS, create_task
+from harness.results.io import read_results
+from harness.results.schema import canonical_json
+from harness.tuning.export import plot_objective_vs_lr, trials_frame, write_trials
+from harness.tuning.objective import TrialDiverged, evaluate_configuration
+from harness.tuning.space import SearchSpace, grid_points_total, search_space
+from harness.tuning.storage import DEFAULT_STORAGE, OpenedStorage, open_storage
+from harness.tuning.study import (
+    ATTR_DEFAULTS_QUEUED,
+    OBJECTIVE_AT,
+    OBJECTIVES,
+    PRUNERS,
+    SAMPLERS,
+    Protocol,
+    best_trial,
+    count_trials,
+    load_existing,
+    load_or_create,
+    recover_interrupted,
+    space_as_data,
+    stored_protocol,
+    study_name,
+    worker_id,
+)
+from optimizers.base import resolve_hparams
+from tasks.base import task_config
+
+EVAL_SEED_OFFSET = 1000
+ATTR_TRIALS = "trials"
+Log = Callable[[str], None]
+
+
+@dataclass
+class TuneSettings:
+    """What ``lopt tune`` asks for (the CLI's keys, with the same names and defaults)."""
+
+    task: str
+    optimizer: str
+    trials: int = 20
+    objective: str = "valid_loss"
+    objective_at: str = "final"
+    budget_steps: int | None = None
+    seeds: int = 1
+    eval_seeds: int = 5
+    sampler: str = "tpe"
+    sampler_seed: int = 0
+    grid_points: int = 13
+    pruner: str = "median"
+    storage: str = DEFAULT_STORAGE
+    tag: str = ""
+    eval_every: int | None = None
+    device: str = "cpu"
+    out: str = "results/tuning"
+    task_cfg: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """``UsageError`` for the first setting that is out of its allowed values."""
+        choices = {
+            "sampler": SAMPLERS,
+            "pruner": PRUNERS,
+            "objective": tuple(OBJECTIVES),
+            "objective_at": OBJECTIVE_AT,
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UsageError(
+                    f"unknown {key} {getattr(self, key)!r}; allowed: {', '.join(allowed)}"
+                )
+        positive = {
+            "trials": self.trials,
+            "seeds": self.seeds,
+            "budget_steps": self.budget_steps,
+            "eval_every": self.eval_every,
+        }
+        for key, value in positive.items():
+            if value is not None and value <= 0:
+                raise UsageError(f"{key} must be > 0, got {value}")
+        if self.eval_seeds < 0:
+            raise UsageError(f"eval_seeds must be >= 0, got {self.eval_seeds}")
+        if self.grid_points < 2:
+            raise UsageError(f"grid_points must be >= 2, got {self.grid_points}")
+
+
+@dataclass
+class TuneOutcome:
+    study: str
+    counted: int
+    ran: int
+    best_number: int | None
+    best_value: float | None
+    best_hparams: dict[str, Any] | None
+    best_runs: Path | None
+
+
+def prepare(settings: TuneSettings) -> tuple[Protocol, SearchSpace, dict[str, Any]]:
+    """Validate ``settings``; the protocol, the search space and the base hyperparameters."""
+    settings.check()
+    task_class = TASKS.get(settings.task).factory
+    optimizer_class = OPTIMIZERS.get(settings.optimizer).factory
+    specs = getattr(optimizer_class, "hparam_specs", ())
+    base = resolve_hparams(specs, settings.fixed, owner=settings.optimizer)
+    space = search_space(settings.optimizer, specs, settings.search, settings.fixed)
+    budget = settings.budget_steps or task_class.default_steps
+    if settings.sampler == "grid":
+        size = grid_points_total(space, settings.grid_points)
+        if settings.trials > size:
+            raise UsageError(
+                f"the grid has {size} points: trials must be <= {size} with sampler=grid"
+            )
+    protocol = Protocol(
+        task=settings.task,
+        task_cfg=task_config(task_class, settings.task_cfg),
+        optimizer=settings.optimizer,
+        fixed_hparams={k: v for k, v in base.items() if k not in space},
+        space=space_as_data(space),
+        objective=settings.objective,
+        objective_at=settings.objective_at,
+        budget_steps=budget,
+        seeds=list(range(settings.seeds)),
+        eval_every=settings.eval_every or max(1, budget // 10),
+        sampler=settings.sampler,
+        sampler_seed=settings.sampler_seed,
+        grid_points=settings.grid_points if settings.sampler == "grid" else 0,
+        pruner=settings.pruner,
+        tag=settings.tag,
+    )
+    return protocol, space, base
+
+
+def make_sampler(protocol: Protocol, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    seed = protocol.sampler_seed
+    if protocol.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=len(space) > 1)
+    if protocol.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if protocol.sampler == "qmc":
+        with warnings.catch_warnings():  # "experimental" since Optuna 3; stable in practice
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(
+                qmc_type="halton", scramble=True, seed=seed, warn_asynchronous_seeding=False
+            )
+    grid = {name: dim.grid(protocol.grid_points) for name, dim in space.items()}
+    return _AskTellGridSampler(grid, seed=seed)
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """A grid sampler for the ask-and-tell loop: the loop stops at ``trials`` (at most the grid's
+    size), so the sampler must not call ``study.stop()`` (allowed only inside ``optimize``)."""
+
+    def after_trial(self, study, trial, state, values) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+
+def make_pruner(protocol: Protocol) -> optuna.pruners.BasePruner:
+    if protocol.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=5, n_warmup_steps=protocol.budget_steps // 4
+    )
+
+
+def tune(settings: TuneSettings, log: Log = print) -> TuneOutcome:
+    """Run (or continue) the study of ``settings``; see the module docstring."""
+    protocol, space, base = prepare(settings)
+    name = study_name(
+        settings.task,
+        settings.optimizer,
+        settings.objective,
+        protocol.budget_steps,
+        settings.sampler,
+        settings.tag,
+    )
+    opened = open_storage(settings.storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with opened.claim():
+        study = load_or_create(
+            opened.storage, name, protocol, make_sampler(protocol, space), make_pruner(protocol)
+        )
+    task = create_task(settings.task, device=settings.device, **settings.task_cfg)
+    distributions = {n: dim.distribution() for n, dim in space.items()}
+    with opened.claim():
+        study.set_user_attr(ATTR_TRIALS, max(settings.trials, study.user_attrs.get(ATTR_TRIALS, 0)))
+        recovered = recover_interrupted(study)
+        if recovered:
+            log(f"{name}: {recovered} interrupted trial(s) queued again")
+        _queue_defaults(study, protocol, space, base, log)
+        done = len(count_trials(study).counted)
+    log(f"{name}: {done} of {settings.trials} trials done, in {settings.storage}")
+    ran = 0
+    while True:
+        with opened.claim():
+            counts = count_trials(study)
+            if counts.claimed >= settings.trials:
+                break
+            trial = study.ask(distributions)
+            trial.set_user_attr("worker", worker_id())
+        _run_trial(study, trial, task, protocol, base, settings.trials, log)
+        ran += 1
+    counts = count_trials(study)
+    if counts.in_flight:
+        log(f"{name}: {len(counts.in_flight)} trial(s) still running in other processes")
+    best_runs = None
+    best = best_trial(study, settings.trials)
+    if best is not None and len(counts.counted) >= settings.trials and settings.eval_seeds:
+        with opened.claim():
+            best_runs = evaluate_best(study, name, best, protocol, settings, log)
+    if len(counts.counted) >= settings.trials:
+        export_study(study, name, settings.trials, Path(settings.out) / name)
+    return TuneOutcome(
+        study=name,
+        counted=min(len(counts.counted), settings.trials),
+        ran=ran,
+        best_number=None if best is None else best.number,
+        best_value=None if best is None else best.value,
+        best_hparams=None if best is None else json.loads(best.user_attrs["hparams"]),
+        best_runs=best_runs,
+    )
+
+
+def _queue_defaults(
+    study: optuna.Study, protocol: Protocol, space: SearchSpace, base: dict[str, Any], log: Log
+) -> None:
+    """Queue the optimizer's defaults as the first trial, once per study (not for grids)."""
+    if protocol.sampler == "grid" or study.user_attrs.get(ATTR_DEFAULTS_QUEUED):
+        return
+    defaults = {name: base[name] for name in space}
+    outside = [
+        name
+        for name, dim in space.items()
+        if dim.kind != "bool" and not dim.low <= defaults[name] <= dim.high
+    ]
+    if outside:
+        log(f"not queueing the defaults: {', '.join(outside)} outside the searched range")
+    else:
+        study.enqueue_trial(defaults, user_attrs={"defaults": True})
+    study.set_user_attr(ATTR_DEFAULTS_QUEUED, True)
+
+
+def _run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    task: Any,
+    protocol: Protocol,
+    base: dict[str, Any],
+    trials: int,
+    log: Log,
+) -> None:
+    hparams = {**base, **trial.params}
+    trial.set_user_attr("hparams", canonical_json(hparams))
+    shown = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+    )
+    started = time.perf_counter()
+    try:
+        value = evaluate_configuration(task, protocol, hparams, trial)
+    except optuna.TrialPruned as exc:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        outcome = f"pruned ({exc})"
+    except TrialDiverged as exc:
+        trial.set_user_attr("fail_reason", f"diverged: {exc}")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        outcome = f"failed: {exc}"
+    else:
+        study.tell(trial, value)
+        outcome = f"{protocol.objective} {value:.5g}"
+    log(
+        f"[trial {trial.number}, {len(count_trials(study).counted)}/{trials} done] {shown}: "
+        f"{outcome} ({time.perf_counter() - started:.1f} s)"
+    )
+
+
+def evaluate_best(
+    study: optuna.Study,
+    name: str,
+    best: optuna.trial.FrozenTrial,
+    protocol: Protocol,
+    settings: TuneSettings,
+    log: Log,
+) -> Path:
+    """Train the best configuration with fresh seeds; its tidy rows, tagged, in ``best_runs.csv``.
+
+    Skipped (the file is kept) when it already holds this trial's re-evaluation.
+    """
+    out = Path(settings.out) / name / "best_runs.csv"
+    tags = tuning_tags(name, best, settings.trials, protocol)
+    if out.is_file():
+        existing = read_results(out)
+        if (
+            set(existing["tags"]) == {canonical_json(tags)}
+            and existing.seed.nunique() == settings.eval_seeds
+        ):
+            return out
+    log(
+        f"{name}: best trial {best.number} ({protocol.objective} {best.value:.5g}); training it "
+        f"with {settings.eval_seeds} fresh seeds"
+    )
+    plans = [
+        RunPlan(
+            task=protocol.task,
+            optimizer=protocol.optimizer,
+            seed=EVAL_SEED_OFFSET + k,
+            suite=f"tune:{name}",
+            steps=protocol.budget_steps,
+            hparams=json.loads(best.user_attrs["hparams"]),
+            task_cfg=settings.task_cfg,
+            device=settings.device,
+            tags=tags,
+        )
+        for k in range(settings.eval_seeds)
+    ]
+    execute(plans, out)
+    return out
+
+
+def tuning_tags(
+    name: str, best: optuna.trial.FrozenTrial, trials: int, protocol: Protocol
+) -> dict[str, Any]:
+    """The provenance every row produced from a tuned configuration carries."""
+    return {
+        "study": name,
+        "trial": best.number,
+        "trials": trials,
+        "tuning_budget_steps": protocol.budget_steps,
+        "objective": protocol.objective,
+        "objective_value": best.value,
+        "sampler": protocol.sampler,
+    }
+
+
+def export_study(study: optuna.Study, name: str, trials: int, folder: Path) -> list[Path]:
+    """``trials.csv`` and ``objective_vs_lr.png`` of one study into ``folder``."""
+    frame = trials_frame(study, trials)
+    written = [write_trials(frame, folder / "trials.csv")]
+    if "param_lr" in frame.columns:
+        written.append(plot_objective_vs_lr(frame, folder / "objective_vs_lr.png", title=name))
+    return written
+
+
+def tuned_configuration(
+    *,
+    task: str,
+    optimizer: str,
+    objective: str,
+    budget_steps: int,
+    sampler: str = "tpe",
+    tag: str = "",
+    storage: str = DEFAULT_STORAGE,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(hparams, tags)`` of the best trial of a complete study, for ``lopt bench tuned=true``.
+
+    ``UsageError`` naming the ``lopt tune`` command that creates (or finishes) the study.
+    """
+    name = study_name(task, optimizer, objective, budget_steps, sampler, tag)
+    command = (
+        f"lopt tune task={task} optimizer={optimizer} objective={objective} "
+        f"budget_steps={budget_steps} sampler={sampler}"
+        + (f" tag={tag}" if tag else "")
+        + (f" storage={storage}" if storage != DEFAULT_STORAGE else "")
+    )
+    opened: OpenedStorage = open_storage(storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_existing(opened.storage, name)
+    if study is None:
+        raise UsageError(
+            f"no tuning study {name!r} in {storage}: create it with `{command} trials=N`"
+        )
+    trials = int(study.user_attrs.get(ATTR_TRIALS, 0))
+    counted = len(count_trials(study).counted)
+    if counted < trials:
+        raise UsageError(
+            f"tuning study {name!r} has {counted} of its {trials} trials: finish it with "
+            f"`{command} trials={trials}`"
+        )
+    best = best_trial(study, trials)
+    if best is None:
+        raise UsageError(f"tuning study {name!r} has no completed trial: every trial failed")
+    protocol = Protocol(**stored_protocol(study))
+    return json.loads(best.user_attrs["hparams"]), tuning_tags(name, best, trials, protocol)
+
+
+def studies_frame(storage: str) -> pd.DataFrame:
+    """The trials of every study in ``storage`` (see :func:`trials_frame`)."""
+    opened = open_storage(storage)
+    frames = []
+    for summary in optuna.get_all_study_summaries(opened.storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=opened.storage)
+        trials = int(study.user_attrs.get(ATTR_TRIALS, 0))
+        frames.append(trials_frame(study, trials))
+    if not frames:
+        raise UsageError(f"no tuning studies in {storage}")
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,304 @@
+"""Optuna tuning: search spaces, studies, trials, re-evaluation, resumption, parallel workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.errors import UsageError
+from harness.registry import OPTIMIZERS
+from harness.results.io import read_results
+from harness.tuning.space import search_space
+from harness.tuning.storage import open_storage
+from harness.tuning.study import count_trials, load_existing, study_name
+from harness.tuning.tuner import EVAL_SEED_OFFSET, TuneSettings, tune, tuned_configuration
+
+
+def specs(name: str):
+    return OPTIMIZERS.get(name).factory.hparam_specs
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+def settings(tmp_path: Path, **changes) -> TuneSettings:
+    base = {
+        "task": "quadratic",
+        "optimizer": "sgd",
+        "trials": 6,
+        "budget_steps": 60,
+        "eval_seeds": 0,
+        "storage": f"sqlite:///{tmp_path}/optuna.db",
+        "out": str(tmp_path / "out"),
+    }
+    return TuneSettings(**{**base, **changes})
+
+
+# -- search spaces ---------------------------------------------------------------------------------
+def test_default_spaces_search_the_declared_ranges() -> None:
+    for name in ("sgd", "momentum", "adam", "adamw", "rmsprop"):
+        lr = search_space(name, specs(name))["lr"]
+        assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 1e-5, 1.0, True)
+    # As in the paper, only learning rates are searched unless a study adds more.
+    assert set(search_space("momentum", specs("momentum"))) == {"lr"}
+
+
+def test_space_overrides_fix_add_narrow_and_remove() -> None:
+    space = search_space(
+        "adam", specs("adam"), {"lr": [1e-4, 1e-1], "beta1": True}, fixed={"eps": 1e-6}
+    )
+    assert (space["lr"].low, space["lr"].high) == (1e-4, 1e-1)
+    assert (space["beta1"].low, space["beta1"].high) == (0.5, 0.999)
+    space = search_space("momentum", specs("momentum"), {"lr": False, "nesterov": True})
+    assert set(space) == {"nesterov"} and space["nesterov"].grid(13) == [False, True]
+
+
+def test_the_grid_is_log_spaced_like_deepobs() -> None:
+    grid = search_space("adam", specs("adam"))["lr"].grid(13)
+    assert len(grid) == 13
+    assert np.allclose(np.log10(grid), np.linspace(-5, 0, 13), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "fixed", "message"),
+    [
+        ("sgd", {"foo": [1, 2]}, {}, "takes no hyperparameter 'foo'"),
+        ("sgd", {"lr": ["a", "b"]}, {}, "must be [LOW,HIGH]"),
+        ("sgd", {"lr": [1e-3]}, {}, "must be [LOW,HIGH]"),
+        ("sgd", {"lr": [0.0, 1.0]}, {}, "lr must be > 0"),
+        ("sgd", {"lr": [1.0, 0.1]}, {}, "LOW must be below HIGH"),
+        ("momentum", {"nesterov": [0, 1]}, {}, "is a bool"),
+        ("momentum", {"momentum": [0.5, 1.5]}, {}, "momentum must be >= 0 and < 1"),
+        ("sgd", {"lr": [0.01, 0.1]}, {"lr": 0.1}, "both fixed"),
+        ("sgd", {}, {"lr": 0.1}, "nothing to tune"),
+    ],
+)
+def test_bad_search_spaces_are_usage_errors(name, overrides, fixed, message) -> None:
+    with pytest.raises(UsageError) as raised:
+        search_space(name, specs(name), overrides, fixed)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+# -- studies ---------------------------------------------------------------------------------------
+def test_a_study_runs_exactly_its_trials_and_queues_the_defaults_first(tmp_path) -> None:
+    outcome = tune(settings(tmp_path), log=quiet)
+    study = load_existing(open_storage(f"sqlite:///{tmp_path}/optuna.db").storage, outcome.study)
+    trials = study.get_trials()
+    assert outcome.study == "quadratic-sgd-valid_loss-60steps-tpe-p1"
+    assert len(trials) == 6 and outcome.ran == 6 and outcome.counted == 6
+    assert trials[0].params == {"lr": 0.1} and trials[0].user_attrs["defaults"] is True
+    assert all(json.loads(t.user_attrs["hparams"])["weight_decay"] == 0.0 for t in trials)
+    again = tune(settings(tmp_path), log=quiet)  # rerunning a complete study runs nothing
+    assert again.ran == 0 and again.best_number == outcome.best_number
+    more = tune(settings(tmp_path, trials=8), log=quiet)  # asking for more adds only those
+    assert more.ran == 2 and len(study.get_trials()) == 8
+
+
+def test_diverged_trials_fail_with_their_reason_and_the_study_goes_on(tmp_path) -> None:
+    # Gradient descent on the quadratic (lambda_max = 1) diverges for lr > 2.
+    outcome = tune(
+        settings(tmp_path, search={"lr": [0.5, 4.0]}, trials=8, pruner="none"), log=quiet
+    )
+    study = load_existing(open_storage(f"sqlite:///{tmp_path}/optuna.db").storage, outcome.study)
+    failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    complete = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert failed and complete and outcome.counted == 8
+    assert all(t.params["lr"] > 2.0 for t in failed)
+    assert all(t.user_attrs["fail_reason"].startswith("diverged") for t in failed)
+    assert outcome.best_hparams["lr"] < 2.0
+
+
+@pytest.mark.parametrize("sampler", ["random", "qmc", "grid"])
+def test_every_sampler_runs(tmp_path, sampler) -> None:
+    outcome = tune(settings(tmp_path, sampler=sampler, grid_points=6, trials=6), log=quiet)
+    assert outcome.counted == 6 and outcome.best_value is not None
+    if sampler == "grid":
+        study = load_existing(
+            open_storage(f"sqlite:///{tmp_path}/optuna.db").storage, outcome.study
+        )
+        lrs = sorted(t.params["lr"] for t in study.get_trials())
+        assert np.allclose(np.log10(lrs), np.linspace(-5, 0, 6), atol=1e-5)
+
+
+def test_a_grid_smaller_than_the_trials_is_refused(tmp_path) -> None:
+    with pytest.raises(UsageError, match="the grid has 4 points"):
+        tune(settings(tmp_path, sampler="grid", grid_points=4, trials=5), log=quiet)
+
+
+def test_a_pruner_stops_hopeless_trials(tmp_path) -> None:
+    outcome = tune(settings(tmp_path, trials=14, budget_steps=100), log=quiet)
+    study = load_existing(open_storage(f"sqlite:///{tmp_path}/optuna.db").storage, outcome.study)
+    states = {t.state for t in study.get_trials()}
+    assert optuna.trial.TrialState.PRUNED in states and outcome.counted == 14
+
+
+def test_reopening_a_study_with_another_protocol_is_refused(tmp_path) -> None:
+    tune(settings(tmp_path, trials=2), log=quiet)
+    with pytest.raises(UsageError, match=r"already exists with another protocol.*seeds"):
+        tune(settings(tmp_path, trials=2, seeds=2), log=quiet)
+
+
+def test_the_best_is_retrained_with_fresh_seeds_and_tagged(tmp_path) -> None:
+    outcome = tune(settings(tmp_path, eval_seeds=3), log=quiet)
+    rows = read_results(outcome.best_runs)
+    assert sorted(rows.seed.unique()) == [EVAL_SEED_OFFSET + k for k in range(3)]
+    assert {"train", "valid", "test"} <= set(rows.split)
+    (tags,) = set(rows.tags)
+    tags = json.loads(tags)
+    assert tags["study"] == outcome.study and tags["trial"] == outcome.best_number
+    assert tags["trials"] == 6 and tags["tuning_budget_steps"] == 60
+    trials = pd.read_csv(Path(tmp_path, "out", outcome.study, "trials.csv"))
+    assert len(trials) == 6 and trials.counted.all() and "param_lr" in trials
+    assert Path(tmp_path, "out", outcome.study, "objective_vs_lr.png").read_bytes()[:4] == (
+        b"\x89PNG"
+    )
+
+
+def test_tuned_lookup_names_the_command_that_creates_a_missing_study(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    with pytest.raises(UsageError) as raised:
+        tuned_configuration(
+            task="quadratic",
+            optimizer="adam",
+            objective="valid_loss",
+            budget_steps=60,
+            storage=storage,
+        )
+    message = str(raised.value)
+    assert "lopt tune task=quadratic optimizer=adam objective=valid_loss budget_steps=60" in message
+    outcome = tune(settings(tmp_path), log=quiet)
+    hparams, tags = tuned_configuration(
+        task="quadratic", optimizer="sgd", objective="valid_loss", budget_steps=60, storage=storage
+    )
+    assert hparams == outcome.best_hparams and tags["study"] == outcome.study
+
+
+# -- the command line ------------------------------------------------------------------------------
+def test_bench_tuned_takes_hparams_and_tags_from_the_study(tmp_path, capsys) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    outcome = tune(settings(tmp_path), log=quiet)
+    out = tmp_path / "tuned.csv"
+    common = ["task=quadratic", "optimizer=sgd", "steps=60", f"tuning.storage={storage}"]
+    assert main(["bench", *common, "tuned=true", f"out={out}"]) == 0
+    frame = pd.read_csv(out)
+    assert json.loads(frame.hparams[0]) == outcome.best_hparams
+    assert json.loads(frame.tags[0])["trials"] == 6
+    assert main(["bench", *common, "tuned=true", "optimizer.lr=0.1", f"out={out}"]) == 2
+    assert "drop optimizer.lr" in capsys.readouterr().err
+    assert main(["bench", *common, "steps=50", "tuned=true", f"out={tmp_path / 'x.csv'}"]) == 2
+    assert "lopt tune task=quadratic optimizer=sgd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sampler=foo"], "unknown sampler 'foo'"),
+        (["trials=0"], "trials must be > 0"),
+        (["storage=sqlite:////dev/null/sub/x.db"], "cannot open storage"),
+        (["storage=nowhere"], "is not a URL"),
+        (["search.lr=[a,b]"], "search.lr must be [LOW,HIGH]"),
+        (["optimizer=momentum", "search.nesterov=[0,1]"], "is a bool"),
+        (["objective=test_loss"], "unknown objective 'test_loss'"),
+    ],
+)
+def test_tune_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message) -> None:
+    code = main(
+        [
+            "tune",
+            "task=quadratic",
+            "optimizer=sgd",
+            "budget_steps=10",
+            f"out={tmp_path / 'out'}",
+            f"storage=sqlite:///{tmp_path}/o.db",
+            *args,
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "out").exists()
+
+
+TUNE = [
+    sys.executable,
+    "-m",
+    "harness.cli",
+    "tune",
+    "task=quadratic",
+    "optimizer=sgd",
+    "budget_steps=3000",
+    "eval_seeds=0",
+    "pruner=none",
+]
+
+
+def _counted(storage: str, name: str) -> int:
+    study = load_existing(open_storage(storage).storage, name)
+    return 0 if study is None else len(count_trials(study).counted)
+
+
+def test_a_killed_tuning_run_is_completed_by_rerunning_it(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    name = study_name("quadratic", "sgd", "valid_loss", 3000, "tpe")
+    command = [*TUNE, "trials=10", f"storage={storage}", f"out={tmp_path / 'out'}"]
+    first = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _counted(storage, name) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = _counted(storage, name)
+    assert 3 <= before < 10, "the first process should have been killed part-way"
+    second = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    study = load_existing(open_storage(storage).storage, name)
+    counts = count_trials(study)
+    assert len(counts.counted) == 10 and not counts.in_flight and not counts.waiting
+    by_rerun = [t for t in counts.counted if worker_pid(t) == second.pid]
+    assert len(by_rerun) == 10 - before  # exactly the remaining trials
+    for trial in counts.interrupted:  # a trial killed mid-run was queued again and redone
+        assert any(t.user_attrs.get("retry_of") == trial.number for t in counts.counted)
+
+
+def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
+    """The pid in a trial's worker id (``host:pid:start``)."""
+    return int(trial.user_attrs["worker"].rsplit(":", 2)[1])
+
+
+@pytest.mark.parametrize("storage_kind", ["sqlite", "journal"])
+def test_two_processes_tune_one_study_without_lost_or_duplicated_trials(
+    tmp_path, storage_kind
+) -> None:
+    storage = (
+        f"sqlite:///{tmp_path}/optuna.db"
+        if storage_kind == "sqlite"
+        else f"journal:{tmp_path}/optuna.log"
+    )
+    command = [*TUNE, "trials=12", f"storage={storage}", f"out={tmp_path / 'out'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [
+        subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+    name = study_name("quadratic", "sgd", "valid_loss", 3000, "tpe")
+    study = load_existing(open_storage(storage).storage, name)
+    trials = study.get_trials()
+    assert len(trials) == 12 and {t.number for t in trials} == set(range(12))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sum(bool(t.user_attrs.get("defaults")) for t in trials) == 1
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both took part
