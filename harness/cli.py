@@ -404,6 +404,7 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
             )
             for seed in range(suite.first_seed, suite.first_seed + seeds)
         ]
+    check_fair_tuning(suite.name, plans)
     out = Path(cfg.out) if cfg.out else Path("results") / suite.name / "results.csv"
     frame = execute(plans, out, resume=cfg.resume)
     if cfg.report:
@@ -412,6 +413,24 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
         written = build_report(frame, out.parent, reference=cfg.reference)
         print(f"report: {len(written)} files in {out.parent}", file=sys.stderr)
     return 0
+
+
+def check_fair_tuning(suite: str, plans: list[Any]) -> None:
+    """Tuned baselines of one task must come from studies with the same trial count and step
+    budget: otherwise the comparison favours the optimizer that was tuned harder."""
+    budgets: dict[str, set[tuple[int, int]]] = {}
+    for plan in plans:
+        if "study" in plan.tags:
+            budget = (plan.tags["trials"], plan.tags["tuning_budget_steps"])
+            budgets.setdefault(plan.task, set()).add(budget)
+    for task, found in budgets.items():
+        if len(found) > 1:
+            shown = ", ".join(f"{t} trials x {b} steps" for t, b in sorted(found))
+            raise UsageError(
+                f"suite {suite!r}: the tuned runs on {task} come from studies with different "
+                f"tuning budgets ({shown}); tune every baseline with the same trials and "
+                "budget_steps"
+            )
 
 
 # -- lopt report -----------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from harness.cli import main
+from harness.cli import check_fair_tuning, main
 from harness.errors import UsageError
+from harness.plan import RunPlan
 from harness.registry import OPTIMIZERS
 from harness.results.io import read_results
 from harness.tuning.space import search_space
@@ -302,3 +303,18 @@ def test_two_processes_tune_one_study_without_lost_or_duplicated_trials(
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert sum(bool(t.user_attrs.get("defaults")) for t in trials) == 1
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both took part
+
+
+def test_a_suite_refuses_baselines_tuned_with_different_budgets() -> None:
+    plans = [
+        RunPlan(
+            task="quadratic",
+            optimizer=name,
+            seed=0,
+            tags={"study": name, "trials": trials, "tuning_budget_steps": 60},
+        )
+        for name, trials in (("sgd", 3), ("adam", 4))
+    ]
+    with pytest.raises(UsageError, match="different tuning budgets"):
+        check_fair_tuning("tuned", plans)
+    check_fair_tuning("tuned", plans[:1])  # one study: nothing to compare
