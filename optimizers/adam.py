@@ -1,14 +1,18 @@
-"""Adam (L2 weight decay in the gradient) and AdamW (decoupled weight decay).
+"""Adam (L2 weight decay in the gradient), AdamW (decoupled weight decay), and Adam with a
+cosine learning-rate decay.
 
-Both follow ``torch.optim.Adam`` / ``torch.optim.AdamW`` step for step, bias correction included.
+They follow ``torch.optim.Adam`` / ``torch.optim.AdamW`` step for step, bias correction included
+(the cosine one: ``torch.optim.Adam`` under ``torch.optim.lr_scheduler.LambdaLR``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
 
+from harness.errors import UsageError
 from harness.registry import register_optimizer
 from optimizers.base import (
     HParam,
@@ -41,10 +45,15 @@ class Adam(Optimizer):
             "exp_avg_sq": tuple(torch.zeros_like(p) for p in params),
         }
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of update number ``step`` (1-based); constant for Adam."""
+        return float(self.hparams["lr"])
+
     def update(self, grads: Params, state: OptState, params: Params) -> tuple[Params, OptState]:
         h = self.hparams
-        lr, beta1, beta2, eps, wd = h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"]
+        beta1, beta2, eps, wd = h["beta1"], h["beta2"], h["eps"], h["weight_decay"]
         step = state["step"] + 1
+        lr = self.learning_rate(step)
         if wd and self.decoupled_weight_decay:
             params = tuple(torch._foreach_mul(params, 1.0 - lr * wd))
         elif wd:
@@ -76,3 +85,61 @@ class AdamW(Adam):
         weight_decay(1e-2, "decoupled decay: w <- w * (1 - lr * weight_decay) each step"),
     )
     decoupled_weight_decay = True
+
+
+@register_optimizer("adam_cosine")
+class AdamCosine(Adam):
+    """Adam with a linear warm-up, then a cosine decay of the learning rate to a floor.
+
+    Update k (1-based) uses ``lr * f(k - 1)`` with, for t < warmup: ``f(t) = (t + 1) / warmup``;
+    after it, ``f(t) = final + (1 - final) * (1 + cos(pi * p)) / 2`` with
+    ``p = min(1, (t - warmup) / (decay_steps - warmup))``. Set ``decay_steps`` to the run's step
+    budget so the decay ends with the run.
+    """
+
+    hparam_specs = (
+        *Adam.hparam_specs,
+        HParam(
+            "decay_steps",
+            2000,
+            "steps over which the rate decays (set it to the budget)",
+            ge=1,
+            low=100,
+            high=100_000,
+            log=True,
+        ),
+        HParam("warmup_steps", 0, "steps of linear warm-up", ge=0, low=0, high=1000),
+        HParam(
+            "final_fraction",
+            0.0,
+            "the floor, as a fraction of lr",
+            ge=0.0,
+            le=1.0,
+            low=0.0,
+            high=0.1,
+        ),
+    )
+
+    def __init__(self, **hparams: object) -> None:
+        super().__init__(**hparams)
+        if self.hparams["warmup_steps"] >= self.hparams["decay_steps"]:
+            raise UsageError(
+                f"adam_cosine: warmup_steps ({self.hparams['warmup_steps']}) must be below "
+                f"decay_steps ({self.hparams['decay_steps']})"
+            )
+
+    def learning_rate(self, step: int) -> float:
+        return float(self.hparams["lr"]) * cosine_factor(
+            step - 1,
+            int(self.hparams["decay_steps"]),
+            int(self.hparams["warmup_steps"]),
+            float(self.hparams["final_fraction"]),
+        )
+
+
+def cosine_factor(t: int, decay_steps: int, warmup_steps: int, final_fraction: float) -> float:
+    """The schedule's multiplier of the base rate after ``t`` updates (see AdamCosine)."""
+    if t < warmup_steps:
+        return (t + 1) / warmup_steps
+    progress = min(1.0, (t - warmup_steps) / (decay_steps - warmup_steps))
+    return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))

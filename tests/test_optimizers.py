@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -12,7 +13,29 @@ from harness.registry import OPTIMIZERS, create_optimizer, list_optimizers
 from optimizers.base import Optimizer, TorchOptimizer, learning_rate
 
 STEPS = 20
-BUILTINS = ("adam", "adamw", "momentum", "rmsprop", "sgd")
+BUILTINS = ("adam", "adam_cosine", "adamw", "momentum", "rmsprop", "sgd")
+
+
+class TorchAdamCosine(torch.optim.Adam):
+    """torch.optim.Adam stepped by a LambdaLR cosine schedule with linear warm-up, written out
+    here independently of optimizers/adam.py."""
+
+    def __init__(self, params, *, decay_steps, warmup_steps, final_fraction, **kwargs):
+        super().__init__(params, **kwargs)
+
+        def factor(t: int) -> float:
+            if t < warmup_steps:
+                return (t + 1) / warmup_steps
+            p = min(1.0, (t - warmup_steps) / (decay_steps - warmup_steps))
+            return final_fraction + (1 - final_fraction) * (1 + math.cos(math.pi * p)) / 2
+
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self, factor)
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        self.schedule.step()
+        return loss
+
 
 # (harness name, harness hparams, torch.optim class, torch kwargs): the same optimizer twice.
 CASES: dict[str, tuple[str, dict[str, Any], type[torch.optim.Optimizer], dict[str, Any]]] = {
@@ -46,6 +69,12 @@ CASES: dict[str, tuple[str, dict[str, Any], type[torch.optim.Optimizer], dict[st
         {"lr": 0.01, "weight_decay": 0.1},
         torch.optim.Adam,
         {"lr": 0.01, "weight_decay": 0.1},
+    ),
+    "adam_cosine": (
+        "adam_cosine",
+        {"lr": 0.02, "decay_steps": 14, "warmup_steps": 3, "final_fraction": 0.1},
+        TorchAdamCosine,
+        {"lr": 0.02, "decay_steps": 14, "warmup_steps": 3, "final_fraction": 0.1},
     ),
     "adamw": (
         "adamw",
