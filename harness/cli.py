@@ -193,6 +193,7 @@ def check_keys(parsed: list[Any], command: str) -> None:
         for name in OPTIMIZERS.names()
         for spec in getattr(OPTIMIZERS.get(name).factory, "hparam_specs", ())
     }
+    own_keys = command_keys(command)
     selected: dict[str, list[str]] = {"task": [], "optimizer": []}
     for override in parsed:
         key = override.key_or_group
@@ -206,7 +207,7 @@ def check_keys(parsed: list[Any], command: str) -> None:
             for value in values:
                 registry.get(value)  # UnknownNameError with close matches
             selected[key] = values
-        elif key in hparam_names and command in ("bench", "suite", "tune"):
+        elif key in hparam_names and key not in own_keys:
             raise UsageError(
                 f"unknown key {key!r}: optimizer hyperparameters are set as "
                 f"optimizer.{key}=VALUE (one way only)"
@@ -226,6 +227,21 @@ def check_keys(parsed: list[Any], command: str) -> None:
                         f"{optimizer} takes no hyperparameter {name!r}; it takes: "
                         f"{', '.join(allowed) or 'none'}"
                     )
+
+
+def command_keys(command: str) -> set[str]:
+    """The top-level keys of a command's config."""
+    import dataclasses
+
+    from harness.config import BenchConfig, StudiesConfig, SuiteConfig, TuneConfig
+
+    schema = {
+        "bench": BenchConfig,
+        "suite": SuiteConfig,
+        "tune": TuneConfig,
+        "studies": StudiesConfig,
+    }.get(command)
+    return {f.name for f in dataclasses.fields(schema)} if schema else {"in", "out"}
 
 
 def composed(command: str, overrides: list[str], multirun: bool) -> list[DictConfig]:

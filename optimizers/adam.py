@@ -92,7 +92,7 @@ class AdamCosine(Adam):
     """Adam with a linear warm-up, then a cosine decay of the learning rate to a floor.
 
     Update k (1-based) uses ``lr * f(k - 1)`` with, for t < warmup: ``f(t) = (t + 1) / warmup``;
-    after it, ``f(t) = final + (1 - final) * (1 + cos(pi * p)) / 2`` with
+    after it, ``f(t) = final_fraction + (1 - final_fraction) * (1 + cos(pi * p)) / 2`` with
     ``p = min(1, (t - warmup) / (decay_steps - warmup))``. Set ``decay_steps`` to the run's step
     budget so the decay ends with the run.
     """
@@ -108,7 +108,7 @@ class AdamCosine(Adam):
             high=100_000,
             log=True,
         ),
-        HParam("warmup_steps", 0, "steps of linear warm-up", ge=0, low=0, high=1000),
+        HParam("warmup", 0, "steps of linear learning-rate warm-up", ge=0, low=0, high=1000),
         HParam(
             "final_fraction",
             0.0,
@@ -122,9 +122,9 @@ class AdamCosine(Adam):
 
     def __init__(self, **hparams: object) -> None:
         super().__init__(**hparams)
-        if self.hparams["warmup_steps"] >= self.hparams["decay_steps"]:
+        if self.hparams["warmup"] >= self.hparams["decay_steps"]:
             raise UsageError(
-                f"adam_cosine: warmup_steps ({self.hparams['warmup_steps']}) must be below "
+                f"adam_cosine: warmup ({self.hparams['warmup']}) must be below "
                 f"decay_steps ({self.hparams['decay_steps']})"
             )
 
@@ -132,14 +132,14 @@ class AdamCosine(Adam):
         return float(self.hparams["lr"]) * cosine_factor(
             step - 1,
             int(self.hparams["decay_steps"]),
-            int(self.hparams["warmup_steps"]),
+            int(self.hparams["warmup"]),
             float(self.hparams["final_fraction"]),
         )
 
 
-def cosine_factor(t: int, decay_steps: int, warmup_steps: int, final_fraction: float) -> float:
+def cosine_factor(t: int, decay_steps: int, warmup: int, final_fraction: float) -> float:
     """The schedule's multiplier of the base rate after ``t`` updates (see AdamCosine)."""
-    if t < warmup_steps:
-        return (t + 1) / warmup_steps
-    progress = min(1.0, (t - warmup_steps) / (decay_steps - warmup_steps))
+    if t < warmup:
+        return (t + 1) / warmup
+    progress = min(1.0, (t - warmup) / (decay_steps - warmup))
     return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -72,7 +72,7 @@ CASES: dict[str, tuple[str, dict[str, Any], type[torch.optim.Optimizer], dict[st
     ),
     "adam_cosine": (
         "adam_cosine",
-        {"lr": 0.02, "decay_steps": 14, "warmup_steps": 3, "final_fraction": 0.1},
+        {"lr": 0.02, "decay_steps": 14, "warmup": 3, "final_fraction": 0.1},
         TorchAdamCosine,
         {"lr": 0.02, "decay_steps": 14, "warmup_steps": 3, "final_fraction": 0.1},
     ),
