@@ -9,6 +9,7 @@
               budget_steps=S [sampler=tpe|random|grid|qmc] [pruner=median|none]
               [storage=URL] [search.lr=[LOW,HIGH]] ...
     lopt studies [storage=URL] [out=DIR]
+    lopt meta-train task=NAME estimator=merged|rp|es objective=train|valid outer_steps=N out=DIR
 
 Overrides are Hydra's ``key=value``. Optimizer hyperparameters are ``optimizer.NAME=VALUE``
 (``optimizer.lr=0.01``); task settings are ``task.NAME=VALUE``. In ``bench``, comma lists of
@@ -37,7 +38,7 @@ from harness.errors import UsageError
 
 USAGE = __doc__.split("\n\n")[0] if __doc__ else ""
 ALWAYS_SWEPT = {"bench": ("task", "optimizer"), "tune": ("task", "optimizer")}
-COMMANDS = ("list", "bench", "suite", "report", "tune", "studies")
+COMMANDS = ("list", "bench", "suite", "report", "tune", "studies", "meta-train")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,6 +86,7 @@ def dispatch(args: list[str]) -> int:
         "report": report_command,
         "tune": tune_command,
         "studies": studies_command,
+        "meta-train": meta_train_command,
     }
     return handlers[command](overrides, multirun=multirun, show_help=show_help)
 
@@ -233,13 +235,20 @@ def command_keys(command: str) -> set[str]:
     """The top-level keys of a command's config."""
     import dataclasses
 
-    from harness.config import BenchConfig, StudiesConfig, SuiteConfig, TuneConfig
+    from harness.config import (
+        BenchConfig,
+        MetaTrainCommandConfig,
+        StudiesConfig,
+        SuiteConfig,
+        TuneConfig,
+    )
 
     schema = {
         "bench": BenchConfig,
         "suite": SuiteConfig,
         "tune": TuneConfig,
         "studies": StudiesConfig,
+        "meta-train": MetaTrainCommandConfig,
     }.get(command)
     return {f.name for f in dataclasses.fields(schema)} if schema else {"in", "out"}
 
@@ -553,6 +562,17 @@ def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) ->
             written.append(plot_objective_vs_lr(group, out / name, title=title))
     for path in written:
         print(path)
+    return 0
+
+
+# -- lopt meta-train -------------------------------------------------------------------------------
+def meta_train_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.meta.command import meta_train
+
+    if show_help:
+        return _print_help("meta-train")
+    (cfg,) = composed("meta-train", overrides, multirun=False)
+    print(meta_train(cfg))  # the task group node becomes task + task_cfg
     return 0
 
 

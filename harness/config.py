@@ -32,6 +32,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UsageError
+from harness.meta.config import MetaTrainConfig
 from harness.registry import OPTIMIZERS, TASKS
 from harness.tuning.storage import DEFAULT_STORAGE
 from tasks.base import task_arguments
@@ -109,6 +110,15 @@ class TuneConfig:
 
 
 @dataclass
+class MetaTrainCommandConfig(MetaTrainConfig):
+    """``lopt meta-train``: MetaTrainConfig with the task as a config group (``task=NAME``,
+    ``task.SETTING=VALUE``)."""
+
+    defaults: list[Any] = field(default_factory=lambda: [{"task": "mnist5k_cnn16"}, "_self_"])
+    task: Any = MISSING
+
+
+@dataclass
 class StudiesConfig:
     """``lopt studies``: every study in a storage as a tidy CSV, with learning-rate plots."""
 
@@ -173,6 +183,7 @@ PRIMARY = {
     "report": "lopt_report",
     "tune": "lopt_tune",
     "studies": "lopt_studies",
+    "meta-train": "lopt_meta_train",
 }
 
 
@@ -184,6 +195,7 @@ def register_configs() -> None:
     store.store(name=PRIMARY["report"], node=OmegaConf.create(REPORT_DEFAULTS))
     store.store(name=PRIMARY["tune"], node=TuneConfig)
     store.store(name=PRIMARY["studies"], node=StudiesConfig)
+    store.store(name=PRIMARY["meta-train"], node=MetaTrainCommandConfig)
     for name in TASKS.names():
         store.store(group="task", name=name, node=task_config_class(name))
     for name in OPTIMIZERS.names():

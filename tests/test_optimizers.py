@@ -11,9 +11,12 @@ import torch
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, create_optimizer, list_optimizers
 from optimizers.base import Optimizer, TorchOptimizer, learning_rate
+from optimizers.learned import LOpt
 
 STEPS = 20
 BUILTINS = ("adam", "adam_cosine", "adamw", "momentum", "rmsprop", "sgd")
+#: built-ins without a learning rate: the learned optimizer (its theta comes from a checkpoint)
+LEARNED = ("lopt",)
 
 
 class TorchAdamCosine(torch.optim.Adam):
@@ -83,6 +86,8 @@ CASES: dict[str, tuple[str, dict[str, Any], type[torch.optim.Optimizer], dict[st
         {"lr": 0.01, "weight_decay": 0.1, "eps": 1e-6},
     ),
     "rmsprop": ("rmsprop", {"lr": 0.01}, torch.optim.RMSprop, {"lr": 0.01}),
+    # the untrained learned optimizer against its own torch.optim form
+    "lopt": ("lopt", {}, LOpt, {}),
     "rmsprop_centered": (
         "rmsprop",
         {"lr": 0.01, "centered": True, "alpha": 0.9},
@@ -181,7 +186,7 @@ def test_trajectory_matches_torch_optim(case: str) -> None:
 def test_every_builtin_has_a_trajectory_case() -> None:
     """The trajectory cases above cover every built-in optimizer (a new one needs a case)."""
     builtins = {n for n in list_optimizers() if OPTIMIZERS.get(n).source == "builtin"}
-    assert builtins == set(BUILTINS)
+    assert builtins == set(BUILTINS) | set(LEARNED)
     assert {case[0] for case in CASES.values()} == builtins
 
 

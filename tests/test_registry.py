@@ -75,7 +75,12 @@ def test_list_all_sorted() -> None:
 
 @pytest.mark.parametrize(
     ("pattern", "expected"),
-    [("adam*", ["adam", "adam_cosine", "adamw"]), ("*prop", ["rmsprop"]), ("?gd", ["sgd"]), ("[ms]*", None)],
+    [
+        ("adam*", ["adam", "adam_cosine", "adamw"]),
+        ("*prop", ["rmsprop"]),
+        ("?gd", ["sgd"]),
+        ("[ms]*", None),
+    ],
 )
 def test_list_optimizers_wildcards(pattern: str, expected: list[str] | None) -> None:
     """Shell-style patterns filter the optimizer names (case-sensitively)."""

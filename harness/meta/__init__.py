@@ -1,0 +1,30 @@
+"""Meta-training of the learned optimizer (Metz et al., ICML 2019), the second entrance.
+
+``meta_train(cfg) -> Path`` (:mod:`harness.meta.command`) trains theta and ends in a checkpoint
+that the optimizer registry serves as ``optimizer=lopt optimizer.checkpoint=PATH``. One job per
+module, in the style of learned_optimization:
+
+* :mod:`~harness.meta.config`: :class:`MetaTrainConfig`, every option and its default;
+* :mod:`~harness.meta.truncation`: inner problems, their persistent state, truncated unrolls,
+  resets and unroll-length schedules (the TruncatedStep);
+* :mod:`~harness.meta.estimators`: ES, rp and the inverse-variance merge (the GradientEstimator);
+* :mod:`~harness.meta.trainer`: the outer loop: Adam on theta, clipping, logging, checkpoints,
+  resume (the GradientLearner);
+* :mod:`~harness.meta.distributed`: torch.distributed workers (torchrun; gloo or NCCL);
+* :mod:`~harness.meta.checkpoint`: the checkpoint files.
+
+docs/meta-training.md describes the choices and the measurements behind them.
+"""
+
+from harness.meta.config import MetaTrainConfig
+
+
+def __getattr__(name: str):  # meta_train pulls in the trainer (pandas, tasks): import on use
+    if name == "meta_train":
+        from harness.meta.command import meta_train
+
+        return meta_train
+    raise AttributeError(f"module 'harness.meta' has no attribute {name!r}")
+
+
+__all__ = ["MetaTrainConfig", "meta_train"]

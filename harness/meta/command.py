@@ -1,0 +1,99 @@
+"""``meta_train(cfg) -> Path``: the entrance ``lopt meta-train`` calls.
+
+It checks the configuration (one-line ``UsageError``s, before anything is written), prepares
+the output folder (``resume=false`` removes a previous run's files; ``resume=true`` checks that
+the saved run is the same run), writes ``out/config.json``, then either runs in this process
+(``parallel=loop`` or ``vmap``, or one worker) or launches ``workers`` ranks with torchrun
+(``parallel=processes``) and waits. It returns the path of ``out/lopt.pt``, which
+``lopt bench ... optimizer=lopt optimizer.checkpoint=PATH`` evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import UsageError
+from harness.meta.checkpoint import load_trainer_state
+from harness.meta.config import MetaTrainConfig, coerce_config
+from harness.meta.distributed import World, in_torchrun, init_world, launch
+from harness.meta.trainer import (
+    CONFIG_FILE,
+    LOG_FILE,
+    LOPT_FILE,
+    STATE_FILE,
+    check_identity,
+    run_meta_training,
+)
+from harness.registry import TASKS, load_plugin_modules
+from harness.results.io import write_atomically
+from tasks.base import resolve_device, task_arguments
+
+
+def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
+    """Meta-train a learned optimizer as ``cfg`` says; returns the path of ``out/lopt.pt``.
+
+    Args:
+        cfg: a :class:`MetaTrainConfig`, a mapping or an OmegaConf node (a Hydra task group node
+            ``{"name": ..., **settings}`` under ``task`` is understood).
+        overrides: field values that replace those of ``cfg``.
+
+    Raises ``UsageError`` (one line) for bad input, before anything is written.
+    """
+    cfg = coerce_config(cfg, **overrides)
+    load_plugin_modules(cfg.plugins)
+    check_task(cfg)
+    resolve_device(cfg.device)
+    out = prepare_out(cfg)
+    if cfg.parallel == "processes" and cfg.workers > 1 and not in_torchrun():
+        launch(out / CONFIG_FILE, cfg.workers, cfg.threads or 1)
+        return out / LOPT_FILE
+    previous = torch.get_num_threads()
+    threads = cfg.threads or (1 if cfg.parallel == "processes" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        if in_torchrun() and cfg.parallel == "processes":
+            import torch.distributed as dist
+
+            world, device = init_world(cfg.device)
+            try:
+                return run_meta_training(cfg, world, device=device)
+            finally:
+                dist.destroy_process_group()
+        return run_meta_training(cfg, World())
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_task(cfg: MetaTrainConfig) -> None:
+    """The task exists and takes the given settings (without building it)."""
+    factory = TASKS.get(cfg.task).factory
+    allowed = [name for name, _, _ in task_arguments(factory)]
+    unknown = sorted(set(cfg.task_cfg) - set(allowed))
+    if unknown:
+        raise UsageError(
+            f"task {cfg.task} takes no setting {unknown[0]!r}; it takes: {', '.join(allowed)}"
+        )
+
+
+def prepare_out(cfg: MetaTrainConfig) -> Path:
+    """Create ``out``; with ``resume`` check a saved run is this one, else clear it; write
+    ``config.json``. Returns ``out``."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"out={str(out)!r} is a file; meta-training writes a folder")
+    state_path = out / STATE_FILE
+    if state_path.is_file():
+        if cfg.resume:
+            check_identity(cfg, load_trainer_state(state_path))
+        else:
+            for old in [state_path, out / LOG_FILE, out / LOPT_FILE, *out.glob("lopt_step*.pt")]:
+                old.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
+    write_atomically(out / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+    return out

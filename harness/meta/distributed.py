@@ -1,0 +1,177 @@
+"""Meta-training over several processes with torch.distributed (gloo on CPUs, NCCL on GPUs).
+
+Each rank owns the inner problems ``rank, rank + W, rank + 2W, ...`` of the B problems, computes
+their ES and rp samples, and reduces them to per-element counts, sums and sums of squares
+(:class:`harness.meta.estimators.SampleSums`, float64). One ``all_reduce(SUM)`` of that vector
+gives every rank the totals over all ranks' samples, from which each rank computes the same
+merged gradient (:func:`harness.meta.estimators.merge_moments`) and takes the same Adam step on
+theta. Rank 0 writes the log and the checkpoints (the inner states are gathered to it).
+
+The same code runs 2 processes on a laptop and many machines::
+
+    # one machine, what `meta_train(cfg)` does for parallel=processes:
+    python -m torch.distributed.run --standalone --nproc-per-node=2 \\
+        -m harness.meta.distributed out/config.json
+    # several machines: the usual torchrun rendezvous options, the same module and config file
+    torchrun --nnodes=4 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 \\
+        -m harness.meta.distributed config.json
+
+The config file is a JSON :class:`harness.meta.config.MetaTrainConfig` (``meta_train`` writes
+it to ``out/config.json``); only rank 0 needs to see the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import HarnessError, UsageError
+
+
+class World:
+    """A single process: rank 0 of 1; every collective is the identity."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def local_problems(self, num_problems: int) -> list[int]:
+        """The indices of the inner problems this rank owns."""
+        return list(range(self.rank, num_problems, self.size))
+
+    def all_reduce_sum(self, vector: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum of ``vector`` over all ranks (on every rank)."""
+        return vector
+
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0 (None elsewhere)."""
+        return [obj]
+
+    def broadcast_from_main(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+
+class TorchDistributedWorld(World):
+    """The ranks of an initialised ``torch.distributed`` process group."""
+
+    def __init__(self, device: torch.device) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialised")
+        self._dist = dist
+        self.rank = dist.get_rank()
+        self.size = dist.get_world_size()
+        self.device = device
+
+    def all_reduce_sum(self, vector: torch.Tensor) -> torch.Tensor:
+        on_device = vector.to(self.device).contiguous()
+        self._dist.all_reduce(on_device, op=self._dist.ReduceOp.SUM)
+        return on_device.to(vector.device)
+
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        received: list[Any] | None = [None] * self.size if self.rank == 0 else None
+        self._dist.gather_object(obj, received, dst=0)
+        return received
+
+    def broadcast_from_main(self, obj: Any) -> Any:
+        box = [obj]
+        self._dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        self._dist.barrier()
+
+
+def in_torchrun() -> bool:
+    """Whether this process was started by torchrun (or another env:// launcher)."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def init_world(device: str) -> tuple[TorchDistributedWorld, torch.device]:
+    """Join the process group torchrun describes (gloo for the CPU, NCCL for CUDA); returns the
+    world and this rank's device (``cuda:LOCAL_RANK`` for CUDA)."""
+    import torch.distributed as dist
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        rank_device = torch.device("cuda", local)
+    else:
+        rank_device = torch.device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
+    return TorchDistributedWorld(rank_device), rank_device
+
+
+def launch(config_path: Path, workers: int, threads: int) -> None:
+    """Run ``workers`` ranks of :func:`main` on this machine with torchrun and wait for them.
+
+    Raises ``HarnessError`` when a rank fails (its own messages are on stderr above).
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={workers}",
+        "--max-restarts=0",
+        "-m",
+        "harness.meta.distributed",
+        str(config_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(command, env=env, check=False)
+    if done.returncode == 2:
+        raise UsageError("meta-training workers refused their configuration (see above)")
+    if done.returncode != 0:
+        raise HarnessError(
+            f"meta-training workers failed with exit code {done.returncode} (see above); "
+            "rerun the same command to resume from the last checkpoint"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """torchrun entry point: ``-m harness.meta.distributed CONFIG.json``."""
+    import torch.distributed as dist
+
+    from harness.meta.config import coerce_config
+    from harness.meta.trainer import run_meta_training
+    from harness.registry import load_plugin_modules
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: torchrun ... -m harness.meta.distributed CONFIG.json", file=sys.stderr)
+        return 2
+    try:
+        cfg = coerce_config(json.loads(Path(args[0]).read_text()))
+        load_plugin_modules(cfg.plugins)
+        world, device = init_world(cfg.device)
+        torch.set_num_threads(cfg.threads or 1)
+        try:
+            run_meta_training(cfg, world, device=device)
+        finally:
+            dist.destroy_process_group()
+    except UsageError as exc:
+        print(f"lopt: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

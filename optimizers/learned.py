@@ -1,0 +1,556 @@
+"""The learned optimizer of Metz et al. (ICML 2019): one small MLP applied to every parameter.
+
+For each scalar parameter the network sees (``docs/meta-training.md`` has the derivation of every
+choice; the method is Metz et al., arXiv 1810.10180):
+
+* the gradient ``g`` and the parameter value ``w``;
+* six momentum accumulators ``m_k = b_k m_k + (1 - b_k) g``, ``b`` in
+  ``{0.1, 0.5, 0.9, 0.99, 0.999, 0.9999}`` (zero-initialised, no bias correction, updated with
+  the current gradient before use);
+* optionally (``second_moments=True``) six second moments ``v_k = b_k v_k + (1 - b_k) g^2`` and
+  ``m_k / sqrt(v_k + 1e-8)``;
+
+each normalised per tensor by its root mean square, ``x / sqrt(mean(x^2) + 1e-5)``; then eleven
+time features ``tanh(t / tau - 1)``, ``tau`` in ``{1, 3, ..., 100000}``, the same for every
+parameter (``t`` = updates applied so far in this inner run). The MLP (default 19 -> 32 -> 32 ->
+2, ReLU) outputs a direction ``d`` and a magnitude ``s``; the update is
+``w <- w - 0.001 * d * exp(0.001 * s)``.
+
+The weights of the MLP are one flat tensor ``theta`` (:func:`init_theta`, :func:`unpack_theta`).
+With ``theta`` fixed the learned optimizer is an ordinary optimizer of the harness
+(:class:`LearnedOptimizer`, registered as ``lopt``; ``optimizer.checkpoint=PATH`` loads a
+meta-trained ``theta``) and a ``torch.optim.Optimizer`` (:class:`LOpt`). Meta-training calls the
+very same function, :meth:`LearnedOptimizer.apply`, with a ``theta`` that requires gradients.
+
+How it is computed (the per-step cost matters: the learned optimizer is timed like any other):
+all parameters are concatenated into one flat vector, the features are a ``(F, N)`` matrix (one
+contiguous row per feature, ``N`` parameters), the per-tensor RMS is one reduction per tensor
+over all features at once, the time features are folded into the first layer's bias (they are
+the same for every parameter), and the MLP is three matrix products over all ``N`` rows.
+Everything is differentiable (in ``theta``, in the gradients and in the parameters) and works
+under ``torch.func.vmap``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from harness.errors import UsageError
+from harness.registry import register_optimizer
+from optimizers.base import HParam, Optimizer, OptState, Params
+
+DECAYS: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
+TIME_SCALES: tuple[float, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+#: ``theta`` of an untrained learned optimizer (``optimizer.checkpoint`` left empty) uses this seed.
+UNTRAINED_SEED = 0
+
+
+# -- architecture ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LOptArchitecture:
+    """Everything that fixes the shape and the arithmetic of the learned optimizer.
+
+    Attributes:
+        hidden_sizes: widths of the hidden ReLU layers (the paper: ``(32, 32)``).
+        second_moments: add the second moments ``v_k`` and ``m_k / sqrt(v_k + moment_eps)``
+            (the 2019 code's larger feature set): ``2 + 3 * len(decays)`` per-parameter features.
+        decays: the accumulators' decays ``b_k``.
+        time_scales: the ``tau`` of the time features ``tanh(t / tau - 1)``.
+        step_mult, exp_mult: the update is ``w - step_mult * d * exp(exp_mult * s)``.
+        rms_eps: the per-tensor normalisation is ``x / sqrt(mean(x^2) + rms_eps)``.
+        moment_eps: added to ``v_k`` under the square root of ``m_k / sqrt(v_k + moment_eps)``.
+    """
+
+    hidden_sizes: tuple[int, ...] = (32, 32)
+    second_moments: bool = False
+    decays: tuple[float, ...] = DECAYS
+    time_scales: tuple[float, ...] = TIME_SCALES
+    step_mult: float = 1e-3
+    exp_mult: float = 1e-3
+    rms_eps: float = 1e-5
+    moment_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        sizes = tuple(self.hidden_sizes)
+        if not sizes or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in sizes):
+            raise UsageError(f"hidden_sizes must be positive integers, got {list(sizes)}")
+        if not self.decays or any(not 0.0 <= b < 1.0 for b in self.decays):
+            raise UsageError(f"decays must be in [0, 1), got {list(self.decays)}")
+        if not self.time_scales or any(not tau > 0 for tau in self.time_scales):
+            raise UsageError(f"time_scales must be > 0, got {list(self.time_scales)}")
+        for name in ("step_mult", "exp_mult", "rms_eps", "moment_eps"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in sizes))
+        object.__setattr__(self, "decays", tuple(float(b) for b in self.decays))
+        object.__setattr__(self, "time_scales", tuple(float(t) for t in self.time_scales))
+
+    @property
+    def num_accumulators(self) -> int:
+        """Rows of the per-parameter state: the ``m_k``, then the ``v_k`` if any."""
+        return len(self.decays) * (2 if self.second_moments else 1)
+
+    @property
+    def num_param_features(self) -> int:
+        """Per-parameter input columns (normalised per tensor): 8 in the default set."""
+        return 2 + len(self.decays) * (3 if self.second_moments else 1)
+
+    @property
+    def num_inputs(self) -> int:
+        """All inputs of the MLP: 19 in the default set."""
+        return self.num_param_features + len(self.time_scales)
+
+    @property
+    def theta_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Shapes of the blocks of ``theta``, in order: the first layer's weight on the
+        per-parameter features ``(h1, F)``, its weight on the time features ``(h1, 11)``, its
+        bias, then ``(weight (out, in), bias)`` of every later layer; the last has out = 2."""
+        h = self.hidden_sizes
+        shapes: list[tuple[int, ...]] = [
+            (h[0], self.num_param_features),
+            (h[0], len(self.time_scales)),
+            (h[0],),
+        ]
+        for fan_in, fan_out in zip(h, (*h[1:], 2), strict=True):
+            shapes += [(fan_out, fan_in), (fan_out,)]
+        return tuple(shapes)
+
+    @property
+    def num_theta(self) -> int:
+        """The number of meta-parameters (1,762 for the default architecture)."""
+        return sum(math.prod(s) for s in self.theta_shapes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, numbers, bools) for checkpoints and configs."""
+        data = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LOptArchitecture:
+        """The inverse of :meth:`to_dict`; unknown or ill-typed entries raise ``UsageError``."""
+        if not isinstance(data, dict):
+            raise UsageError(f"an architecture must be a mapping, got {type(data).__name__}")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown architecture field {unknown[0]!r}")
+        values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in data.items()}
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise UsageError(f"invalid architecture: {exc}") from exc
+
+
+def init_theta(architecture: LOptArchitecture, seed: int = UNTRAINED_SEED) -> torch.Tensor:
+    """Fresh meta-parameters (float32, CPU): weights ~ N(0, 1/fan_in), biases zero.
+
+    (The initialisation of learned_optimization's MLPLOpt, without the truncation.)
+    """
+    generator = torch.Generator().manual_seed(seed)
+    blocks = []
+    shapes = architecture.theta_shapes
+    first_fan_in = architecture.num_inputs  # the two first-layer blocks share one fan-in
+    for index, shape in enumerate(shapes):
+        if len(shape) == 1:
+            blocks.append(torch.zeros(shape))
+            continue
+        fan_in = first_fan_in if index < 2 else shape[1]
+        blocks.append(torch.randn(shape, generator=generator) / math.sqrt(fan_in))
+    return torch.cat([b.reshape(-1) for b in blocks])
+
+
+def unpack_theta(architecture: LOptArchitecture, theta: torch.Tensor) -> list[torch.Tensor]:
+    """Views of ``theta`` with the shapes of :attr:`LOptArchitecture.theta_shapes`.
+
+    ``theta`` may carry leading batch dimensions only under ``torch.func.vmap``.
+    """
+    if theta.shape[-1:] != (architecture.num_theta,):
+        raise UsageError(
+            f"theta has {theta.shape[-1] if theta.dim() else 0} values; the architecture "
+            f"needs {architecture.num_theta}"
+        )
+    sizes = [math.prod(s) for s in architecture.theta_shapes]
+    return [
+        block.view(shape)
+        for block, shape in zip(theta.split(sizes), architecture.theta_shapes, strict=True)
+    ]
+
+
+# -- the parameter layout --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamLayout:
+    """How a tuple of parameter tensors maps onto one flat vector (cached per shapes/device).
+
+    Attributes:
+        shapes: the tensors' shapes, in order.
+        lengths: their numbers of elements.
+        segment: ``(N,)`` long tensor: the index of the tensor each flat element belongs to.
+        inverse_counts: ``(1, T)``: ``1 / lengths``, for per-tensor means.
+    """
+
+    shapes: tuple[torch.Size, ...]
+    lengths: tuple[int, ...]
+    segment: torch.Tensor = field(repr=False)
+    inverse_counts: torch.Tensor = field(repr=False)
+
+    @property
+    def numel(self) -> int:
+        return sum(self.lengths)
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(N,)``: the tensors' elements concatenated (a copy)."""
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, flat: torch.Tensor) -> Params:
+        """Views of ``flat`` with the layout's shapes."""
+        return tuple(
+            chunk.view(shape)
+            for chunk, shape in zip(flat.split(self.lengths), self.shapes, strict=True)
+        )
+
+
+_LAYOUTS: dict[tuple[Any, ...], ParamLayout] = {}
+
+
+def param_layout(params: Sequence[torch.Tensor]) -> ParamLayout:
+    """The (cached) layout of ``params``; under vmap, of the per-example shapes."""
+    shapes = tuple(p.shape for p in params)
+    device, dtype = params[0].device, params[0].dtype
+    key = (shapes, device, dtype)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        lengths = tuple(math.prod(s) for s in shapes)
+        if min(lengths, default=0) == 0:
+            raise UsageError("the learned optimizer needs non-empty parameter tensors")
+        counts = torch.tensor(lengths, dtype=dtype)
+        layout = ParamLayout(
+            shapes=shapes,
+            lengths=lengths,
+            segment=torch.repeat_interleave(torch.arange(len(lengths)), counts.long()).to(device),
+            inverse_counts=(1.0 / counts).reshape(1, -1).to(device),
+        )
+        if len(_LAYOUTS) > 64:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    return layout
+
+
+_CONSTANTS: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _constants(
+    architecture: LOptArchitecture, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(decays (D, 1), time scales (S,))`` on ``device``."""
+    key = (architecture.decays, architecture.time_scales, device, dtype)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        decays = torch.tensor(architecture.decays, dtype=dtype, device=device).reshape(-1, 1)
+        scales = torch.tensor(architecture.time_scales, dtype=dtype, device=device)
+        found = _CONSTANTS[key] = (decays, scales)
+    return found
+
+
+# -- the update ------------------------------------------------------------------------------------
+def time_features(
+    architecture: LOptArchitecture, step: int | torch.Tensor, like: torch.Tensor
+) -> torch.Tensor:
+    """``tanh(t / tau - 1)`` for every ``tau``: shape ``(S,)`` (``step`` may be a 0-d tensor)."""
+    _, scales = _constants(architecture, like.device, like.dtype)
+    if not isinstance(step, torch.Tensor):
+        step = torch.tensor(float(step), dtype=like.dtype, device=like.device)
+    return torch.tanh(step.to(like.dtype) / scales - 1.0)
+
+
+def lopt_update(
+    architecture: LOptArchitecture,
+    weights: Sequence[torch.Tensor],
+    layout: ParamLayout,
+    grad: torch.Tensor,
+    param: torch.Tensor,
+    accumulators: torch.Tensor,
+    step: int | torch.Tensor,
+    workspace: dict[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One learned-optimizer update of flat parameters: the whole method in one function.
+
+    Args:
+        weights: :func:`unpack_theta` of ``theta``.
+        grad, param: ``(N,)`` flat gradient and parameters (:meth:`ParamLayout.flatten`).
+        accumulators: ``(A, N)``: the ``m_k`` rows, then the ``v_k`` rows (second moments).
+        step: the number of updates applied so far in this inner run (the time features' ``t``).
+        workspace: only without autograd and outside vmap: a dict in which the large
+            intermediates (features, activations) are kept and reused from call to call. The
+            arithmetic is the same; it saves allocating about 6 MB per call for
+            mnist5k_cnn16 (filling a freshly allocated activation with the bias took about
+            1 ms after a training step, 0.13 ms in a reused buffer: torch.profiler).
+
+    Returns ``(new_param (N,), new_accumulators (A, N))``, new tensors; the inputs are untouched.
+    Differentiable in everything; also correct under ``torch.func.vmap``.
+    """
+    if workspace is not None and torch.is_grad_enabled():
+        raise ValueError("a workspace is for updates without autograd (under torch.no_grad)")
+    arch = architecture
+    decays, _ = _constants(arch, grad.device, grad.dtype)
+    num_decays = len(arch.decays)
+    g = grad.unsqueeze(0)
+    # m_k <- b_k m_k + (1 - b_k) g  ==  lerp(g, m_k, b_k)
+    momentum = torch.lerp(g, accumulators[:num_decays], decays)
+    rows = [g, param.unsqueeze(0), momentum]
+    if arch.second_moments:
+        second = torch.lerp(g * g, accumulators[num_decays:], decays)
+        rows += [second, momentum * torch.rsqrt(second + arch.moment_eps)]
+        new_accumulators = torch.cat([momentum, second])
+    else:
+        new_accumulators = momentum
+    count = sum(r.shape[0] for r in rows)
+    size = grad.shape[-1]
+    if workspace is None:
+        features = torch.cat(rows)  # (F, N)
+    else:
+        features = torch.cat(rows, out=_buffer(workspace, "features", (count, size), grad))
+    # per-tensor RMS of every feature row: one reduction and one scaling per tensor, all rows
+    # at once (cheaper, forward and backward, than a gather of the scales over all N columns)
+    chunks = features.split(layout.lengths, -1)
+    scales = [torch.rsqrt((c * c).mean(dim=-1, keepdim=True) + arch.rms_eps) for c in chunks]
+    if workspace is None:
+        normalised = torch.cat([c * k for c, k in zip(chunks, scales, strict=True)], dim=-1)
+    else:
+        normalised = _buffer(workspace, "normalised", (count, size), grad)
+        for c, k, target in zip(chunks, scales, normalised.split(layout.lengths, -1), strict=True):
+            torch.mul(c, k, out=target)
+
+    first_param_weight, first_time_weight, first_bias = weights[0], weights[1], weights[2]
+    bias = torch.addmv(first_bias, first_time_weight, time_features(arch, step, grad))
+    # feature-major (h, N) activations: the fastest layout forward and backward on CPUs
+    layers = [(first_param_weight, bias), *zip(weights[3::2], weights[4::2], strict=True)]
+    hidden = normalised
+    for index, (weight, layer_bias) in enumerate(layers):
+        if workspace is None:
+            hidden = torch.addmm(layer_bias.unsqueeze(-1), weight, hidden)
+        else:
+            target = _buffer(workspace, f"layer{index}", (weight.shape[0], size), grad)
+            hidden = torch.addmm(layer_bias.unsqueeze(-1), weight, hidden, out=target)
+        if index < len(layers) - 1:
+            hidden = hidden.relu_()
+    out = hidden  # (2, N): the output layer is a wide (2, h) @ (h, N) product
+    direction, magnitude = out[0], out[1]
+    new_param = param - arch.step_mult * direction * torch.exp(arch.exp_mult * magnitude)
+    return new_param, new_accumulators
+
+
+def _buffer(
+    workspace: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], like: torch.Tensor
+) -> torch.Tensor:
+    """The workspace's buffer ``name`` with this shape, dtype and device (made if needed)."""
+    buffer = workspace.get(name)
+    if (
+        buffer is None
+        or buffer.shape != shape
+        or buffer.dtype != like.dtype
+        or buffer.device != like.device
+    ):
+        buffer = workspace[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buffer
+
+
+# -- the harness plugin ----------------------------------------------------------------------------
+@register_optimizer("lopt")
+class LearnedOptimizer(Optimizer):
+    """Learned optimizer (Metz et al. 2019): a per-parameter MLP, theta from `lopt meta-train`.
+
+    ``checkpoint`` is a file written by ``lopt meta-train`` (``DIR/lopt.pt``); left empty, the
+    optimizer is the untrained one (``theta`` = :func:`init_theta` with seed 0, default
+    architecture). The checkpoint is loaded, without executing code, when the optimizer is built,
+    so a bad path fails before any run starts.
+
+    State: ``{"step": t, "accumulators": (A, N) tensor}``. ``update`` is pure and differentiable.
+    """
+
+    hparam_specs = (
+        HParam(
+            "checkpoint",
+            "",
+            "learned-optimizer checkpoint written by `lopt meta-train` (empty: untrained)",
+        ),
+    )
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__(**hparams)
+        path = str(self.hparams["checkpoint"])
+        if path:
+            from harness.meta.checkpoint import load_lopt_checkpoint
+
+            loaded = load_lopt_checkpoint(path)
+            self.architecture, self.theta = loaded.architecture, loaded.theta
+            self.meta_training: dict[str, Any] = loaded.meta_training
+        else:
+            self.architecture = LOptArchitecture()
+            self.theta = init_theta(self.architecture, UNTRAINED_SEED)
+            self.meta_training = {}
+        self._weights: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        self._workspace: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_theta(
+        cls, theta: torch.Tensor, architecture: LOptArchitecture | None = None
+    ) -> LearnedOptimizer:
+        """The learned optimizer with these meta-parameters (no checkpoint file)."""
+        opt = cls()
+        opt.architecture = architecture or LOptArchitecture()
+        unpack_theta(opt.architecture, theta)  # checks the size
+        opt.theta = theta.detach().clone()
+        return opt
+
+    def init(self, params: Params) -> OptState:
+        layout = param_layout(params)
+        ref = params[0]
+        return {
+            "step": 0,
+            "accumulators": torch.zeros(
+                self.architecture.num_accumulators, layout.numel, dtype=ref.dtype, device=ref.device
+            ),
+        }
+
+    def update(self, grads: Params, state: OptState, params: Params) -> tuple[Params, OptState]:
+        ref = params[0]
+        key = (ref.device, ref.dtype)
+        weights = self._weights.get(key)
+        if weights is None:
+            theta = self.theta.to(device=ref.device, dtype=ref.dtype)
+            weights = self._weights[key] = unpack_theta(self.architecture, theta)
+        # without autograd (the runner, LOpt.step) large intermediates are reused across calls
+        workspace = None if torch.is_grad_enabled() else self._workspace
+        return self._apply(weights, grads, state, params, workspace)
+
+    def apply(
+        self,
+        theta: torch.Tensor,
+        grads: Params,
+        state: OptState,
+        params: Params,
+        *,
+        reuse_buffers: bool = False,
+    ) -> tuple[Params, OptState]:
+        """:meth:`update` with the meta-parameters ``theta`` instead of ``self.theta``
+        (meta-training: ``theta`` requires gradients; a per-example ``theta`` under vmap).
+
+        ``reuse_buffers`` (only without autograd, outside vmap) keeps the large intermediates
+        between calls, as :meth:`update` does under ``no_grad``.
+        """
+        workspace = self._workspace if reuse_buffers else None
+        return self._apply(unpack_theta(self.architecture, theta), grads, state, params, workspace)
+
+    def _apply(
+        self,
+        weights: list[torch.Tensor],
+        grads: Params,
+        state: OptState,
+        params: Params,
+        workspace: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[Params, OptState]:
+        layout = param_layout(params)
+        new_flat, accumulators = lopt_update(
+            self.architecture,
+            weights,
+            layout,
+            layout.flatten(grads),
+            layout.flatten(params),
+            state["accumulators"],
+            state["step"],
+            workspace,
+        )
+        return layout.unflatten(new_flat), {"step": state["step"] + 1, "accumulators": accumulators}
+
+
+# -- torch.optim -----------------------------------------------------------------------------------
+class LOpt(torch.optim.Optimizer):
+    """The learned optimizer as a ``torch.optim.Optimizer``, for any PyTorch training loop::
+
+        opt = LOpt(model.parameters(), checkpoint="meta/lopt.pt")
+        loss.backward(); opt.step(); opt.zero_grad()
+
+    It computes exactly what :class:`LearnedOptimizer` computes (the same function), over all
+    parameters that have a gradient, all groups together (the per-tensor normalisation is per
+    parameter tensor, so groups change nothing). Per-parameter state: ``accumulators``
+    (``(A, numel)``, views of one flat buffer) and ``step``; the time feature's ``t`` is the
+    number of steps this optimizer has taken. ``state_dict``/``load_state_dict`` work as usual.
+
+    Args:
+        params: parameters or parameter groups (groups take no options).
+        checkpoint: a ``lopt meta-train`` checkpoint; None: the untrained optimizer.
+        theta, architecture: meta-parameters given directly instead of a checkpoint.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        checkpoint: str | None = None,
+        *,
+        theta: torch.Tensor | None = None,
+        architecture: LOptArchitecture | None = None,
+    ) -> None:
+        super().__init__(params, {})
+        if theta is not None:
+            if checkpoint:
+                raise UsageError("give LOpt a checkpoint or a theta, not both")
+            self.functional = LearnedOptimizer.from_theta(theta, architecture)
+        else:
+            self.functional = LearnedOptimizer(checkpoint=str(checkpoint or ""))
+        self._flat_key: tuple[int, ...] | None = None
+        self._flat_accumulators: torch.Tensor | None = None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._flat_key = None  # loaded per-parameter tensors: rebuild the flat buffer
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One update of every parameter that has a ``.grad``; returns ``closure()`` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return loss
+        accumulators = self._gather_accumulators(params)
+        step = max(self.state[p].get("step", 0) for p in params)
+        new_params, new_state = self.functional.update(
+            tuple(p.grad for p in params),
+            {"step": step, "accumulators": accumulators},
+            tuple(params),
+        )
+        torch._foreach_copy_(params, list(new_params))
+        accumulators.copy_(new_state["accumulators"])
+        for p in params:
+            self.state[p]["step"] = step + 1
+        return loss
+
+    def _gather_accumulators(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """The flat ``(A, N)`` accumulator buffer whose column blocks are the per-parameter
+        ``state[p]["accumulators"]`` (rebuilt when the set of parameters changes)."""
+        key = tuple(id(p) for p in params)
+        if key == self._flat_key and self._flat_accumulators is not None:
+            return self._flat_accumulators
+        rows = self.functional.architecture.num_accumulators
+        blocks = []
+        for p in params:
+            existing = self.state[p].get("accumulators")
+            if existing is None or existing.shape != (rows, p.numel()):
+                existing = torch.zeros(rows, p.numel(), dtype=p.dtype, device=p.device)
+            blocks.append(existing.to(device=p.device, dtype=p.dtype))
+        flat = torch.cat(blocks, dim=1)
+        offset = 0
+        for p in params:
+            self.state[p]["accumulators"] = flat[:, offset : offset + p.numel()]
+            self.state[p].setdefault("step", 0)
+            offset += p.numel()
+        self._flat_key, self._flat_accumulators = key, flat
+        return flat

@@ -1,0 +1,374 @@
+"""The learned optimizer: its arithmetic against method.md, the plugin, torch.optim, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from harness.errors import UsageError
+from harness.meta.checkpoint import load_lopt_checkpoint, save_lopt_checkpoint
+from harness.registry import OPTIMIZERS, create_optimizer
+from harness.runner import run
+from optimizers.learned import (
+    LearnedOptimizer,
+    LOpt,
+    LOptArchitecture,
+    init_theta,
+    param_layout,
+    unpack_theta,
+)
+
+SHAPES = [(4, 3), (3,), (2, 2, 2), (1,)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def random_theta(arch: LOptArchitecture, seed: int = 0, scale: float = 0.5) -> torch.Tensor:
+    """Every weight and bias random (init_theta has zero biases, which would hide bugs)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(arch.num_theta, generator=generator) * scale
+
+
+def tensors(seed: int, shapes=SHAPES, dtype=torch.float32) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(s, generator=generator, dtype=dtype) for s in shapes)
+
+
+# -- the method, literally -------------------------------------------------------------------------
+def reference_update(arch, theta, grads, params, moments, step):
+    """method.md, one tensor and one column at a time, in float64: returns new params and the
+    new accumulators (per tensor, ``(A, *shape)``)."""
+    w = [x.double() for x in unpack_theta(arch, theta.double())]
+    first = torch.cat([w[0], w[1]], dim=1)  # (h1, F + 11): per-parameter then time inputs
+    layers = [(first, w[2])] + [(w[i], w[i + 1]) for i in range(3, len(w), 2)]
+    decays = arch.decays
+    times = [math.tanh(step / tau - 1.0) for tau in arch.time_scales]
+    new_params, new_moments = [], []
+    for g, p, acc in zip(grads, params, moments, strict=True):
+        g, p = g.double().reshape(-1), p.double().reshape(-1)
+        acc = acc.double().reshape(acc.shape[0], -1)
+        m = [b * acc[k] + (1 - b) * g for k, b in enumerate(decays)]
+        columns = [g, p, *m]
+        state = list(m)
+        if arch.second_moments:
+            d = len(decays)
+            v = [b * acc[d + k] + (1 - b) * g * g for k, b in enumerate(decays)]
+            columns += v + [
+                mk / torch.sqrt(vk + arch.moment_eps) for mk, vk in zip(m, v, strict=True)
+            ]
+            state += v
+        normalised = [c / torch.sqrt((c * c).mean() + arch.rms_eps) for c in columns]
+        inputs = torch.stack(normalised + [torch.full_like(g, t) for t in times], dim=1)
+        h = inputs
+        for index, (weight, bias) in enumerate(layers):
+            h = h @ weight.T + bias
+            if index < len(layers) - 1:
+                h = torch.relu(h)
+        d, s = h[:, 0], h[:, 1]
+        new_params.append(p - arch.step_mult * d * torch.exp(arch.exp_mult * s))
+        new_moments.append(torch.stack(state))
+    return new_params, new_moments
+
+
+@pytest.mark.parametrize("second_moments", [False, True])
+def test_update_follows_the_method(second_moments: bool) -> None:
+    """Three updates of the vectorised optimizer (flat features, per-tensor RMS by segment, time
+    features folded into a bias) equal method.md computed column by column in float64."""
+    arch = LOptArchitecture(second_moments=second_moments)
+    assert arch.num_inputs == (31 if second_moments else 19)
+    theta = random_theta(arch, scale=0.3)
+    opt = LearnedOptimizer.from_theta(theta, arch)
+    params = tensors(1)
+    state = opt.init(params)
+    moments = [torch.zeros(arch.num_accumulators, *p.shape) for p in params]
+    ref_params = [p.double() for p in params]
+    for step in range(3):
+        grads = tensors(10 + step)
+        params, state = opt.update(grads, state, params)
+        ref_params, moments = reference_update(arch, theta, grads, ref_params, moments, step)
+        for ours, ref in zip(params, ref_params, strict=True):
+            torch.testing.assert_close(ours.double().reshape(-1), ref, rtol=1e-5, atol=1e-6)
+    assert state["step"] == 3
+    flat_moments = torch.cat([m.reshape(arch.num_accumulators, -1) for m in moments], dim=1)
+    torch.testing.assert_close(state["accumulators"].double(), flat_moments, rtol=1e-5, atol=1e-6)
+
+
+def test_no_grad_path_reuses_buffers_with_the_same_arithmetic() -> None:
+    """Under no_grad (the runner) update reuses its intermediate buffers across calls and
+    computes exactly what the differentiable path computes; results never alias the buffers."""
+    arch = LOptArchitecture()
+    opt = LearnedOptimizer.from_theta(random_theta(arch, scale=0.3), arch)
+    params = tensors(1)
+    state = opt.init(params)
+    for step in range(3):
+        grads = tensors(20 + step)
+        expected, expected_state = opt.update(grads, state, params)  # grad mode: no buffers
+        with torch.no_grad():
+            first, first_state = opt.update(grads, state, params)
+            second, _ = opt.update(grads, state, params)  # reuses the buffers
+        assert opt._workspace and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+        for a, b in zip(expected, first, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(expected_state["accumulators"], first_state["accumulators"])
+        params, state = first, first_state
+    with pytest.raises(ValueError, match="no_grad"):
+        opt.apply(opt.theta, grads, state, params, reuse_buffers=True)
+
+
+def test_default_architecture_matches_the_paper() -> None:
+    """19 -> 32 -> 32 -> 2, about 1.8k weights; the untrained steps are small (0.001 scale)."""
+    arch = LOptArchitecture()
+    assert arch.num_inputs == 19
+    assert arch.theta_shapes[0] == (32, 8) and arch.theta_shapes[1] == (32, 11)
+    assert arch.theta_shapes[-2] == (2, 32)
+    assert arch.num_theta == 19 * 32 + 32 + 32 * 32 + 32 + 32 * 2 + 2 == 1762
+    opt = create_optimizer("lopt")
+    params = tensors(0)
+    new, _ = opt.update(tensors(1), opt.init(params), params)
+    step = max(float((a - b).abs().max()) for a, b in zip(new, params, strict=True))
+    assert 0 < step < 0.05
+
+
+def test_update_is_pure_and_differentiable() -> None:
+    """update never modifies its inputs; gradients flow to theta, the gradients and the
+    parameters (float64 gradcheck on a small architecture)."""
+    arch = LOptArchitecture(hidden_sizes=(3,), step_mult=0.1, exp_mult=0.1)
+    opt = LearnedOptimizer.from_theta(random_theta(arch), arch)
+    params, grads = tensors(0, dtype=torch.float64), tensors(1, dtype=torch.float64)
+    state = opt.init(params)
+    state["accumulators"] = torch.randn_like(state["accumulators"])
+    copies = [t.clone() for t in (*params, *grads, state["accumulators"])]
+    opt.update(grads, state, params)
+    for before, after in zip(copies, (*params, *grads, state["accumulators"]), strict=True):
+        assert torch.equal(before, after)
+
+    theta = random_theta(arch).double().requires_grad_(True)
+    p = tuple(t.clone().requires_grad_(True) for t in params)
+    g = tuple(t.clone().requires_grad_(True) for t in grads)
+
+    def f(theta, *pg):
+        new, st = opt.apply(theta, pg[len(p) :], {**state, "step": 7}, pg[: len(p)])
+        return (*new, st["accumulators"])
+
+    assert torch.autograd.gradcheck(f, (theta, *p, *g), eps=1e-6, atol=1e-5)
+
+
+def test_vmap_over_theta_equals_a_loop() -> None:
+    """Under torch.func.vmap (one theta, gradient and step per example) the update equals
+    separate calls: meta-training's vmap mode relies on it."""
+    arch = LOptArchitecture(hidden_sizes=(8, 8))
+    opt = LearnedOptimizer.from_theta(init_theta(arch), arch)
+    thetas = torch.stack([random_theta(arch, seed) for seed in range(3)])
+    grads = [tensors(10 + i) for i in range(3)]
+    params = tensors(0)
+    state = opt.init(params)
+    steps = torch.tensor([0.0, 5.0, 400.0])
+
+    def one(theta, grad, step):
+        new, st = opt.apply(
+            theta, grad, {"step": step, "accumulators": state["accumulators"]}, params
+        )
+        return new, st["accumulators"]
+
+    batched_grads = tuple(torch.stack(parts) for parts in zip(*grads, strict=True))
+    new_b, acc_b = torch.func.vmap(one)(thetas, batched_grads, steps)
+    for i in range(3):
+        new, acc = one(thetas[i], grads[i], int(steps[i]))
+        for a, b in zip(new, new_b, strict=True):
+            torch.testing.assert_close(a, b[i], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(acc, acc_b[i])
+
+
+# -- the plugin and torch.optim --------------------------------------------------------------------
+def test_lopt_is_registered_with_a_string_checkpoint_hparam() -> None:
+    """`optimizer=lopt optimizer.checkpoint=PATH`: a registered built-in with one str hparam."""
+    entry = OPTIMIZERS.get("lopt")
+    assert entry.factory is LearnedOptimizer
+    spec = LearnedOptimizer.hparam("checkpoint")
+    assert spec.type is str and spec.default == ""
+    assert create_optimizer("lopt").hparams == {"checkpoint": ""}
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(5, 4)
+        self.b = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_torch_optim_and_functional_give_the_same_trajectory() -> None:
+    """LOpt in a plain PyTorch loop (backward, step, zero_grad) and LearnedOptimizer through
+    the functional contract visit the same parameters at each of 25 steps."""
+    arch = LOptArchitecture(step_mult=0.01)
+    theta = random_theta(arch, scale=0.2)
+    generator = torch.Generator().manual_seed(3)
+    data = [
+        (torch.randn(16, 5, generator=generator), torch.randn(16, 1, generator=generator))
+        for _ in range(25)
+    ]
+
+    model = TinyNet()
+    opt = LOpt(model.parameters(), theta=theta, architecture=arch)
+    torch_path = []
+    for x, y in data:
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        torch_path.append([p.detach().clone() for p in model.parameters()])
+
+    functional = LearnedOptimizer.from_theta(theta, arch)
+    net = TinyNet()
+    names = [n for n, _ in net.named_parameters()]
+    params = tuple(p.detach() for p in net.parameters())
+    state = functional.init(params)
+    for (x, y), expected in zip(data, torch_path, strict=True):
+        p = tuple(t.requires_grad_(True) for t in params)
+        out = torch.func.functional_call(net, dict(zip(names, p, strict=True)), (x,))
+        grads = torch.autograd.grad(((out - y) ** 2).mean(), p)
+        with torch.no_grad():
+            params, state = functional.update(grads, state, p)
+        for a, b in zip(params, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert opt.state[model.a.weight]["step"] == 25
+
+
+def test_torch_optim_state_dict_resumes_exactly() -> None:
+    """Saving LOpt's state_dict after 5 steps and loading it into a new LOpt continues as if
+    uninterrupted; the accumulators are per-parameter views of one flat buffer."""
+    theta = random_theta(LOptArchitecture(), scale=0.2)
+    x, y = torch.randn(8, 5), torch.randn(8, 1)
+
+    def train(model, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            opt.step()
+
+    whole = TinyNet()
+    train(whole, LOpt(whole.parameters(), theta=theta), 10)
+
+    first = TinyNet()
+    opt = LOpt(first.parameters(), theta=theta)
+    train(first, opt, 5)
+    acc = opt.state[first.a.weight]["accumulators"]
+    assert acc.shape == (6, 20) and acc.untyped_storage().data_ptr() == (
+        opt.state[first.b.bias]["accumulators"].untyped_storage().data_ptr()
+    )
+    saved = pickle.loads(pickle.dumps((first.state_dict(), opt.state_dict())))
+    second = TinyNet()
+    second.load_state_dict(saved[0])
+    opt2 = LOpt(second.parameters(), theta=theta)
+    opt2.load_state_dict(saved[1])
+    train(second, opt2, 5)
+    for a, b in zip(whole.parameters(), second.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def save(path: Path, theta=None, arch=None) -> Path:
+    arch = arch or LOptArchitecture(hidden_sizes=(8,))
+    theta = random_theta(arch) if theta is None else theta
+    return save_lopt_checkpoint(path, theta, arch, {"task": "quadratic", "outer_step": 3})
+
+
+def test_checkpoint_round_trip_and_plugin(tmp_path: Path) -> None:
+    """A saved checkpoint loads (weights only) with its theta, architecture and provenance, and
+    `lopt` with optimizer.checkpoint=PATH trains a task through the runner."""
+    arch = LOptArchitecture(hidden_sizes=(8,), second_moments=True)
+    theta = random_theta(arch)
+    path = save(tmp_path / "ck" / "lopt.pt", theta, arch)
+    loaded = load_lopt_checkpoint(path)
+    assert torch.equal(loaded.theta, theta) and loaded.architecture == arch
+    assert loaded.meta_training["task"] == "quadratic" and loaded.git_commit
+    assert not list(path.parent.glob(".*tmp"))  # the atomic write left nothing behind
+
+    opt = create_optimizer("lopt", checkpoint=str(path))
+    assert torch.equal(opt.theta, theta) and opt.architecture == arch
+    result = run("quadratic", "lopt", {"checkpoint": str(path)}, steps=20, warmup_steps=1)
+    assert result.status == "completed" and math.isfinite(result.final("train"))
+
+
+class Boom:
+    """A pickle payload that would run code on load."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def raw_checkpoint(path: Path, theta: torch.Tensor) -> None:
+    """A checkpoint file written by hand (save_lopt_checkpoint would not write a bad theta)."""
+    arch = LOptArchitecture(hidden_sizes=(8,))
+    payload = {
+        "format": "lopt-harness/learned-optimizer",
+        "format_version": 1,
+        "theta": theta,
+        "architecture": arch.to_dict(),
+        "meta_training": {},
+    }
+    torch.save(payload, path)
+
+
+NUM_THETA_8 = LOptArchitecture(hidden_sizes=(8,)).num_theta
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.write_bytes(b"\x00garbage" * 10), "corrupted or not a checkpoint"),
+        (lambda p: torch.save({"Boom": Boom()}, p), "Unsupported global"),
+        (lambda p: torch.save({"theta": torch.zeros(3)}, p), "no format tag"),
+        (lambda p: torch.save({"format": "something/else"}, p), "is not a learned-optimizer"),
+        (
+            lambda p: torch.save(
+                {"format": "lopt-harness/learned-optimizer", "format_version": 99}, p
+            ),
+            "format version 99",
+        ),
+        (lambda p: raw_checkpoint(p, torch.zeros(7)), "theta has 7 values, its architecture"),
+        (lambda p: raw_checkpoint(p, torch.full((NUM_THETA_8,), math.nan)), "non-finite"),
+    ],
+    ids=["missing", "garbage", "code", "no-format", "other-format", "newer", "size", "nan"],
+)
+def test_bad_checkpoints_are_one_line_usage_errors(
+    tmp_path: Path, make, message: str, capsys
+) -> None:
+    """Every unusable checkpoint is refused with one line naming the problem; none executes
+    code (weights_only loading)."""
+    path = tmp_path / "lopt.pt"
+    make(path)
+    with pytest.raises(UsageError) as info:
+        create_optimizer("lopt", checkpoint=str(path))
+    text = str(info.value)
+    assert message in text and "\n" not in text
+    assert "must never run" not in capsys.readouterr().out
+
+
+def test_architecture_from_bad_data_is_refused() -> None:
+    with pytest.raises(UsageError, match="unknown architecture field"):
+        LOptArchitecture.from_dict({"hidden": [3]})
+    with pytest.raises(UsageError, match="hidden_sizes"):
+        LOptArchitecture.from_dict({"hidden_sizes": [0]})
+
+
+def test_layout_is_cached_and_refuses_empty_tensors() -> None:
+    params = tensors(0)
+    assert param_layout(params) is param_layout(tensors(1))
+    with pytest.raises(UsageError, match="non-empty"):
+        param_layout((torch.zeros(0), torch.zeros(3)))
