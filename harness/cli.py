@@ -2,8 +2,8 @@
 
     lopt list tasks|optimizers|suites [PATTERN]
     lopt bench [-m] task=NAME[,NAME...] optimizer=NAME[,NAME...] [optimizer.lr=0.01] [steps=N]
-               [seeds=N] [out=PATH.csv] [device=cpu|cuda] [threads=N] [max_seconds=S] ...
-    lopt suite name=SUITE [seeds=N] [out=PATH.csv] [report=true] ...
+               [seeds=N] [workers=N] [out=PATH.csv] [device=cpu|cuda] [threads=N] ...
+    lopt suite name=SUITE [seeds=N] [workers=N] [out=PATH.csv] [report=true] [fresh=true] ...
     lopt report in=PATH.csv out=DIR [reference=OPTIMIZER] [target_split=train]
     lopt tune task=NAME optimizer=NAME[,NAME...] trials=N objective=valid_loss|train_loss
               budget_steps=S [sampler=tpe|random|grid|qmc] [pruner=median|none]
@@ -283,6 +283,7 @@ def _usage() -> str:
 # -- lopt bench ------------------------------------------------------------------------------------
 def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
     from harness.plan import RunPlan, execute
+    from harness.suite import tuned_hparams
 
     if show_help:
         return _print_help("bench")
@@ -305,7 +306,7 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
                     f"tuned=true takes the hyperparameters from the tuning study: drop "
                     f"optimizer.{sorted(explicit)[0]}=..."
                 )
-            hparams, tags = _tuned(cfg.task.name, cfg.optimizer.name, cfg.tuning, cfg.steps)
+            hparams, tags = tuned_hparams(cfg.task.name, cfg.optimizer.name, cfg.tuning, cfg.steps)
         for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
             plans.append(
                 RunPlan(
@@ -324,7 +325,13 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
                     tags=tags,
                 )
             )
-    execute(plans, configs[0].out, resume=configs[0].resume)
+    execute(
+        plans,
+        configs[0].out,
+        resume=configs[0].resume,
+        workers=configs[0].workers,
+        plugin_modules=list(configs[0].plugins),
+    )
     return 0
 
 
@@ -335,25 +342,6 @@ def explicit_hparams(overrides: list[str]) -> dict[str, Any]:
         for o in parse_overrides(overrides)
         if o.key_or_group.startswith("optimizer.") and not o.is_sweep_override()
     }
-
-
-def _tuned(
-    task: str, optimizer: str, tuning: DictConfig, steps: int | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The tuned hyperparameters and their provenance tags (see harness.tuning.tuner)."""
-    from harness.registry import TASKS
-    from harness.tuning.tuner import tuned_configuration
-
-    budget = tuning.budget_steps or steps or TASKS.get(task).factory.default_steps
-    return tuned_configuration(
-        task=task,
-        optimizer=optimizer,
-        objective=tuning.objective,
-        budget_steps=budget,
-        sampler=tuning.sampler,
-        tag=tuning.tag,
-        storage=tuning.storage,
-    )
 
 
 def _check_run_settings(cfg: DictConfig, warmup: bool = True) -> None:
@@ -375,12 +363,14 @@ def _check_run_settings(cfg: DictConfig, warmup: bool = True) -> None:
         if cfg.threads <= 0:
             raise UsageError(f"threads must be > 0, got {cfg.threads}")
         torch.set_num_threads(cfg.threads)
+    if cfg.get("workers") is not None and cfg.workers < 1:
+        raise UsageError(f"workers must be >= 1, got {cfg.workers}")
 
 
 # -- lopt suite ------------------------------------------------------------------------------------
 def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
-    from harness.config import list_suites, suite_entries
-    from harness.plan import RunPlan, execute
+    from harness.config import list_suites
+    from harness.suite import SuiteRun, run_suite
 
     # `name=X` selects the suite file: it is the `suite` config group.
     rewritten = []
@@ -398,64 +388,26 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
         return _print_help("suite")
     (cfg,) = composed("suite", rewritten, multirun=False)
     _check_run_settings(cfg)
-    suite = cfg.suite
-    seeds = cfg.seeds if cfg.seeds is not None else suite.seeds
+    seeds = cfg.seeds if cfg.seeds is not None else cfg.suite.seeds
     if seeds < 1:
         raise UsageError(f"seeds must be >= 1, got {seeds}")
-    plans = []
-    for entry in suite_entries(suite):
-        hparams, tags = dict(entry.hparams), {}
-        if entry.tuned:
-            if hparams:
-                raise UsageError(
-                    f"suite {suite.name!r}: the {entry.task}/{entry.optimizer} run is tuned, so "
-                    "it takes its hparams from the tuning study: drop its hparams"
-                )
-            hparams, tags = _tuned(entry.task, entry.optimizer, suite.tuning, entry.steps)
-        plans += [
-            RunPlan(
-                task=entry.task,
-                optimizer=entry.optimizer,
-                seed=seed,
-                suite=suite.name,
-                steps=entry.steps,
-                hparams=hparams,
-                task_cfg=dict(entry.task_cfg),
-                eval_every=suite.eval_every,
-                log_every=suite.log_every,
-                warmup_steps=cfg.warmup_steps,
-                device=cfg.device,
-                tags=tags,
-            )
-            for seed in range(suite.first_seed, suite.first_seed + seeds)
-        ]
-    check_fair_tuning(suite.name, plans)
-    out = Path(cfg.out) if cfg.out else Path("results") / suite.name / "results.csv"
-    frame = execute(plans, out, resume=cfg.resume)
-    if cfg.report:
-        from harness.results.report import build_report
-
-        written = build_report(frame, out.parent, reference=cfg.reference)
-        print(f"report: {len(written)} files in {out.parent}", file=sys.stderr)
+    run_suite(
+        SuiteRun(
+            suite=cfg.suite,
+            seeds=seeds,
+            device=cfg.device,
+            warmup_steps=cfg.warmup_steps,
+            out=Path(cfg.out) if cfg.out else None,
+            report=cfg.report,
+            reference=cfg.reference,
+            resume=cfg.resume,
+            fresh=cfg.fresh,
+            workers=cfg.workers,
+            plugin_modules=list(cfg.plugins),
+        ),
+        log=_log,
+    )
     return 0
-
-
-def check_fair_tuning(suite: str, plans: list[Any]) -> None:
-    """Tuned baselines of one task must come from studies with the same trial count and step
-    budget: otherwise the comparison favours the optimizer that was tuned harder."""
-    budgets: dict[str, set[tuple[int, int]]] = {}
-    for plan in plans:
-        if "study" in plan.tags:
-            budget = (plan.tags["trials"], plan.tags["tuning_budget_steps"])
-            budgets.setdefault(plan.task, set()).add(budget)
-    for task, found in budgets.items():
-        if len(found) > 1:
-            shown = ", ".join(f"{t} trials x {b} steps" for t, b in sorted(found))
-            raise UsageError(
-                f"suite {suite!r}: the tuned runs on {task} come from studies with different "
-                f"tuning budgets ({shown}); tune every baseline with the same trials and "
-                "budget_steps"
-            )
 
 
 # -- lopt report -----------------------------------------------------------------------------------

@@ -53,6 +53,10 @@ class TuningRef:
     sampler: str = "tpe"
     tag: str = ""
     storage: str = DEFAULT_STORAGE
+    # Used only when a suite runs its studies itself (``lopt suite ... fresh=true``):
+    trials: Optional[int] = None  # noqa: UP045
+    fixed: dict[str, Any] = field(default_factory=dict)  # optimizer.NAME=VALUE of lopt tune
+    search: dict[str, Any] = field(default_factory=dict)  # search.NAME=... of lopt tune
 
 
 @dataclass
@@ -72,6 +76,7 @@ class BenchConfig:
     warmup_steps: int = 2
     device: str = "cpu"
     threads: Optional[int] = None  # noqa: UP045  (None: torch's default)
+    workers: int = 1  # runs at a time, each in its own 1-thread process
     max_seconds: Optional[float] = None  # noqa: UP045
     out: str = "results/bench.csv"
     suite: str = "bench"
@@ -136,6 +141,9 @@ class SuiteEntry:
     hparams: dict[str, Any] = field(default_factory=dict)
     task_cfg: dict[str, Any] = field(default_factory=dict)
     tuned: bool = False  # take hparams from the suite's tuning study instead
+    tuning: dict[str, Any] = field(default_factory=dict)  # this entry's changes to the suite's
+    tags: dict[str, Any] = field(default_factory=dict)  # added to every row of the entry
+    meta_train: dict[str, Any] = field(default_factory=dict)  # how fresh=true makes a checkpoint
 
 
 @dataclass
@@ -148,6 +156,8 @@ class SuiteFile:
     first_seed: int = 0
     eval_every: Optional[int] = None  # noqa: UP045
     log_every: int = 10
+    report: str = "standard"  # or "comparison" (harness.results.comparison)
+    optional_tasks: list[str] = field(default_factory=list)  # skipped if their data is missing
     tuning: TuningRef = field(default_factory=TuningRef)
     runs: list[Any] = field(default_factory=list)  # SuiteEntry each, checked by suite_entries()
 
@@ -161,11 +171,13 @@ class SuiteConfig:
     seeds: Optional[int] = None  # noqa: UP045  (None: the suite file's)
     device: str = "cpu"
     threads: Optional[int] = None  # noqa: UP045
+    workers: int = 1  # runs at a time, each in its own 1-thread process
     warmup_steps: int = 2
     out: Optional[str] = None  # noqa: UP045  (None: results/<suite name>/results.csv)
     report: bool = True
     reference: Optional[str] = None  # noqa: UP045  (None: the report's default)
     resume: bool = True
+    fresh: bool = False  # redo the suite's tuning studies and meta-training from scratch
     plugins: list[str] = field(default_factory=list)
 
 
@@ -276,7 +288,8 @@ def suite_entries(suite: DictConfig) -> list[SuiteEntry]:
         except OmegaConfBaseException as exc:
             raise UsageError(
                 f"suite {suite.name!r}, runs[{index}]: {_first_line(exc)} "
-                "(each run needs task and optimizer; may set steps, hparams, task_cfg, tuned)"
+                "(each run needs task and optimizer; may set steps, hparams, task_cfg, tuned, "
+                "tuning, tags, meta_train)"
             ) from exc
         entries.append(entry)
     if not entries:

@@ -8,14 +8,20 @@
 * saves each finished run's rows at once under ``<out>.parts/`` (atomically), so an interrupted
   invocation loses at most the run in flight: rerunning the same command skips the finished runs
   (their ids are deterministic) and completes only the missing ones;
-* writes ``out`` atomically once every run is done, then removes the parts folder.
+* writes ``out`` atomically once every run is done, then removes the parts folder;
+* with ``workers=N`` (N > 1), runs N plans at a time in N spawned 1-thread processes (on a CPU,
+  N one-thread processes beat one N-thread process in throughput; each run's clock still
+  measures only its own work, but runs share memory bandwidth, so compare timings only between
+  runs made with the same ``workers``). Workers import the same plugins (``plugin_modules``).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +75,7 @@ class RunPlan:
                 log_every=self.log_every,
                 max_seconds=self.max_seconds,
             ),
+            tags=self.tags,
         )
 
 
@@ -100,14 +107,21 @@ def execute(
     resume: bool = True,
     log: Log | None = None,
     progress_bars: bool | None = None,
+    workers: int = 1,
+    plugin_modules: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Run ``plans`` (skipping those already saved when ``resume``) and write the tidy ``out``.
 
     Args:
-        progress_bars: show a bar per run (None: only when stderr is a terminal).
+        progress_bars: show a bar per run (None: only when stderr is a terminal; never with
+            ``workers`` > 1, where one line per finished run is the progress).
+        workers: how many runs at a time, each in its own 1-thread process (1: in this process).
+        plugin_modules: modules the worker processes import before running (local plugins).
     Returns the whole tidy table, as written to ``out``.
     """
     out = Path(out)
+    if workers < 1:
+        raise UsageError(f"workers must be >= 1, got {workers}")
     check_results_path(out)
     check_plans(plans)
     log = log or _stderr
@@ -121,18 +135,17 @@ def execute(
     if already:
         log(f"resuming: {len(already)} of {len(unique)} runs already saved in {parts}")
 
-    tasks: dict[tuple[str, str, str], Task] = {}
     todo = [(run_id, plan) for run_id, plan in unique.items() if run_id not in done]
-    for index, (run_id, plan) in enumerate(todo, start=len(already) + 1):
-        key = (plan.task, canonical_json(plan.task_cfg), plan.device)
-        if key not in tasks:
-            tasks[key] = create_task(plan.task, device=plan.device, **plan.task_cfg)
-        label = f"[{index}/{len(unique)}] {plan.task} {plan.optimizer} seed {plan.seed}"
-        result = _run_with_progress(plan, tasks[key], label, progress_bars)
-        if result.run_id != run_id:  # the runner and the plan must agree on identity
-            raise AssertionError(f"run id mismatch: {result.run_id} != {run_id}")
-        write_results(result.frame(), parts / f"{run_id}.csv")
-        log(f"{label}: {_summary(result)}")
+    labelled = [
+        (run_id, plan, f"[{index}/{len(unique)}] {plan.task} {plan.optimizer} seed {plan.seed}")
+        for index, (run_id, plan) in enumerate(todo, start=len(already) + 1)
+    ]
+    if workers == 1 or len(labelled) <= 1:
+        for run_id, plan, label in labelled:
+            summary = run_and_save(plan, run_id, parts, label, progress_bars)
+            log(f"{label}: {summary}")
+    else:
+        _execute_in_workers(labelled, parts, workers, list(plugin_modules), log)
 
     frame = pd.concat(
         [read_results(parts / f"{run_id}.csv") for run_id in unique], ignore_index=True
@@ -141,6 +154,70 @@ def execute(
     shutil.rmtree(parts, ignore_errors=True)
     log(f"wrote {len(frame)} rows from {len(unique)} runs to {out}")
     return frame
+
+
+_TASKS: dict[tuple[str, str, str], Task] = {}  # per process: datasets are loaded once
+
+
+def run_and_save(
+    plan: RunPlan, run_id: str, parts: Path, label: str, progress_bars: bool | None
+) -> str:
+    """Run one plan and save its rows as ``parts/<run_id>.csv``; returns a summary line."""
+    key = (plan.task, canonical_json(plan.task_cfg), plan.device)
+    if key not in _TASKS:
+        _TASKS[key] = create_task(plan.task, device=plan.device, **plan.task_cfg)
+    result = _run_with_progress(plan, _TASKS[key], label, progress_bars)
+    if result.run_id != run_id:  # the runner and the plan must agree on identity
+        raise AssertionError(f"run id mismatch: {result.run_id} != {run_id}")
+    write_results(result.frame(), parts / f"{run_id}.csv")
+    return _summary(result)
+
+
+def _worker_init(plugin_modules: list[str]) -> None:
+    import torch
+
+    from harness.registry import load_plugin_modules
+
+    torch.set_num_threads(1)
+    if plugin_modules:
+        load_plugin_modules(plugin_modules)
+
+
+def _execute_in_workers(
+    labelled: list[tuple[str, RunPlan, str]],
+    parts: Path,
+    workers: int,
+    plugin_modules: list[str],
+    log: Log,
+) -> None:
+    """Run the plans ``workers`` at a time in spawned processes; the first failure stops the
+    submission of new runs, lets the ones in flight finish (their rows are saved), and is
+    re-raised."""
+    context = multiprocessing.get_context("spawn")
+    pending = list(reversed(labelled))
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_worker_init,
+        initargs=(plugin_modules,),
+    ) as pool:
+        running: dict[Future[str], str] = {}
+        failure: BaseException | None = None
+        while pending or running:
+            while pending and failure is None and len(running) < workers:
+                run_id, plan, label = pending.pop()
+                running[pool.submit(run_and_save, plan, run_id, parts, label, False)] = label
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                label = running.pop(future)
+                try:
+                    log(f"{label}: {future.result()}")
+                except BaseException as exc:  # re-raised once the runs in flight end
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
 
 
 def _run_with_progress(

@@ -116,11 +116,14 @@ def run_id_for(
     seed: int,
     steps: int,
     settings: dict[str, Any],
+    tags: dict[str, Any] | None = None,
 ) -> str:
-    """A readable id that is the same exactly when the run's definition and measurement
-    settings (``settings``: device, budgets, evaluation and logging cadence) are the same."""
+    """A readable id that is the same exactly when the run's definition, its measurement
+    settings (``settings``: device, budgets, evaluation and logging cadence) and its ``tags``
+    (which say what the run is for, e.g. which comparison or tuning study) are the same."""
     definition = canonical_json(
         {
+            "tags": tags or {},
             "suite": suite,
             "task": task,
             "task_cfg": task_cfg,
@@ -261,6 +264,7 @@ def run(
             seed=seed,
             steps=steps,
             settings=settings,
+            tags=tags,
         ),
         suite=suite,
         task=task.name,

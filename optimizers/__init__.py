@@ -4,7 +4,7 @@ The contract every optimizer follows is in :mod:`optimizers.base`; add your own 
 ``@register_optimizer("name")`` on an :class:`~optimizers.base.Optimizer` subclass (see README).
 """
 
-from optimizers import adam, learned, rmsprop, sgd  # noqa: F401  (registration side effect)
+from optimizers import adam, learned, pretrained, rmsprop, sgd  # noqa: F401  (registration)
 from optimizers.base import HParam, Optimizer, OptState, Params, TorchOptimizer
 
 __all__ = ["HParam", "OptState", "Optimizer", "Params", "TorchOptimizer"]

@@ -175,9 +175,10 @@ def resolve_hparams(
 
 
 # -- shared declarations ---------------------------------------------------------------------------
-def learning_rate(default: float) -> HParam:
-    """The learning rate every built-in declares: > 0, searched log-uniformly in [1e-5, 1]."""
-    return HParam("lr", default, "learning rate", gt=0.0, low=1e-5, high=1.0, log=True, tune=True)
+def learning_rate(default: float, high: float = 1.0) -> HParam:
+    """The learning rate every built-in declares: > 0, searched log-uniformly in [1e-5, high]
+    (``high`` is 1 except for plain SGD, whose best rate on normalised inputs can exceed 1)."""
+    return HParam("lr", default, "learning rate", gt=0.0, low=1e-5, high=high, log=True, tune=True)
 
 
 def weight_decay(default: float = 0.0, help: str = "L2 penalty added to the gradient") -> HParam:

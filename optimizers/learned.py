@@ -381,9 +381,12 @@ class LearnedOptimizer(Optimizer):
         ),
     )
 
+    #: set by :mod:`optimizers.pretrained` for the shipped checkpoints served by name
+    pretrained_checkpoint: str = ""
+
     def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)
-        path = str(self.hparams["checkpoint"])
+        path = str(self.hparams.get("checkpoint", "") or self.pretrained_checkpoint)
         if path:
             from harness.meta.checkpoint import load_lopt_checkpoint
 

@@ -16,7 +16,7 @@ from optimizers.base import HParam, Optimizer, OptState, Params, learning_rate, 
 class SGD(Optimizer):
     """Plain SGD: w <- w - lr * (g + weight_decay * w)."""
 
-    hparam_specs = (learning_rate(0.1), weight_decay())
+    hparam_specs = (learning_rate(0.1, high=10.0), weight_decay())
 
     def init(self, params: Params) -> OptState:
         return {"step": 0}

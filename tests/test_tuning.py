@@ -15,11 +15,12 @@ import optuna
 import pandas as pd
 import pytest
 
-from harness.cli import check_fair_tuning, main
+from harness.cli import main
 from harness.errors import UsageError
 from harness.plan import RunPlan
 from harness.registry import OPTIMIZERS
 from harness.results.io import read_results
+from harness.suite import check_fair_tuning
 from harness.tuning.space import search_space
 from harness.tuning.storage import open_storage
 from harness.tuning.study import count_trials, load_existing, study_name
@@ -51,7 +52,8 @@ def settings(tmp_path: Path, **changes) -> TuneSettings:
 def test_default_spaces_search_the_declared_ranges() -> None:
     for name in ("sgd", "momentum", "adam", "adamw", "rmsprop"):
         lr = search_space(name, specs(name))["lr"]
-        assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 1e-5, 1.0, True)
+        high = 10.0 if name == "sgd" else 1.0
+        assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 1e-5, high, True)
     # As in the paper, only learning rates are searched unless a study adds more.
     assert set(search_space("momentum", specs("momentum"))) == {"lr"}
 
@@ -130,7 +132,7 @@ def test_every_sampler_runs(tmp_path, sampler) -> None:
             open_storage(f"sqlite:///{tmp_path}/optuna.db").storage, outcome.study
         )
         lrs = sorted(t.params["lr"] for t in study.get_trials())
-        assert np.allclose(np.log10(lrs), np.linspace(-5, 0, 6), atol=1e-5)
+        assert np.allclose(np.log10(lrs), np.linspace(-5, 1, 6), atol=1e-5)  # sgd: [1e-5, 10]
 
 
 def test_a_grid_smaller_than_the_trials_is_refused(tmp_path) -> None:

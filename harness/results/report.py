@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -63,13 +63,14 @@ PROVENANCE_FIELDS = (
 def build_report(
     frame: pd.DataFrame,
     out_dir: str | Path,
-    reference: str | None = None,
+    reference: str | Mapping[str, str] | None = None,
     target_split: str = "train",
 ) -> list[Path]:
     """Write the report files (see the module doc) into ``out_dir`` and return their paths.
 
     ``reference``: the optimizer every task's speedup is measured against (``UsageError`` if a
-    task has no runs of it). When None, each task's reference is :data:`DEFAULT_REFERENCE` if it
+    task has no runs of it), or a mapping task -> optimizer. When None (or for a task the mapping
+    does not name), each task's reference is :data:`DEFAULT_REFERENCE` if it
     was run on that task, else the alphabetically first optimizer run on it (see
     :func:`default_reference`); ``speedup.csv`` names it in its ``reference`` column.
     ``target_split``: the split whose loss defines targets, time-to-target and speedup.
@@ -112,7 +113,10 @@ def _check_frame(frame: pd.DataFrame) -> None:
 
 
 def _write_report(
-    frame: pd.DataFrame, folder: Path, reference: str | None, target_split: str
+    frame: pd.DataFrame,
+    folder: Path,
+    reference: str | Mapping[str, str] | None,
+    target_split: str,
 ) -> list[str]:
     """Write every report file into ``folder``; return their names in writing order."""
     runs = final_and_best(frame)
@@ -134,14 +138,18 @@ def _write_report(
     return [*tables, "summary.md", *(name for names in figures.values() for name in names)]
 
 
-def speedup_by_task(frame: pd.DataFrame, reference: str | None, split: str) -> pd.DataFrame:
+def speedup_by_task(
+    frame: pd.DataFrame, reference: str | Mapping[str, str] | None, split: str
+) -> pd.DataFrame:
     """:func:`~harness.results.derived.speedup` on ``split`` loss, one task at a time.
 
-    With ``reference`` None each task gets :func:`default_reference` of its optimizers.
+    ``reference``: one optimizer for all tasks, or a mapping task -> optimizer; a task without
+    one gets :func:`default_reference` of its optimizers.
     """
     tables = []
-    for _task, rows in frame.groupby("task", sort=True):
-        task_reference = reference or default_reference(list(rows["optimizer"].unique()))
+    for task, rows in frame.groupby("task", sort=True):
+        chosen = reference.get(str(task)) if isinstance(reference, Mapping) else reference
+        task_reference = chosen or default_reference(list(rows["optimizer"].unique()))
         tables.append(speedup(rows, task_reference, split=split, metric=TARGET_METRIC))
     return pd.concat(tables, ignore_index=True)
 

@@ -1,7 +1,8 @@
 """Search spaces, built from the hyperparameters an optimizer declares (:class:`HParam`).
 
 The default space of an optimizer is its hyperparameters declared with ``tune=True`` over their
-declared ranges (the learning rate: log-uniform in [1e-5, 1]). A study can change it:
+declared ranges (the learning rate: log-uniform in [1e-5, 1], [1e-5, 10] for plain SGD). A
+study can change it:
 
 * ``optimizer.NAME=VALUE`` fixes a hyperparameter (it leaves the space);
 * ``search.NAME=[LOW,HIGH]`` sets a numeric hyperparameter's range (adding it if needed);

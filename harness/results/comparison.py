@@ -1,0 +1,270 @@
+"""The paper's comparison: learned optimizers against the best tuned baseline, per objective.
+
+A comparison suite (``report: comparison`` in its file) tags every run with the comparison it
+belongs to (``tags.comparison``): ``train`` (baselines tuned on the training loss, against the
+learned optimizer meta-trained on the training loss) or ``valid`` (tuned on, and meta-trained
+on, the validation loss). A run is *learned* when its optimizer is a
+:class:`~optimizers.learned.LearnedOptimizer`; every other run is a *baseline*.
+
+For each comparison and task, the *best baseline* is the baseline with the lowest mean final
+loss on the comparison's split (``train`` or ``valid``, whole-split evaluations). Then:
+
+* ``speedup_vs_best_baseline``: the best baseline's mean timed seconds to reach its own mean
+  final loss, divided by this optimizer's mean timed seconds to reach that loss (first
+  evaluation at or below it; the mean over the seeds that reach it, ``fraction_reached`` says
+  how many). NaN when the optimizer never reaches it. ``speedup_steps``: the same in steps.
+* Final (and best) train/valid/test losses and the test accuracy, mean and std over seeds.
+
+The two targets of the paper, checked and stated with their numbers in ``summary.md``:
+
+* speed: in the ``train`` comparison the learned optimizer's speedup is at least 5;
+* generalisation: in the ``valid`` comparison the learned optimizer's mean final test loss is
+  below every baseline's by more than the larger of the two seed standard deviations.
+
+:func:`build_comparison_report` writes ``summary.csv`` (one row per comparison, task and
+optimizer), ``summary.md``, and the standard report (:func:`harness.results.report.build_report`,
+curves included) of each comparison into a subfolder named after it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import UsageError
+from harness.registry import OPTIMIZERS
+from harness.results.derived import final_and_best, seed_summary, speedup
+from harness.results.io import write_atomically
+from harness.results.report import build_report, markdown_table, mean_std_text, provenance_line
+
+COMPARISON_SPLIT = {"train": "train", "valid": "valid"}
+SPEED_TARGET = 5.0
+SUMMARY_FILE = "summary.csv"
+MARKDOWN_FILE = "summary.md"
+
+
+def comparison_of(tags: str) -> str:
+    """The ``comparison`` tag of a run's ``tags`` JSON (``""`` if none)."""
+    try:
+        data = json.loads(tags) if isinstance(tags, str) and tags else {}
+    except ValueError:
+        return ""
+    return str(data.get("comparison", "")) if isinstance(data, dict) else ""
+
+
+def is_learned(optimizer: str) -> bool:
+    """Whether ``optimizer`` is a learned optimizer (served by ``optimizers.learned``)."""
+    from optimizers.learned import LearnedOptimizer
+
+    try:
+        factory = OPTIMIZERS.get(optimizer).factory
+    except UsageError:
+        return optimizer.startswith("lopt")
+    return isinstance(factory, type) and issubclass(factory, LearnedOptimizer)
+
+
+def split_comparisons(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The rows of each comparison; ``UsageError`` for a run without a known comparison tag."""
+    labels = frame["tags"].map(comparison_of)
+    unknown = sorted(set(labels) - set(COMPARISON_SPLIT))
+    if unknown:
+        raise UsageError(
+            f"runs tagged with comparison {unknown[0]!r}: a comparison report needs every run "
+            f"tagged comparison: {' or '.join(COMPARISON_SPLIT)} (tags in the suite file)"
+        )
+    return {name: frame[labels == name] for name in sorted(set(labels))}
+
+
+def best_baselines(frame: pd.DataFrame, split: str) -> dict[str, str]:
+    """Per task, the baseline with the lowest mean final ``split`` loss."""
+    finals = final_and_best(frame)
+    finals = finals[(finals["split"] == split) & (finals["metric"] == "loss")]
+    finals = finals[~finals["optimizer"].map(is_learned)]
+    best = {}
+    for task, rows in finals.groupby("task", sort=True):
+        means = rows.groupby("optimizer")["final_value"].mean()
+        if means.dropna().empty:
+            raise UsageError(f"task {task!r} has no baseline with a finite final {split} loss")
+        best[str(task)] = str(means.dropna().idxmin())
+    for task in sorted(set(frame["task"]) - set(best)):
+        raise UsageError(f"task {task!r} has no baseline runs to compare against")
+    return best
+
+
+def comparison_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per comparison, task and optimizer (see the module docstring)."""
+    rows = []
+    for comparison, sub in split_comparisons(frame).items():
+        split = COMPARISON_SPLIT[comparison]
+        best = best_baselines(sub, split)
+        finals = seed_summary(final_and_best(sub), ("final_value", "best_value"))
+        speeds = pd.concat(
+            [speedup(sub[sub["task"] == task], ref, split=split) for task, ref in best.items()]
+        )
+        for (task, optimizer), speed in speeds.groupby(["task", "optimizer"], sort=True):
+            speed = speed.iloc[0]
+            row = {
+                "comparison": comparison,
+                "task": task,
+                "optimizer": optimizer,
+                "role": "learned" if is_learned(optimizer) else "baseline",
+                "best_baseline": best[task],
+                "target_split": split,
+                "target_loss": speed["target"],
+                "speedup_vs_best_baseline": speed["speedup_seconds"],
+                "speedup_steps": speed["speedup_steps"],
+                "seconds_to_target": speed["mean_seconds_to_target"],
+                "steps_to_target": speed["mean_steps_to_target"],
+                "fraction_reached": speed["fraction_reached"],
+                "n_seeds": int(speed["n_seeds"]),
+            }
+            mine = finals[(finals["task"] == task) & (finals["optimizer"] == optimizer)]
+            for (split_name, metric), values in mine.groupby(["split", "metric"]):
+                for stat in ("final_value_mean", "final_value_std", "best_value_mean"):
+                    kind = {
+                        "final_value_mean": "mean",
+                        "final_value_std": "std",
+                        "best_value_mean": "best_mean",
+                    }[stat]
+                    row[f"{split_name}_{metric}_{kind}"] = float(values[stat].iloc[0])
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    leading = [
+        "comparison",
+        "task",
+        "optimizer",
+        "role",
+        "speedup_vs_best_baseline",
+        "test_loss_mean",
+        "test_loss_std",
+    ]
+    return table[leading + [c for c in table.columns if c not in leading]]
+
+
+def verdicts(summary: pd.DataFrame) -> list[str]:
+    """One line per learned optimizer and target, saying whether it is met, with the numbers."""
+    lines = []
+    for _, row in summary[summary["role"] == "learned"].iterrows():
+        where = f"{row['task']}, {row['optimizer']}"
+        if row["comparison"] == "train":
+            value = row["speedup_vs_best_baseline"]
+            met = bool(value >= SPEED_TARGET) if not math.isnan(value) else False
+            shown = f"{value:.2f}x" if not math.isnan(value) else "never reached"
+            lines.append(
+                f"Speed ({where}): {'met' if met else 'NOT met'}: reaching the best tuned "
+                f"baseline's ({row['best_baseline']}) final train loss {row['target_loss']:.4g}: "
+                f"{shown} against the target of {SPEED_TARGET:g}x."
+            )
+        else:
+            others = summary[
+                (summary["comparison"] == "valid")
+                & (summary["task"] == row["task"])
+                & (summary["role"] == "baseline")
+            ]
+            margins = [
+                (
+                    other["optimizer"],
+                    other["test_loss_mean"] - row["test_loss_mean"],
+                    max(row["test_loss_std"], other["test_loss_std"]),
+                )
+                for _, other in others.iterrows()
+            ]
+            met = all(margin > spread for _, margin, spread in margins)
+            worst = min(margins, key=lambda m: m[1] - m[2])
+            lines.append(
+                f"Generalisation ({where}): {'met' if met else 'NOT met'}: mean test loss "
+                f"{mean_std_text(row['test_loss_mean'], row['test_loss_std'])}; the closest "
+                f"baseline, {worst[0]}, is {worst[1]:+.4g} away (needs more than {worst[2]:.2g})."
+            )
+    return lines
+
+
+def build_comparison_report(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Write the comparison report into ``out_dir`` (see the module docstring)."""
+    out_dir = Path(out_dir)
+    comparisons = split_comparisons(frame)
+    summary = comparison_summary(frame)
+    written = []
+    for comparison, sub in comparisons.items():
+        best = best_baselines(sub, COMPARISON_SPLIT[comparison])
+        written += build_report(
+            sub, out_dir / comparison, reference=best, target_split=COMPARISON_SPLIT[comparison]
+        )
+    written.append(
+        write_atomically(out_dir / SUMMARY_FILE, lambda tmp: summary.to_csv(tmp, index=False))
+    )
+    text = summary_markdown(frame, summary, comparisons)
+    written.append(write_atomically(out_dir / MARKDOWN_FILE, lambda tmp: tmp.write_text(text)))
+    return written
+
+
+def summary_markdown(
+    frame: pd.DataFrame, summary: pd.DataFrame, comparisons: dict[str, pd.DataFrame]
+) -> str:
+    lines = ["# Learned optimizers against tuned baselines", ""]
+    lines += [f"Provenance: {provenance_line(frame)}", ""]
+    lines += ["## The paper's targets", ""]
+    lines += [f"- {line}" for line in verdicts(summary)] or ["- no learned optimizer in the runs"]
+    lines.append("")
+    header = [
+        "optimizer",
+        "seeds",
+        "train loss",
+        "valid loss",
+        "test loss",
+        "test accuracy",
+        "reached",
+        "steps to target",
+        "seconds to target",
+        "speedup",
+    ]
+    for comparison in comparisons:
+        split = COMPARISON_SPLIT[comparison]
+        for task, rows in summary[summary["comparison"] == comparison].groupby("task"):
+            best = rows["best_baseline"].iloc[0]
+            target = rows["target_loss"].iloc[0]
+            lines += [
+                f"## {task}: tuned and meta-trained on the {split} loss",
+                "",
+                f"Target: the best tuned baseline ({best})'s mean final {split} loss, "
+                f"{target:.4g}. Speedup: its mean seconds to reach it over this row's.",
+                "",
+            ]
+            body = []
+            for _, row in rows.sort_values(["role", "optimizer"]).iterrows():
+                name = row["optimizer"] + (" (learned)" if row["role"] == "learned" else "")
+                body.append(
+                    [
+                        name,
+                        str(row["n_seeds"]),
+                        *(
+                            mean_std_text(
+                                row.get(f"{s}_loss_mean", math.nan),
+                                row.get(f"{s}_loss_std", math.nan),
+                            )
+                            for s in ("train", "valid", "test")
+                        ),
+                        mean_std_text(
+                            row.get("test_accuracy_mean", math.nan),
+                            row.get("test_accuracy_std", math.nan),
+                        ),
+                        f"{row['fraction_reached']:.0%}",
+                        _maybe(row["steps_to_target"], "{:.0f}"),
+                        _maybe(row["seconds_to_target"], "{:.3g}"),
+                        _maybe(row["speedup_vs_best_baseline"], "{:.2f}x"),
+                    ]
+                )
+            lines += [markdown_table(header, body, ["left"] + ["right"] * 9), ""]
+            lines += [f"Curves and tables: [{comparison}/summary.md]({comparison}/summary.md)", ""]
+    return "\n".join(lines)
+
+
+def _maybe(value: float, fmt: str) -> str:
+    return (
+        "—"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (fmt.format(value))
+    )

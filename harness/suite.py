@@ -1,0 +1,250 @@
+"""Suites: a file of (task, optimizer) pairs with budgets, seeds and settings, run as one.
+
+A suite file (``harness/conf/suite/NAME.yaml``, typed by :class:`harness.config.SuiteFile`) lists
+its runs; each entry may
+
+* set ``hparams`` (else the optimizer's defaults), or ``tuned: true``: take them from the best
+  trial of the entry's tuning study (the suite's ``tuning`` block, updated by the entry's own
+  ``tuning``), whose provenance then tags every row;
+* add ``tags`` (e.g. ``comparison: train`` for a comparison report);
+* for a learned optimizer, give ``meta_train`` (a ``lopt meta-train`` configuration): how its
+  checkpoint is made when the suite is run with ``fresh=true``.
+
+``optional_tasks`` are skipped, with a notice, when their data is not on the machine (a
+Fashion-MNIST suite still runs its MNIST part). ``fresh=true`` redoes everything a suite
+normally takes from the repository: every tuning study (in ``<out>/fresh/optuna.db``, with the
+suite's ``tuning.trials``) and every meta-training (in ``<out>/fresh/meta/<optimizer>``); the
+runs then use those.
+
+:func:`run_suite` returns the tidy table it wrote; the report (``report: standard`` or
+``comparison``) is written next to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import SuiteEntry, TuningRef, suite_entries
+from harness.errors import DatasetUnavailableError, UsageError
+from harness.plan import RunPlan, execute
+from harness.registry import TASKS, create_task
+
+Log = Callable[[str], None]
+REPORTS = ("standard", "comparison")
+OBJECTIVE_COMPARISON = {"train_loss": "train", "valid_loss": "valid"}
+
+
+@dataclass
+class SuiteRun:
+    """How to run a suite: the command's settings (see :class:`harness.config.SuiteConfig`)."""
+
+    suite: DictConfig
+    seeds: int
+    device: str = "cpu"
+    warmup_steps: int = 2
+    out: Path | None = None
+    report: bool = True
+    reference: str | None = None
+    resume: bool = True
+    fresh: bool = False
+    workers: int = 1
+    plugin_modules: tuple[str, ...] | list[str] = ()
+
+    @property
+    def results_path(self) -> Path:
+        return self.out or Path("results") / self.suite.name / "results.csv"
+
+    @property
+    def fresh_dir(self) -> Path:
+        return self.results_path.parent / "fresh"
+
+
+def run_suite(settings: SuiteRun, log: Log) -> pd.DataFrame:
+    """Run the suite (see the module docstring); returns its tidy table."""
+    suite = settings.suite
+    if suite.report not in REPORTS:
+        raise UsageError(f"suite {suite.name!r}: report must be one of {', '.join(REPORTS)}")
+    entries = available_entries(suite, log)
+    if settings.fresh:
+        prepare_fresh(settings, entries, log)
+    plans = [plan for entry in entries for plan in entry_plans(settings, entry)]
+    check_fair_tuning(suite.name, plans)
+    frame = execute(
+        plans,
+        settings.results_path,
+        resume=settings.resume,
+        workers=settings.workers,
+        plugin_modules=settings.plugin_modules,
+    )
+    if settings.report:
+        folder = settings.results_path.parent
+        if suite.report == "comparison":
+            from harness.results.comparison import build_comparison_report
+
+            written = build_comparison_report(frame, folder)
+        else:
+            from harness.results.report import build_report
+
+            written = build_report(frame, folder, reference=settings.reference)
+        log(f"report: {len(written)} files in {folder}")
+    return frame
+
+
+def available_entries(suite: DictConfig, log: Log) -> list[SuiteEntry]:
+    """The suite's entries, without those of optional tasks whose data is missing here."""
+    entries = suite_entries(suite)
+    missing = set()
+    for task in sorted(set(suite.optional_tasks)):
+        TASKS.get(task)
+        try:
+            create_task(task)
+        except DatasetUnavailableError as exc:
+            log(f"skipping {task}: {exc}")
+            missing.add(task)
+    kept = [entry for entry in entries if entry.task not in missing]
+    if not kept:
+        raise UsageError(f"suite {suite.name!r}: no run is left once unavailable tasks are skipped")
+    return kept
+
+
+def tuning_for(suite: DictConfig, entry: SuiteEntry) -> DictConfig:
+    """The suite's ``tuning`` block updated by the entry's own (checked against TuningRef)."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(TuningRef), suite.tuning, dict(entry.tuning))
+    except Exception as exc:  # OmegaConf validation errors
+        raise UsageError(
+            f"suite {suite.name!r}, {entry.task}/{entry.optimizer}: bad tuning block ({exc})"
+        ) from exc
+
+
+def entry_plans(settings: SuiteRun, entry: SuiteEntry) -> list[RunPlan]:
+    """The runs of one entry, one per seed."""
+    suite = settings.suite
+    optimizer, hparams, tags = entry.optimizer, dict(entry.hparams), dict(entry.tags)
+    if entry.tuned:
+        if hparams:
+            raise UsageError(
+                f"suite {suite.name!r}: the {entry.task}/{entry.optimizer} run is tuned, so it "
+                "takes its hparams from the tuning study: drop its hparams"
+            )
+        tuning = tuning_for(suite, entry)
+        if settings.fresh:
+            tuning.storage = fresh_storage(settings)
+        hparams, tuning_tags = tuned_hparams(entry.task, entry.optimizer, tuning, entry.steps)
+        tags = {**tuning_tags, **tags}
+    elif settings.fresh and entry.meta_train:
+        optimizer, hparams = "lopt", {"checkpoint": str(fresh_checkpoint(settings, entry))}
+    return [
+        RunPlan(
+            task=entry.task,
+            optimizer=optimizer,
+            seed=seed,
+            suite=suite.name,
+            steps=entry.steps,
+            hparams=hparams,
+            task_cfg=dict(entry.task_cfg),
+            eval_every=suite.eval_every,
+            log_every=suite.log_every,
+            warmup_steps=settings.warmup_steps,
+            device=settings.device,
+            tags=tags,
+        )
+        for seed in range(suite.first_seed, suite.first_seed + settings.seeds)
+    ]
+
+
+def tuned_hparams(
+    task: str, optimizer: str, tuning: DictConfig, steps: int | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tuned hyperparameters and their provenance tags (see harness.tuning.tuner)."""
+    from harness.tuning.tuner import tuned_configuration
+
+    budget = tuning.budget_steps or steps or TASKS.get(task).factory.default_steps
+    return tuned_configuration(
+        task=task,
+        optimizer=optimizer,
+        objective=tuning.objective,
+        budget_steps=budget,
+        sampler=tuning.sampler,
+        tag=tuning.tag,
+        storage=tuning.storage,
+    )
+
+
+# -- fresh=true ------------------------------------------------------------------------------------
+def fresh_storage(settings: SuiteRun) -> str:
+    return f"sqlite:///{settings.fresh_dir / 'optuna.db'}"
+
+
+def fresh_checkpoint(settings: SuiteRun, entry: SuiteEntry) -> Path:
+    return settings.fresh_dir / "meta" / entry.optimizer / "lopt.pt"
+
+
+def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> None:
+    """Run every tuning study and meta-training the suite's runs need, from scratch (each is
+    resumable: rerunning continues what an interrupted ``fresh=true`` run left)."""
+    from harness.meta.command import meta_train
+    from harness.tuning.tuner import TuneSettings, tune
+
+    suite = settings.suite
+    for entry in entries:
+        if entry.tuned:
+            tuning = tuning_for(suite, entry)
+            if tuning.trials is None:
+                raise UsageError(
+                    f"suite {suite.name!r}: fresh=true needs tuning.trials (how many trials "
+                    "every baseline gets)"
+                )
+            tune(
+                TuneSettings(
+                    task=entry.task,
+                    optimizer=entry.optimizer,
+                    trials=tuning.trials,
+                    objective=tuning.objective,
+                    budget_steps=tuning.budget_steps or entry.steps,
+                    sampler=tuning.sampler,
+                    tag=tuning.tag,
+                    storage=fresh_storage(settings),
+                    eval_seeds=0,
+                    device=settings.device,
+                    out=str(settings.fresh_dir / "tuning"),
+                    task_cfg=dict(entry.task_cfg),
+                    fixed=dict(tuning.fixed),
+                    search={k: _plain(v) for k, v in tuning.search.items()},
+                ),
+                log=log,
+            )
+        elif entry.meta_train:
+            out = fresh_checkpoint(settings, entry).parent
+            log(f"meta-training {entry.optimizer} into {out}")
+            meta_train(
+                {**dict(entry.meta_train), "task": entry.task, "out": str(out), "resume": True}
+            )
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else value
+
+
+def check_fair_tuning(suite: str, plans: list[RunPlan]) -> None:
+    """Tuned baselines of one task must come from studies with the same trial count and step
+    budget: otherwise the comparison favours the optimizer that was tuned harder."""
+    budgets: dict[str, set[tuple[int, int]]] = {}
+    for plan in plans:
+        if "study" in plan.tags:
+            budget = (plan.tags["trials"], plan.tags["tuning_budget_steps"])
+            budgets.setdefault(plan.task, set()).add(budget)
+    for task, found in budgets.items():
+        if len(found) > 1:
+            shown = ", ".join(f"{t} trials x {b} steps" for t, b in sorted(found))
+            raise UsageError(
+                f"suite {suite!r}: the tuned runs on {task} come from studies with different "
+                f"tuning budgets ({shown}); tune every baseline with the same trials and "
+                "budget_steps"
+            )

@@ -1,0 +1,66 @@
+"""Meta-trained learned optimizers shipped with the harness, served by name.
+
+Every ``optimizers/pretrained/NAME.pt`` (a ``lopt meta-train`` checkpoint) is registered as the
+optimizer ``NAME`` (e.g. ``optimizer=lopt_mnist5k_valid``), like timm's pretrained weights: a
+:class:`~optimizers.learned.LearnedOptimizer` whose checkpoint is fixed, with no
+hyperparameters. ``NAME.json`` beside it records its provenance: ``description`` (one line, shown
+by ``lopt list optimizers``), the ``command`` that produced it, and the meta-training wall-clock
+(the checkpoint itself also holds its whole meta-training config and git commit).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.registry import OPTIMIZERS, Registry
+from optimizers.learned import LearnedOptimizer
+
+PRETRAINED_DIR = Path(__file__).with_name("pretrained")
+
+
+def pretrained_class(path: Path) -> type[LearnedOptimizer]:
+    """The optimizer class serving the checkpoint at ``path`` (not registered)."""
+    info = _info(path)
+    description = info.get("description") or f"Learned optimizer from {path.name}"
+    command = info.get("command", "")
+    doc = f"{description}\n\nCheckpoint: {path}" + (f"\nProduced by: {command}" if command else "")
+    camel = "".join(part.capitalize() for part in path.stem.split("_"))
+    return type(
+        camel,
+        (LearnedOptimizer,),
+        {
+            "__doc__": doc,
+            "__module__": __name__,
+            "__qualname__": camel,
+            "hparam_specs": (),
+            "pretrained_checkpoint": str(path),
+            "provenance": info,
+        },
+    )
+
+
+def register_pretrained(
+    folder: Path = PRETRAINED_DIR, registry: Registry = OPTIMIZERS
+) -> list[str]:
+    """Register every checkpoint in ``folder``; returns the names."""
+    names = []
+    for path in sorted(folder.glob("*.pt")):
+        registry.register(path.stem, source="builtin")(pretrained_class(path))
+        names.append(path.stem)
+    return names
+
+
+def _info(path: Path) -> dict[str, Any]:
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+register_pretrained()
