@@ -49,6 +49,15 @@ def suite(session: nox.Session) -> None:
 
 
 @nox.session
+def paper(session: nox.Session) -> None:
+    """The paper's comparison into results/paper/ (shipped checkpoints and stored studies; two
+    1-thread worker processes). ``nox -s paper -- fresh=true`` redoes tuning and
+    meta-training."""
+    install(session)
+    session.run("lopt", "suite", "name=paper", "workers=2", *session.posargs)
+
+
+@nox.session
 def benchmarks(session: nox.Session) -> None:
     """Optimizer-update microbenchmarks, the harness-vs-bare-loop overhead ratio, and TPE
     against a dense grid for Adam's learning rate."""
@@ -67,3 +76,11 @@ def benchmarks(session: nox.Session) -> None:
             k,
             success_codes=[0, 1],
         )
+
+
+@nox.session
+def pathology(session: nox.Session) -> None:
+    """The pathology study (landscape, estimator variance, outer training, truncation bias)
+    into results/pathology/ (tidy CSVs, PNGs, summary.md); about 5 minutes on one core."""
+    install(session)
+    session.run("lopt", "pathology", "out=results/pathology", *session.posargs)

@@ -10,6 +10,7 @@
               [storage=URL] [search.lr=[LOW,HIGH]] ...
     lopt studies [storage=URL] [out=DIR]
     lopt meta-train task=NAME estimator=merged|rp|es objective=train|valid outer_steps=N out=DIR
+    lopt pathology [study=all|landscape|variance|training|truncation] [out=DIR] [quick=true]
 
 Overrides are Hydra's ``key=value``. Optimizer hyperparameters are ``optimizer.NAME=VALUE``
 (``optimizer.lr=0.01``); task settings are ``task.NAME=VALUE``. In ``bench``, comma lists of
@@ -38,7 +39,7 @@ from harness.errors import UsageError
 
 USAGE = __doc__.split("\n\n")[0] if __doc__ else ""
 ALWAYS_SWEPT = {"bench": ("task", "optimizer"), "tune": ("task", "optimizer")}
-COMMANDS = ("list", "bench", "suite", "report", "tune", "studies", "meta-train")
+COMMANDS = ("list", "bench", "suite", "report", "tune", "studies", "meta-train", "pathology")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,6 +88,7 @@ def dispatch(args: list[str]) -> int:
         "tune": tune_command,
         "studies": studies_command,
         "meta-train": meta_train_command,
+        "pathology": pathology_command,
     }
     return handlers[command](overrides, multirun=multirun, show_help=show_help)
 
@@ -306,7 +308,9 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
                     f"tuned=true takes the hyperparameters from the tuning study: drop "
                     f"optimizer.{sorted(explicit)[0]}=..."
                 )
-            hparams, tags = tuned_hparams(cfg.task.name, cfg.optimizer.name, cfg.tuning, cfg.steps)
+            hparams, tags = tuned_hparams(
+                cfg.task.name, cfg.optimizer.name, cfg.tuning, cfg.steps, task_cfg
+            )
         for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
             plans.append(
                 RunPlan(
@@ -526,6 +530,12 @@ def meta_train_command(overrides: list[str], *, multirun: bool, show_help: bool)
     (cfg,) = composed("meta-train", overrides, multirun=False)
     print(meta_train(cfg))  # the task group node becomes task + task_cfg
     return 0
+
+
+def pathology_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.pathology.command import pathology_command as run
+
+    return run(overrides, multirun=multirun, show_help=show_help)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -75,6 +75,7 @@ class RunResult:
     steps_done: int = 0
     train_seconds: float = 0.0
     tags: dict[str, Any] = field(default_factory=dict)
+    task_cfg: dict[str, Any] = field(default_factory=dict)
     measurements: list[tuple[int, float, str, str, float]] = field(default_factory=list)
 
     def frame(self) -> pd.DataFrame:
@@ -83,6 +84,7 @@ class RunResult:
             "run_id": self.run_id,
             "suite": self.suite,
             "task": self.task,
+            "task_cfg": canonical_json(self.task_cfg),
             "optimizer": self.optimizer,
             "hparams": canonical_json(self.hparams),
             "seed": self.seed,
@@ -268,6 +270,7 @@ def run(
         ),
         suite=suite,
         task=task.name,
+        task_cfg=task_cfg,
         optimizer=optimizer.name,
         hparams=dict(optimizer.hparams),
         seed=seed,

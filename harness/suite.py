@@ -136,7 +136,9 @@ def entry_plans(settings: SuiteRun, entry: SuiteEntry) -> list[RunPlan]:
         tuning = tuning_for(suite, entry)
         if settings.fresh:
             tuning.storage = fresh_storage(settings)
-        hparams, tuning_tags = tuned_hparams(entry.task, entry.optimizer, tuning, entry.steps)
+        hparams, tuning_tags = tuned_hparams(
+            entry.task, entry.optimizer, tuning, entry.steps, dict(entry.task_cfg)
+        )
         tags = {**tuning_tags, **tags}
     elif settings.fresh and entry.meta_train:
         optimizer, hparams = "lopt", {"checkpoint": str(fresh_checkpoint(settings, entry))}
@@ -160,7 +162,11 @@ def entry_plans(settings: SuiteRun, entry: SuiteEntry) -> list[RunPlan]:
 
 
 def tuned_hparams(
-    task: str, optimizer: str, tuning: DictConfig, steps: int | None
+    task: str,
+    optimizer: str,
+    tuning: DictConfig,
+    steps: int | None,
+    task_cfg: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The tuned hyperparameters and their provenance tags (see harness.tuning.tuner)."""
     from harness.tuning.tuner import tuned_configuration
@@ -174,6 +180,7 @@ def tuned_hparams(
         sampler=tuning.sampler,
         tag=tuning.tag,
         storage=tuning.storage,
+        task_cfg=task_cfg or {},
     )
 
 
@@ -224,7 +231,13 @@ def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> No
             out = fresh_checkpoint(settings, entry).parent
             log(f"meta-training {entry.optimizer} into {out}")
             meta_train(
-                {**dict(entry.meta_train), "task": entry.task, "out": str(out), "resume": True}
+                {
+                    **dict(entry.meta_train),
+                    "task": entry.task,
+                    "task_cfg": dict(entry.task_cfg),
+                    "out": str(out),
+                    "resume": True,
+                }
             )
 
 

@@ -11,6 +11,7 @@ by ``lopt list optimizers``), the ``command`` that produced it, and the meta-tra
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,48 @@ def register_pretrained(
         registry.register(path.stem, source="builtin")(pretrained_class(path))
         names.append(path.stem)
     return names
+
+
+def publish(
+    checkpoint: str | Path,
+    name: str,
+    *,
+    description: str,
+    command: str,
+    folder: Path = PRETRAINED_DIR,
+) -> Path:
+    """Ship a ``lopt meta-train`` checkpoint as ``folder/NAME.pt`` with its ``NAME.json``.
+
+    The sidecar records the description, the command that produced the checkpoint and, read
+    from the checkpoint (which is checked to load), its meta-training config, outer steps,
+    meta-training wall-clock seconds, git commit and creation time. Both files are written
+    atomically. Returns the ``.pt`` path; the optimizer ``NAME`` serves it on the next import.
+    """
+    from harness.meta.checkpoint import load_lopt_checkpoint
+    from harness.results.io import write_atomically
+
+    loaded = load_lopt_checkpoint(checkpoint)
+    meta = dict(loaded.meta_training)
+    info = {
+        "description": description,
+        "command": command,
+        "task": meta.get("task"),
+        "objective": meta.get("objective"),
+        "estimator": meta.get("estimator"),
+        "outer_steps": meta.get("outer_step"),
+        "meta_training_seconds": meta.get("seconds"),
+        "git_commit": loaded.git_commit,
+        "created": loaded.created,
+        "meta_training": meta,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.pt"
+    write_atomically(target, lambda tmp: shutil.copyfile(checkpoint, tmp))
+    write_atomically(
+        target.with_suffix(".json"),
+        lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n"),
+    )
+    return target
 
 
 def _info(path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.errors import UsageError
 from harness.registry import register_task
 from tasks.classification import ClassificationTask, Splits, stratified_split
 from tasks.data.fashion_mnist import load_fashion_mnist
@@ -91,7 +92,12 @@ class Mnist5kCnn16(CNN16Task):
 
 @register_task("fmnist_cnn16")
 class FashionMnistCnn16(CNN16Task):
-    """Fashion-MNIST at 16x16, 55k/5k train/valid from the official train set, 10k test, CNN."""
+    """Fashion-MNIST at 16x16, 55k/5k train/valid from the official train set, 10k test, CNN.
+
+    ``train_size`` (default 55,000) keeps a stratified subset of the 55k training split; the
+    validation split is the same 5k whatever the size. A smaller training split makes
+    whole-split evaluations of the training loss cheaper (the paper suite uses 10,000).
+    """
 
     default_steps = 2000
     split_sizes = (55_000, 5_000)
@@ -103,14 +109,25 @@ class FashionMnistCnn16(CNN16Task):
         batch_size: int = 128,
         split_seed: int = 0,
         download: bool = True,
+        train_size: int = 55_000,
     ) -> None:
+        if not 1 <= train_size <= self.split_sizes[0]:
+            raise UsageError(
+                f"train_size must be between 1 and {self.split_sizes[0]}, got {train_size}"
+            )
         self.download = download
+        self.train_size = train_size
         super().__init__(device=device, batch_size=batch_size, split_seed=split_seed)
 
     def load_splits(self, split_seed: int) -> Splits:
         data = load_fashion_mnist(download=self.download)
         images, labels = data["train"]
-        train, valid, _ = stratified_split(labels, (*self.split_sizes, 0), split_seed)
+        full, valid_size = self.split_sizes
+        if self.train_size == full:
+            train, valid, _ = stratified_split(labels, (full, valid_size, 0), split_seed)
+        else:  # the same 5k validation examples: the boundaries of the stratified order agree
+            sizes = (self.train_size, full - self.train_size, valid_size)
+            train, _, valid = stratified_split(labels, sizes, split_seed)
         return normalised_splits(
             (images[train], labels[train]), (images[valid], labels[valid]), data["test"]
         )

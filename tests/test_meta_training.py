@@ -327,6 +327,7 @@ def test_exploding_unrolls_are_dropped_and_never_reach_theta(tmp_path: Path) -> 
         ({"outer_steps": "many"}, "outer_steps must be an integer"),
         ({"task": "nope"}, "unknown task 'nope'"),
         ({"task_cfg": {"dimension": 3}}, "task quadratic takes no setting 'dimension'"),
+        ({"task_cfg": {"dim": 0}}, "quadratic: need an integer dim > 0"),
         ({"device": "gpu"}, "invalid device"),
     ],
 )
@@ -337,7 +338,7 @@ def test_bad_configurations_are_one_line_usage_errors(
     with pytest.raises(UsageError) as info:
         meta_train(**settings)
     assert message in str(info.value) and "\n" not in str(info.value)
-    assert not (tmp_path / "x" / "lopt.pt").exists()
+    assert not (tmp_path / "x").exists()  # nothing written
 
 
 def test_config_accepts_a_hydra_task_node_and_dataclass_defaults() -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
+from harness.errors import UsageError
 from harness.meta.checkpoint import save_lopt_checkpoint
 from harness.registry import OPTIMIZERS, Registry
 from optimizers.learned import LearnedOptimizer, LOptArchitecture, init_theta
-from optimizers.pretrained import PRETRAINED_DIR, register_pretrained
+from optimizers.pretrained import PRETRAINED_DIR, publish, register_pretrained
 
 
 def test_a_checkpoint_in_the_folder_becomes_an_optimizer_with_its_provenance(tmp_path) -> None:
@@ -39,3 +41,31 @@ def test_every_shipped_checkpoint_is_registered() -> None:
     shipped = sorted(path.stem for path in PRETRAINED_DIR.glob("*.pt"))
     for name in shipped:
         assert OPTIMIZERS.get(name).factory.pretrained_checkpoint.endswith(f"{name}.pt")
+
+
+def test_publish_ships_a_checkpoint_with_its_provenance(tmp_path) -> None:
+    architecture = LOptArchitecture()
+    theta = init_theta(architecture, seed=3)
+    meta = {"task": "quadratic", "objective": "valid", "outer_step": 12, "seconds": 3.5}
+    source = save_lopt_checkpoint(tmp_path / "run" / "lopt.pt", theta, architecture, meta)
+    shipped = publish(
+        source,
+        "lopt_toy_valid",
+        description="Toy.",
+        command="lopt meta-train ...",
+        folder=tmp_path / "shipped",
+    )
+    info = json.loads(shipped.with_suffix(".json").read_text())
+    assert info["outer_steps"] == 12 and info["meta_training_seconds"] == 3.5
+    assert info["command"] == "lopt meta-train ..." and info["meta_training"] == meta
+    registry = Registry("optimizer", "lopt_harness.test_group", "optimizers")
+    assert register_pretrained(tmp_path / "shipped", registry) == ["lopt_toy_valid"]
+    assert torch.equal(registry.get("lopt_toy_valid").factory().theta, theta)
+
+
+def test_publish_refuses_a_file_that_is_not_a_checkpoint(tmp_path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UsageError):
+        publish(bad, "x", description="", command="", folder=tmp_path / "shipped")
+    assert not (tmp_path / "shipped" / "x.pt").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def tidy_run(
         "run_id": run_id,
         "suite": "s",
         "task": task,
+        "task_cfg": "{}",
         "optimizer": optimizer,
         "hparams": "{}",
         "seed": seed,
@@ -57,7 +59,7 @@ def tidy_run(
         "budget_steps": 10 * (len(losses) - 1),
         "tags": "{}",
         "harness_version": "0.0",
-        "schema_version": 1,
+        "schema_version": 2,
         "git_commit": "abc123",
         "torch_version": "2.x",
         "device": device,
@@ -264,3 +266,16 @@ def test_report_of_real_runs(tmp_path: Path):
         (speed["task"] == "quadratic") & (speed["hparams"].str.contains("3.0", regex=False))
     ]
     assert diverged["n_reached"].tolist() == [0]
+
+
+def test_rows_record_the_task_settings_and_schema_1_files_still_read(tmp_path: Path):
+    from harness.results.io import read_results, write_results
+    from harness.runner import run
+
+    frame = run("quadratic", "sgd", {"lr": 0.5}, steps=10, task_cfg={"dim": 4}).frame()
+    (settings,) = set(frame["task_cfg"])
+    assert json.loads(settings)["dim"] == 4 and "condition" in json.loads(settings)
+    old = synthetic().drop(columns="task_cfg").assign(schema_version=1)
+    write_results(old, tmp_path / "v1.csv")
+    read = read_results(tmp_path / "v1.csv")
+    assert list(read.columns) == list(COLUMNS) and set(read["task_cfg"].fillna("")) == {""}

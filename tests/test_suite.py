@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from harness.config import SuiteFile
 from harness.errors import DatasetUnavailableError, UsageError
+from harness.meta.checkpoint import load_lopt_checkpoint
 from harness.results.schema import canonical_json
 from harness.suite import SuiteRun, run_suite
 from harness.tuning.tuner import TuneSettings, tune
@@ -137,7 +138,11 @@ def test_fresh_redoes_the_tuning_and_the_meta_training(tmp_path) -> None:
             "max_unroll": 5,
         },
     }
-    runs = [r for r in comparison_runs(learned) if r["tags"]["comparison"] == "train"]
+    runs = [
+        {**r, "task_cfg": {"dim": 8}}
+        for r in comparison_runs(learned)
+        if r["tags"]["comparison"] == "train"
+    ]
     suite = suite_config(tmp_path, runs, report="comparison")
     out = tmp_path / "fresh-run" / "results.csv"
     frame = run_suite(SuiteRun(suite=suite, seeds=1, out=out, fresh=True), log=lambda _m: None)
@@ -145,6 +150,8 @@ def test_fresh_redoes_the_tuning_and_the_meta_training(tmp_path) -> None:
     assert (fresh / "optuna.db").is_file()
     checkpoint = fresh / "meta" / "lopt_quadratic" / "lopt.pt"
     assert checkpoint.is_file()
+    assert load_lopt_checkpoint(checkpoint).meta_training["task_cfg"] == {"dim": 8}
+    assert set(frame.task_cfg.map(lambda text: json.loads(text)["dim"])) == {8}
     learned_rows = frame[frame.optimizer == "lopt"]
     assert set(learned_rows.hparams) == {canonical_json({"checkpoint": str(checkpoint)})}
     assert not (tmp_path / "optuna.db").exists()  # the stored studies were not used

@@ -186,6 +186,17 @@ def test_tuned_lookup_names_the_command_that_creates_a_missing_study(tmp_path) -
         task="quadratic", optimizer="sgd", objective="valid_loss", budget_steps=60, storage=storage
     )
     assert hparams == outcome.best_hparams and tags["study"] == outcome.study
+    with pytest.raises(
+        UsageError, match=r"tuned with task.noise=0.0, but the run has task.noise=1"
+    ):
+        tuned_configuration(
+            task="quadratic",
+            optimizer="sgd",
+            objective="valid_loss",
+            budget_steps=60,
+            storage=storage,
+            task_cfg={"noise": 1.0},
+        )
 
 
 # -- the command line ------------------------------------------------------------------------------

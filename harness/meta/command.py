@@ -28,7 +28,7 @@ from harness.meta.trainer import (
     check_identity,
     run_meta_training,
 )
-from harness.registry import TASKS, load_plugin_modules
+from harness.registry import TASKS, create_task, load_plugin_modules
 from harness.results.io import write_atomically
 from tasks.base import resolve_device, task_arguments
 
@@ -47,6 +47,7 @@ def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
     load_plugin_modules(cfg.plugins)
     check_task(cfg)
     resolve_device(cfg.device)
+    create_task(cfg.task, device=cfg.device, **cfg.task_cfg)  # bad values fail here, in one line
     out = prepare_out(cfg)
     if cfg.parallel == "processes" and cfg.workers > 1 and not in_torchrun():
         launch(out / CONFIG_FILE, cfg.workers, cfg.threads or 1)

@@ -69,6 +69,10 @@ def read_results(path: str | Path) -> pd.DataFrame:
         raise UsageError(
             f"cannot read results file {str(path)!r}: {type(exc).__name__}: {exc}"
         ) from exc
+    schema_1 = "schema_version" in frame.columns and (frame["schema_version"] == 1).all()
+    if schema_1 and "task_cfg" not in frame.columns and "task" in frame.columns:
+        # schema 1 did not record the task settings
+        frame.insert(int(frame.columns.get_loc("task")) + 1, "task_cfg", "")
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise UsageError(

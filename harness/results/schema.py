@@ -6,6 +6,8 @@ Columns (in this order; ``SCHEMA_VERSION`` changes whenever they do):
 run_id             identifies one training run (task, optimizer, hparams, seed, budget)
 suite              the suite (or ``bench``) that produced the run
 task, optimizer    registered names
+task_cfg           the task's full settings as canonical JSON (batch size, split seed, ...);
+                   ``""`` in schema-1 files, which did not record them
 hparams            the optimizer's full hyperparameters as canonical JSON (sorted keys)
 seed               seed of the initial parameters and of the training data order
 step               number of optimizer updates applied when the value was measured
@@ -39,9 +41,9 @@ import torch
 
 from harness._version import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-RUN_COLUMNS = ("run_id", "suite", "task", "optimizer", "hparams", "seed")
+RUN_COLUMNS = ("run_id", "suite", "task", "task_cfg", "optimizer", "hparams", "seed")
 MEASUREMENT_COLUMNS = ("step", "wall_time_s", "split", "metric", "value")
 OUTCOME_COLUMNS = ("status", "budget_steps", "tags")
 PROVENANCE_COLUMNS = (

@@ -382,9 +382,12 @@ def tuned_configuration(
     sampler: str = "tpe",
     tag: str = "",
     storage: str = DEFAULT_STORAGE,
+    task_cfg: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(hparams, tags)`` of the best trial of a complete study, for ``lopt bench tuned=true``.
 
+    ``task_cfg`` (the run's task settings) must agree with those the study was tuned on: a
+    learning rate tuned on one data split or batch size is not the tuned one for another.
     ``UsageError`` naming the ``lopt tune`` command that creates (or finishes) the study.
     """
     name = study_name(task, optimizer, objective, budget_steps, sampler, tag)
@@ -412,6 +415,20 @@ def tuned_configuration(
     if best is None:
         raise UsageError(f"tuning study {name!r} has no completed trial: every trial failed")
     protocol = Protocol(**stored_protocol(study))
+    if task_cfg is not None:
+        wanted = task_config(TASKS.get(task).factory, dict(task_cfg))
+        differ = sorted(
+            key
+            for key in set(wanted) & set(protocol.task_cfg)
+            if wanted[key] != protocol.task_cfg[key]
+        )
+        if differ:
+            key = differ[0]
+            raise UsageError(
+                f"tuning study {name!r} was tuned with task.{key}={protocol.task_cfg[key]!r}, "
+                f"but the run has task.{key}={wanted[key]!r}: use the study's settings, or tune "
+                f"for these (a tag= keeps both studies)"
+            )
     return json.loads(best.user_attrs["hparams"]), tuning_tags(name, best, trials, protocol)
 
 
