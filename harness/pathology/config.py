@@ -1,0 +1,304 @@
+"""``PathologyConfig``: every option of ``lopt pathology``, with its default.
+
+A plain dataclass (``Optional[...]`` for nullable fields, lists for sequences), so it is also a
+Hydra structured config. :func:`coerce_pathology_config` turns a mapping or an OmegaConf node
+into a checked config; :meth:`PathologyConfig.check` raises one-line ``UsageError``s.
+
+``quick=true`` replaces every size (grid points, lengths, samples, seeds, outer steps) by a tiny
+one (:data:`QUICK_SIZES`): each study then runs in a few seconds, which is what the tests use.
+The defaults are the sizes of the committed study (``results/pathology/README.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from harness.errors import UsageError
+
+STUDIES = ("landscape", "variance", "training", "truncation")
+ESTIMATORS = ("rp", "es", "merged")
+
+#: the sizes ``quick=true`` uses (every other option keeps its value)
+QUICK_SIZES: dict[str, Any] = {
+    "landscape_lengths": [4, 16, 64],
+    "landscape_points": 41,
+    "landscape_lopt_points": 21,
+    "variance_lengths": [4, 16, 64],
+    "variance_samples": 16,
+    "variance_batch": 4,
+    "training_unroll": 32,
+    "training_seeds": 1,
+    "training_outer_steps": 4,
+    "training_problems": 4,
+    "training_eval_every": 2,
+    "training_eval_problems": 2,
+    "truncation_outer_steps": 3,
+    "truncation_problems": 2,
+    "truncation_short_unroll": 2,
+    "truncation_long_unroll": 6,
+    "truncation_horizon": 12,
+    "truncation_eval_seeds": 1,
+}
+
+
+# Hydra's structured configs need typing.Optional (OmegaConf 2.3 does not read PEP 604 unions).
+@dataclass
+class PathologyConfig:
+    """``lopt pathology``: the pathology study (Metz et al. 2019, sections 3-4).
+
+    Attributes:
+        study: ``all`` or one of ``landscape``, ``variance``, ``training``, ``truncation``.
+        out: the folder for the tidy CSVs, the PNGs and ``summary.md``.
+        quick: tiny sizes (:data:`QUICK_SIZES`): seconds per study, for tests and smoke runs.
+        seed: fixes every inner problem, batch, perturbation and direction of the study.
+        threads: torch threads (1: the fastest on a shared 2-core machine for these tiny
+            models; None: torch's default).
+        progress: print one line per finished piece of work to stderr (None: when stderr is a
+            terminal).
+        task, task_cfg: the task of every study (default: the noisy quadratic, whose largest
+            Hessian eigenvalue is 1: SGD is stable for lr < 2).
+        sigma: the perturbation's standard deviation (ES and the smoothing of rp).
+
+        landscape_lr_range: ``[low, high]`` learning rates of the log-spaced grid of the
+            learnable-learning-rate curve (SGD, theta = [log lr]).
+        landscape_points: grid points of that curve.
+        landscape_alpha_range: ``[low, high]`` of the slice coordinate ``alpha`` in
+            ``theta = theta_0 + alpha u`` (``theta_0`` = the untrained learned optimizer;
+            ``u`` a random direction of unit norm).
+        landscape_lopt_points: grid points of the slice.
+        landscape_lengths: unroll lengths (every curve is measured at all of them, as prefixes
+            of one unroll from inner step 0 with fixed batches).
+
+        variance_lrs: the learning rates theta = [log lr] is fixed at (one measurement each).
+        variance_lengths: unroll lengths.
+        variance_samples: per-sample estimates per length (different inner problems and
+            perturbations at the same theta).
+        variance_batch: B, the batch a merged estimate is computed over (the samples are
+            split into ``variance_samples // variance_batch`` batches).
+
+        training_init_lr: the learning rate outer training starts from (SGD, theta = [log lr]).
+        training_unroll: the constant unroll length.
+        training_horizon: the inner horizon (problems are reset after it).
+        training_problems: B.
+        training_outer_steps: outer steps of every run (equal compute: the same unrolls for
+            every estimator).
+        training_seeds: seeds per estimator.
+        training_lr: Adam's learning rate on theta.
+        training_eval_every: outer steps between evaluations of theta on held-out problems.
+        training_eval_problems: held-out problems of an evaluation (unrolls of
+            ``training_unroll`` steps from inner step 0).
+
+        truncation_short_unroll: the constant schedule's unroll length.
+        truncation_long_unroll: the linear schedule's maximum (from ``truncation_short_unroll``).
+        truncation_horizon: the inner horizon (meta-training and evaluation).
+        truncation_outer_steps, truncation_problems, truncation_lr: meta-training of the
+            learned optimizer (merged estimator).
+        truncation_eval_seeds: fresh inner problems each meta-trained optimizer is evaluated
+            on over the whole horizon.
+    """
+
+    study: str = "all"
+    out: str = "results/pathology"
+    quick: bool = False
+    seed: int = 0
+    threads: Optional[int] = 1  # noqa: UP045
+    progress: Optional[bool] = None  # noqa: UP045
+    task: str = "quadratic"
+    task_cfg: dict[str, Any] = field(default_factory=lambda: {"noise": 1.0})
+    sigma: float = 0.01
+
+    landscape_lr_range: list[float] = field(default_factory=lambda: [1.5, 2.5])
+    landscape_points: int = 301
+    landscape_alpha_range: list[float] = field(default_factory=lambda: [-40.0, 40.0])
+    landscape_lopt_points: int = 201
+    landscape_lengths: list[int] = field(
+        default_factory=lambda: [10, 18, 32, 56, 100, 178, 316, 562, 1000]
+    )
+
+    variance_lrs: list[float] = field(default_factory=lambda: [1.9, 2.01])
+    variance_lengths: list[int] = field(
+        default_factory=lambda: [10, 18, 32, 56, 100, 178, 316, 562, 1000]
+    )
+    variance_samples: int = 128
+    variance_batch: int = 8
+
+    training_init_lr: float = 2.05
+    training_unroll: int = 316
+    training_horizon: int = 1000
+    training_problems: int = 8
+    training_outer_steps: int = 30
+    training_seeds: int = 3
+    training_lr: float = 0.05
+    training_eval_every: int = 5
+    training_eval_problems: int = 4
+
+    truncation_short_unroll: int = 10
+    truncation_long_unroll: int = 100
+    truncation_horizon: int = 500
+    truncation_outer_steps: int = 200
+    truncation_problems: int = 8
+    truncation_lr: float = 3e-3
+    truncation_eval_seeds: int = 8
+
+    def check(self) -> PathologyConfig:
+        """Raise a one-line ``UsageError`` for the first invalid value; returns ``self``."""
+        if self.study != "all" and self.study not in STUDIES:
+            raise UsageError(
+                f"study must be all or one of {', '.join(STUDIES)}; got {self.study!r}"
+            )
+        if not str(self.out):
+            raise UsageError("out must name a folder")
+        _int("seed", self.seed, 0)
+        if self.threads is not None:
+            _int("threads", self.threads, 1)
+        for name in (
+            "landscape_points",
+            "landscape_lopt_points",
+            "variance_samples",
+            "variance_batch",
+            "training_unroll",
+            "training_horizon",
+            "training_problems",
+            "training_outer_steps",
+            "training_seeds",
+            "training_eval_every",
+            "training_eval_problems",
+            "truncation_short_unroll",
+            "truncation_long_unroll",
+            "truncation_horizon",
+            "truncation_outer_steps",
+            "truncation_problems",
+            "truncation_eval_seeds",
+        ):
+            _int(name, getattr(self, name), 1)
+        for name in ("landscape_points", "landscape_lopt_points", "training_problems"):
+            _int(name, getattr(self, name), 2)
+        for name in ("landscape_lengths", "variance_lengths"):
+            lengths = getattr(self, name)
+            if not lengths or any(isinstance(n, bool) or not isinstance(n, int) for n in lengths):
+                raise UsageError(f"{name} must be a non-empty list of integers, got {lengths!r}")
+            if any(n < 1 for n in lengths) or list(lengths) != sorted(set(lengths)):
+                raise UsageError(f"{name} must be increasing positive integers, got {lengths!r}")
+        if self.variance_batch < 2 or self.variance_samples < 2 * self.variance_batch:
+            raise UsageError(
+                "variance_batch must be >= 2 and variance_samples >= 2 * variance_batch (the "
+                f"merged estimate's variance needs two batches); got {self.variance_batch} and "
+                f"{self.variance_samples}"
+            )
+        if not self.variance_lrs:
+            raise UsageError("variance_lrs must list at least one learning rate")
+        for name in ("landscape_lr_range", "landscape_alpha_range"):
+            low_high = getattr(self, name)
+            if len(low_high) != 2 or not all(_finite(v) for v in low_high):
+                raise UsageError(f"{name} must be [low, high], got {low_high!r}")
+            if not low_high[0] < low_high[1]:
+                raise UsageError(f"{name} must have low < high, got {low_high!r}")
+        if self.landscape_lr_range[0] <= 0:
+            raise UsageError(f"landscape_lr_range must be > 0, got {self.landscape_lr_range!r}")
+        for name in ("sigma", "training_init_lr", "training_lr", "truncation_lr"):
+            if not (_finite(getattr(self, name)) and getattr(self, name) > 0):
+                raise UsageError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if any(not (_finite(lr) and lr > 0) for lr in self.variance_lrs):
+            raise UsageError(f"variance_lrs must be > 0, got {list(self.variance_lrs)}")
+        if self.truncation_short_unroll > self.truncation_long_unroll:
+            raise UsageError(
+                f"truncation_short_unroll ({self.truncation_short_unroll}) must be <= "
+                f"truncation_long_unroll ({self.truncation_long_unroll})"
+            )
+        if not isinstance(self.task_cfg, Mapping):
+            raise UsageError(f"task_cfg must be a mapping, got {self.task_cfg!r}")
+        if "device" in self.task_cfg:
+            raise UsageError("the pathology study runs on the CPU: task_cfg takes no device")
+        if not isinstance(self.task, str) or not self.task:
+            raise UsageError(f"task must name a registered task, got {self.task!r}")
+        return self
+
+    def sized(self) -> PathologyConfig:
+        """This configuration with :data:`QUICK_SIZES` applied when ``quick`` (else itself)."""
+        if not self.quick:
+            return self
+        return dataclasses.replace(self, **QUICK_SIZES)
+
+    def studies(self) -> tuple[str, ...]:
+        """The studies to run, in order."""
+        return STUDIES if self.study == "all" else (self.study,)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-able)."""
+        return dataclasses.asdict(self)
+
+
+def coerce_pathology_config(cfg: Any = None, **overrides: Any) -> PathologyConfig:
+    """A checked :class:`PathologyConfig` from a ``PathologyConfig``, a mapping or an OmegaConf
+    node, updated with ``overrides``; unknown keys raise ``UsageError``."""
+    if cfg is None:
+        data: dict[str, Any] = {}
+    elif isinstance(cfg, PathologyConfig):
+        data = cfg.to_dict()
+    elif isinstance(cfg, Mapping) and not type(cfg).__module__.startswith("omegaconf"):
+        data = dict(cfg)
+    else:
+        try:
+            from omegaconf import OmegaConf
+
+            data = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        except Exception as exc:
+            raise UsageError(f"cannot read a pathology config from {cfg!r}") from exc
+        if not isinstance(data, dict):
+            raise UsageError(f"a pathology config must be a mapping, got {cfg!r}")
+    data.update(overrides)
+    data.pop("defaults", None)
+    known = {f.name: f for f in dataclasses.fields(PathologyConfig)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UsageError(
+            f"pathology takes no option {unknown[0]!r}; it takes: {', '.join(sorted(known))}"
+        )
+    for name, value in data.items():
+        data[name] = _typed(name, str(known[name].type), value)
+    return PathologyConfig(**data).check()
+
+
+def _typed(name: str, kind: str, value: Any) -> Any:
+    """``value`` converted where lossless (int for float fields, lists), else ``UsageError``."""
+    if value is None:
+        if kind.startswith("Optional"):
+            return None
+        raise UsageError(f"{name} cannot be null")
+    if kind.startswith("list"):
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{name} must be a list, e.g. [1,2]; got {value!r}")
+        inner = kind[len("list[") : -1]
+        return [_typed(name, inner, v) for v in value]
+    if kind.startswith("dict"):
+        if not isinstance(value, Mapping):
+            raise UsageError(f"{name} must be a mapping, got {value!r}")
+        return dict(value)
+    if "bool" in kind:
+        if not isinstance(value, bool):
+            raise UsageError(f"{name} must be true or false, got {value!r}")
+        return value
+    if "int" in kind:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise UsageError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if "float" in kind:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise UsageError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
