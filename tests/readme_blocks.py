@@ -12,12 +12,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-QUOTED = ("results/small/summary.md",)
+QUOTED = ("results/paper/summary.md", "results/small/summary.md")
 
 
-def quoted_section(summary: str) -> str:
+def quoted_section(summary: str, folder: str = "") -> str:
     """The per-task tables of a report's summary.md, as the README shows them: from the first
-    task heading on, headings one level down, figure lines left out (the README shows its own)."""
+    task heading on, headings one level down, figure lines left out (the README shows its own),
+    relative links made relative to the repository root (``folder`` is the file's folder)."""
     lines = summary.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("## "))
     kept = [
@@ -25,7 +26,10 @@ def quoted_section(summary: str) -> str:
         for line in lines[start:]
         if not line.startswith("![")
     ]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
+    if folder:
+        text = re.sub(r"\]\((?![a-z]+:|/|#)([^)]+)\)", rf"]({folder}/\1)", text)
+    return text
 
 
 def with_quotes(readme: str) -> str:
@@ -33,7 +37,7 @@ def with_quotes(readme: str) -> str:
     for name in QUOTED:
         begin, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-        section = quoted_section((ROOT / name).read_text())
+        section = quoted_section((ROOT / name).read_text(), str(Path(name).parent))
         readme = pattern.sub(lambda _m: f"{begin}\n{section}\n{end}", readme)  # noqa: B023
     return readme
 

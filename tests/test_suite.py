@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from harness.config import SuiteFile
+from harness.config import SuiteFile, suite_entries
 from harness.errors import DatasetUnavailableError, UsageError
 from harness.meta.checkpoint import load_lopt_checkpoint
 from harness.results.schema import canonical_json
@@ -86,10 +86,15 @@ def test_a_comparison_suite_reports_both_targets(tmp_path) -> None:
         "test_loss_std",
     ]
     assert len(summary) == 6
+    for split in ("train", "valid", "test"):
+        for suffix in ("mean", "std", "best_mean", "best_std"):
+            assert summary[f"{split}_loss_{suffix}"].notna().all()
+    assert frame.git_commit.notna().all() and frame.task_cfg.map(json.loads).map(len).gt(0).all()
     assert set(summary[summary.role == "learned"].optimizer) == {"lopt"}
     best = summary[summary.optimizer == summary.best_baseline]
     assert (best.speedup_vs_best_baseline == 1.0).all()
     text = (tmp_path / "paper" / "summary.md").read_text()
+    assert "Provenance: " in text and "best test loss" in text
     assert "Speed (quadratic, lopt)" in text and "Generalisation (quadratic, lopt)" in text
     for comparison in ("train", "valid"):
         assert (tmp_path / "paper" / comparison / "summary.md").is_file()
@@ -162,3 +167,30 @@ def test_fresh_needs_a_trial_count(tmp_path) -> None:
     suite = suite_config(tmp_path, runs)
     with pytest.raises(UsageError, match=r"fresh=true needs tuning\.trials"):
         run_suite(SuiteRun(suite=suite, seeds=1, out=tmp_path / "x.csv", fresh=True), log=print)
+
+
+def test_the_paper_suite_resolves_with_the_shipped_studies_and_checkpoints() -> None:
+    """Every run of `lopt suite name=paper` finds its tuned hyperparameters in the committed
+    studies (the same trials and budget for every baseline of a task) and its learned
+    optimizer among the shipped checkpoints, meta-trained on the entry's task and objective."""
+    from harness.cli import composed
+    from harness.plan import check_plans
+    from harness.registry import OPTIMIZERS, TASKS
+    from harness.suite import check_fair_tuning, entry_plans
+    from tasks.base import task_config
+
+    (cfg,) = composed("suite", ["suite=paper"], multirun=False)
+    settings = SuiteRun(suite=cfg.suite, seeds=cfg.suite.seeds)
+    entries = suite_entries(cfg.suite)
+    plans = [plan for entry in entries for plan in entry_plans(settings, entry)]
+    check_plans(plans)
+    check_fair_tuning("paper", plans)
+    assert len(plans) == len(entries) * 5 and len({p.run_id() for p in plans}) == len(plans)
+    for entry in entries:
+        if entry.tuned:
+            continue
+        meta = OPTIMIZERS.get(entry.optimizer).factory.provenance["meta_training"]
+        assert meta["task"] == entry.task and meta["objective"] == entry.tags["comparison"]
+        factory = TASKS.get(entry.task).factory
+        assert task_config(factory, meta["task_cfg"]) == task_config(factory, entry.task_cfg)
+        assert meta["estimator"] == "merged"

@@ -43,6 +43,14 @@ from harness.results.report import build_report, markdown_table, mean_std_text, 
 COMPARISON_SPLIT = {"train": "train", "valid": "valid"}
 SPEED_TARGET = 5.0
 SUMMARY_FILE = "summary.csv"
+# summary.csv's per-split columns: <split>_<metric>_<suffix> (final = at the last evaluation,
+# best = the best over the run's evaluations; mean and std over seeds)
+STAT_SUFFIXES = {
+    "final_value_mean": "mean",
+    "final_value_std": "std",
+    "best_value_mean": "best_mean",
+    "best_value_std": "best_std",
+}
 MARKDOWN_FILE = "summary.md"
 
 
@@ -123,12 +131,7 @@ def comparison_summary(frame: pd.DataFrame) -> pd.DataFrame:
             }
             mine = finals[(finals["task"] == task) & (finals["optimizer"] == optimizer)]
             for (split_name, metric), values in mine.groupby(["split", "metric"]):
-                for stat in ("final_value_mean", "final_value_std", "best_value_mean"):
-                    kind = {
-                        "final_value_mean": "mean",
-                        "final_value_std": "std",
-                        "best_value_mean": "best_mean",
-                    }[stat]
+                for stat, kind in STAT_SUFFIXES.items():
                     row[f"{split_name}_{metric}_{kind}"] = float(values[stat].iloc[0])
             rows.append(row)
     table = pd.DataFrame(rows)
@@ -215,6 +218,9 @@ def summary_markdown(
         "train loss",
         "valid loss",
         "test loss",
+        "best train loss",
+        "best valid loss",
+        "best test loss",
         "test accuracy",
         "reached",
         "steps to target",
@@ -230,7 +236,9 @@ def summary_markdown(
                 f"## {task}: tuned and meta-trained on the {split} loss",
                 "",
                 f"Target: the best tuned baseline ({best})'s mean final {split} loss, "
-                f"{target:.4g}. Speedup: its mean seconds to reach it over this row's.",
+                f"{target:.4g}. Losses: final (at the last evaluation) and best over the "
+                "run's evaluations, mean ± std over seeds, whole-split evaluations. Speedup: "
+                "the best baseline's mean timed seconds to reach the target over this row's.",
                 "",
             ]
             body = []
@@ -247,6 +255,13 @@ def summary_markdown(
                             )
                             for s in ("train", "valid", "test")
                         ),
+                        *(
+                            mean_std_text(
+                                row.get(f"{s}_loss_best_mean", math.nan),
+                                row.get(f"{s}_loss_best_std", math.nan),
+                            )
+                            for s in ("train", "valid", "test")
+                        ),
                         mean_std_text(
                             row.get("test_accuracy_mean", math.nan),
                             row.get("test_accuracy_std", math.nan),
@@ -257,7 +272,7 @@ def summary_markdown(
                         _maybe(row["speedup_vs_best_baseline"], "{:.2f}x"),
                     ]
                 )
-            lines += [markdown_table(header, body, ["left"] + ["right"] * 9), ""]
+            lines += [markdown_table(header, body, ["left"] + ["right"] * (len(header) - 1)), ""]
             lines += [f"Curves and tables: [{comparison}/summary.md]({comparison}/summary.md)", ""]
     return "\n".join(lines)
 
