@@ -13,12 +13,13 @@ import torch
 
 from harness.cli import main
 from harness.pathology.common import fit_growth, roughness
-from harness.pathology.config import coerce_pathology_config
+from harness.pathology.config import ESTIMATORS, coerce_pathology_config
 from harness.pathology.landscape import landscape_table, run_landscape
-from harness.pathology.training import run_training, training_table
+from harness.pathology.training import large_step_theta, run_training, training_table
 from harness.pathology.truncation import run_truncation, truncation_table
 from harness.pathology.variance import growth_table, run_variance, variance_summary
 from harness.registry import create_task
+from optimizers.learned import LOptArchitecture, init_theta, unpack_theta
 from optimizers.learned_hparams import HParamArchitecture, LearnedHParams, encode_theta
 
 
@@ -113,16 +114,43 @@ def test_roughness_and_growth_fits() -> None:
     assert fit["rate"] == pytest.approx(0.05) and fit["r2_exponential"] == pytest.approx(1.0)
 
 
+def test_large_step_theta_wires_the_normalised_gradient_into_the_direction() -> None:
+    arch = LOptArchitecture()
+    theta = init_theta(arch, 3)
+    big = large_step_theta(theta, arch, 1000.0)
+    first_w, first_time_w, first_b, second_w, _, last_w, last_b = unpack_theta(arch, big)
+    assert first_w[0].tolist() == [1.0] + [0.0] * (first_w.shape[1] - 1)
+    assert first_w[1, 0] == -1.0 and not first_time_w[:2].any() and not first_b[:2].any()
+    assert second_w[0, 0] == second_w[1, 1] == 1.0 and second_w[:2].abs().sum() == 2.0
+    assert (last_w[0, 0], last_w[0, 1]) == (1.0, -1.0)
+    assert math.exp(arch.exp_mult * float(last_b[1])) == pytest.approx(1000.0)
+    changed = (big != theta).sum()
+    assert 0 < changed < 200 and torch.equal(theta, init_theta(arch, 3))  # a copy
+
+
 def test_training_and_truncation_quick_versions_run(task) -> None:  # type: ignore[no-untyped-def]
-    """Each estimator's outer training lowers the held-out loss from an unstable start; the
-    truncation study meta-trains both schedules and evaluates three optimizers."""
+    """Each estimator's outer training of SGD's lr lowers the held-out loss from an unstable
+    start; the learned optimizer's part runs every estimator, and at its long unroll rp's
+    logged variance dwarfs ES's and the merge leans on ES; the truncation study meta-trains
+    both schedules and evaluates three optimizers."""
     cfg = coerce_pathology_config(quick=True).sized()
     frame = run_training(cfg, task)
     table = training_table(frame)
-    assert list(table["estimator"]) == ["rp", "es", "merged"]
-    assert (table["eval_loss_final_mean"] < table["eval_loss_start"]).all()
+    assert list(zip(table["optimizer"], table["estimator"], strict=True)) == [
+        (optimizer, estimator) for optimizer in ("hparam_sgd", "lopt") for estimator in ESTIMATORS
+    ]
+    sgd = table[table["optimizer"] == "hparam_sgd"]
+    assert (sgd["eval_loss_final_mean"] < sgd["eval_loss_start"]).all()
     weights = frame[(frame["metric"] == "es_weight") & (frame["variant"] == "merged")]["value"]
     assert weights.between(0, 1).all()
+    lopt = table[table["optimizer"] == "lopt"].set_index("estimator")
+    assert (lopt["unroll"] == cfg.training_lopt_unroll).all()
+    assert (lopt["outer_steps"] == cfg.training_lopt_outer_steps).all()
+    assert np.isfinite(lopt["eval_loss_final_mean"]).all()
+    assert math.isnan(lopt.loc["es", "var_rp_median"])  # ES computes no rp samples
+    merged = lopt.loc["merged"]
+    assert merged["var_rp_median"] > 100 * merged["var_es_median"]
+    assert merged["es_weight_median"] > 0.5
     frame = run_truncation(cfg, task)
     table = truncation_table(frame)
     assert {"short", "schedule", "untrained"} <= set(table.columns)

@@ -36,6 +36,8 @@ QUICK_SIZES: dict[str, Any] = {
     "training_problems": 4,
     "training_eval_every": 2,
     "training_eval_problems": 2,
+    "training_lopt_unroll": 200,
+    "training_lopt_outer_steps": 3,
     "truncation_outer_steps": 3,
     "truncation_problems": 2,
     "truncation_short_unroll": 2,
@@ -90,7 +92,14 @@ class PathologyConfig:
         training_lr: Adam's learning rate on theta.
         training_eval_every: outer steps between evaluations of theta on held-out problems.
         training_eval_problems: held-out problems of an evaluation (unrolls of
-            ``training_unroll`` steps from inner step 0).
+            the run's unroll length from inner step 0).
+        training_lopt_unroll, training_lopt_outer_steps, training_lopt_lr: the same study for
+            the learned optimizer (the MLP): its constant unroll length, outer steps and Adam
+            learning rate (B, horizon, seeds and evaluation as above).
+        training_lopt_step_scale: the learned optimizer starts from the untrained MLP with a
+            normalised-gradient path wired in and steps this many times larger
+            (``harness.pathology.training.large_step_theta``): large enough for chaotic inner
+            dynamics on the quadratic, where rp explodes.
 
         truncation_short_unroll: the constant schedule's unroll length.
         truncation_long_unroll: the linear schedule's maximum (from ``truncation_short_unroll``).
@@ -135,6 +144,10 @@ class PathologyConfig:
     training_lr: float = 0.05
     training_eval_every: int = 5
     training_eval_problems: int = 4
+    training_lopt_unroll: int = 200
+    training_lopt_step_scale: float = 1000.0
+    training_lopt_outer_steps: int = 40
+    training_lopt_lr: float = 1e-2
 
     truncation_short_unroll: int = 10
     truncation_long_unroll: int = 100
@@ -167,6 +180,8 @@ class PathologyConfig:
             "training_seeds",
             "training_eval_every",
             "training_eval_problems",
+            "training_lopt_unroll",
+            "training_lopt_outer_steps",
             "truncation_short_unroll",
             "truncation_long_unroll",
             "truncation_horizon",
@@ -199,7 +214,14 @@ class PathologyConfig:
                 raise UsageError(f"{name} must have low < high, got {low_high!r}")
         if self.landscape_lr_range[0] <= 0:
             raise UsageError(f"landscape_lr_range must be > 0, got {self.landscape_lr_range!r}")
-        for name in ("sigma", "training_init_lr", "training_lr", "truncation_lr"):
+        for name in (
+            "sigma",
+            "training_init_lr",
+            "training_lr",
+            "training_lopt_lr",
+            "training_lopt_step_scale",
+            "truncation_lr",
+        ):
             if not (_finite(getattr(self, name)) and getattr(self, name) > 0):
                 raise UsageError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
         if any(not (_finite(lr) and lr > 0) for lr in self.variance_lrs):

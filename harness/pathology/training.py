@@ -1,6 +1,8 @@
 """Study 3: outer training with rp only, ES only and the merge, at equal compute.
 
-SGD with a learnable learning rate (theta = [log lr]) is meta-trained from
+Two meta-trained optimizers (column ``optimizer``), each with every estimator and seed:
+
+``hparam_sgd``: SGD with a learnable learning rate (theta = [log lr]) is meta-trained from
 ``training_init_lr`` with a constant unroll of ``training_unroll`` steps, ``training_problems``
 inner problems per outer step, by :class:`harness.meta.trainer.MetaTrainer` itself (its
 estimators, merge, clipping and Adam on theta): :class:`HParamTrainer` only swaps the learned
@@ -8,13 +10,25 @@ optimizer for :class:`optimizers.learned_hparams.LearnedHParams`. Every estimato
 antithetic pairs (two unrolls per problem and outer step: equal inner steps; rp and the merge
 also pay for the backward pass, which the seconds axis shows).
 
+``lopt``: the paper's setting, the learned optimizer (the MLP of ``optimizers.learned``, 1,762
+theta elements) meta-trained by :class:`harness.meta.trainer.MetaTrainer` unchanged, with a
+constant unroll of ``training_lopt_unroll`` steps for ``training_lopt_outer_steps`` outer steps
+(Adam lr ``training_lopt_lr``; same B, horizon and clip as above). Its untrained MLP barely moves
+(steps of ~0.001) and, with larger steps, climbs the quadratic to the loss clip (a clipped loss
+has no gradient), so neither makes rp explode; the run starts instead from
+:func:`large_step_theta`: the trainer's untrained theta with a normalised-gradient path wired in
+and steps ``training_lopt_step_scale`` times larger, a descending optimizer whose inner dynamics
+are bounded but chaotic on the quadratic (the regime of section 2, above the stability edge).
+
 Every ``training_eval_every`` outer steps theta is evaluated on ``training_eval_problems``
 held-out inner problems (fresh initialisations and batches of another seed): the mean outer loss
-of an unroll of ``training_unroll`` steps from inner step 0, without perturbation.
+of an unroll of the run's unroll length from inner step 0, without perturbation.
 
 Rows: ``metric`` ``train_outer_loss`` (the trainer's logged outer loss of the step),
-``eval_outer_loss``, ``lr`` (exp theta), ``es_weight``; ``step`` is the outer step and
-``seconds`` the trainer's cumulative seconds (evaluation excluded).
+``eval_outer_loss``, ``lr`` (exp theta; ``hparam_sgd`` only), ``es_weight``, ``var_es`` and
+``var_rp`` (the trainer's logged per-element sample variances, mean over elements; rp's is
+NaN for ``es``, which computes no rp samples); ``step`` is the outer step and ``seconds`` the
+trainer's cumulative seconds (evaluation excluded).
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ import torch
 
 from harness.meta.config import coerce_config
 from harness.meta.trainer import MetaTrainer, ThetaAdam
+from harness.meta.truncation import InnerProblems
 from harness.pathology.common import (
     SGD_ARCHITECTURE,
     Progress,
@@ -37,11 +52,15 @@ from harness.pathology.common import (
 )
 from harness.pathology.config import ESTIMATORS, PathologyConfig
 from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, save
+from optimizers.learned import LearnedOptimizer, LOptArchitecture, unpack_theta
 from optimizers.learned_hparams import HParamArchitecture, LearnedHParams
 from tasks.base import Task
 
 STUDY = "training"
 EVAL_SEED_OFFSET = 1_000_003
+OPTIMIZERS = ("hparam_sgd", "lopt")
+#: the trainer's per-step metrics kept in the tidy table (``outer_loss`` as train_outer_loss)
+LOGGED = ("outer_loss", "es_weight", "var_es", "var_rp")
 
 
 class HParamTrainer(MetaTrainer):
@@ -69,8 +88,46 @@ class HParamTrainer(MetaTrainer):
         raise NotImplementedError("HParamTrainer does not write checkpoints")
 
 
-def meta_config(cfg: PathologyConfig, estimator: str, seed: int) -> Any:
+def large_step_theta(
+    theta: torch.Tensor, architecture: LOptArchitecture, step_scale: float
+) -> torch.Tensor:
+    """``theta`` (an untrained MLP) with a normalised-gradient path and ``step_scale`` x steps.
+
+    Hidden units 0 and 1 of the first layer read ``+g`` and ``-g`` (the RMS-normalised gradient
+    feature, column 0) and nothing else; units 0 and 1 of the second layer copy them; the
+    direction output gets ``+1`` and ``-1`` from those, so ``d = g_hat + (the rest of the
+    random network)``. The magnitude output's bias is set to ``log(step_scale) / exp_mult``:
+    the update is about ``step_mult * step_scale * d`` per element. A copy; other elements kept.
+    """
+    out = theta.detach().clone()
+    first_w, first_time_w, first_b, second_w, second_b, last_w, last_b = unpack_theta(
+        architecture, out
+    )
+    if len(architecture.hidden_sizes) != 2 or min(architecture.hidden_sizes) < 2:
+        raise ValueError("large_step_theta needs two hidden layers of >= 2 units")
+    for block in (first_w, first_time_w, first_b, second_w, second_b):
+        block[0:2] = 0.0
+    first_w[0, 0], first_w[1, 0] = 1.0, -1.0
+    second_w[0, 0], second_w[1, 1] = 1.0, 1.0
+    last_w[0, 0], last_w[0, 1] = 1.0, -1.0
+    last_b[1] = math.log(step_scale) / architecture.exp_mult
+    return out
+
+
+class LargeStepTrainer(MetaTrainer):
+    """:class:`MetaTrainer` whose initial theta is :func:`large_step_theta` of its own."""
+
+    def __init__(self, cfg: Any, step_scale: float, task: Task) -> None:
+        super().__init__(cfg, task=task)
+        self.theta = large_step_theta(self.theta, self.architecture, step_scale).to(self.device)
+
+    def save(self) -> None:  # pragma: no cover - not used by the study
+        raise NotImplementedError("the study's trainer does not write checkpoints")
+
+
+def meta_config(cfg: PathologyConfig, estimator: str, seed: int, optimizer: str) -> Any:
     """The :class:`harness.meta.config.MetaTrainConfig` of one run."""
+    lopt = optimizer == "lopt"
     return coerce_config(
         task=cfg.task,
         task_cfg=dict(cfg.task_cfg),
@@ -80,11 +137,11 @@ def meta_config(cfg: PathologyConfig, estimator: str, seed: int) -> Any:
         horizon=cfg.training_horizon,
         outer_batches=1,
         sigma=cfg.sigma,
-        lr=cfg.training_lr,
+        lr=cfg.training_lopt_lr if lopt else cfg.training_lr,
         schedule="constant",
-        unroll_length=cfg.training_unroll,
+        unroll_length=cfg.training_lopt_unroll if lopt else cfg.training_unroll,
         parallel="vmap",
-        outer_steps=cfg.training_outer_steps,
+        outer_steps=cfg.training_lopt_outer_steps if lopt else cfg.training_outer_steps,
         out="unused",
         progress=False,
     )
@@ -102,112 +159,172 @@ def evaluate(problems: Any, theta: torch.Tensor, count: int, length: int) -> flo
 
 
 def run_training(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
-    """Every estimator and seed (see the module docstring)."""
+    """Both optimizers, every estimator and seed (see the module docstring)."""
     progress = Progress(cfg.progress, STUDY)
     rows: list[dict] = []
-    theta0 = log_lr_theta(cfg.training_init_lr)
-    for seed in range(cfg.seed, cfg.seed + cfg.training_seeds):
-        eval_problems = sgd_problems(
+    for optimizer in OPTIMIZERS:
+        lopt = optimizer == "lopt"
+        unroll = cfg.training_lopt_unroll if lopt else cfg.training_unroll
+        outer_steps = cfg.training_lopt_outer_steps if lopt else cfg.training_outer_steps
+        for seed in range(cfg.seed, cfg.seed + cfg.training_seeds):
+            for estimator in ESTIMATORS:
+                trainer = _trainer(cfg, task, estimator, seed, optimizer)
+                eval_problems = _eval_problems(cfg, task, trainer, seed, optimizer)
+                common = {
+                    "study": STUDY,
+                    "task": task.name,
+                    "optimizer": optimizer,
+                    "variant": estimator,
+                    "unroll_length": unroll,
+                    "seed": seed,
+                }
+                _log_eval(rows, common, eval_problems, trainer, cfg, unroll, lopt)
+                for _ in range(outer_steps):
+                    metrics = trainer.step()
+                    step, seconds = trainer.outer_step, trainer.seconds
+                    for metric in LOGGED:
+                        name = "train_outer_loss" if metric == "outer_loss" else metric
+                        value = float(metrics[metric])
+                        rows.append(
+                            row(**common, step=step, seconds=seconds, metric=name, value=value)
+                        )
+                    if step % cfg.training_eval_every == 0 or step == outer_steps:
+                        _log_eval(rows, common, eval_problems, trainer, cfg, unroll, lopt)
+                extra = "" if lopt else f", lr {math.exp(float(trainer.theta[0])):.4g}"
+                progress(
+                    f"{optimizer} {estimator} seed {seed}: {outer_steps} outer steps in "
+                    f"{trainer.seconds:.1f}s{extra}"
+                )
+    return pd.DataFrame(rows)
+
+
+def _trainer(
+    cfg: PathologyConfig, task: Task, estimator: str, seed: int, optimizer: str
+) -> MetaTrainer:
+    meta = meta_config(cfg, estimator, seed, optimizer)
+    if optimizer == "lopt":
+        return LargeStepTrainer(meta, cfg.training_lopt_step_scale, task)
+    return HParamTrainer(meta, log_lr_theta(cfg.training_init_lr), SGD_ARCHITECTURE, task)
+
+
+def _eval_problems(
+    cfg: PathologyConfig, task: Task, trainer: MetaTrainer, seed: int, optimizer: str
+) -> InnerProblems:
+    """Held-out problems: the same for every estimator of a seed (another seed's draws)."""
+    if optimizer == "hparam_sgd":
+        return sgd_problems(
             task, seed=seed + EVAL_SEED_OFFSET, num_problems=cfg.training_eval_problems
         )
-        for estimator in ESTIMATORS:
-            trainer = HParamTrainer(
-                meta_config(cfg, estimator, seed), theta0, SGD_ARCHITECTURE, task
-            )
-            common = {
-                "study": STUDY,
-                "task": task.name,
-                "optimizer": "hparam_sgd",
-                "variant": estimator,
-                "unroll_length": cfg.training_unroll,
-                "seed": seed,
-            }
-
-            _log_eval(rows, common, eval_problems, trainer, cfg, 0, 0.0)
-            for _ in range(cfg.training_outer_steps):
-                metrics = trainer.step()
-                step, seconds = trainer.outer_step, trainer.seconds
-                for metric in ("outer_loss", "es_weight"):
-                    name = "train_outer_loss" if metric == "outer_loss" else metric
-                    value = float(metrics[metric])
-                    rows.append(row(**common, step=step, seconds=seconds, metric=name, value=value))
-                if step % cfg.training_eval_every == 0 or step == cfg.training_outer_steps:
-                    _log_eval(rows, common, eval_problems, trainer, cfg, step, seconds)
-            progress(
-                f"{estimator} seed {seed}: {cfg.training_outer_steps} outer steps in "
-                f"{trainer.seconds:.1f}s, lr {math.exp(float(trainer.theta[0])):.4g}"
-            )
-    return pd.DataFrame(rows)
+    return InnerProblems(
+        task,
+        LearnedOptimizer.from_theta(trainer.theta, trainer.architecture),
+        num_problems=cfg.training_eval_problems,
+        horizon=10**9,
+        outer_batches=1,
+        objective="train",
+        seed=seed + EVAL_SEED_OFFSET,
+    )
 
 
 def _log_eval(
     rows: list[dict],
     common: dict[str, Any],
     problems: Any,
-    trainer: HParamTrainer,
+    trainer: MetaTrainer,
     cfg: PathologyConfig,
-    step: int,
-    seconds: float,
+    unroll: int,
+    lopt: bool,
 ) -> None:
-    """Rows ``eval_outer_loss`` and ``lr`` of the trainer's current theta."""
-    loss = evaluate(problems, trainer.theta, cfg.training_eval_problems, cfg.training_unroll)
-    lr = math.exp(float(trainer.theta[0]))
-    for metric, value in (("eval_outer_loss", loss), ("lr", lr)):
+    """Rows ``eval_outer_loss`` (and ``lr`` for SGD) of the trainer's current theta."""
+    step, seconds = trainer.outer_step, trainer.seconds
+    loss = evaluate(problems, trainer.theta, cfg.training_eval_problems, unroll)
+    values = [("eval_outer_loss", loss)]
+    if not lopt:
+        values.append(("lr", math.exp(float(trainer.theta[0]))))
+    for metric, value in values:
         rows.append(row(**common, step=step, seconds=seconds, metric=metric, value=value))
 
 
 def training_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per estimator: the final held-out outer loss and lr (mean, min, max over seeds), and
-    the meta-training seconds."""
+    """Per optimizer and estimator: the held-out outer loss at the start and at the end (mean,
+    min, max over seeds), the final lr (SGD), the median over outer steps of the logged ES
+    weight, var_rp and var_es (median over seeds of each run's median), and the
+    meta-training seconds."""
     out = []
-    evals = frame[frame["metric"] == "eval_outer_loss"]
-    lrs = frame[frame["metric"] == "lr"]
-    last_step = evals["step"].max()
-    for estimator in ESTIMATORS:
-        final = evals[(evals["variant"] == estimator) & (evals["step"] == last_step)]["value"]
-        start = evals[(evals["variant"] == estimator) & (evals["step"] == 0)]["value"]
-        lr = lrs[(lrs["variant"] == estimator) & (lrs["step"] == last_step)]["value"]
-        seconds = frame[frame["variant"] == estimator].groupby("seed")["seconds"].max()
-        out.append(
-            {
+    if "optimizer" not in frame:
+        frame = frame.assign(optimizer="hparam_sgd")
+    for optimizer in [o for o in OPTIMIZERS if o in set(frame["optimizer"])]:
+        part = frame[frame["optimizer"] == optimizer]
+        evals = part[part["metric"] == "eval_outer_loss"]
+        last_step = evals["step"].max()
+        for estimator in ESTIMATORS:
+            mine = part[part["variant"] == estimator]
+            ev = evals[evals["variant"] == estimator]
+            final = ev[ev["step"] == last_step]["value"]
+            start = ev[ev["step"] == 0]["value"]
+            lr = mine[(mine["metric"] == "lr") & (mine["step"] == last_step)]["value"]
+            seconds = mine.groupby("seed")["seconds"].max()
+            entry: dict[str, Any] = {
+                "optimizer": optimizer,
                 "estimator": estimator,
+                "unroll": int(mine["unroll_length"].iloc[0]),
+                "outer_steps": int(last_step),
                 "seeds": int(final.size),
                 "eval_loss_start": float(start.mean()),
                 "eval_loss_final_mean": float(final.mean()),
                 "eval_loss_final_min": float(final.min()),
                 "eval_loss_final_max": float(final.max()),
-                "final_lr_mean": float(lr.mean()),
-                "final_lr_min": float(lr.min()),
-                "final_lr_max": float(lr.max()),
-                "seconds_mean": float(seconds.mean()),
+                "final_lr_mean": float(lr.mean()) if lr.size else math.nan,
             }
-        )
+            for metric in ("es_weight", "var_rp", "var_es"):
+                logged = mine[mine["metric"] == metric]
+                medians = logged.groupby("seed")["value"].median()
+                entry[f"{metric}_median"] = float(medians.median()) if medians.size else math.nan
+            entry["seconds_mean"] = float(seconds.mean())
+            out.append(entry)
     return pd.DataFrame(out)
 
 
 def plot_training(frame: pd.DataFrame, path):  # type: ignore[no-untyped-def]
-    """Held-out outer loss against outer step and against seconds; lr against outer step."""
-    fig = figure(1, 3, width=4.6, height=3.6)
-    ax_step, ax_sec, ax_lr = fig.axes
-    evals = frame[frame["metric"] == "eval_outer_loss"]
-    lrs = frame[frame["metric"] == "lr"]
-    for estimator in ESTIMATORS:
-        colour = ESTIMATOR_COLOURS[estimator]
-        for k, (_, run) in enumerate(evals[evals["variant"] == estimator].groupby("seed")):
-            label = ESTIMATOR_LABELS[estimator] if k == 0 else None
-            ax_step.plot(run["step"], run["value"], color=colour, marker="o", ms=3, label=label)
-            ax_sec.plot(run["seconds"], run["value"], color=colour, marker="o", ms=3)
-        for _, run in lrs[lrs["variant"] == estimator].groupby("seed"):
-            ax_lr.plot(run["step"], run["value"], color=colour, marker="o", ms=3)
-    ax_step.set_xlabel("outer step")
-    ax_sec.set_xlabel("meta-training seconds (1 thread)")
-    for ax in (ax_step, ax_sec):
-        ax.set_ylabel("held-out outer loss")
-    ax_lr.axhline(2.0, color="grey", ls=":", lw=0.8)
-    ax_lr.set_xlabel("outer step")
-    ax_lr.set_ylabel("learning rate exp(theta)")
-    ax_step.set_title("outer loss vs outer step (one line per seed)")
-    ax_sec.set_title("outer loss vs seconds")
-    ax_lr.set_title("the learned learning rate")
-    ax_step.legend(fontsize=7)
+    """One row per optimizer: held-out outer loss against outer step and against seconds;
+    the learned lr (SGD) or the logged variances (learned optimizer) against outer step."""
+    optimizers = [o for o in OPTIMIZERS if o in set(frame["optimizer"])]
+    fig = figure(len(optimizers), 3, width=4.6, height=3.6)
+    axes = np.asarray(fig.axes).reshape(len(optimizers), 3)
+    names = {"hparam_sgd": "SGD, theta = [log lr]", "lopt": "learned optimizer (MLP)"}
+    for (ax_step, ax_sec, ax_third), optimizer in zip(axes, optimizers, strict=True):
+        part = frame[frame["optimizer"] == optimizer]
+        evals = part[part["metric"] == "eval_outer_loss"]
+        unroll = int(part["unroll_length"].iloc[0])
+        for estimator in ESTIMATORS:
+            colour = ESTIMATOR_COLOURS[estimator]
+            runs = evals[evals["variant"] == estimator].groupby("seed")
+            for k, (_, run) in enumerate(runs):
+                label = ESTIMATOR_LABELS[estimator] if k == 0 else None
+                ax_step.plot(run["step"], run["value"], color=colour, marker="o", ms=3, label=label)
+                ax_sec.plot(run["seconds"], run["value"], color=colour, marker="o", ms=3)
+            mine = part[part["variant"] == estimator]
+            if optimizer == "hparam_sgd":
+                for _, run in mine[mine["metric"] == "lr"].groupby("seed"):
+                    ax_third.plot(run["step"], run["value"], color=colour, marker="o", ms=3)
+            else:
+                for metric, style in (("var_rp", "-"), ("var_es", ":")):
+                    for _, run in mine[mine["metric"] == metric].groupby("seed"):
+                        ax_third.plot(run["step"], run["value"], color=colour, ls=style, lw=0.9)
+        ax_step.set_xlabel("outer step")
+        ax_sec.set_xlabel("meta-training seconds (1 thread)")
+        for ax in (ax_step, ax_sec):
+            ax.set_ylabel("held-out outer loss")
+        ax_step.set_title(f"{names[optimizer]}, T = {unroll}: loss vs outer step")
+        ax_sec.set_title("loss vs seconds (one line per seed)")
+        ax_step.legend(fontsize=7)
+        ax_third.set_xlabel("outer step")
+        if optimizer == "hparam_sgd":
+            ax_third.axhline(2.0, color="grey", ls=":", lw=0.8)
+            ax_third.set_ylabel("learning rate exp(theta)")
+            ax_third.set_title("the learned learning rate")
+        else:
+            ax_third.set_yscale("log")
+            ax_third.set_ylabel("mean per-element sample variance")
+            ax_third.set_title("var_rp (solid), var_es (dotted), as logged")
     return save(fig, path)
