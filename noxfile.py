@@ -81,6 +81,6 @@ def benchmarks(session: nox.Session) -> None:
 @nox.session
 def pathology(session: nox.Session) -> None:
     """The pathology study (landscape, estimator variance, outer training, truncation bias)
-    into results/pathology/ (tidy CSVs, PNGs, summary.md); about 5 minutes on one core."""
+    into results/pathology/ (tidy CSVs, PNGs, summary.md); about 10 minutes on one core."""
     install(session)
     session.run("lopt", "pathology", "out=results/pathology", *session.posargs)

@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -26,7 +27,7 @@ def lopt_argv(command: str) -> list[str]:
 def test_the_first_two_commands_are_the_whole_set_up() -> None:
     first_block = re.search(r"```bash\n(.*?)```", TEXT, re.S).group(1)
     commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
-    assert commands == ["pip install nox && nox -s suite", "pip install nox && nox -s tests"]
+    assert commands == ["pip install nox && nox -s paper", "pip install nox && nox -s tests"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install nox && nox -s tests" in ci
 
@@ -88,6 +89,6 @@ def _committed(path: str) -> bool:
 def test_quoted_results_match_the_committed_files(name: str) -> None:
     if not _committed(name):
         pytest.skip(f"{name} is regenerated locally (or not in git); the README quotes the commit")
-    section = quoted_section((ROOT / name).read_text())
+    section = quoted_section((ROOT / name).read_text(), str(Path(name).parent))
     assert section in TEXT, "run `python tests/readme_blocks.py` to update the README"
     assert with_quotes(TEXT) == TEXT
