@@ -4,7 +4,7 @@
     lopt bench [-m] task=NAME[,NAME...] optimizer=NAME[,NAME...] [optimizer.lr=0.01] [steps=N]
                [seeds=N] [workers=N] [out=PATH.csv] [device=cpu|cuda] [threads=N] ...
     lopt suite name=SUITE [seeds=N] [workers=N] [out=PATH.csv] [report=true] [fresh=true] ...
-    lopt report in=PATH.csv out=DIR [reference=OPTIMIZER] [target_split=train]
+    lopt report in=PATH.csv out=DIR [reference=OPTIMIZER] [target_split=train] [kind=comparison]
     lopt tune task=NAME optimizer=NAME[,NAME...] trials=N objective=valid_loss|train_loss
               budget_steps=S [sampler=tpe|random|grid|qmc] [pruner=median|none]
               [storage=URL] [search.lr=[LOW,HIGH]] ...
@@ -427,10 +427,17 @@ def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> 
         raise UsageError(f"lopt report needs {' and '.join(f'{k}=...' for k in missing)}")
     if cfg.target_split not in ("train", "valid", "test"):
         raise UsageError(f"target_split must be train, valid or test, got {cfg.target_split!r}")
+    if cfg.kind not in ("standard", "comparison"):
+        raise UsageError(f"kind must be standard or comparison, got {cfg.kind!r}")
     frame = read_results(str(cfg["in"]))
-    written = build_report(
-        frame, Path(str(cfg.out)), reference=cfg.reference, target_split=cfg.target_split
-    )
+    if cfg.kind == "comparison":
+        from harness.results.comparison import build_comparison_report
+
+        written = build_comparison_report(frame, Path(str(cfg.out)))
+    else:
+        written = build_report(
+            frame, Path(str(cfg.out)), reference=cfg.reference, target_split=cfg.target_split
+        )
     for path in written:
         print(path)
     return 0

@@ -187,6 +187,7 @@ REPORT_DEFAULTS: dict[str, Any] = {
     "out": MISSING,
     "reference": None,
     "target_split": "train",
+    "kind": "standard",  # or "comparison": the paper's comparison report (tags.comparison)
 }
 
 PRIMARY = {

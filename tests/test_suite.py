@@ -96,6 +96,12 @@ def test_a_comparison_suite_reports_both_targets(tmp_path) -> None:
     text = (tmp_path / "paper" / "summary.md").read_text()
     assert "Provenance: " in text and "best test loss" in text
     assert "Speed (quadratic, lopt)" in text and "Generalisation (quadratic, lopt)" in text
+    from harness.cli import main
+
+    again = tmp_path / "again"
+    assert main(["report", f"in={out}", f"out={again}", "kind=comparison"]) == 0
+    assert pd.read_csv(again / "summary.csv").equals(summary)
+    assert main(["report", f"in={out}", f"out={again}", "kind=paper"]) == 2
     for comparison in ("train", "valid"):
         assert (tmp_path / "paper" / comparison / "summary.md").is_file()
         assert (tmp_path / "paper" / comparison / "curves_quadratic_loss.png").is_file()

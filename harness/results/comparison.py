@@ -176,11 +176,22 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
                 for _, other in others.iterrows()
             ]
             met = all(margin > spread for _, margin, spread in margins)
-            worst = min(margins, key=lambda m: m[1] - m[2])
+            losing = [m for m in margins if m[1] <= 0]
+            worst = (
+                min(losing, key=lambda m: m[1])
+                if losing
+                else min(margins, key=lambda m: m[1] - m[2])
+            )
+            name, margin, spread = worst
+            relation = (
+                f"its test loss is {margin:.4g} below that of {name}, the hardest baseline to beat "
+                f"(needs more than {spread:.2g})"
+                if margin > 0
+                else f"{name}'s mean test loss is {-margin:.4g} lower"
+            )
             lines.append(
                 f"Generalisation ({where}): {'met' if met else 'NOT met'}: mean test loss "
-                f"{mean_std_text(row['test_loss_mean'], row['test_loss_std'])}; the closest "
-                f"baseline, {worst[0]}, is {worst[1]:+.4g} away (needs more than {worst[2]:.2g})."
+                f"{mean_std_text(row['test_loss_mean'], row['test_loss_std'])}; {relation}."
             )
     return lines
 
