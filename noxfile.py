@@ -1,5 +1,6 @@
-"""Sessions: ``nox -s tests`` (the test suite), ``lint``, ``suite`` (the main job: the small
-benchmark suite and its report), ``benchmarks`` (speed checks that print ratios).
+"""Sessions: ``nox -s paper`` (the main job: the paper's comparison into results/paper/),
+``tests`` (the test suite), ``lint``, ``suite`` (the small suite at default hyperparameters),
+``pathology`` (the pathology study), ``benchmarks`` (speed checks that print ratios).
 
 torch is installed first, from ``$LOPT_TORCH`` (default ``torch==2.13.0``, the CPU build on the
 machines this project runs on). Elsewhere pick the build for your platform, for example

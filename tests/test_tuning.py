@@ -255,6 +255,7 @@ TUNE = [
     "budget_steps=3000",
     "eval_seeds=0",
     "pruner=none",
+    "search.lr=[1e-5,1.0]",  # below 2 / lambda_max: every trial completes (none diverges)
 ]
 
 
