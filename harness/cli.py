@@ -110,7 +110,9 @@ def list_command(args: list[str]) -> int:
                 print(name)
         return 0
     registry = TASKS if kind == "tasks" else OPTIMIZERS
-    for name in registry.names(pattern):
+    names = registry.names(pattern)
+    width = max([16, *(len(name) for name in names)])
+    for name in names:
         entry = registry.get(name)
         factory = entry.factory
         if kind == "tasks":
@@ -123,7 +125,8 @@ def list_command(args: list[str]) -> int:
                 f"{spec.name}={spec.default!r}" for spec in getattr(factory, "hparam_specs", ())
             )
         source = "" if entry.source == "builtin" else f"  [{entry.source}]"
-        print(f"{name:<16} {entry.description}{source}\n{'':<16} {detail}")
+        print(f"{name:<{width}} {entry.description}{source}")
+        print(f"{'':<{width}} {detail or '(no hyperparameters)'}")
     return 0
 
 
