@@ -141,8 +141,9 @@ def execute(
         for index, (run_id, plan) in enumerate(todo, start=len(already) + 1)
     ]
     if workers == 1 or len(labelled) <= 1:
+        tasks: dict[tuple[str, str, str], Task] = {}  # each dataset is loaded once
         for run_id, plan, label in labelled:
-            summary = run_and_save(plan, run_id, parts, label, progress_bars)
+            summary = run_and_save(plan, run_id, parts, label, progress_bars, tasks)
             log(f"{label}: {summary}")
     else:
         _execute_in_workers(labelled, parts, workers, list(plugin_modules), log)
@@ -156,17 +157,24 @@ def execute(
     return frame
 
 
-_TASKS: dict[tuple[str, str, str], Task] = {}  # per process: datasets are loaded once
+# a worker process's tasks, kept for the worker's life so each dataset is loaded once
+_WORKER_TASKS: dict[tuple[str, str, str], Task] = {}
 
 
 def run_and_save(
-    plan: RunPlan, run_id: str, parts: Path, label: str, progress_bars: bool | None
+    plan: RunPlan,
+    run_id: str,
+    parts: Path,
+    label: str,
+    progress_bars: bool | None,
+    tasks: dict[tuple[str, str, str], Task],
 ) -> str:
-    """Run one plan and save its rows as ``parts/<run_id>.csv``; returns a summary line."""
+    """Run one plan and save its rows as ``parts/<run_id>.csv``; returns a summary line.
+    ``tasks`` caches the built tasks by (name, settings, device)."""
     key = (plan.task, canonical_json(plan.task_cfg), plan.device)
-    if key not in _TASKS:
-        _TASKS[key] = create_task(plan.task, device=plan.device, **plan.task_cfg)
-    result = _run_with_progress(plan, _TASKS[key], label, progress_bars)
+    if key not in tasks:
+        tasks[key] = create_task(plan.task, device=plan.device, **plan.task_cfg)
+    result = _run_with_progress(plan, tasks[key], label, progress_bars)
     if result.run_id != run_id:  # the runner and the plan must agree on identity
         raise AssertionError(f"run id mismatch: {result.run_id} != {run_id}")
     write_results(result.frame(), parts / f"{run_id}.csv")
@@ -181,6 +189,10 @@ def _worker_init(plugin_modules: list[str]) -> None:
     torch.set_num_threads(1)
     if plugin_modules:
         load_plugin_modules(plugin_modules)
+
+
+def _run_in_worker(plan: RunPlan, run_id: str, parts: Path, label: str) -> str:
+    return run_and_save(plan, run_id, parts, label, False, _WORKER_TASKS)
 
 
 def _execute_in_workers(
@@ -206,7 +218,8 @@ def _execute_in_workers(
         while pending or running:
             while pending and failure is None and len(running) < workers:
                 run_id, plan, label = pending.pop()
-                running[pool.submit(run_and_save, plan, run_id, parts, label, False)] = label
+                future = pool.submit(_run_in_worker, plan, run_id, parts, label)
+                running[future] = label
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -26,12 +26,7 @@ from optimizers.learned import (
 SHAPES = [(4, 3), (3,), (2, 2, 2), (1,)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_theta(arch: LOptArchitecture, seed: int = 0, scale: float = 0.5) -> torch.Tensor:

@@ -22,13 +22,7 @@ from harness.registry import create_task
 from optimizers.learned import LOptArchitecture, init_theta, unpack_theta
 from optimizers.learned_hparams import HParamArchitecture, LearnedHParams, encode_theta
 
-
-@pytest.fixture(autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from harness.errors import UsageError
+from harness.typed_config import config_data, typed_fields
 
 ESTIMATORS = ("merged", "rp", "es")
 OBJECTIVES = ("train", "valid")
@@ -207,23 +208,8 @@ def coerce_config(cfg: Any = None, **overrides: Any) -> MetaTrainConfig:
     A Hydra task group node (``{"name": NAME, **settings}`` under ``task``) is accepted too: its
     name becomes ``task`` and its other entries ``task_cfg``. Unknown keys raise ``UsageError``.
     """
-    if cfg is None:
-        data: dict[str, Any] = {}
-    elif isinstance(cfg, MetaTrainConfig):
-        data = cfg.to_dict()
-    elif isinstance(cfg, Mapping) and not _is_omegaconf(cfg):
-        data = dict(cfg)
-    else:
-        try:
-            from omegaconf import OmegaConf
-
-            data = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-        except Exception as exc:
-            raise UsageError(f"cannot read a meta-training config from {cfg!r}") from exc
-        if not isinstance(data, dict):
-            raise UsageError(f"a meta-training config must be a mapping, got {cfg!r}")
+    data = config_data(cfg, MetaTrainConfig, "meta-training")
     data.update(overrides)
-    data.pop("defaults", None)  # a Hydra primary config may carry its defaults list
     task = data.get("task")
     if isinstance(task, Mapping):
         settings = {k: v for k, v in task.items() if k != "name"}
@@ -231,63 +217,8 @@ def coerce_config(cfg: Any = None, **overrides: Any) -> MetaTrainConfig:
             raise UsageError("the task node needs a name")
         data["task"] = task["name"]
         data["task_cfg"] = {**settings, **dict(data.get("task_cfg") or {})}
-    known = {f.name for f in dataclasses.fields(MetaTrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UsageError(
-            f"meta-train takes no option {unknown[0]!r}; it takes: {', '.join(sorted(known))}"
-        )
-    typed = {name: _typed(name, value) for name, value in data.items()}
+    typed = typed_fields(data, MetaTrainConfig, "meta-train")
     return MetaTrainConfig(**typed).check()
-
-
-def _is_omegaconf(cfg: Any) -> bool:
-    return type(cfg).__module__.startswith("omegaconf")
-
-
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(MetaTrainConfig)}
-
-
-def _typed(name: str, value: Any) -> Any:
-    """``value`` converted where lossless (an int for a float field, a list for hidden_sizes),
-    else a one-line UsageError naming the field."""
-    kind = str(_FIELD_TYPES[name])
-    optional = kind.startswith("Optional")
-    if value is None:
-        if optional:
-            return None
-        raise UsageError(f"{name} cannot be null")
-    if kind == "list[str]":
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise UsageError(f"{name} must be a list of names, got {value!r}")
-    if "list" in kind:
-        if isinstance(value, (list, tuple)):
-            return [_typed_int(name, v) for v in value]
-        raise UsageError(f"{name} must be a list, e.g. [32,32]; got {value!r}")
-    if "dict" in kind:
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise UsageError(f"{name} must be a mapping, got {value!r}")
-    if "bool" in kind:
-        if isinstance(value, bool):
-            return value
-        raise UsageError(f"{name} must be true or false, got {value!r}")
-    if "int" in kind:
-        return _typed_int(name, value)
-    if "float" in kind:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"{name} must be a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise UsageError(f"{name} must be a string, got {value!r}")
-    return value
-
-
-def _typed_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise UsageError(f"{name} must be an integer, got {value!r}")
-    return int(value)
 
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:

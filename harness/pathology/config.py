@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from harness.errors import UsageError
+from harness.typed_config import config_data, typed_fields
 
 STUDIES = ("landscape", "variance", "training", "truncation")
 ESTIMATORS = ("rp", "es", "merged")
@@ -257,64 +258,10 @@ class PathologyConfig:
 def coerce_pathology_config(cfg: Any = None, **overrides: Any) -> PathologyConfig:
     """A checked :class:`PathologyConfig` from a ``PathologyConfig``, a mapping or an OmegaConf
     node, updated with ``overrides``; unknown keys raise ``UsageError``."""
-    if cfg is None:
-        data: dict[str, Any] = {}
-    elif isinstance(cfg, PathologyConfig):
-        data = cfg.to_dict()
-    elif isinstance(cfg, Mapping) and not type(cfg).__module__.startswith("omegaconf"):
-        data = dict(cfg)
-    else:
-        try:
-            from omegaconf import OmegaConf
-
-            data = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-        except Exception as exc:
-            raise UsageError(f"cannot read a pathology config from {cfg!r}") from exc
-        if not isinstance(data, dict):
-            raise UsageError(f"a pathology config must be a mapping, got {cfg!r}")
+    data = config_data(cfg, PathologyConfig, "pathology")
     data.update(overrides)
-    data.pop("defaults", None)
-    known = {f.name: f for f in dataclasses.fields(PathologyConfig)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise UsageError(
-            f"pathology takes no option {unknown[0]!r}; it takes: {', '.join(sorted(known))}"
-        )
-    for name, value in data.items():
-        data[name] = _typed(name, str(known[name].type), value)
+    data = typed_fields(data, PathologyConfig, "pathology")
     return PathologyConfig(**data).check()
-
-
-def _typed(name: str, kind: str, value: Any) -> Any:
-    """``value`` converted where lossless (int for float fields, lists), else ``UsageError``."""
-    if value is None:
-        if kind.startswith("Optional"):
-            return None
-        raise UsageError(f"{name} cannot be null")
-    if kind.startswith("list"):
-        if not isinstance(value, (list, tuple)):
-            raise UsageError(f"{name} must be a list, e.g. [1,2]; got {value!r}")
-        inner = kind[len("list[") : -1]
-        return [_typed(name, inner, v) for v in value]
-    if kind.startswith("dict"):
-        if not isinstance(value, Mapping):
-            raise UsageError(f"{name} must be a mapping, got {value!r}")
-        return dict(value)
-    if "bool" in kind:
-        if not isinstance(value, bool):
-            raise UsageError(f"{name} must be true or false, got {value!r}")
-        return value
-    if "int" in kind:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise UsageError(f"{name} must be an integer, got {value!r}")
-        return int(value)
-    if "float" in kind:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"{name} must be a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise UsageError(f"{name} must be a string, got {value!r}")
-    return value
 
 
 def _finite(value: Any) -> bool:

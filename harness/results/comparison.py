@@ -86,10 +86,11 @@ def split_comparisons(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {name: frame[labels == name] for name in sorted(set(labels))}
 
 
-def best_baselines(frame: pd.DataFrame, split: str) -> dict[str, str]:
-    """Per task, the baseline with the lowest mean final ``split`` loss."""
-    finals = final_and_best(frame)
-    finals = finals[(finals["split"] == split) & (finals["metric"] == "loss")]
+def best_baselines(runs: pd.DataFrame, split: str) -> dict[str, str]:
+    """Per task, the baseline with the lowest mean final ``split`` loss.
+
+    ``runs``: :func:`~harness.results.derived.final_and_best` of the comparison's rows."""
+    finals = runs[(runs["split"] == split) & (runs["metric"] == "loss")]
     finals = finals[~finals["optimizer"].map(is_learned)]
     best = {}
     for task, rows in finals.groupby("task", sort=True):
@@ -97,7 +98,7 @@ def best_baselines(frame: pd.DataFrame, split: str) -> dict[str, str]:
         if means.dropna().empty:
             raise UsageError(f"task {task!r} has no baseline with a finite final {split} loss")
         best[str(task)] = str(means.dropna().idxmin())
-    for task in sorted(set(frame["task"]) - set(best)):
+    for task in sorted(set(runs["task"]) - set(best)):
         raise UsageError(f"task {task!r} has no baseline runs to compare against")
     return best
 
@@ -107,8 +108,9 @@ def comparison_summary(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for comparison, sub in split_comparisons(frame).items():
         split = COMPARISON_SPLIT[comparison]
-        best = best_baselines(sub, split)
-        finals = seed_summary(final_and_best(sub), ("final_value", "best_value"))
+        runs = final_and_best(sub)
+        best = best_baselines(runs, split)
+        finals = seed_summary(runs, ("final_value", "best_value"))
         speeds = pd.concat(
             [speedup(sub[sub["task"] == task], ref, split=split) for task, ref in best.items()]
         )
@@ -203,7 +205,8 @@ def build_comparison_report(frame: pd.DataFrame, out_dir: str | Path) -> list[Pa
     summary = comparison_summary(frame)
     written = []
     for comparison, sub in comparisons.items():
-        best = best_baselines(sub, COMPARISON_SPLIT[comparison])
+        rows = summary[summary["comparison"] == comparison]
+        best = dict(zip(rows["task"], rows["best_baseline"], strict=True))
         written += build_report(
             sub, out_dir / comparison, reference=best, target_split=COMPARISON_SPLIT[comparison]
         )
