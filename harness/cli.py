@@ -6,8 +6,8 @@
     lopt suite name=SUITE [seeds=N] [workers=N] [out=PATH.csv] [report=true] [fresh=true] ...
     lopt report in=PATH.csv out=DIR [reference=OPTIMIZER] [target_split=train] [kind=comparison]
     lopt tune task=NAME optimizer=NAME[,NAME...] trials=N objective=valid_loss|train_loss
-              budget_steps=S [sampler=tpe|random|grid|qmc] [pruner=median|none]
-              [storage=URL] [search.lr=[LOW,HIGH]] ...
+              budget_steps=S [until=trials|saturated] [sampler=tpe|random|grid|qmc]
+              [pruner=median|none] [storage=URL] [search.lr=[LOW,HIGH]] ...
     lopt studies [storage=URL] [out=DIR]
     lopt meta-train task=NAME estimator=merged|rp|es objective=train|valid outer_steps=N out=DIR
     lopt pathology [study=all|landscape|variance|training|truncation] [out=DIR] [quick=true]
@@ -16,7 +16,8 @@ Overrides are Hydra's ``key=value``. Optimizer hyperparameters are ``optimizer.N
 (``optimizer.lr=0.01``); task settings are ``task.NAME=VALUE``. In ``bench``, comma lists of
 ``task`` and ``optimizer`` run every combination; ``-m`` (``--multirun``) also sweeps comma lists
 of any other key (``-m optimizer.lr=0.001,0.01``). In ``tune``, ``optimizer.NAME=VALUE`` fixes a
-hyperparameter and ``search.NAME=[LOW,HIGH]`` (or ``true``/``false``) changes the search space.
+hyperparameter and ``search.NAME=[LOW,HIGH]`` (or ``true``/``false``) changes the search space;
+``until=saturated`` tunes until the study meets the saturation rule, ``trials`` being the cap.
 ``lopt bench ... tuned=true`` takes the hyperparameters from the stored tuning study
 (``tuning.objective``, ``tuning.budget_steps``, ``tuning.sampler``, ``tuning.storage`` select it).
 ``lopt COMMAND --help`` prints the command's keys and defaults.
@@ -451,11 +452,18 @@ def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> in
     from harness.tuning.tuner import TuneSettings, tune
 
     if show_help:
-        return _print_help("tune")
+        code = _print_help("tune")
+        print("until: trials  # or saturated: stop once the saturation rule holds (trials: cap)")
+        return code
     search = {}
     rest = []
+    until = "trials"
     for override in parse_overrides(overrides):
-        if override.key_or_group.startswith("search."):
+        if override.key_or_group == "until":
+            if override.is_sweep_override() or not isinstance(override.value(), str):
+                raise UsageError(f"{override.input_line!r}: until takes trials or saturated")
+            until = str(override.value())
+        elif override.key_or_group.startswith("search."):
             if override.is_sweep_override():
                 raise UsageError(
                     f"{override.input_line!r}: a range is written search.NAME=[LOW,HIGH]"
@@ -474,6 +482,7 @@ def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> in
             task=cfg.task.name,
             optimizer=cfg.optimizer.name,
             trials=cfg.trials,
+            until=until,
             objective=cfg.objective,
             objective_at=cfg.objective_at,
             budget_steps=cfg.budget_steps,
@@ -498,6 +507,8 @@ def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> in
                 f"{outcome.study}: best trial {outcome.best_number}, {cfg.objective} "
                 f"{outcome.best_value:.5g}, hparams {outcome.best_hparams}"
             )
+        if outcome.saturation is not None:
+            _log(f"{outcome.study}: {outcome.saturation.verdict}")
     return 0
 
 
@@ -511,15 +522,32 @@ def _log(message: str) -> None:
 
 
 def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
-    from harness.tuning.export import plot_objective_vs_lr, write_trials
-    from harness.tuning.tuner import studies_frame
+    from harness.tuning.export import (
+        plot_best_so_far,
+        plot_objective_vs_lr,
+        saturation_markdown,
+        saturation_table,
+        write_text,
+        write_trials,
+    )
+    from harness.tuning.tuner import load_studies, studies_frame
 
     if show_help:
         return _print_help("studies")
     (cfg,) = composed("studies", overrides, multirun=False)
     frame = studies_frame(cfg.storage)
+    studies = load_studies(cfg.storage)
     out = Path(cfg.out)
-    written = [write_trials(frame, out / "trials.csv")]
+    table = saturation_table(studies)
+    written = [
+        write_trials(frame, out / "trials.csv"),
+        write_trials(table, out / "saturation.csv"),
+        write_text(saturation_markdown(table), out / "saturation.md"),
+    ]
+    written += [
+        plot_best_so_far(study, None, out / study.study_name / "best_so_far.png")
+        for study in studies
+    ]
     if "param_lr" in frame.columns:
         keys = ["task", "objective", "budget_steps"]
         for (task, objective, budget), group in frame.groupby(keys, sort=True):

@@ -1,8 +1,9 @@
-"""Adam (L2 weight decay in the gradient), AdamW (decoupled weight decay), and Adam with a
-cosine learning-rate decay.
+"""Adam (L2 weight decay in the gradient), AdamW (decoupled weight decay), and both with a
+linear warm-up and a cosine learning-rate decay (``adam_cosine``, ``adamw_cosine``).
 
 They follow ``torch.optim.Adam`` / ``torch.optim.AdamW`` step for step, bias correction included
-(the cosine one: ``torch.optim.Adam`` under ``torch.optim.lr_scheduler.LambdaLR``).
+(the cosine ones: under ``torch.optim.lr_scheduler.LambdaLR``; the decoupled decay uses the
+scheduled rate, as torch's does).
 """
 
 from __future__ import annotations
@@ -87,6 +88,32 @@ class AdamW(Adam):
     decoupled_weight_decay = True
 
 
+def _schedule(warmup: int, tune_final_fraction: bool) -> tuple[HParam, ...]:
+    """The schedule's hyperparameters: decay_steps, warmup and final_fraction."""
+    return (
+        HParam(
+            "decay_steps",
+            2000,
+            "steps over which the rate decays (set it to the budget)",
+            ge=1,
+            low=100,
+            high=100_000,
+            log=True,
+        ),
+        HParam("warmup", warmup, "steps of linear learning-rate warm-up", ge=0, low=0, high=1000),
+        HParam(
+            "final_fraction",
+            0.0,
+            "the floor, as a fraction of lr",
+            ge=0.0,
+            le=1.0,
+            low=0.0,
+            high=0.1,
+            tune=tune_final_fraction,
+        ),
+    )
+
+
 @register_optimizer("adam_cosine")
 class AdamCosine(Adam):
     """Adam with a linear warm-up, then a cosine decay of the learning rate to a floor.
@@ -97,35 +124,14 @@ class AdamCosine(Adam):
     budget so the decay ends with the run.
     """
 
-    hparam_specs = (
-        *Adam.hparam_specs,
-        HParam(
-            "decay_steps",
-            2000,
-            "steps over which the rate decays (set it to the budget)",
-            ge=1,
-            low=100,
-            high=100_000,
-            log=True,
-        ),
-        HParam("warmup", 0, "steps of linear learning-rate warm-up", ge=0, low=0, high=1000),
-        HParam(
-            "final_fraction",
-            0.0,
-            "the floor, as a fraction of lr",
-            ge=0.0,
-            le=1.0,
-            low=0.0,
-            high=0.1,
-        ),
-    )
+    hparam_specs = (*Adam.hparam_specs, *_schedule(warmup=0, tune_final_fraction=False))
 
     def __init__(self, **hparams: object) -> None:
         super().__init__(**hparams)
         if self.hparams["warmup"] >= self.hparams["decay_steps"]:
             raise UsageError(
-                f"adam_cosine: warmup ({self.hparams['warmup']}) must be below "
-                f"decay_steps ({self.hparams['decay_steps']})"
+                f"{self.name or type(self).__name__}: warmup ({self.hparams['warmup']}) must be "
+                f"below decay_steps ({self.hparams['decay_steps']})"
             )
 
     def learning_rate(self, step: int) -> float:
@@ -143,3 +149,29 @@ def cosine_factor(t: int, decay_steps: int, warmup: int, final_fraction: float) 
         return (t + 1) / warmup
     progress = min(1.0, (t - warmup) / (decay_steps - warmup))
     return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@register_optimizer("adamw_cosine")
+class AdamWCosine(AdamCosine):
+    """AdamW with a linear warm-up (100 steps by default), then a cosine decay to a floor: the
+    schedule of :class:`AdamCosine`, the decoupled weight decay of :class:`AdamW` (applied with
+    the scheduled rate). Its default search space is the learning rate, the weight decay
+    (log-uniform in [1e-5, 1]) and the floor (``final_fraction``, uniform in [0, 0.1]); set
+    ``decay_steps`` to the run's budget."""
+
+    hparam_specs = (
+        learning_rate(1e-3),
+        *_BETAS_AND_EPS,
+        HParam(
+            "weight_decay",
+            1e-2,
+            "decoupled decay: w <- w * (1 - lr_t * weight_decay) each step",
+            ge=0.0,
+            low=1e-5,
+            high=1.0,
+            log=True,
+            tune=True,
+        ),
+        *_schedule(warmup=100, tune_final_fraction=True),
+    )
+    decoupled_weight_decay = True

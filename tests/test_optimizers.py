@@ -14,7 +14,16 @@ from optimizers.base import Optimizer, TorchOptimizer, learning_rate
 from optimizers.learned import LOpt
 
 STEPS = 20
-BUILTINS = ("adam", "adam_cosine", "adamw", "momentum", "rmsprop", "sgd")
+BUILTINS = (
+    "adam",
+    "adam_cosine",
+    "adamw",
+    "adamw_cosine",
+    "momentum",
+    "nesterov",
+    "rmsprop",
+    "sgd",
+)
 #: built-ins without a learning rate: the learned optimizer (its theta comes from a checkpoint)
 LEARNED = ("lopt",)
 
@@ -22,6 +31,26 @@ LEARNED = ("lopt",)
 class TorchAdamCosine(torch.optim.Adam):
     """torch.optim.Adam stepped by a LambdaLR cosine schedule with linear warm-up, written out
     here independently of optimizers/adam.py."""
+
+    def __init__(self, params, *, decay_steps, warmup_steps, final_fraction, **kwargs):
+        super().__init__(params, **kwargs)
+
+        def factor(t: int) -> float:
+            if t < warmup_steps:
+                return (t + 1) / warmup_steps
+            p = min(1.0, (t - warmup_steps) / (decay_steps - warmup_steps))
+            return final_fraction + (1 - final_fraction) * (1 + math.cos(math.pi * p)) / 2
+
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self, factor)
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        self.schedule.step()
+        return loss
+
+
+class TorchAdamWCosine(torch.optim.AdamW):
+    """torch.optim.AdamW stepped by the LambdaLR schedule of TorchAdamCosine."""
 
     def __init__(self, params, *, decay_steps, warmup_steps, final_fraction, **kwargs):
         super().__init__(params, **kwargs)
@@ -78,6 +107,24 @@ CASES: dict[str, tuple[str, dict[str, Any], type[torch.optim.Optimizer], dict[st
         {"lr": 0.02, "decay_steps": 14, "warmup": 3, "final_fraction": 0.1},
         TorchAdamCosine,
         {"lr": 0.02, "decay_steps": 14, "warmup_steps": 3, "final_fraction": 0.1},
+    ),
+    "adamw_cosine": (
+        "adamw_cosine",
+        {"lr": 0.02, "weight_decay": 0.5, "decay_steps": 14, "warmup": 3, "final_fraction": 0.1},
+        TorchAdamWCosine,
+        {
+            "lr": 0.02,
+            "weight_decay": 0.5,
+            "decay_steps": 14,
+            "warmup_steps": 3,
+            "final_fraction": 0.1,
+        },
+    ),
+    "nesterov": (
+        "nesterov",
+        {"lr": 0.02, "momentum": 0.8, "weight_decay": 0.01},
+        torch.optim.SGD,
+        {"lr": 0.02, "momentum": 0.8, "nesterov": True, "weight_decay": 0.01},
     ),
     "adamw": (
         "adamw",

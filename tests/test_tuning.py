@@ -1,8 +1,10 @@
-"""Optuna tuning: search spaces, studies, trials, re-evaluation, resumption, parallel workers."""
+"""Optuna tuning: search spaces, studies, trials, divergence, saturation, re-evaluation,
+resumption, parallel workers."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,9 +23,16 @@ from harness.plan import RunPlan
 from harness.registry import OPTIMIZERS
 from harness.results.io import read_results
 from harness.suite import check_fair_tuning
+from harness.tuning import objective as objective_module
+from harness.tuning.saturation import (
+    SaturationRule,
+    best_so_far,
+    saturation_of,
+    saturation_verdict,
+)
 from harness.tuning.space import search_space
 from harness.tuning.storage import open_storage
-from harness.tuning.study import count_trials, load_existing, study_name
+from harness.tuning.study import ATTR_TRIALS, count_trials, is_diverged, load_existing, study_name
 from harness.tuning.tuner import EVAL_SEED_OFFSET, TuneSettings, tune, tuned_configuration
 
 
@@ -99,7 +108,7 @@ def test_a_study_runs_exactly_its_trials_and_queues_the_defaults_first(tmp_path)
     outcome = tune(settings(tmp_path), log=quiet)
     study = load_existing(open_storage(f"sqlite:///{tmp_path}/optuna.db").storage, outcome.study)
     trials = study.get_trials()
-    assert outcome.study == "quadratic-sgd-valid_loss-60steps-tpe-p1"
+    assert outcome.study == "quadratic-sgd-valid_loss-60steps-tpe-p2"
     assert len(trials) == 6 and outcome.ran == 6 and outcome.counted == 6
     assert trials[0].params == {"lr": 0.1} and trials[0].user_attrs["defaults"] is True
     assert all(json.loads(t.user_attrs["hparams"])["weight_decay"] == 0.0 for t in trials)
@@ -109,18 +118,112 @@ def test_a_study_runs_exactly_its_trials_and_queues_the_defaults_first(tmp_path)
     assert more.ran == 2 and len(study.get_trials()) == 8
 
 
-def test_diverged_trials_fail_with_their_reason_and_the_study_goes_on(tmp_path) -> None:
+def test_diverged_trials_complete_with_a_penalty_and_keep_their_reason(tmp_path) -> None:
     # Gradient descent on the quadratic (lambda_max = 1) diverges for lr > 2.
     outcome = tune(
         settings(tmp_path, search={"lr": [0.5, 4.0]}, trials=8, pruner="none"), log=quiet
     )
     study = load_existing(open_storage(f"sqlite:///{tmp_path}/optuna.db").storage, outcome.study)
-    failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
-    complete = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
-    assert failed and complete and outcome.counted == 8
-    assert all(t.params["lr"] > 2.0 for t in failed)
-    assert all(t.user_attrs["fail_reason"].startswith("diverged") for t in failed)
+    trials = study.get_trials()
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    diverged = [t for t in trials if is_diverged(t)]
+    converged = [t for t in trials if not is_diverged(t)]
+    assert diverged and converged and outcome.counted == 8
+    assert all(t.params["lr"] > 2.0 for t in diverged)
+    assert all(t.user_attrs["fail_reason"].startswith("diverged at step") for t in diverged)
+    # The penalty is no better than the untrained model, so worse than every converged trial.
+    assert min(t.value for t in diverged) > max(t.value for t in converged)
     assert outcome.best_hparams["lr"] < 2.0
+    frame = pd.read_csv(Path(tmp_path, "out", outcome.study, "trials.csv"))
+    marked = frame[frame.state == "diverged"]
+    assert len(marked) == len(diverged) and marked.fail_reason.str.startswith("diverged").all()
+
+
+def _late_trials_deep_in_the_divergent_region(tmp_path: Path, name: str) -> float:
+    """The fraction of trials 20-39 of a 40-trial TPE study of SGD's lr in [0.1, 100] on the
+    quadratic that sample lr >= 10 (every run there diverges: lr > 2 does)."""
+    outcome = tune(
+        settings(tmp_path / name, search={"lr": [0.1, 100.0]}, trials=40, pruner="none"),
+        log=quiet,
+    )
+    study = load_existing(
+        open_storage(f"sqlite:///{tmp_path / name}/optuna.db").storage, outcome.study
+    )
+    late = sorted(study.get_trials(), key=lambda t: t.number)[20:]
+    assert all(is_diverged(t) for t in late if t.params["lr"] >= 10.0)
+    return sum(t.params["lr"] >= 10.0 for t in late) / len(late)
+
+
+def test_tpe_stops_sampling_where_every_run_diverges(tmp_path, monkeypatch) -> None:
+    # The prior puts a third of the samples at lr >= 10; told the penalty, TPE leaves the region.
+    learned = _late_trials_deep_in_the_divergent_region(tmp_path, "penalty")
+    assert learned <= 0.15
+    # Control: diverged trials failed (no value, as in protocol version 1): TPE keeps going there.
+    monkeypatch.setattr(objective_module, "divergence_penalty", lambda seen: math.inf)
+    blind = _late_trials_deep_in_the_divergent_region(tmp_path, "failed")
+    assert blind >= 0.4 and blind > learned + 0.25
+
+
+# -- saturation ------------------------------------------------------------------------------------
+def test_the_saturation_verdict_follows_the_rule() -> None:
+    flat = [1.0] * 16 + [0.995] * 16  # the second half gains 0.5%
+    verdict = saturation_verdict(flat, "valid_loss")
+    assert verdict.saturated and verdict.trials == 32
+    assert verdict.gain == pytest.approx(0.005) and verdict.verdict.startswith("saturated")
+    assert not saturation_verdict(flat[:31], "valid_loss").saturated  # fewer than 32 trials
+    assert "31 of at least 32" in saturation_verdict(flat[:31], "valid_loss").verdict
+    gaining = [1.0] * 16 + [0.95] * 16  # 5%: too much for valid loss, fine for train loss
+    assert not saturation_verdict(gaining, "valid_loss").saturated
+    assert saturation_verdict(gaining, "train_loss").saturated
+    worse = [1.0] * 16 + [2.0] * 16
+    assert saturation_verdict(worse, "valid_loss").gain == 0.0
+    late = [math.nan] * 16 + [1.0] * 16  # nothing in the first half: the second gains everything
+    assert saturation_verdict(late, "valid_loss").gain == math.inf
+    assert not saturation_verdict(late, "valid_loss").saturated
+    assert not saturation_verdict([math.nan] * 40, "train_loss").saturated
+    assert saturation_verdict(flat[:8], "valid_loss", SaturationRule(min_trials=8)).saturated
+    with pytest.raises(UsageError, match="unknown objective"):
+        saturation_verdict(flat, "test_loss")
+    running = best_so_far([math.nan, 3.0, 4.0, 1.0, math.nan])
+    assert np.isnan(running[0]) and list(running[1:]) == [3.0, 3.0, 1.0, 1.0]
+
+
+def test_until_saturated_stops_when_the_rule_holds(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    asked = settings(
+        tmp_path,
+        trials=80,
+        until="saturated",
+        objective="train_loss",
+        search={"lr": [0.01, 1.9]},
+    )
+    outcome = tune(asked, log=quiet)
+    assert outcome.saturation.saturated and 32 <= outcome.counted < 80
+    assert outcome.ran == outcome.counted == outcome.saturation.trials
+    study = load_existing(open_storage(storage).storage, outcome.study)
+    assert study.user_attrs[ATTR_TRIALS] == outcome.counted
+    assert saturation_of(storage, outcome.study) == outcome.saturation
+    assert tune(asked, log=quiet).ran == 0  # saturated: a rerun has nothing to do
+    _, tags = tuned_configuration(
+        task="quadratic", optimizer="sgd", objective="train_loss", budget_steps=60, storage=storage
+    )
+    assert tags["trials"] == outcome.counted
+    assert Path(tmp_path, "out", outcome.study, "best_so_far.png").read_bytes()[:4] == b"\x89PNG"
+    # A study still short of its cap names the command that finishes it.
+    study.set_user_attr(ATTR_TRIALS, 80)
+    with pytest.raises(UsageError, match="until=saturated trials=80"):
+        tuned_configuration(
+            task="quadratic",
+            optimizer="sgd",
+            objective="train_loss",
+            budget_steps=60,
+            storage=storage,
+        )
+
+
+def test_until_saturated_needs_a_cap_of_at_least_the_minimum(tmp_path) -> None:
+    with pytest.raises(UsageError, match="trials is the cap and must be >= 32"):
+        tune(settings(tmp_path, until="saturated", trials=20), log=quiet)
 
 
 @pytest.mark.parametrize("sampler", ["random", "qmc", "grid"])
@@ -199,6 +302,26 @@ def test_tuned_lookup_names_the_command_that_creates_a_missing_study(tmp_path) -
         )
 
 
+def test_tuned_lookup_uses_a_study_of_an_earlier_protocol_when_no_newer_one_exists(
+    tmp_path,
+) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    outcome = tune(settings(tmp_path), log=quiet)
+    old = study_name("quadratic", "sgd", "valid_loss", 60, "tpe", version=1)
+    opened = open_storage(storage)
+    optuna.copy_study(
+        from_study_name=outcome.study,
+        from_storage=opened.storage,
+        to_storage=opened.storage,
+        to_study_name=old,
+    )
+    optuna.delete_study(study_name=outcome.study, storage=opened.storage)
+    _, tags = tuned_configuration(
+        task="quadratic", optimizer="sgd", objective="valid_loss", budget_steps=60, storage=storage
+    )
+    assert tags["study"] == old
+
+
 # -- the command line ------------------------------------------------------------------------------
 def test_bench_tuned_takes_hparams_and_tags_from_the_study(tmp_path, capsys) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
@@ -225,6 +348,8 @@ def test_bench_tuned_takes_hparams_and_tags_from_the_study(tmp_path, capsys) -> 
         (["search.lr=[a,b]"], "search.lr must be [LOW,HIGH]"),
         (["optimizer=momentum", "search.nesterov=[0,1]"], "is a bool"),
         (["objective=test_loss"], "unknown objective 'test_loss'"),
+        (["until=forever"], "unknown until 'forever'"),
+        (["until=saturated"], "trials is the cap and must be >= 32"),
     ],
 )
 def test_tune_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message) -> None:
@@ -243,6 +368,22 @@ def test_tune_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message) -
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_studies_writes_the_saturation_table_and_best_so_far_curves(tmp_path, capsys) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    names = [tune(settings(tmp_path, optimizer=o), log=quiet).study for o in ("sgd", "adam")]
+    out = tmp_path / "studies"
+    assert main(["studies", f"storage={storage}", f"out={out}"]) == 0
+    table = pd.read_csv(out / "saturation.csv")
+    assert sorted(table.study) == sorted(names) and (table.trials == 6).all()
+    assert not table.saturated.any()
+    assert table.verdict.str.contains("6 of at least 32 trials").all()
+    assert {"second_half_gain", "diverged", "best_value"} <= set(table.columns)
+    assert "| study | trials |" in (out / "saturation.md").read_text()
+    for name in names:
+        assert (out / name / "best_so_far.png").read_bytes()[:4] == b"\x89PNG"
+    assert str(out / "saturation.csv") in capsys.readouterr().out
 
 
 TUNE = [

@@ -4,11 +4,18 @@
 sampler, trials, trial, state, counted, value, hparams`` (JSON), ``fail_reason``,
 ``duration_s``, ``default`` (the optimizer's defaults, queued first), ``retry_of``, and one
 ``param_<name>`` column per searched hyperparameter. ``counted`` marks the trials that form the
-study's result (its first ``trials`` counted trials; see :mod:`harness.tuning.study`).
+study's result (its first ``trials`` counted trials; see :mod:`harness.tuning.study`). ``state``
+is Optuna's, lower-case, except ``diverged`` (a completed trial whose value is the divergence
+penalty) and ``interrupted``.
 
 :func:`plot_objective_vs_lr` draws the objective against the learning rate on a log axis, one
-colour per optimizer, failed (diverged) trials as crosses at the top and pruned ones as hollow
+colour per optimizer, failed and diverged trials as crosses at the top and pruned ones as hollow
 circles, each study's best trial as a star, so a reader sees the optimum is not at an edge.
+
+:func:`plot_best_so_far` draws a study's best value after each trial, with every trial's value,
+the halves the saturation rule compares and its verdict; :func:`saturation_table` has one row
+per study: trial count, states, best value, the halves' bests, the second half's gain and the
+verdict (:mod:`harness.tuning.saturation`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from harness.results.io import write_atomically
-from harness.tuning.study import count_trials, counted_trials, stored_protocol
+from harness.tuning.saturation import (
+    DEFAULT_RULE,
+    SaturationRule,
+    best_so_far,
+    saturation_verdict,
+    trial_values,
+)
+from harness.tuning.study import (
+    ATTR_TRIALS,
+    ATTR_UNTIL,
+    count_trials,
+    counted_trials,
+    is_diverged,
+    stored_protocol,
+)
 
 COLUMNS = (
     "study",
@@ -66,7 +87,7 @@ def trials_frame(study: optuna.Study, trials: int) -> pd.DataFrame:
             "sampler": protocol["sampler"],
             "trials": trials,
             "trial": t.number,
-            "state": "interrupted" if t.number in interrupted else t.state.name.lower(),
+            "state": _state(t, interrupted),
             "counted": t.number in counted,
             "value": t.value if t.value is not None else np.nan,
             "hparams": t.user_attrs.get("hparams", json.dumps(t.params, sort_keys=True)),
@@ -82,6 +103,14 @@ def trials_frame(study: optuna.Study, trials: int) -> pd.DataFrame:
         return pd.DataFrame(columns=list(COLUMNS))
     params = sorted(c for c in frame.columns if c.startswith("param_"))
     return frame[[*COLUMNS, *params]]
+
+
+def _state(trial: optuna.trial.FrozenTrial, interrupted: set[int]) -> str:
+    if trial.number in interrupted:
+        return "interrupted"
+    if trial.state == optuna.trial.TrialState.COMPLETE and is_diverged(trial):
+        return "diverged"
+    return trial.state.name.lower()
 
 
 def write_trials(frame: pd.DataFrame, path: Path) -> Path:
@@ -105,7 +134,7 @@ def plot_objective_vs_lr(frame: pd.DataFrame, path: Path, title: str) -> Path:
         axes.scatter(
             pruned["param_lr"], [ceiling] * len(pruned), facecolors="none", edgecolors=colour, s=22
         )
-        failed = trials[trials["state"] == "fail"]
+        failed = trials[trials["state"].isin(["fail", "diverged"])]
         axes.scatter(failed["param_lr"], [ceiling] * len(failed), color=colour, marker="x", s=30)
         if len(done):
             best = done.loc[done["value"].idxmin()]
@@ -131,6 +160,121 @@ def plot_objective_vs_lr(frame: pd.DataFrame, path: Path, title: str) -> Path:
     if len(colours) > 0:
         axes.legend(fontsize=8)
     return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+
+
+def study_result(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that form ``study``'s result so far: its first ``trials`` counted ones (all
+    counted ones while it runs)."""
+    target = int(study.user_attrs.get(ATTR_TRIALS, 0))
+    return counted_trials(study, target if target else 10**9)
+
+
+def plot_best_so_far(
+    study: optuna.Study, trials: int | None, path: Path, rule: SaturationRule = DEFAULT_RULE
+) -> Path:
+    """The best value after each of the study's first ``trials`` counted trials (see module)."""
+    chosen = counted_trials(study, trials) if trials is not None else study_result(study)
+    objective = stored_protocol(study)["objective"]
+    values = np.asarray(trial_values(chosen), dtype=float)
+    verdict = saturation_verdict(values, objective, rule)
+    x = np.arange(1, len(values) + 1)
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.scatter(x, values, s=14, color="C0", alpha=0.5, label="trial value")
+    diverged = [i + 1 for i, t in enumerate(chosen) if is_diverged(t)]
+    finite = values[np.isfinite(values)]
+    top = float(finite.max()) if len(finite) else 1.0
+    if diverged:
+        axes.scatter(
+            diverged, [top] * len(diverged), marker="x", color="C3", s=24, label="diverged"
+        )
+    axes.step(x, best_so_far(values), where="post", color="C1", linewidth=2, label="best so far")
+    half = len(values) // 2
+    if half:
+        axes.axvline(half + 0.5, color="grey", linestyle="--", linewidth=1)
+    axes.axvline(rule.min_trials + 0.5, color="grey", linestyle=":", linewidth=1)
+    if len(finite) and (finite > 0).all():
+        axes.set_yscale("log")
+    axes.set_xlabel("trial (counted, in order; dashed: the halves; dotted: the minimum count)")
+    axes.set_ylabel(objective)
+    axes.set_title(f"{study.study_name}\n{verdict.verdict}", fontsize=9)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+
+
+SATURATION_COLUMNS = (
+    "study",
+    "task",
+    "optimizer",
+    "objective",
+    "budget_steps",
+    "until",
+    "trials",
+    "complete",
+    "diverged",
+    "pruned",
+    "failed",
+    "best_value",
+    "first_half_best",
+    "second_half_best",
+    "second_half_gain",
+    "tolerance",
+    "saturated",
+    "verdict",
+)
+
+
+def saturation_table(
+    studies: list[optuna.Study], rule: SaturationRule = DEFAULT_RULE
+) -> pd.DataFrame:
+    """One row per study (``SATURATION_COLUMNS``), on each study's result so far."""
+    rows = []
+    for study in studies:
+        protocol = stored_protocol(study)
+        chosen = study_result(study)
+        states = [_state(t, set()) for t in chosen]
+        verdict = saturation_verdict(trial_values(chosen), protocol["objective"], rule)
+        rows.append(
+            {
+                "study": study.study_name,
+                "task": protocol["task"],
+                "optimizer": protocol["optimizer"],
+                "objective": protocol["objective"],
+                "budget_steps": protocol["budget_steps"],
+                "until": study.user_attrs.get(ATTR_UNTIL, "trials"),
+                "trials": verdict.trials,
+                "complete": states.count("complete"),
+                "diverged": states.count("diverged"),
+                "pruned": states.count("pruned"),
+                "failed": states.count("fail"),
+                "best_value": verdict.best,
+                "first_half_best": verdict.first_half_best,
+                "second_half_best": verdict.second_half_best,
+                "second_half_gain": verdict.gain,
+                "tolerance": verdict.tolerance,
+                "saturated": verdict.saturated,
+                "verdict": verdict.verdict,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(SATURATION_COLUMNS))
+
+
+def saturation_markdown(table: pd.DataFrame) -> str:
+    """``table`` (from :func:`saturation_table`) as a markdown table."""
+    header = ["study", "trials", "diverged", "pruned", "best", "2nd-half gain", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for row in table.itertuples(index=False):
+        gain = "—" if pd.isna(row.second_half_gain) else f"{row.second_half_gain:.1%}"
+        best = "—" if pd.isna(row.best_value) else f"{row.best_value:.4g}"
+        cells = [row.study, row.trials, row.diverged, row.pruned, best, gain, row.verdict]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_text(text: str, path: Path) -> Path:
+    return write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _palette() -> list[str]:

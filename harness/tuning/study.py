@@ -8,9 +8,14 @@ silently mixing two experiments.
 
 Trial states, and what counts towards the study's ``trials``:
 
-* ``COMPLETE``: counted; its value is the objective.
+* ``COMPLETE``: counted; its value is the objective. Since protocol version 2, a trial whose run
+  diverged is also ``COMPLETE``, marked ``diverged`` (with its ``fail_reason``), and its value is
+  a penalty: the worst finite objective value seen on the diverging run, at least the untrained
+  model's loss (step 0). So TPE learns that the region is bad instead of sampling it again; a
+  diverged trial is never a study's best.
 * ``PRUNED``: counted (the pruner stopped it: a trial the budget paid for).
-* ``FAIL`` with ``fail_reason`` ``diverged ...``: counted (the configuration diverged).
+* ``FAIL`` with ``fail_reason`` ``diverged ...``: counted (protocol version 1 recorded diverged
+  trials so; TPE ignores failed trials).
 * ``FAIL`` marked interrupted (a study attribute ``interrupted_trial_<n>``): not counted. A
   trial left ``RUNNING`` by a process that no longer exists (killed, even by ``kill -9``) is
   marked so when any worker on the same machine starts, and its parameters are queued again, so
@@ -34,7 +39,8 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.errors import UsageError
 from harness.tuning.space import SearchSpace
 
-PROTOCOL_VERSION = 1
+#: 2: diverged trials complete with a penalty value (1: they failed); ``until=saturated``.
+PROTOCOL_VERSION = 2
 OBJECTIVES = {"valid_loss": "valid", "train_loss": "train"}
 OBJECTIVE_AT = ("final", "best")
 SAMPLERS = ("tpe", "random", "grid", "qmc")
@@ -42,6 +48,9 @@ PRUNERS = ("median", "none")
 
 ATTR_PROTOCOL = "protocol"
 ATTR_DEFAULTS_QUEUED = "defaults_queued"
+ATTR_TRIALS = "trials"  # the study's result is its first ``trials`` counted trials
+ATTR_UNTIL = "until"  # the stop rule of the last tuning run: "trials" or "saturated"
+ATTR_DIVERGED = "diverged"  # trial attribute: the run diverged; its value is the penalty
 
 
 @dataclass(frozen=True)
@@ -74,10 +83,16 @@ class Protocol:
 
 
 def study_name(
-    task: str, optimizer: str, objective: str, budget_steps: int, sampler: str, tag: str = ""
+    task: str,
+    optimizer: str,
+    objective: str,
+    budget_steps: int,
+    sampler: str,
+    tag: str = "",
+    version: int = PROTOCOL_VERSION,
 ) -> str:
-    """E.g. ``mnist5k_cnn16-adam-valid_loss-300steps-tpe-p1``."""
-    name = f"{task}-{optimizer}-{objective}-{budget_steps}steps-{sampler}-p{PROTOCOL_VERSION}"
+    """E.g. ``mnist5k_cnn16-adam-valid_loss-300steps-tpe-p2`` (``-TAG`` appended if given)."""
+    name = f"{task}-{optimizer}-{objective}-{budget_steps}steps-{sampler}-p{version}"
     return f"{name}-{tag}" if tag else name
 
 
@@ -123,9 +138,22 @@ def counted_trials(study: optuna.Study, trials: int) -> list[FrozenTrial]:
     return sorted(count_trials(study).counted, key=lambda t: t.number)[:trials]
 
 
+def is_diverged(trial: FrozenTrial) -> bool:
+    """Whether the trial's run diverged (version 2: marked; version 1: failed so)."""
+    if trial.user_attrs.get(ATTR_DIVERGED):
+        return True
+    reason = str(trial.user_attrs.get("fail_reason", ""))
+    return trial.state == TrialState.FAIL and reason.startswith("diverged")
+
+
 def best_trial(study: optuna.Study, trials: int) -> FrozenTrial | None:
-    """The completed trial with the lowest objective among the counted ones (None if none)."""
-    complete = [t for t in counted_trials(study, trials) if t.state == TrialState.COMPLETE]
+    """The completed, non-diverged trial with the lowest objective among the counted ones
+    (None if none)."""
+    complete = [
+        t
+        for t in counted_trials(study, trials)
+        if t.state == TrialState.COMPLETE and not is_diverged(t)
+    ]
     return min(complete, key=lambda t: (t.value, t.number)) if complete else None
 
 

@@ -1,11 +1,14 @@
 """The tuning loop, the re-evaluation of the winner, and the lookup of tuned configurations.
 
 :func:`tune` runs a study until it holds ``trials`` counted trials (see
-:mod:`harness.tuning.study`), working with any other process tuning the same study on the same
-storage: each trial is claimed under the storage's lock, so together they run exactly
-``trials`` trials, and a rerun after a crash or ``kill -9`` runs only the missing ones. The
+:mod:`harness.tuning.study`), or, with ``until="saturated"``, until the study meets the saturation
+rule (:mod:`harness.tuning.saturation`) with ``trials`` as the cap; then the study's trial count
+becomes the count at which it saturated. It works with any other process tuning the same study
+on the same storage: each trial is claimed under the storage's lock, so together they run exactly
+the trials needed, and a rerun after a crash or ``kill -9`` runs only the missing ones. The
 optimizer's default hyperparameters are queued as the first trial (except for the grid sampler,
-whose points are the whole design).
+whose points are the whole design). A diverged trial completes with a penalty value (see
+:mod:`harness.tuning.objective`), so the sampler learns to avoid where runs diverge.
 
 When the study is complete, the best configuration is trained again with ``eval_seeds`` fresh
 seeds (``EVAL_SEED_OFFSET + k``; the tuning seeds are ``0 .. seeds-1``), with whole-split
@@ -21,6 +24,7 @@ are kept as they were).
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -36,19 +40,36 @@ from harness.plan import RunPlan, execute
 from harness.registry import OPTIMIZERS, TASKS, create_task
 from harness.results.io import read_results
 from harness.results.schema import canonical_json
-from harness.tuning.export import plot_objective_vs_lr, trials_frame, write_trials
+from harness.tuning.export import (
+    plot_best_so_far,
+    plot_objective_vs_lr,
+    trials_frame,
+    write_trials,
+)
 from harness.tuning.objective import TrialDiverged, evaluate_configuration
+from harness.tuning.saturation import (
+    DEFAULT_RULE,
+    Saturation,
+    saturation_verdict,
+    study_saturation,
+    trial_values,
+)
 from harness.tuning.space import SearchSpace, grid_points_total, search_space
 from harness.tuning.storage import DEFAULT_STORAGE, OpenedStorage, open_storage
 from harness.tuning.study import (
     ATTR_DEFAULTS_QUEUED,
+    ATTR_DIVERGED,
+    ATTR_TRIALS,
+    ATTR_UNTIL,
     OBJECTIVE_AT,
     OBJECTIVES,
+    PROTOCOL_VERSION,
     PRUNERS,
     SAMPLERS,
     Protocol,
     best_trial,
     count_trials,
+    counted_trials,
     load_existing,
     load_or_create,
     recover_interrupted,
@@ -61,7 +82,7 @@ from optimizers.base import resolve_hparams
 from tasks.base import task_config
 
 EVAL_SEED_OFFSET = 1000
-ATTR_TRIALS = "trials"
+UNTIL = ("trials", "saturated")
 Log = Callable[[str], None]
 
 
@@ -72,6 +93,7 @@ class TuneSettings:
     task: str
     optimizer: str
     trials: int = 20
+    until: str = "trials"
     objective: str = "valid_loss"
     objective_at: str = "final"
     budget_steps: int | None = None
@@ -97,6 +119,7 @@ class TuneSettings:
             "pruner": PRUNERS,
             "objective": tuple(OBJECTIVES),
             "objective_at": OBJECTIVE_AT,
+            "until": UNTIL,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -116,6 +139,11 @@ class TuneSettings:
             raise UsageError(f"eval_seeds must be >= 0, got {self.eval_seeds}")
         if self.grid_points < 2:
             raise UsageError(f"grid_points must be >= 2, got {self.grid_points}")
+        if self.until == "saturated" and self.trials < DEFAULT_RULE.min_trials:
+            raise UsageError(
+                f"until=saturated: trials is the cap and must be >= {DEFAULT_RULE.min_trials} "
+                f"(the saturation rule's minimum), got {self.trials}"
+            )
 
 
 @dataclass
@@ -127,6 +155,7 @@ class TuneOutcome:
     best_value: float | None
     best_hparams: dict[str, Any] | None
     best_runs: Path | None
+    saturation: Saturation | None = None
 
 
 def prepare(settings: TuneSettings) -> tuple[Protocol, SearchSpace, dict[str, Any]]:
@@ -216,42 +245,76 @@ def tune(settings: TuneSettings, log: Log = print) -> TuneOutcome:
     task = create_task(settings.task, device=settings.device, **settings.task_cfg)
     distributions = {n: dim.distribution() for n, dim in space.items()}
     with opened.claim():
-        study.set_user_attr(ATTR_TRIALS, max(settings.trials, study.user_attrs.get(ATTR_TRIALS, 0)))
+        target = _target(study, settings)
+        study.set_user_attr(ATTR_TRIALS, target)
+        study.set_user_attr(ATTR_UNTIL, settings.until)
         recovered = recover_interrupted(study)
         if recovered:
             log(f"{name}: {recovered} interrupted trial(s) queued again")
         _queue_defaults(study, protocol, space, base, log)
         done = len(count_trials(study).counted)
-    log(f"{name}: {done} of {settings.trials} trials done, in {settings.storage}")
+    goal = f"until saturated, at most {target}" if settings.until == "saturated" else str(target)
+    log(f"{name}: {done} trials done ({goal}), in {settings.storage}")
     ran = 0
     while True:
         with opened.claim():
             counts = count_trials(study)
-            if counts.claimed >= settings.trials:
+            if settings.until == "saturated" and _saturated_now(study, protocol, log):
+                break
+            if counts.claimed >= target:
                 break
             trial = study.ask(distributions)
             trial.set_user_attr("worker", worker_id())
-        _run_trial(study, trial, task, protocol, base, settings.trials, log)
+        _run_trial(study, trial, task, protocol, base, target, log)
         ran += 1
     counts = count_trials(study)
     if counts.in_flight:
         log(f"{name}: {len(counts.in_flight)} trial(s) still running in other processes")
+    trials = int(study.user_attrs[ATTR_TRIALS])
     best_runs = None
-    best = best_trial(study, settings.trials)
-    if best is not None and len(counts.counted) >= settings.trials and settings.eval_seeds:
+    best = best_trial(study, trials)
+    complete = len(counts.counted) >= trials
+    if best is not None and complete and settings.eval_seeds:
         with opened.claim():
-            best_runs = evaluate_best(study, name, best, protocol, settings, log)
-    if len(counts.counted) >= settings.trials:
-        export_study(study, name, settings.trials, Path(settings.out) / name)
+            best_runs = evaluate_best(study, name, best, protocol, settings, trials, log)
+    if complete:
+        export_study(study, name, trials, Path(settings.out) / name)
     return TuneOutcome(
         study=name,
-        counted=min(len(counts.counted), settings.trials),
+        counted=min(len(counts.counted), trials),
         ran=ran,
         best_number=None if best is None else best.number,
         best_value=None if best is None else best.value,
         best_hparams=None if best is None else json.loads(best.user_attrs["hparams"]),
         best_runs=best_runs,
+        saturation=study_saturation(study, min(len(counts.counted), trials)),
     )
+
+
+def _target(study: optuna.Study, settings: TuneSettings) -> int:
+    """The study's trial count for this run: ``trials`` (never below what the study already
+    asked for), or, for ``until=saturated``, the count at which it already saturated."""
+    stored = int(study.user_attrs.get(ATTR_TRIALS, 0))
+    if settings.until == "saturated" and stored and study.user_attrs.get(ATTR_UNTIL) == "saturated":
+        first = counted_trials(study, stored)
+        objective = stored_protocol(study)["objective"]
+        if len(first) == stored and saturation_verdict(trial_values(first), objective).saturated:
+            return stored
+    return max(settings.trials, stored)
+
+
+def _saturated_now(study: optuna.Study, protocol: Protocol, log: Log) -> bool:
+    """Whether the counted trials so far meet the saturation rule; if so the study's trial count
+    becomes their number (call it holding the claim lock)."""
+    stored = int(study.user_attrs[ATTR_TRIALS])
+    counted = counted_trials(study, stored)
+    verdict = saturation_verdict(trial_values(counted), protocol.objective)
+    if not verdict.saturated:
+        return False
+    if len(counted) < stored:
+        study.set_user_attr(ATTR_TRIALS, len(counted))
+        log(f"{study.study_name}: {verdict.verdict}, after {len(counted)} trials")
+    return True
 
 
 def _queue_defaults(
@@ -294,9 +357,14 @@ def _run_trial(
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         outcome = f"pruned ({exc})"
     except TrialDiverged as exc:
-        trial.set_user_attr("fail_reason", f"diverged: {exc}")
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        outcome = f"failed: {exc}"
+        trial.set_user_attr("fail_reason", str(exc))  # "diverged at step ..."
+        if math.isfinite(exc.penalty):
+            trial.set_user_attr(ATTR_DIVERGED, True)
+            study.tell(trial, exc.penalty)
+            outcome = f"{exc}; penalty {protocol.objective} {exc.penalty:.5g}"
+        else:  # nothing finite to tell the sampler
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            outcome = f"failed: {exc}"
     else:
         study.tell(trial, value)
         outcome = f"{protocol.objective} {value:.5g}"
@@ -312,6 +380,7 @@ def evaluate_best(
     best: optuna.trial.FrozenTrial,
     protocol: Protocol,
     settings: TuneSettings,
+    trials: int,
     log: Log,
 ) -> Path:
     """Train the best configuration with fresh seeds; its tidy rows, tagged, in ``best_runs.csv``.
@@ -319,7 +388,7 @@ def evaluate_best(
     Skipped (the file is kept) when it already holds this trial's re-evaluation.
     """
     out = Path(settings.out) / name / "best_runs.csv"
-    tags = tuning_tags(name, best, settings.trials, protocol)
+    tags = tuning_tags(name, best, trials, protocol)
     if out.is_file():
         existing = read_results(out)
         if (
@@ -365,9 +434,11 @@ def tuning_tags(
 
 
 def export_study(study: optuna.Study, name: str, trials: int, folder: Path) -> list[Path]:
-    """``trials.csv`` and ``objective_vs_lr.png`` of one study into ``folder``."""
+    """``trials.csv``, ``best_so_far.png`` and ``objective_vs_lr.png`` of one study into
+    ``folder``."""
     frame = trials_frame(study, trials)
     written = [write_trials(frame, folder / "trials.csv")]
+    written.append(plot_best_so_far(study, trials, folder / "best_so_far.png"))
     if "param_lr" in frame.columns:
         written.append(plot_objective_vs_lr(frame, folder / "objective_vs_lr.png", title=name))
     return written
@@ -386,11 +457,12 @@ def tuned_configuration(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(hparams, tags)`` of the best trial of a complete study, for ``lopt bench tuned=true``.
 
-    ``task_cfg`` (the run's task settings) must agree with those the study was tuned on: a
-    learning rate tuned on one data split or batch size is not the tuned one for another.
-    ``UsageError`` naming the ``lopt tune`` command that creates (or finishes) the study.
+    The study is the one of the newest protocol version that ``storage`` holds (so studies made
+    under an earlier protocol, e.g. ``...-p1``, stay usable until they are redone; the tags name
+    the study used). ``task_cfg`` (the run's task settings) must agree with those the study was
+    tuned on: a learning rate tuned on one data split or batch size is not the tuned one for
+    another. ``UsageError`` naming the ``lopt tune`` command that creates (or finishes) the study.
     """
-    name = study_name(task, optimizer, objective, budget_steps, sampler, tag)
     command = (
         f"lopt tune task={task} optimizer={optimizer} objective={objective} "
         f"budget_steps={budget_steps} sampler={sampler}"
@@ -399,17 +471,24 @@ def tuned_configuration(
     )
     opened: OpenedStorage = open_storage(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = load_existing(opened.storage, name)
+    study = None
+    for version in range(PROTOCOL_VERSION, 0, -1):
+        name = study_name(task, optimizer, objective, budget_steps, sampler, tag, version)
+        study = load_existing(opened.storage, name)
+        if study is not None:
+            break
     if study is None:
+        name = study_name(task, optimizer, objective, budget_steps, sampler, tag)
         raise UsageError(
             f"no tuning study {name!r} in {storage}: create it with `{command} trials=N`"
         )
     trials = int(study.user_attrs.get(ATTR_TRIALS, 0))
     counted = len(count_trials(study).counted)
     if counted < trials:
+        until = " until=saturated" if study.user_attrs.get(ATTR_UNTIL) == "saturated" else ""
         raise UsageError(
             f"tuning study {name!r} has {counted} of its {trials} trials: finish it with "
-            f"`{command} trials={trials}`"
+            f"`{command}{until} trials={trials}`"
         )
     best = best_trial(study, trials)
     if best is None:
@@ -432,14 +511,20 @@ def tuned_configuration(
     return json.loads(best.user_attrs["hparams"]), tuning_tags(name, best, trials, protocol)
 
 
+def load_studies(storage: str) -> list[optuna.Study]:
+    """Every study in ``storage``, by name; ``UsageError`` if there is none."""
+    opened = open_storage(storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(opened.storage))
+    if not names:
+        raise UsageError(f"no tuning studies in {storage}")
+    return [optuna.load_study(study_name=name, storage=opened.storage) for name in names]
+
+
 def studies_frame(storage: str) -> pd.DataFrame:
     """The trials of every study in ``storage`` (see :func:`trials_frame`)."""
-    opened = open_storage(storage)
-    frames = []
-    for summary in optuna.get_all_study_summaries(opened.storage):
-        study = optuna.load_study(study_name=summary.study_name, storage=opened.storage)
-        trials = int(study.user_attrs.get(ATTR_TRIALS, 0))
-        frames.append(trials_frame(study, trials))
-    if not frames:
-        raise UsageError(f"no tuning studies in {storage}")
+    frames = [
+        trials_frame(study, int(study.user_attrs.get(ATTR_TRIALS, 0)))
+        for study in load_studies(storage)
+    ]
     return pd.concat(frames, ignore_index=True)
