@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 TASK_ENTRY_POINT_GROUP = "lopt_harness.tasks"
 OPTIMIZER_ENTRY_POINT_GROUP = "lopt_harness.optimizers"
+LEARNER_ENTRY_POINT_GROUP = "lopt_harness.learners"
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,8 @@ def _same_object(a: Any, b: Any) -> bool:
 
 TASKS = Registry("task", TASK_ENTRY_POINT_GROUP, "tasks")
 OPTIMIZERS = Registry("optimizer", OPTIMIZER_ENTRY_POINT_GROUP, "optimizers")
+#: learned-optimizer families (:class:`optimizers.base.MetaLearnable`): what meta-training trains
+LEARNERS = Registry("learner", LEARNER_ENTRY_POINT_GROUP, "optimizers")
 
 
 def register_task(name: str) -> Callable[[T], T]:
@@ -175,6 +178,35 @@ def register_optimizer(name: str) -> Callable[[T], T]:
     """Class decorator: make a :class:`optimizers.base.Optimizer` subclass available as
     ``optimizer=name``."""
     return OPTIMIZERS.register(name)
+
+
+def register_learner(name: str) -> Callable[[T], T]:
+    """Class decorator: make a :class:`optimizers.base.MetaLearnable` family available as
+    ``learner=name`` in ``lopt meta-train`` (and to checkpoints that record it); sets the class's
+    ``family``."""
+    register = LEARNERS.register(name)
+
+    def decorator(factory: T) -> T:
+        factory.family = name  # type: ignore[attr-defined]
+        return register(factory)
+
+    return decorator
+
+
+def create_learner(name: str, **settings: Any) -> Any:
+    """Build the learner family registered as ``name`` with its ``settings`` (a bad setting is
+    a one-line ``UsageError``)."""
+    from harness.errors import UsageError
+
+    factory = LEARNERS.get(name).factory
+    try:
+        return factory(**settings)
+    except TypeError as exc:
+        allowed = [p for p in inspect.signature(factory).parameters if p not in ("self",)]
+        raise UsageError(
+            f"learner {name} takes the settings {', '.join(allowed) or 'none'}; got "
+            f"{', '.join(sorted(settings)) or 'none'} ({exc})"
+        ) from exc
 
 
 def list_tasks(pattern: str | None = None) -> list[str]:

@@ -2,9 +2,18 @@
 
 The contract every optimizer follows is in :mod:`optimizers.base`; add your own with
 ``@register_optimizer("name")`` on an :class:`~optimizers.base.Optimizer` subclass (see README).
+Learned-optimizer families (what ``lopt meta-train`` trains) follow
+:class:`~optimizers.base.MetaLearnable` and register with ``@register_learner("name")``.
 """
 
-from optimizers import adam, learned, pretrained, rmsprop, sgd  # noqa: F401  (registration)
-from optimizers.base import HParam, Optimizer, OptState, Params, TorchOptimizer
+from optimizers import (  # noqa: F401  (registration)
+    adam,
+    learned,
+    learned_hparams,
+    pretrained,
+    rmsprop,
+    sgd,
+)
+from optimizers.base import HParam, MetaLearnable, Optimizer, OptState, Params, TorchOptimizer
 
-__all__ = ["HParam", "OptState", "Optimizer", "Params", "TorchOptimizer"]
+__all__ = ["HParam", "MetaLearnable", "OptState", "Optimizer", "Params", "TorchOptimizer"]

@@ -24,7 +24,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -172,6 +172,61 @@ def resolve_hparams(
     return {
         name: spec.validate(given.get(name, spec.default), owner) for name, spec in known.items()
     }
+
+
+# -- the contract of meta-learnable optimizers ----------------------------------------------------
+@runtime_checkable
+class MetaLearnable(Protocol):
+    """What meta-training needs of a learned-optimizer family (a *learner*).
+
+    A learner is the arithmetic of a learned optimizer without its meta-parameters: the update
+    as a pure function of a flat ``theta``. With ``theta`` fixed it is an ordinary optimizer of
+    the contract above (:class:`optimizers.learned.LearnedOptimizer` serves it, from a
+    checkpoint or a theta); meta-training (:mod:`harness.meta`) calls :meth:`apply` with a
+    ``theta`` that requires gradients, or a perturbed one.
+
+    Families register with :func:`harness.registry.register_learner` (``learner=NAME`` in
+    ``lopt meta-train``); the registry sets ``family``. A learner is built from its settings,
+    ``Family(**settings)``, and :meth:`record` returns those settings as plain data (stored in
+    checkpoints), so ``Family(**learner.record())`` rebuilds the same learner.
+
+    Contract:
+
+    * ``num_theta``: the size P of the flat, float32 meta-parameter vector ``theta`` ``(P,)``.
+    * ``init_theta(seed)``: a fresh ``theta`` (CPU, float32), a pure function of ``seed``.
+    * ``init(params)``: the optimizer state before the first update. Its layout is fixed:
+      ``{"step": 0, NAME: tensor, ...}``; every entry but ``step`` is a tensor ``(..., N)`` whose
+      last dimension runs over all N parameter elements, concatenated in order
+      (:func:`optimizers.learned.param_layout`). Meta-training stores, detaches, stacks and
+      checks them entry by entry; ``LOpt`` keeps per-parameter views of them.
+    * ``apply(theta, grads, state, params, *, reuse_buffers=False)`` -> ``(new_params,
+      new_state)``, with ``new_state["step"] == state["step"] + 1``: pure (inputs untouched),
+      differentiable in ``theta``, ``grads`` and ``params``, correct under ``torch.func.vmap``
+      (a per-example ``theta``). ``reuse_buffers`` (only without autograd, outside vmap) may keep
+      large intermediates between calls; the arithmetic must not change.
+    * ``record()``: the settings as plain data (JSON-able).
+    """
+
+    family: ClassVar[str]
+
+    @property
+    def num_theta(self) -> int: ...
+
+    def init_theta(self, seed: int) -> torch.Tensor: ...
+
+    def init(self, params: Params) -> OptState: ...
+
+    def apply(
+        self,
+        theta: torch.Tensor,
+        grads: Params,
+        state: OptState,
+        params: Params,
+        *,
+        reuse_buffers: bool = False,
+    ) -> tuple[Params, OptState]: ...
+
+    def record(self) -> dict[str, Any]: ...
 
 
 # -- shared declarations ---------------------------------------------------------------------------

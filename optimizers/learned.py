@@ -36,13 +36,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from harness.errors import UsageError
-from harness.registry import register_optimizer
-from optimizers.base import HParam, Optimizer, OptState, Params
+from harness.registry import register_learner, register_optimizer
+from optimizers.base import HParam, MetaLearnable, Optimizer, OptState, Params
 
 DECAYS: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 TIME_SCALES: tuple[float, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
@@ -360,77 +360,45 @@ def _buffer(
     return buffer
 
 
-# -- the harness plugin ----------------------------------------------------------------------------
-@register_optimizer("lopt")
-class LearnedOptimizer(Optimizer):
-    """Learned optimizer (Metz et al. 2019): a per-parameter MLP, theta from `lopt meta-train`.
+# -- the learner family (what meta-training trains) ------------------------------------------------
+@register_learner("mlp")
+class MLPLearner:
+    """The paper's learned optimizer as a meta-learnable family (``learner=mlp``).
 
-    ``checkpoint`` is a file written by ``lopt meta-train`` (``DIR/lopt.pt``); left empty, the
-    optimizer is the untrained one (``theta`` = :func:`init_theta` with seed 0, default
-    architecture). The checkpoint is loaded, without executing code, when the optimizer is built,
-    so a bad path fails before any run starts.
-
-    State: ``{"step": t, "accumulators": (A, N) tensor}``. ``update`` is pure and differentiable.
+    Settings: the fields of :class:`LOptArchitecture` (``hidden_sizes``, ``second_moments``,
+    ...). State: ``{"step": t, "accumulators": (A, N)}``. The contract is
+    :class:`optimizers.base.MetaLearnable`.
     """
 
-    hparam_specs = (
-        HParam(
-            "checkpoint",
-            "",
-            "learned-optimizer checkpoint written by `lopt meta-train` (empty: untrained)",
-        ),
-    )
+    family: ClassVar[str] = "mlp"
 
-    #: set by :mod:`optimizers.pretrained` for the shipped checkpoints served by name
-    pretrained_checkpoint: str = ""
-
-    def __init__(self, **hparams: Any) -> None:
-        super().__init__(**hparams)
-        path = str(self.hparams.get("checkpoint", "") or self.pretrained_checkpoint)
-        if path:
-            from harness.meta.checkpoint import load_lopt_checkpoint
-
-            loaded = load_lopt_checkpoint(path)
-            self.architecture, self.theta = loaded.architecture, loaded.theta
-            self.meta_training: dict[str, Any] = loaded.meta_training
-        else:
-            self.architecture = LOptArchitecture()
-            self.theta = init_theta(self.architecture, UNTRAINED_SEED)
-            self.meta_training = {}
-        self._weights: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+    def __init__(self, **settings: Any) -> None:
+        self.architecture = LOptArchitecture.from_dict(dict(settings))
         self._workspace: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_theta(
-        cls, theta: torch.Tensor, architecture: LOptArchitecture | None = None
-    ) -> LearnedOptimizer:
-        """The learned optimizer with these meta-parameters (no checkpoint file)."""
-        opt = cls()
-        opt.architecture = architecture or LOptArchitecture()
-        unpack_theta(opt.architecture, theta)  # checks the size
-        opt.theta = theta.detach().clone()
-        return opt
+    def of(cls, architecture: LOptArchitecture | None = None) -> MLPLearner:
+        """The learner of ``architecture`` (default: the paper's)."""
+        return cls(**(architecture or LOptArchitecture()).to_dict())
+
+    @property
+    def num_theta(self) -> int:
+        return self.architecture.num_theta
+
+    def init_theta(self, seed: int) -> torch.Tensor:
+        return init_theta(self.architecture, seed)
+
+    def record(self) -> dict[str, Any]:
+        return self.architecture.to_dict()
 
     def init(self, params: Params) -> OptState:
         layout = param_layout(params)
         ref = params[0]
+        rows = self.architecture.num_accumulators
         return {
             "step": 0,
-            "accumulators": torch.zeros(
-                self.architecture.num_accumulators, layout.numel, dtype=ref.dtype, device=ref.device
-            ),
+            "accumulators": torch.zeros(rows, layout.numel, dtype=ref.dtype, device=ref.device),
         }
-
-    def update(self, grads: Params, state: OptState, params: Params) -> tuple[Params, OptState]:
-        ref = params[0]
-        key = (ref.device, ref.dtype)
-        weights = self._weights.get(key)
-        if weights is None:
-            theta = self.theta.to(device=ref.device, dtype=ref.dtype)
-            weights = self._weights[key] = unpack_theta(self.architecture, theta)
-        # without autograd (the runner, LOpt.step) large intermediates are reused across calls
-        workspace = None if torch.is_grad_enabled() else self._workspace
-        return self._apply(weights, grads, state, params, workspace)
 
     def apply(
         self,
@@ -441,54 +409,144 @@ class LearnedOptimizer(Optimizer):
         *,
         reuse_buffers: bool = False,
     ) -> tuple[Params, OptState]:
-        """:meth:`update` with the meta-parameters ``theta`` instead of ``self.theta``
-        (meta-training: ``theta`` requires gradients; a per-example ``theta`` under vmap).
-
-        ``reuse_buffers`` (only without autograd, outside vmap) keeps the large intermediates
-        between calls, as :meth:`update` does under ``no_grad``.
-        """
-        workspace = self._workspace if reuse_buffers else None
-        return self._apply(unpack_theta(self.architecture, theta), grads, state, params, workspace)
-
-    def _apply(
-        self,
-        weights: list[torch.Tensor],
-        grads: Params,
-        state: OptState,
-        params: Params,
-        workspace: dict[str, torch.Tensor] | None = None,
-    ) -> tuple[Params, OptState]:
+        """One update with the meta-parameters ``theta`` (see :func:`lopt_update`)."""
         layout = param_layout(params)
         new_flat, accumulators = lopt_update(
             self.architecture,
-            weights,
+            unpack_theta(self.architecture, theta),
             layout,
             layout.flatten(grads),
             layout.flatten(params),
             state["accumulators"],
             state["step"],
-            workspace,
+            self._workspace if reuse_buffers else None,
         )
         return layout.unflatten(new_flat), {"step": state["step"] + 1, "accumulators": accumulators}
 
 
+# -- the harness plugin ----------------------------------------------------------------------------
+@register_optimizer("lopt")
+class LearnedOptimizer(Optimizer):
+    """Learned optimizer served from a meta-trained checkpoint (any learner family).
+
+    ``checkpoint`` is a file written by ``lopt meta-train`` (``DIR/lopt.pt``) or the name of a
+    shipped one (``lopt_mnist5k_train``); left empty, the optimizer is the untrained paper
+    optimizer (family ``mlp``, ``theta`` = :func:`init_theta` with seed 0). The checkpoint is
+    loaded, without executing code, when the optimizer is built, so a bad path fails before any
+    run starts. :meth:`from_theta` serves a ``theta`` held in memory instead.
+
+    State and arithmetic are the learner's (:class:`optimizers.base.MetaLearnable`); ``update``
+    is ``learner.apply(theta, ...)``, pure and differentiable.
+    """
+
+    hparam_specs = (
+        HParam(
+            "checkpoint",
+            "",
+            "checkpoint written by `lopt meta-train`, or a shipped name (empty: untrained)",
+        ),
+    )
+
+    #: set by :mod:`optimizers.pretrained` for the shipped checkpoints served by name
+    pretrained_checkpoint: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        learner: MetaLearnable | None = None,
+        theta: torch.Tensor | None = None,
+        **hparams: Any,
+    ) -> None:
+        super().__init__(**hparams)
+        path = str(self.hparams.get("checkpoint", "") or self.pretrained_checkpoint)
+        if (learner is None) != (theta is None):
+            raise UsageError("give a learned optimizer both a learner and a theta, or neither")
+        if learner is not None and path:
+            raise UsageError("give a learned optimizer a checkpoint or a theta, not both")
+        self.meta_training: dict[str, Any] = {}
+        if learner is None and path:
+            from optimizers.checkpoint import load_lopt_checkpoint
+
+            loaded = load_lopt_checkpoint(path)
+            learner, theta = loaded.learner, loaded.theta
+            self.meta_training = loaded.meta_training
+        elif learner is None:
+            learner = MLPLearner.of()
+            theta = learner.init_theta(UNTRAINED_SEED)
+        assert theta is not None
+        if theta.shape != (learner.num_theta,):
+            raise UsageError(
+                f"theta has shape {tuple(theta.shape)}; the learner {learner.family} needs "
+                f"({learner.num_theta},)"
+            )
+        self.learner: MetaLearnable = learner
+        self.theta = theta.detach().clone()
+        self._theta_on: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    @classmethod
+    def from_theta(
+        cls,
+        theta: torch.Tensor,
+        learner: MetaLearnable | LOptArchitecture | None = None,
+    ) -> LearnedOptimizer:
+        """The learned optimizer with these meta-parameters (no checkpoint file); ``learner``
+        defaults to the paper's MLP (an :class:`LOptArchitecture` selects its settings)."""
+        if learner is None or isinstance(learner, LOptArchitecture):
+            learner = MLPLearner.of(learner)
+        return cls(learner=learner, theta=theta)
+
+    @property
+    def architecture(self) -> Any:
+        """The learner's architecture record (for the MLP: its :class:`LOptArchitecture`)."""
+        return getattr(self.learner, "architecture", None)
+
+    def init(self, params: Params) -> OptState:
+        return self.learner.init(params)
+
+    def update(self, grads: Params, state: OptState, params: Params) -> tuple[Params, OptState]:
+        ref = params[0]
+        key = (ref.device, ref.dtype)
+        theta = self._theta_on.get(key)
+        if theta is None:
+            theta = self._theta_on[key] = self.theta.to(device=ref.device, dtype=ref.dtype)
+        # without autograd (the runner, LOpt.step) large intermediates are reused across calls
+        return self.learner.apply(
+            theta, grads, state, params, reuse_buffers=not torch.is_grad_enabled()
+        )
+
+    def apply(
+        self,
+        theta: torch.Tensor,
+        grads: Params,
+        state: OptState,
+        params: Params,
+        *,
+        reuse_buffers: bool = False,
+    ) -> tuple[Params, OptState]:
+        """:meth:`update` with the meta-parameters ``theta`` instead of ``self.theta``."""
+        return self.learner.apply(theta, grads, state, params, reuse_buffers=reuse_buffers)
+
+
 # -- torch.optim -----------------------------------------------------------------------------------
 class LOpt(torch.optim.Optimizer):
-    """The learned optimizer as a ``torch.optim.Optimizer``, for any PyTorch training loop::
+    """A learned optimizer as a ``torch.optim.Optimizer``, for any PyTorch training loop::
 
-        opt = LOpt(model.parameters(), checkpoint="meta/lopt.pt")
+        opt = LOpt(model.parameters(), checkpoint="lopt_mnist5k_train")  # or "meta/lopt.pt"
         loss.backward(); opt.step(); opt.zero_grad()
 
     It computes exactly what :class:`LearnedOptimizer` computes (the same function), over all
     parameters that have a gradient, all groups together (the per-tensor normalisation is per
-    parameter tensor, so groups change nothing). Per-parameter state: ``accumulators``
-    (``(A, numel)``, views of one flat buffer) and ``step``; the time feature's ``t`` is the
-    number of steps this optimizer has taken. ``state_dict``/``load_state_dict`` work as usual.
+    parameter tensor, so groups change nothing). Per-parameter state: ``step`` and one view per
+    entry of the learner's state (for the paper's MLP ``accumulators``, ``(A, numel)``), views of
+    one flat buffer per entry; the time feature's ``t`` is the number of steps this optimizer
+    has taken. ``state_dict``/``load_state_dict`` work as usual.
 
     Args:
         params: parameters or parameter groups (groups take no options).
-        checkpoint: a ``lopt meta-train`` checkpoint; None: the untrained optimizer.
-        theta, architecture: meta-parameters given directly instead of a checkpoint.
+        checkpoint: a ``lopt meta-train`` checkpoint or a shipped name; None: untrained.
+        theta, learner: meta-parameters given directly instead of a checkpoint (``learner``
+            a :class:`optimizers.base.MetaLearnable` or an :class:`LOptArchitecture`; default
+            the paper's MLP).
     """
 
     def __init__(
@@ -497,21 +555,21 @@ class LOpt(torch.optim.Optimizer):
         checkpoint: str | None = None,
         *,
         theta: torch.Tensor | None = None,
-        architecture: LOptArchitecture | None = None,
+        learner: MetaLearnable | LOptArchitecture | None = None,
     ) -> None:
         super().__init__(params, {})
         if theta is not None:
             if checkpoint:
                 raise UsageError("give LOpt a checkpoint or a theta, not both")
-            self.functional = LearnedOptimizer.from_theta(theta, architecture)
+            self.functional = LearnedOptimizer.from_theta(theta, learner)
         else:
             self.functional = LearnedOptimizer(checkpoint=str(checkpoint or ""))
         self._flat_key: tuple[int, ...] | None = None
-        self._flat_accumulators: torch.Tensor | None = None
+        self._flat_state: dict[str, torch.Tensor] = {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self._flat_key = None  # loaded per-parameter tensors: rebuild the flat buffer
+        self._flat_key = None  # loaded per-parameter tensors: rebuild the flat buffers
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -523,37 +581,44 @@ class LOpt(torch.optim.Optimizer):
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not params:
             return loss
-        accumulators = self._gather_accumulators(params)
+        flat = self._gather_state(params)
         step = max(self.state[p].get("step", 0) for p in params)
         new_params, new_state = self.functional.update(
-            tuple(p.grad for p in params),
-            {"step": step, "accumulators": accumulators},
-            tuple(params),
+            tuple(p.grad for p in params), {"step": step, **flat}, tuple(params)
         )
         torch._foreach_copy_(params, list(new_params))
-        accumulators.copy_(new_state["accumulators"])
+        for name, buffer in flat.items():
+            buffer.copy_(new_state[name])
         for p in params:
             self.state[p]["step"] = step + 1
         return loss
 
-    def _gather_accumulators(self, params: list[torch.Tensor]) -> torch.Tensor:
-        """The flat ``(A, N)`` accumulator buffer whose column blocks are the per-parameter
-        ``state[p]["accumulators"]`` (rebuilt when the set of parameters changes)."""
+    def _gather_state(self, params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The learner's flat state tensors ``(..., N)`` whose column blocks are the
+        per-parameter ``state[p][name]`` views (rebuilt when the set of parameters changes)."""
         key = tuple(id(p) for p in params)
-        if key == self._flat_key and self._flat_accumulators is not None:
-            return self._flat_accumulators
-        rows = self.functional.architecture.num_accumulators
-        blocks = []
+        if key == self._flat_key:
+            return self._flat_state
+        fresh = self.functional.init(tuple(params))
+        flat: dict[str, torch.Tensor] = {}
+        for name, initial in fresh.items():
+            if name == "step":
+                continue
+            blocks, offset = [], 0
+            for p in params:
+                block = initial[..., offset : offset + p.numel()]
+                existing = self.state[p].get(name)
+                if existing is not None and existing.shape == block.shape:
+                    block = existing.to(device=block.device, dtype=block.dtype)
+                blocks.append(block)
+                offset += p.numel()
+            flat[name] = torch.cat(blocks, dim=-1)
+        for name, buffer in flat.items():
+            offset = 0
+            for p in params:
+                self.state[p][name] = buffer[..., offset : offset + p.numel()]
+                offset += p.numel()
         for p in params:
-            existing = self.state[p].get("accumulators")
-            if existing is None or existing.shape != (rows, p.numel()):
-                existing = torch.zeros(rows, p.numel(), dtype=p.dtype, device=p.device)
-            blocks.append(existing.to(device=p.device, dtype=p.dtype))
-        flat = torch.cat(blocks, dim=1)
-        offset = 0
-        for p in params:
-            self.state[p]["accumulators"] = flat[:, offset : offset + p.numel()]
             self.state[p].setdefault("step", 0)
-            offset += p.numel()
-        self._flat_key, self._flat_accumulators = key, flat
+        self._flat_key, self._flat_state = key, flat
         return flat

@@ -6,16 +6,11 @@ The smallest "learned optimizer" there is, for the pathology study (``harness/pa
     w <- w - lr m
     lr = exp(theta[0]),  b = sigmoid(theta[1])   (learn_momentum; else b is the fixed momentum)
 
-It exposes the interface the meta-training machinery uses for the learned optimizer
-(:class:`optimizers.learned.LearnedOptimizer`), so :class:`harness.meta.truncation.InnerProblems`
-and :func:`harness.meta.estimators.antithetic_pair` drive it unchanged:
-
-* ``init(params)`` -> ``{"step": 0, "accumulators": (1, N) zeros}`` (N: all parameters);
-* ``apply(theta, grads, state, params, reuse_buffers=False)`` -> ``(new_params, new_state)``,
-  pure and differentiable in ``theta``, the gradients and the parameters, correct under
-  ``torch.func.vmap`` (a per-example ``theta``);
-* ``architecture`` (:class:`HParamArchitecture`: ``num_theta``, ``num_accumulators``,
-  ``to_dict``) and ``theta`` (the current meta-parameters).
+It is a learner family (``learner=hparams``, :class:`optimizers.base.MetaLearnable`), so
+meta-training drives it exactly as it drives the paper's MLP: state
+``{"step": t, "accumulators": (1, N)}`` (the momentum buffer), settings ``learn_momentum`` and
+``momentum`` (:class:`HParamArchitecture`). With a theta it is served as an ordinary optimizer by
+:class:`optimizers.learned.LearnedOptimizer` (``LearnedOptimizer.from_theta(theta, learner)``).
 
 With ``learn_momentum=False`` and ``momentum=0`` it is plain SGD with theta = [log lr]. On the
 quadratic task (largest Hessian eigenvalue ``lambda_max``) gradient descent is stable for
@@ -26,16 +21,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from harness.errors import UsageError
+from harness.registry import register_learner
 from optimizers.base import Params
 from optimizers.learned import param_layout
-
-#: names of theta's elements, in order (the second only with ``learn_momentum``)
-THETA_NAMES: tuple[str, ...] = ("log_lr", "logit_momentum")
 
 
 @dataclass(frozen=True)
@@ -67,10 +60,6 @@ class HParamArchitecture:
     def num_accumulators(self) -> int:
         """One momentum row."""
         return 1
-
-    @property
-    def theta_names(self) -> tuple[str, ...]:
-        return THETA_NAMES[: self.num_theta]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -105,25 +94,34 @@ def decode_theta(theta: torch.Tensor, architecture: HParamArchitecture) -> tuple
     return lr, momentum
 
 
+@register_learner("hparams")
 class LearnedHParams:
     """SGD with heavy-ball momentum, theta = ``[log lr, logit momentum]`` or ``[log lr]``.
 
-    Not a registered harness optimizer: it exists for the pathology study, which drives it
-    through :class:`harness.meta.truncation.InnerProblems` like the learned optimizer.
-    State: ``{"step": t, "accumulators": (1, N)}`` (the momentum buffer).
+    A learner family (``learner=hparams``) for the pathology study and as the smallest example
+    of the :class:`optimizers.base.MetaLearnable` contract. Settings: those of
+    :class:`HParamArchitecture`. ``init_theta`` is lr 0.1 and momentum 0.5 for every seed.
     """
 
-    def __init__(self, theta: torch.Tensor, architecture: HParamArchitecture | None = None) -> None:
-        self.architecture = architecture or HParamArchitecture()
-        decode_theta(theta, self.architecture)  # checks the size
-        self.theta = theta.detach().clone()
+    family: ClassVar[str] = "hparams"
+
+    def __init__(self, learn_momentum: bool = True, momentum: float = 0.0) -> None:
+        self.architecture = HParamArchitecture(learn_momentum=learn_momentum, momentum=momentum)
 
     @classmethod
-    def from_theta(
-        cls, theta: torch.Tensor, architecture: HParamArchitecture | None = None
-    ) -> LearnedHParams:
-        """The optimizer with these meta-parameters (architecture default: learned momentum)."""
-        return cls(theta, architecture)
+    def of(cls, architecture: HParamArchitecture) -> LearnedHParams:
+        return cls(**architecture.to_dict())
+
+    @property
+    def num_theta(self) -> int:
+        return self.architecture.num_theta
+
+    def init_theta(self, seed: int) -> torch.Tensor:
+        del seed  # deterministic: a moderate step, whatever the seed
+        return encode_theta(0.1, 0.5, learn_momentum=self.architecture.learn_momentum)
+
+    def record(self) -> dict[str, Any]:
+        return self.architecture.to_dict()
 
     def init(self, params: Params) -> dict[str, Any]:
         layout = param_layout(params)
@@ -132,13 +130,6 @@ class LearnedHParams:
             "step": 0,
             "accumulators": torch.zeros(1, layout.numel, dtype=ref.dtype, device=ref.device),
         }
-
-    def update(
-        self, grads: Params, state: dict[str, Any], params: Params
-    ) -> tuple[Params, dict[str, Any]]:
-        """One step with the stored theta."""
-        theta = self.theta.to(device=params[0].device, dtype=params[0].dtype)
-        return self.apply(theta, grads, state, params)
 
     def apply(
         self,
@@ -150,7 +141,7 @@ class LearnedHParams:
         reuse_buffers: bool = False,
     ) -> tuple[Params, dict[str, Any]]:
         """One step with the meta-parameters ``theta`` (differentiable; per-example under vmap).
-        ``reuse_buffers`` is accepted for the learned optimizer's interface and ignored."""
+        ``reuse_buffers`` is part of the contract and has nothing to reuse here."""
         del reuse_buffers
         layout = param_layout(params)
         lr, momentum = decode_theta(theta, self.architecture)

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.registry import OPTIMIZERS, Registry
+from optimizers.checkpoint import PRETRAINED_DIR
 from optimizers.learned import LearnedOptimizer
-
-PRETRAINED_DIR = Path(__file__).with_name("pretrained")
 
 
 def pretrained_class(path: Path) -> type[LearnedOptimizer]:
@@ -68,8 +67,8 @@ def publish(
     meta-training wall-clock seconds, git commit and creation time. Both files are written
     atomically. Returns the ``.pt`` path; the optimizer ``NAME`` serves it on the next import.
     """
-    from harness.meta.checkpoint import load_lopt_checkpoint
     from harness.results.io import write_atomically
+    from optimizers.checkpoint import load_lopt_checkpoint
 
     loaded = load_lopt_checkpoint(checkpoint)
     meta = dict(loaded.meta_training)
@@ -79,6 +78,7 @@ def publish(
         "task": meta.get("task"),
         "objective": meta.get("objective"),
         "estimator": meta.get("estimator"),
+        "family": loaded.family,
         "outer_steps": meta.get("outer_step"),
         "meta_training_seconds": meta.get("seconds"),
         "git_commit": loaded.git_commit,

@@ -13,10 +13,11 @@ from harness.meta.estimators import (
     SampleSums,
     antithetic_pair,
     antithetic_pairs_batched,
-    merge_moments,
+    inverse_variance_merge,
+    plain_mean,
 )
 from harness.meta.truncation import InnerProblems, InnerState, TruncationData
-from optimizers.learned import LearnedOptimizer, LOptArchitecture, init_theta
+from optimizers.learned import LOptArchitecture, MLPLearner
 from tasks.quadratic import Quadratic
 
 SIGMA = 0.01
@@ -31,7 +32,7 @@ def setting() -> tuple[InnerProblems, torch.Tensor, InnerState, TruncationData]:
     steps, K = 2) from a fixed state, so L(theta) is a deterministic function."""
     arch = LOptArchitecture(hidden_sizes=(4,), step_mult=0.05)
     task = Quadratic(dim=4, condition=10.0, noise=0.5, batch_size=4)
-    lopt = LearnedOptimizer.from_theta(init_theta(arch), arch)
+    lopt = MLPLearner.of(arch)
     problems = InnerProblems(
         task, lopt, num_problems=1, horizon=100, outer_batches=2, objective="train", seed=0
     )
@@ -137,7 +138,7 @@ def test_loop_and_vmap_give_the_same_samples(setting, first_order: bool) -> None
     problems, theta, state, _ = setting
     other = InnerState(
         params=(state.params[0] + 0.3,),
-        accumulators=state.accumulators + 0.01,
+        opt_state={"accumulators": state.opt_state["accumulators"] + 0.01},
         step=40,
         instance=0,
     )
@@ -176,8 +177,7 @@ def sums_of(es: torch.Tensor | None, rp: torch.Tensor | None) -> SampleSums:
             PairSample(
                 loss_plus=1.0,
                 loss_minus=1.0,
-                es=es[i] if es is not None else None,
-                rp=rp[i] if rp is not None else None,
+                estimates={k: v[i] for k, v in (("es", es), ("rp", rp)) if v is not None},
                 final=None,  # type: ignore[arg-type]
                 length=5,
             ),
@@ -193,18 +193,18 @@ def test_merge_follows_the_lower_variance_estimator() -> None:
     truth_rp, truth_es = torch.full((6,), 1.0), torch.full((6,), -1.0)
     quiet = truth_rp + 0.01 * torch.randn(16, 6, generator=generator)
     loud = truth_es + 1.0 * torch.randn(16, 6, generator=generator)
-    merged = merge_moments(sums_of(es=loud, rp=quiet), "merged")
+    merged = inverse_variance_merge(sums_of(es=loud, rp=quiet))
     torch.testing.assert_close(merged.grad, quiet.double().mean(0), rtol=0, atol=1e-3)
     assert merged.es_weight < 1e-3 and merged.source == "merged"
     assert merged.var_es > 1e3 * merged.var_rp
 
-    merged = merge_moments(sums_of(es=quiet, rp=loud), "merged")
+    merged = inverse_variance_merge(sums_of(es=quiet, rp=loud))
     torch.testing.assert_close(merged.grad, quiet.double().mean(0), rtol=0, atol=1e-3)
     assert merged.es_weight > 1 - 1e-3
 
     mixed_es = torch.cat([quiet[:, :3], loud[:, 3:]], 1)
     mixed_rp = torch.cat([loud[:, :3], quiet[:, 3:]], 1)
-    merged = merge_moments(sums_of(es=mixed_es, rp=mixed_rp), "merged")
+    merged = inverse_variance_merge(sums_of(es=mixed_es, rp=mixed_rp))
     torch.testing.assert_close(merged.grad, quiet.double().mean(0), rtol=0, atol=1e-3)
 
 
@@ -214,11 +214,11 @@ def test_merge_with_equal_variances_is_the_plain_average() -> None:
     rp = torch.randn(12, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     es = rp + torch.arange(5.0, dtype=torch.float64)
     sums = sums_of(es=es, rp=rp)
-    merged = merge_moments(sums, "merged")
+    merged = inverse_variance_merge(sums)
     torch.testing.assert_close(merged.grad, (es.mean(0) + rp.mean(0)) / 2)
     assert math.isclose(merged.es_weight, 0.5, rel_tol=1e-9)
-    torch.testing.assert_close(merge_moments(sums, "es").grad, es.mean(0))
-    torch.testing.assert_close(merge_moments(sums, "rp").grad, rp.mean(0))
+    torch.testing.assert_close(plain_mean(sums, "es").grad, es.mean(0))
+    torch.testing.assert_close(plain_mean(sums, "rp").grad, rp.mean(0))
 
 
 def test_sums_all_reduce_by_addition() -> None:
@@ -230,10 +230,14 @@ def test_sums_all_reduce_by_addition() -> None:
     halves = sums_of(es[:4], rp[:4]).to_vector() + sums_of(es[4:], rp[4:]).to_vector()
     torch.testing.assert_close(halves, whole.to_vector())
     rebuilt = SampleSums.from_vector(halves, 7)
-    assert rebuilt.es_count == 10 and rebuilt.stats["problems"] == 10
+    assert rebuilt.counts["es"] == 10 and rebuilt.stats["problems"] == 10
     torch.testing.assert_close(
-        merge_moments(rebuilt, "merged").grad, merge_moments(whole, "merged").grad
+        inverse_variance_merge(rebuilt).grad, inverse_variance_merge(whole).grad
     )
+
+
+def pair(loss_plus: float, loss_minus: float, es: torch.Tensor, rp: torch.Tensor) -> PairSample:
+    return PairSample(loss_plus, loss_minus, {"es": es, "rp": rp}, None, 4)  # type: ignore[arg-type]
 
 
 def test_non_finite_samples_are_dropped_and_counted() -> None:
@@ -243,20 +247,20 @@ def test_non_finite_samples_are_dropped_and_counted() -> None:
     good = torch.ones(3)
     sums = SampleSums(3)
     for index in range(4):
-        sums.add(PairSample(1.0, 0.5, good * index, good, None, 4), reset=False)  # type: ignore[arg-type]
-    sums.add(PairSample(math.inf, 0.5, good * math.inf, good, None, 4), reset=True)  # type: ignore[arg-type]
-    sums.add(PairSample(1.0, 0.5, good, good * math.nan, None, 4), reset=False)  # type: ignore[arg-type]
+        sums.add(pair(1.0, 0.5, good * index, good), reset=False)  # type: ignore[arg-type]
+    sums.add(pair(math.inf, 0.5, good * math.inf, good), reset=True)  # type: ignore[arg-type]
+    sums.add(pair(1.0, 0.5, good, good * math.nan), reset=False)  # type: ignore[arg-type]
     assert sums.stats["dropped_es"] == 1 and sums.stats["dropped_rp"] == 1
-    assert sums.es_count == 5 and sums.rp_count == 5 and sums.stats["resets"] == 1
-    merged = merge_moments(sums, "merged")
+    assert sums.counts["es"] == 5 and sums.counts["rp"] == 5 and sums.stats["resets"] == 1
+    merged = inverse_variance_merge(sums)
     assert torch.isfinite(merged.grad).all()
 
     only_bad_rp = SampleSums(3)
     for _ in range(3):
-        only_bad_rp.add(PairSample(1.0, 0.5, good, good * math.nan, None, 4), reset=False)  # type: ignore[arg-type]
-    merged = merge_moments(only_bad_rp, "merged")
+        only_bad_rp.add(pair(1.0, 0.5, good, good * math.nan), reset=False)  # type: ignore[arg-type]
+    merged = inverse_variance_merge(only_bad_rp)
     assert merged.source == "es" and torch.equal(merged.grad, good.double())
-    nothing = merge_moments(SampleSums(3), "merged")
+    nothing = inverse_variance_merge(SampleSums(3))
     assert nothing.source == "none" and torch.equal(
         nothing.grad, torch.zeros(3, dtype=torch.float64)
     )

@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from harness.errors import UsageError
-from harness.meta.checkpoint import load_lopt_checkpoint, save_lopt_checkpoint
 from harness.registry import OPTIMIZERS, create_optimizer
 from harness.runner import run
+from optimizers.checkpoint import load_lopt_checkpoint, save_lopt_checkpoint
 from optimizers.learned import (
     LearnedOptimizer,
     LOpt,
     LOptArchitecture,
+    MLPLearner,
     init_theta,
     param_layout,
     unpack_theta,
@@ -112,7 +113,9 @@ def test_no_grad_path_reuses_buffers_with_the_same_arithmetic() -> None:
         with torch.no_grad():
             first, first_state = opt.update(grads, state, params)
             second, _ = opt.update(grads, state, params)  # reuses the buffers
-        assert opt._workspace and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+        assert opt.learner._workspace and all(
+            torch.equal(a, b) for a, b in zip(first, second, strict=True)
+        )
         for a, b in zip(expected, first, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(expected_state["accumulators"], first_state["accumulators"])
@@ -218,7 +221,7 @@ def test_torch_optim_and_functional_give_the_same_trajectory() -> None:
     ]
 
     model = TinyNet()
-    opt = LOpt(model.parameters(), theta=theta, architecture=arch)
+    opt = LOpt(model.parameters(), theta=theta, learner=arch)
     torch_path = []
     for x, y in data:
         loss = ((model(x) - y) ** 2).mean()
@@ -279,7 +282,9 @@ def test_torch_optim_state_dict_resumes_exactly() -> None:
 def save(path: Path, theta=None, arch=None) -> Path:
     arch = arch or LOptArchitecture(hidden_sizes=(8,))
     theta = random_theta(arch) if theta is None else theta
-    return save_lopt_checkpoint(path, theta, arch, {"task": "quadratic", "outer_step": 3})
+    return save_lopt_checkpoint(
+        path, theta, MLPLearner.of(arch), {"task": "quadratic", "outer_step": 3}
+    )
 
 
 def test_checkpoint_round_trip_and_plugin(tmp_path: Path) -> None:
@@ -289,7 +294,8 @@ def test_checkpoint_round_trip_and_plugin(tmp_path: Path) -> None:
     theta = random_theta(arch)
     path = save(tmp_path / "ck" / "lopt.pt", theta, arch)
     loaded = load_lopt_checkpoint(path)
-    assert torch.equal(loaded.theta, theta) and loaded.architecture == arch
+    assert torch.equal(loaded.theta, theta) and loaded.learner.architecture == arch
+    assert loaded.family == "mlp"
     assert loaded.meta_training["task"] == "quadratic" and loaded.git_commit
     assert not list(path.parent.glob(".*tmp"))  # the atomic write left nothing behind
 
@@ -327,7 +333,7 @@ NUM_THETA_8 = LOptArchitecture(hidden_sizes=(8,)).num_theta
     [
         (lambda p: None, "does not exist"),
         (lambda p: p.write_bytes(b"\x00garbage" * 10), "corrupted or not a checkpoint"),
-        (lambda p: torch.save({"Boom": Boom()}, p), "Unsupported global"),
+        (lambda p: torch.save({"Boom": Boom()}, p), "could run code"),
         (lambda p: torch.save({"theta": torch.zeros(3)}, p), "no format tag"),
         (lambda p: torch.save({"format": "something/else"}, p), "is not a learned-optimizer"),
         (
@@ -336,7 +342,7 @@ NUM_THETA_8 = LOptArchitecture(hidden_sizes=(8,)).num_theta
             ),
             "format version 99",
         ),
-        (lambda p: raw_checkpoint(p, torch.zeros(7)), "theta has 7 values, its architecture"),
+        (lambda p: raw_checkpoint(p, torch.zeros(7)), "theta has 7 values, its learner"),
         (lambda p: raw_checkpoint(p, torch.full((NUM_THETA_8,), math.nan)), "non-finite"),
     ],
     ids=["missing", "garbage", "code", "no-format", "other-format", "newer", "size", "nan"],

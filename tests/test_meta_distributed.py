@@ -12,10 +12,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from harness.meta import meta_train
-from harness.meta.checkpoint import load_lopt_checkpoint
 from harness.meta.config import coerce_config
 from harness.meta.distributed import TorchDistributedWorld
-from harness.meta.trainer import MetaTrainer
+from harness.meta.trainer import build_trainer
+from optimizers.checkpoint import load_lopt_checkpoint
 
 SETTINGS = {
     "task": "quadratic",
@@ -44,7 +44,7 @@ def gradient_worker(rank: int, world_size: int, port: int, out: str) -> None:
     try:
         cfg = coerce_config(SETTINGS, parallel="processes", workers=world_size, out=out)
         world = TorchDistributedWorld(torch.device("cpu"))
-        trainer = MetaTrainer(cfg, world)
+        trainer = build_trainer(cfg, world)
         assert trainer.local == list(range(rank, cfg.problems, world_size))
         merged, sums = trainer.compute_gradient()
         if rank == 0:
@@ -63,7 +63,7 @@ def test_two_ranks_merge_to_the_single_process_gradient(tmp_path: Path) -> None:
     distributed = torch.load(tmp_path / "rank0.pt", weights_only=True)
 
     torch.set_num_threads(1)
-    single = MetaTrainer(coerce_config(SETTINGS, parallel="loop", out=str(tmp_path / "single")))
+    single = build_trainer(coerce_config(SETTINGS, parallel="loop", out=str(tmp_path / "single")))
     merged, sums = single.compute_gradient()
     torch.testing.assert_close(distributed["vector"], sums.to_vector(), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(distributed["grad"], merged.grad, rtol=1e-9, atol=1e-12)

@@ -19,7 +19,7 @@ from harness.pathology.training import large_step_theta, run_training, training_
 from harness.pathology.truncation import run_truncation, truncation_table
 from harness.pathology.variance import growth_table, run_variance, variance_summary
 from harness.registry import create_task
-from optimizers.learned import LOptArchitecture, init_theta, unpack_theta
+from optimizers.learned import LearnedOptimizer, LOptArchitecture, init_theta, unpack_theta
 from optimizers.learned_hparams import HParamArchitecture, LearnedHParams, encode_theta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,8 +32,8 @@ def task():  # type: ignore[no-untyped-def]
 
 def test_hparam_optimizer_is_sgd_with_momentum() -> None:
     """theta = [log lr, logit b]: one step is the heavy-ball update."""
-    arch = HParamArchitecture(learn_momentum=True)
-    opt = LearnedHParams(encode_theta(0.5, 0.9), arch)
+    learner = LearnedHParams.of(HParamArchitecture(learn_momentum=True))
+    opt = LearnedOptimizer.from_theta(encode_theta(0.5, 0.9), learner)
     params = (torch.tensor([1.0, -2.0]),)
     state = opt.init(params)
     state["accumulators"] = torch.tensor([[0.2, 0.4]])

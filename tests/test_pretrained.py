@@ -8,16 +8,18 @@ import pytest
 import torch
 
 from harness.errors import UsageError
-from harness.meta.checkpoint import save_lopt_checkpoint
 from harness.registry import OPTIMIZERS, Registry
-from optimizers.learned import LearnedOptimizer, LOptArchitecture, init_theta
+from optimizers.checkpoint import save_lopt_checkpoint
+from optimizers.learned import LearnedOptimizer, LOptArchitecture, MLPLearner, init_theta
 from optimizers.pretrained import PRETRAINED_DIR, publish, register_pretrained
 
 
 def test_a_checkpoint_in_the_folder_becomes_an_optimizer_with_its_provenance(tmp_path) -> None:
     architecture = LOptArchitecture()
     theta = init_theta(architecture, seed=7)
-    save_lopt_checkpoint(tmp_path / "lopt_toy.pt", theta, architecture, {"task": "quadratic"})
+    save_lopt_checkpoint(
+        tmp_path / "lopt_toy.pt", theta, MLPLearner.of(architecture), {"task": "quadratic"}
+    )
     (tmp_path / "lopt_toy.json").write_text(
         json.dumps({"description": "A toy optimizer.", "command": "lopt meta-train ..."})
     )
@@ -39,6 +41,7 @@ def test_a_checkpoint_in_the_folder_becomes_an_optimizer_with_its_provenance(tmp
 
 def test_every_shipped_checkpoint_is_registered() -> None:
     shipped = sorted(path.stem for path in PRETRAINED_DIR.glob("*.pt"))
+    assert shipped, "no shipped checkpoint found"
     for name in shipped:
         assert OPTIMIZERS.get(name).factory.pretrained_checkpoint.endswith(f"{name}.pt")
 
@@ -47,7 +50,9 @@ def test_publish_ships_a_checkpoint_with_its_provenance(tmp_path) -> None:
     architecture = LOptArchitecture()
     theta = init_theta(architecture, seed=3)
     meta = {"task": "quadratic", "objective": "valid", "outer_step": 12, "seconds": 3.5}
-    source = save_lopt_checkpoint(tmp_path / "run" / "lopt.pt", theta, architecture, meta)
+    source = save_lopt_checkpoint(
+        tmp_path / "run" / "lopt.pt", theta, MLPLearner.of(architecture), meta
+    )
     shipped = publish(
         source,
         "lopt_toy_valid",

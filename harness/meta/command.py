@@ -70,6 +70,29 @@ def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
         torch.set_num_threads(previous)
 
 
+def summary_line(out: str | Path) -> str:
+    """One line on a finished (or stopped) run in ``out``: the checkpoint, outer steps, the
+    last smoothed outer loss and held-out losses, seconds and CPU-hours (read from its log)."""
+    import pandas as pd
+
+    out = Path(out)
+    log = pd.read_csv(out / LOG_FILE)
+    last = log.sort_values("outer_step").groupby("metric")["value"].last()
+    steps = int(log["outer_step"].max())
+    parts = [f"{out / LOPT_FILE}: {steps} outer steps"]
+    if "outer_loss_smoothed" in last:
+        parts.append(f"outer loss {last['outer_loss_smoothed']:.4g} (smoothed)")
+    for split in ("train", "valid"):
+        name = f"heldout_{split}_loss"
+        if name in last:
+            parts.append(f"held-out {split} loss {last[name]:.4g}")
+    seconds = float(log.loc[log["metric"] == "seconds", "value"].sum())
+    parts.append(f"{seconds:.0f} s")
+    if "cpu_seconds" in last:
+        parts.append(f"{last['cpu_seconds'] / 3600:.3f} CPU-hours")
+    return ", ".join(parts)
+
+
 def prepare_out(cfg: MetaTrainConfig) -> Path:
     """Create ``out``; with ``resume`` check a saved run is this one, else clear it; write
     ``config.json``. Returns ``out``."""

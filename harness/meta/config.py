@@ -17,8 +17,10 @@ from typing import Any, Optional
 from harness.errors import UsageError
 from harness.typed_config import config_data, typed_fields
 
-ESTIMATORS = ("merged", "rp", "es")
+ESTIMATORS = ("merged", "rp", "es", "pes")
 OBJECTIVES = ("train", "valid")
+LOSSES = ("mean", "log", "final")
+OUTER_DATA = ("fresh", "inner")
 SCHEDULES = ("linear", "constant")
 PARALLEL_MODES = ("processes", "loop", "vmap")
 
@@ -27,8 +29,13 @@ PARALLEL_MODES = ("processes", "loop", "vmap")
 IDENTITY_FIELDS = (
     "task",
     "task_cfg",
+    "learner",
+    "learner_cfg",
     "estimator",
     "objective",
+    "loss",
+    "outer_every",
+    "outer_data",
     "seed",
     "problems",
     "horizon",
@@ -46,23 +53,34 @@ IDENTITY_FIELDS = (
     "max_unroll",
     "ramp_steps",
     "jitter",
-    "hidden_sizes",
-    "second_moments",
     "device",
 )
+#: settings of the paper's learner (family mlp) accepted at the top level, as before families
+LEGACY_LEARNER_FIELDS = ("hidden_sizes", "second_moments")
 
 
 # Hydra's structured configs need typing.Optional (OmegaConf 2.3 does not read PEP 604 unions).
 @dataclass
 class MetaTrainConfig:
-    """``lopt meta-train``: meta-train the learned optimizer on one task.
+    """``lopt meta-train``: meta-train a learned-optimizer family on one task.
 
     Attributes:
         task: the registered task the inner problems are drawn from.
         task_cfg: the task's settings (``task.batch_size=...`` on the command line).
+        learner: the registered learner family to train (``mlp``: the paper's; ``hparams``:
+            SGD with a learned learning rate and momentum; plugins add more).
+        learner_cfg: the family's settings (``learner_cfg.hidden_sizes=[16,16]`` for ``mlp``).
         estimator: ``merged`` (the paper's inverse-variance merge of ES and rp), ``rp``
-            (reparameterisation gradient through the unrolls) or ``es`` (antithetic ES).
+            (reparameterisation gradient through the unrolls), ``es`` (antithetic ES on each
+            truncation) or ``pes`` (persistent ES: unbiased over the whole inner run).
         objective: the outer loss's split: ``train`` (outer-train) or ``valid`` (outer-valid).
+        loss: what the outer loss averages: ``mean`` (the clipped loss: the paper's), ``log``
+            (its log: scale-free) or ``final`` (the loss at the end of the inner run only).
+        outer_every: evaluate the outer loss after the truncation's last step and every this
+            many steps before it (1: after every step, the paper's).
+        outer_data: ``fresh`` (K fresh outer batches per evaluation, the paper's) or ``inner``
+            (objective train only: the loss of the next inner batch, which the next inner step
+            computes anyway).
         outer_steps: the number of outer steps (Adam steps on theta) to reach.
         out: the folder for ``lopt.pt``, ``lopt_stepNNNNNN.pt``, ``trainer_state.pt``,
             ``meta_log.csv`` and ``config.json``.
@@ -80,8 +98,6 @@ class MetaTrainConfig:
         unroll_length: the constant schedule's length.
         min_unroll, max_unroll, ramp_steps, jitter: the linear schedule (ramp_steps None:
             outer_steps). Every length is capped by the steps left in the inner run.
-        hidden_sizes: the MLP's hidden widths.
-        second_moments: add the second-moment features (31 inputs instead of 19).
         parallel: ``processes`` (torch.distributed workers, launched with torchrun; gloo on the
             CPU, NCCL on GPUs), ``loop`` (one process, a Python loop over the problems) or
             ``vmap`` (one process, torch.func.vmap over the problems).
@@ -90,6 +106,10 @@ class MetaTrainConfig:
             process).
         device: ``cpu`` or ``cuda`` (with processes, rank r uses cuda:LOCAL_RANK).
         checkpoint_every: write the checkpoints and the log every this many outer steps.
+        eval_every: run the current theta for the whole horizon on ``eval_seeds`` fresh seeds
+            every this many outer steps and log its final train and valid losses (None: at
+            every checkpoint; 0: never).
+        eval_seeds: seeds of that held-out evaluation.
         resume: continue from ``out/trainer_state.pt`` when it exists (false: start again).
         max_seconds: stop (and checkpoint) once meta-training has run this long (None: no limit).
         progress: show a progress bar (None: when stderr is a terminal).
@@ -99,8 +119,13 @@ class MetaTrainConfig:
 
     task: str = "mnist5k_cnn16"
     task_cfg: dict[str, Any] = field(default_factory=dict)
+    learner: str = "mlp"
+    learner_cfg: dict[str, Any] = field(default_factory=dict)
     estimator: str = "merged"
     objective: str = "train"
+    loss: str = "mean"
+    outer_every: int = 1
+    outer_data: str = "fresh"
     outer_steps: int = 1000
     out: str = "results/meta"
     seed: int = 0
@@ -120,13 +145,13 @@ class MetaTrainConfig:
     max_unroll: int = 50
     ramp_steps: Optional[int] = None  # noqa: UP045
     jitter: float = 0.2
-    hidden_sizes: list[int] = field(default_factory=lambda: [32, 32])
-    second_moments: bool = False
     parallel: str = "processes"
     workers: int = 2
     threads: Optional[int] = None  # noqa: UP045
     device: str = "cpu"
     checkpoint_every: int = 50
+    eval_every: Optional[int] = None  # noqa: UP045
+    eval_seeds: int = 2
     resume: bool = True
     max_seconds: Optional[float] = None  # noqa: UP045
     progress: Optional[bool] = None  # noqa: UP045
@@ -136,17 +161,34 @@ class MetaTrainConfig:
         """Raise a one-line ``UsageError`` for the first invalid value; returns ``self``."""
         _one_of("estimator", self.estimator, ESTIMATORS)
         _one_of("objective", self.objective, OBJECTIVES)
+        _one_of("loss", self.loss, LOSSES)
+        _one_of("outer_data", self.outer_data, OUTER_DATA)
         _one_of("schedule", self.schedule, SCHEDULES)
         _one_of("parallel", self.parallel, PARALLEL_MODES)
         for name in ("outer_steps", "outer_batches", "unroll_length", "min_unroll", "max_unroll"):
             _positive_int(name, getattr(self, name))
-        for name in ("workers", "checkpoint_every"):
+        for name in ("workers", "checkpoint_every", "outer_every", "eval_seeds"):
             _positive_int(name, getattr(self, name))
         _int(self.seed, "seed", minimum=0)
         _int(self.problems, "problems", minimum=2)
         for name in ("horizon", "ramp_steps", "threads"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        if self.eval_every is not None:
+            _int(self.eval_every, "eval_every", minimum=0)
+        if self.outer_data == "inner" and self.objective != "train":
+            raise UsageError(
+                "outer_data=inner reuses the training batches: it needs objective=train "
+                f"(got objective={self.objective}); use outer_data=fresh"
+            )
+        if self.parallel == "vmap":
+            if self.estimator == "pes":
+                raise UsageError("estimator=pes runs loop or processes, not parallel=vmap")
+            if self.outer_every != 1 or self.outer_data != "fresh" or self.loss == "final":
+                raise UsageError(
+                    "parallel=vmap needs outer_every=1, outer_data=fresh and loss mean or log; "
+                    "use parallel=loop or processes"
+                )
         if self.min_unroll > self.max_unroll:
             raise UsageError(
                 f"min_unroll ({self.min_unroll}) must be <= max_unroll ({self.max_unroll})"
@@ -172,32 +214,32 @@ class MetaTrainConfig:
         for key in ("device",):
             if key in self.task_cfg:
                 raise UsageError("set the device with device=..., not task.device")
-        from optimizers.learned import LOptArchitecture
-
-        LOptArchitecture(hidden_sizes=tuple(self.hidden_sizes))
+        if not isinstance(self.learner_cfg, dict):
+            raise UsageError(f"learner_cfg must be a mapping, got {self.learner_cfg!r}")
+        self.build_learner()  # an unknown family or a bad setting fails here, in one line
         if not str(self.out):
             raise UsageError("out must name a folder")
         return self
 
-    def architecture(self) -> Any:
-        """The :class:`optimizers.learned.LOptArchitecture` these settings describe."""
-        from optimizers.learned import LOptArchitecture
+    def build_learner(self) -> Any:
+        """The :class:`optimizers.base.MetaLearnable` these settings describe."""
+        from harness.registry import create_learner
 
-        return LOptArchitecture(
-            hidden_sizes=tuple(self.hidden_sizes), second_moments=self.second_moments
-        )
+        return create_learner(self.learner, **self.learner_cfg)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-able)."""
         data = dataclasses.asdict(self)
-        data["hidden_sizes"] = list(self.hidden_sizes)
         data["plugins"] = list(self.plugins)
         data["task_cfg"] = dict(self.task_cfg)
+        data["learner_cfg"] = _plain(self.learner_cfg)
         return data
 
     def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with the run it continues."""
+        """The fields a resumed run must share with the run it continues (the learner's
+        settings with their defaults filled in)."""
         data = self.to_dict()
+        data["learner_cfg"] = _plain(self.build_learner().record())
         return {name: data[name] for name in IDENTITY_FIELDS}
 
 
@@ -210,6 +252,13 @@ def coerce_config(cfg: Any = None, **overrides: Any) -> MetaTrainConfig:
     """
     data = config_data(cfg, MetaTrainConfig, "meta-training")
     data.update(overrides)
+    legacy = {k: data.pop(k) for k in LEGACY_LEARNER_FIELDS if k in data}
+    if legacy:  # configs from before learner families: settings of the paper's MLP
+        if data.get("learner", "mlp") != "mlp":
+            raise UsageError(
+                f"{', '.join(legacy)} are settings of learner=mlp; give them as learner_cfg.NAME"
+            )
+        data["learner_cfg"] = {**legacy, **dict(data.get("learner_cfg") or {})}
     task = data.get("task")
     if isinstance(task, Mapping):
         settings = {k: v for k, v in task.items() if k != "name"}
@@ -218,7 +267,19 @@ def coerce_config(cfg: Any = None, **overrides: Any) -> MetaTrainConfig:
         data["task"] = task["name"]
         data["task_cfg"] = {**settings, **dict(data.get("task_cfg") or {})}
     typed = typed_fields(data, MetaTrainConfig, "meta-train")
+    from harness.registry import load_plugin_modules
+
+    load_plugin_modules(typed.get("plugins", []))  # plugin learners and tasks, before the check
     return MetaTrainConfig(**typed).check()
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (JSON-able settings)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:

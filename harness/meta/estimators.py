@@ -1,68 +1,85 @@
-"""Gradient estimators of the smoothed outer loss, and the paper's inverse-variance merge.
+"""Gradient estimators of the smoothed outer loss: ES, rp, the paper's merge, and PES.
 
 For one meta-example (a truncation of one inner problem) draw ``n ~ N(0, I)``, ``eps = sigma n``,
-and unroll twice from the same state with the same batches (common random numbers):
-``L+ = L(theta + eps)``, ``L- = L(theta - eps)``. Then
+and unroll twice with the same batches (common random numbers): ``L+ = L(theta + eps)``,
+``L- = L(theta - eps)``. Then
 
 * ES (antithetic):        ``g_es = (L+ - L-) / (2 sigma) * n``
 * reparameterisation:     ``g_rp = 1/2 * d/dtheta [L(theta + eps) + L(theta - eps)]``
   (backprop through both unrolls, through the inner gradients too unless ``first_order``).
 
-Both are unbiased for the gradient of ``E_eps L(theta + eps)`` on that truncation. Over the B
-meta-examples of an outer step, per element j of theta (:func:`merge_moments`)::
+Both are unbiased for the gradient of ``E_eps L(theta + eps)`` on that truncation, from the same
+starting state (:class:`TruncatedEstimator`: the +eps unroll's final state goes on). Over the B
+meta-examples of an outer step, per element j of theta (:func:`inverse_variance_merge`)::
 
     mu_es, var_es = mean and unbiased variance of the ES samples (+1e-8); the same for rp
     g = (mu_rp * var_es + mu_es * var_rp) / (var_rp + var_es)
 
-The merge only needs, per estimator, the count, the sum and the sum of squares of the samples
-(:class:`SampleSums`, in float64), so a distributed run all-reduces those and every rank merges
-the same totals (:mod:`harness.meta.distributed`). Non-finite samples never enter the sums: they
-are dropped and counted, per estimator.
+PES (Vicol, Metz and Sohl-Dickstein, ICML 2021; learned_optimization's ``truncated_pes.py``)
+keeps two inner states per problem, the +eps and the -eps trajectory, and the sum of the
+perturbation directions ``N_k = n_1 + ... + n_k`` drawn so far in this inner run; the sample of
+truncation k is ``(L+_k - L-_k) / (2 sigma) * N_k``. Summed over the truncations of an inner run
+it is unbiased for the gradient of the smoothed loss of the whole run, not just of each
+truncation (:class:`PESEstimator`). At a reset both states restart together and ``N`` is zeroed.
 
-In learned_optimization's vocabulary this is the *GradientEstimator*.
+Every estimator reduces its samples to the same sufficient statistics: per kind of sample (its
+*slots*: ``es``, ``rp``, ``pes``) the count, the sum and the sum of squares in float64
+(:class:`SampleSums`), so a distributed run all-reduces one vector and every rank turns the same
+totals into the same gradient (:meth:`GradientEstimator.gradient`). Non-finite samples never
+enter the sums: they are dropped and counted, per slot.
+
+In learned_optimization's vocabulary these are the *GradientEstimator*s; the truncations they
+run are :class:`harness.meta.truncation.InnerProblems`' (the TruncatedStep).
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
 from harness.meta.truncation import InnerProblems, InnerState, TruncationData
 
 VARIANCE_FLOOR = 1e-8
-#: the scalar statistics carried (and all-reduced) with the sums, in this order
-STAT_NAMES = (
-    "loss_sum",
-    "loss_count",
-    "dropped_es",
-    "dropped_rp",
-    "length_sum",
-    "problems",
-    "resets",
-)
+#: the scalar statistics carried (and all-reduced) with the sums, in this order (then one
+#: ``dropped_<slot>`` per slot)
+STAT_NAMES = ("loss_sum", "loss_count", "length_sum", "problems", "resets")
 
 
+# -- samples ---------------------------------------------------------------------------------------
 @dataclass
 class PairSample:
     """What one antithetic pair of unrolls gives.
 
     Attributes:
         loss_plus, loss_minus: ``L(theta + eps)`` and ``L(theta - eps)`` (Python floats).
-        es: the ES sample ``(P,)``, or None if not computed.
-        rp: the rp sample ``(P,)``, or None if not computed (estimator ``es``).
-        final: the +eps unroll's final state (the state carried to the next truncation).
+        estimates: slot -> sample ``(P,)`` (``es``, ``rp``, ``pes``), those computed.
+        final: the +eps unroll's final state.
         length: the unroll length.
+        evaluated: whether the truncation has an outer loss (``loss=final``: only the last
+            truncation of an inner run); its losses enter the logged mean only then.
+        final_minus: the -eps unroll's final state (PES carries it; None otherwise).
     """
 
     loss_plus: float
     loss_minus: float
-    es: torch.Tensor | None
-    rp: torch.Tensor | None
+    estimates: dict[str, torch.Tensor]
     final: InnerState
     length: int
+    evaluated: bool = True
+    final_minus: InnerState | None = None
+
+    @property
+    def es(self) -> torch.Tensor | None:
+        return self.estimates.get("es")
+
+    @property
+    def rp(self) -> torch.Tensor | None:
+        return self.estimates.get("rp")
 
 
 def es_sample(
@@ -70,6 +87,11 @@ def es_sample(
 ) -> torch.Tensor:
     """``(L+ - L-) / (2 sigma) * n``."""
     return noise * ((loss_plus - loss_minus) / (2.0 * sigma))
+
+
+def grad_mode(rp: bool, first_order: bool) -> str:
+    """The unroll's ``grad_mode``: ``none`` without rp, else ``first`` or ``second``."""
+    return ("first" if first_order else "second") if rp else "none"
 
 
 def antithetic_pair(
@@ -82,34 +104,44 @@ def antithetic_pair(
     *,
     rp: bool,
     first_order: bool = False,
+    state_minus: InnerState | None = None,
 ) -> PairSample:
-    """Both unrolls of one meta-example, from ``state`` with ``data`` (loop version).
+    """Both unrolls of one meta-example with ``data`` (loop version): the +eps one from
+    ``state``, the -eps one from ``state_minus`` (default: ``state`` too).
 
     With ``rp`` each unroll is followed by its backward pass (the graph is freed before the
     next unroll starts, so the peak memory is one unroll's); without, both run without graphs.
+    ``estimates`` holds ``es`` and, with ``rp``, ``rp``.
     """
     eps = sigma * noise
     losses: list[float] = []
     grads: list[torch.Tensor] = []
-    final: InnerState | None = None
-    mode = ("first" if first_order else "second") if rp else "none"
-    for sign in (1.0, -1.0):
+    finals: list[InnerState] = []
+    mode = grad_mode(rp, first_order)
+    starts = (state, state if state_minus is None else state_minus)
+    for sign, start in zip((1.0, -1.0), starts, strict=True):
         perturbed = (theta.detach() + sign * eps).requires_grad_(rp)
-        loss, end = problems.unroll(perturbed, state, data, grad_mode=mode)
-        if rp:
-            (grad,) = torch.autograd.grad(loss, perturbed)
-            grads.append(grad)
+        loss, end = problems.unroll(perturbed, start, data, grad_mode=mode)
+        if rp:  # a truncation without an outer loss (loss=final) has a zero gradient
+            evaluated = loss.requires_grad
+            grads.append(
+                torch.autograd.grad(loss, perturbed)[0]
+                if evaluated
+                else torch.zeros_like(perturbed.detach())
+            )
         losses.append(float(loss.detach()))
-        if final is None:
-            final = end
-    assert final is not None
+        finals.append(end)
+    estimates = {"es": es_sample(losses[0], losses[1], noise, sigma)}
+    if rp:
+        estimates["rp"] = 0.5 * (grads[0] + grads[1])
     return PairSample(
         loss_plus=losses[0],
         loss_minus=losses[1],
-        es=es_sample(losses[0], losses[1], noise, sigma),
-        rp=0.5 * (grads[0] + grads[1]) if rp else None,
-        final=final,
+        estimates=estimates,
+        final=finals[0],
         length=data.length,
+        evaluated=data.evaluations > 0,
+        final_minus=finals[1],
     )
 
 
@@ -129,49 +161,58 @@ def antithetic_pairs_batched(
     count = len(states)
     eps = sigma * noises
     thetas = torch.cat([theta.detach() + eps, theta.detach() - eps])
-    mode = ("first" if first_order else "second") if rp else "none"
     losses, grads, finals = problems.unroll_batched(
-        thetas, list(states) * 2, list(datas) * 2, grad_mode=mode
+        thetas, list(states) * 2, list(datas) * 2, grad_mode=grad_mode(rp, first_order)
     )
     samples = []
     for i in range(count):
         plus, minus = float(losses[i]), float(losses[count + i])
+        estimates = {"es": es_sample(plus, minus, noises[i], sigma)}
+        if grads is not None:
+            estimates["rp"] = 0.5 * (grads[i] + grads[count + i])
         samples.append(
             PairSample(
                 loss_plus=plus,
                 loss_minus=minus,
-                es=es_sample(plus, minus, noises[i], sigma),
-                rp=0.5 * (grads[i] + grads[count + i]) if grads is not None else None,
+                estimates=estimates,
                 final=finals[i],
                 length=datas[i].length,
+                final_minus=finals[count + i],
             )
         )
     return samples
 
 
-# -- sums and the merge ----------------------------------------------------------------------------
+# -- sums ------------------------------------------------------------------------------------------
 @dataclass
 class SampleSums:
-    """Per-estimator count, sum and sum of squares of samples (float64), plus scalar statistics.
+    """Per slot the count, sum and sum of squares of the samples (float64), plus scalar
+    statistics (:data:`STAT_NAMES`, then ``dropped_<slot>`` per slot).
 
     ``to_vector``/``from_vector`` pack everything into one float64 vector, the unit of the
     distributed all-reduce (a sum of SampleSums is the SampleSums of the union of samples).
     """
 
     size: int
-    es_count: float = 0.0
-    es_sum: torch.Tensor = field(default=None)  # type: ignore[assignment]
-    es_sumsq: torch.Tensor = field(default=None)  # type: ignore[assignment]
-    rp_count: float = 0.0
-    rp_sum: torch.Tensor = field(default=None)  # type: ignore[assignment]
-    rp_sumsq: torch.Tensor = field(default=None)  # type: ignore[assignment]
-    stats: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAT_NAMES, 0.0))
+    slots: tuple[str, ...] = ("es", "rp")
+    counts: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    sumsqs: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
     device: torch.device | str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("es_sum", "es_sumsq", "rp_sum", "rp_sumsq"):
-            if getattr(self, name) is None:
-                setattr(self, name, torch.zeros(self.size, dtype=torch.float64, device=self.device))
+        self.slots = tuple(self.slots)
+        for slot in self.slots:
+            self.counts.setdefault(slot, 0.0)
+            for table in (self.sums, self.sumsqs):
+                if slot not in table:
+                    table[slot] = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        for name in self.stat_names():
+            self.stats.setdefault(name, 0.0)
+
+    def stat_names(self) -> tuple[str, ...]:
+        return (*STAT_NAMES, *(f"dropped_{slot}" for slot in self.slots))
 
     def add(self, sample: PairSample, reset: bool) -> None:
         """Count ``sample``: its finite estimates enter the sums, non-finite ones are dropped."""
@@ -180,71 +221,83 @@ class SampleSums:
         stats["length_sum"] += sample.length
         stats["resets"] += float(reset)
         losses_finite = math.isfinite(sample.loss_plus) and math.isfinite(sample.loss_minus)
-        if losses_finite:
+        if losses_finite and sample.evaluated:
             stats["loss_sum"] += 0.5 * (sample.loss_plus + sample.loss_minus)
             stats["loss_count"] += 1
-        if sample.es is not None:
-            if losses_finite and bool(torch.isfinite(sample.es).all()):
-                self._accumulate("es", sample.es)
+        for slot in self.slots:
+            value = sample.estimates.get(slot)
+            if value is None:
+                continue
+            if bool(torch.isfinite(value).all()):
+                value = value.detach().to(dtype=torch.float64, device=self.sums[slot].device)
+                self.counts[slot] += 1
+                self.sums[slot].add_(value)
+                self.sumsqs[slot].addcmul_(value, value)
             else:
-                stats["dropped_es"] += 1
-        if sample.rp is not None:
-            if bool(torch.isfinite(sample.rp).all()):
-                self._accumulate("rp", sample.rp)
-            else:
-                stats["dropped_rp"] += 1
+                stats[f"dropped_{slot}"] += 1
 
-    def _accumulate(self, name: str, sample: torch.Tensor) -> None:
-        value = sample.detach().to(dtype=torch.float64, device=self.es_sum.device)
-        setattr(self, f"{name}_count", getattr(self, f"{name}_count") + 1)
-        getattr(self, f"{name}_sum").add_(value)
-        getattr(self, f"{name}_sumsq").addcmul_(value, value)
+    def moments(self, slot: str) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """``(mean, variance + 1e-8 or None, count)`` of ``slot``'s samples."""
+        mean, variance = mean_and_variance(self.sums[slot], self.sumsqs[slot], self.counts[slot])
+        return mean, variance, self.counts[slot]
 
     def to_vector(self) -> torch.Tensor:
-        """``[es_sum, es_sumsq, rp_sum, rp_sumsq, es_count, rp_count, *stats]`` (float64)."""
+        """``[sum, sumsq per slot, count per slot, *stats]`` (float64)."""
+        ref = next(iter(self.sums.values())) if self.sums else torch.zeros(0)
         scalars = torch.tensor(
-            [self.es_count, self.rp_count, *(self.stats[n] for n in STAT_NAMES)],
+            [*(self.counts[s] for s in self.slots), *(self.stats[n] for n in self.stat_names())],
             dtype=torch.float64,
-            device=self.es_sum.device,
+            device=ref.device,
         )
-        return torch.cat([self.es_sum, self.es_sumsq, self.rp_sum, self.rp_sumsq, scalars])
+        blocks = [t for s in self.slots for t in (self.sums[s], self.sumsqs[s])]
+        return torch.cat([*blocks, scalars])
 
     @classmethod
-    def from_vector(cls, vector: torch.Tensor, size: int) -> SampleSums:
-        scalar_count = vector.numel() - 4 * size
-        es_sum, es_sumsq, rp_sum, rp_sumsq, scalars = vector.split([size] * 4 + [scalar_count])
-        values = scalars.tolist()
+    def from_vector(
+        cls, vector: torch.Tensor, size: int, slots: tuple[str, ...] = ("es", "rp")
+    ) -> SampleSums:
+        count = len(slots)
+        parts = vector.split([size] * (2 * count) + [vector.numel() - 2 * count * size])
+        values = parts[-1].tolist()
+        empty = cls(size=0, slots=slots)
         return cls(
             size=size,
-            es_count=values[0],
-            es_sum=es_sum,
-            es_sumsq=es_sumsq,
-            rp_count=values[1],
-            rp_sum=rp_sum,
-            rp_sumsq=rp_sumsq,
-            stats=dict(zip(STAT_NAMES, values[2:], strict=True)),
+            slots=slots,
+            counts=dict(zip(slots, values[:count], strict=True)),
+            sums={s: parts[2 * i] for i, s in enumerate(slots)},
+            sumsqs={s: parts[2 * i + 1] for i, s in enumerate(slots)},
+            stats=dict(zip(empty.stat_names(), values[count:], strict=True)),
             device=vector.device,
         )
 
 
 @dataclass
 class MergeResult:
-    """The merged gradient (float64 ``(P,)``) and what to log about it.
+    """An estimator's gradient (float64 ``(P,)``) and what to log about it.
 
     Attributes:
         grad: the estimate of the gradient of the smoothed outer loss (before clipping).
-        es_weight: mean over elements of ``var_rp / (var_rp + var_es)`` (1: all ES, 0: all rp);
-            NaN when only one estimator had samples.
-        var_es, var_rp: mean over elements of each estimator's sample variance (NaN if fewer
-            than two samples).
-        source: ``merged``, ``es``, ``rp`` or ``none`` (no usable sample: no update).
+        es_weight: mean over elements of the weight of the zeroth-order estimate (ES or PES)
+            in the merge, ``var_rp / (var_rp + var_es)`` (1: all ES, 0: all rp); 1 or 0 for a
+            single estimator; NaN with no samples.
+        variances: slot -> mean over elements of its sample variance (NaN if fewer than two
+            samples).
+        source: the slot the gradient came from, ``merged``, or ``none`` (no usable sample: no
+            update).
     """
 
     grad: torch.Tensor
     es_weight: float
-    var_es: float
-    var_rp: float
+    variances: dict[str, float]
     source: str
+
+    @property
+    def var_es(self) -> float:
+        return self.variances.get("es", math.nan)
+
+    @property
+    def var_rp(self) -> float:
+        return self.variances.get("rp", math.nan)
 
 
 def mean_and_variance(
@@ -259,32 +312,293 @@ def mean_and_variance(
     return mean, variance + VARIANCE_FLOOR
 
 
-def merge_moments(sums: SampleSums, estimator: str) -> MergeResult:
-    """The gradient estimate of ``estimator`` (``merged``, ``es`` or ``rp``) from the sums.
+def _variances(sums: SampleSums) -> dict[str, float]:
+    out = {}
+    for slot in sums.slots:
+        _, variance, _ = sums.moments(slot)
+        out[slot] = float(variance.mean()) if variance is not None else math.nan
+    return out
 
-    ``merged`` is the per-element inverse-variance combination of the module docstring; when one
-    estimator has fewer than two finite samples (no variance), the other one's mean is used
-    alone (ES preferred when neither has two). ``es`` and ``rp`` are the plain means.
-    """
-    mu_es, var_es = mean_and_variance(sums.es_sum, sums.es_sumsq, sums.es_count)
-    mu_rp, var_rp = mean_and_variance(sums.rp_sum, sums.rp_sumsq, sums.rp_count)
-    var_es_mean = float(var_es.mean()) if var_es is not None else math.nan
-    var_rp_mean = float(var_rp.mean()) if var_rp is not None else math.nan
-    nothing = torch.zeros_like(sums.es_sum)
-    if estimator == "es" or (estimator == "merged" and sums.rp_count == 0):
-        if sums.es_count == 0:
-            return MergeResult(nothing, math.nan, var_es_mean, var_rp_mean, "none")
-        return MergeResult(mu_es, 1.0, var_es_mean, var_rp_mean, "es")
-    if estimator == "rp" or sums.es_count == 0:
-        if sums.rp_count == 0:
-            return MergeResult(nothing, math.nan, var_es_mean, var_rp_mean, "none")
-        return MergeResult(mu_rp, 0.0, var_es_mean, var_rp_mean, "rp")
+
+def plain_mean(sums: SampleSums, slot: str) -> MergeResult:
+    """The mean of ``slot``'s samples (no update when there are none)."""
+    mean, _, count = sums.moments(slot)
+    variances = _variances(sums)
+    if count == 0:
+        return MergeResult(torch.zeros_like(mean), math.nan, variances, "none")
+    return MergeResult(mean, 0.0 if slot == "rp" else 1.0, variances, slot)
+
+
+def inverse_variance_merge(sums: SampleSums, zeroth: str = "es", rp: str = "rp") -> MergeResult:
+    """The paper's per-element inverse-variance combination of the ``zeroth`` (ES or PES) and
+    ``rp`` samples (module docstring). When one of them has fewer than two finite samples (no
+    variance), the other one's mean is used alone (the zeroth-order one preferred when neither
+    has two)."""
+    mu_es, var_es, count_es = sums.moments(zeroth)
+    mu_rp, var_rp, count_rp = sums.moments(rp)
+    if count_rp == 0:
+        return plain_mean(sums, zeroth)
+    if count_es == 0:
+        return plain_mean(sums, rp)
     if var_es is None or var_rp is None:
-        use_es = var_rp is None and (var_es is not None or sums.es_count >= sums.rp_count)
-        if use_es:
-            return MergeResult(mu_es, 1.0, var_es_mean, var_rp_mean, "es")
-        return MergeResult(mu_rp, 0.0, var_es_mean, var_rp_mean, "rp")
+        use_es = var_rp is None and (var_es is not None or count_es >= count_rp)
+        return plain_mean(sums, zeroth if use_es else rp)
     total = var_rp + var_es
     grad = (mu_rp * var_es + mu_es * var_rp) / total
-    weight_es = float((var_rp / total).mean())
-    return MergeResult(grad, weight_es, var_es_mean, var_rp_mean, "merged")
+    return MergeResult(grad, float((var_rp / total).mean()), _variances(sums), "merged")
+
+
+# -- the estimators --------------------------------------------------------------------------------
+class GradientEstimator(ABC):
+    """One way to estimate the gradient of the smoothed outer loss (learned_optimization's
+    GradientEstimator).
+
+    An estimator owns the persistent per-problem state it needs between outer steps (for the
+    truncated ones the inner state; for PES two inner states and the accumulated perturbation),
+    runs the unrolls of a truncation (:meth:`estimate`), and turns the all-reduced
+    :class:`SampleSums` of its :attr:`slots` into a gradient (:meth:`gradient`). The trainer
+    draws the randomness (lengths, batches, perturbations) and never looks at which estimator
+    it drives.
+
+    Args:
+        sigma: standard deviation of the perturbation ``eps = sigma n``.
+        first_order: rp without second-order terms (estimators that use rp).
+    """
+
+    name: ClassVar[str]
+    #: the kinds of sample it adds to the sums
+    slots: ClassVar[tuple[str, ...]]
+    #: whether it can run its problems' unrolls in one ``torch.func.vmap``
+    batchable: ClassVar[bool] = True
+
+    def __init__(self, *, sigma: float, first_order: bool = False) -> None:
+        self.sigma = sigma
+        self.first_order = first_order
+
+    # -- per-problem state ------------------------------------------------------------------------
+    @abstractmethod
+    def initial_state(self, problems: InnerProblems, problem: int) -> Any:
+        """The state of ``problem`` at the first outer step."""
+
+    @abstractmethod
+    def position(self, state: Any) -> InnerState:
+        """The inner state that fixes the truncation's batches and its length cap."""
+
+    @abstractmethod
+    def state_to_dict(self, state: Any) -> dict[str, Any]:
+        """Plain data (tensors on the CPU) for checkpoints."""
+
+    @abstractmethod
+    def state_from_dict(self, data: dict[str, Any], device: torch.device) -> Any:
+        """The inverse of :meth:`state_to_dict`."""
+
+    # -- one outer step ---------------------------------------------------------------------------
+    @abstractmethod
+    def estimate(
+        self,
+        problems: InnerProblems,
+        theta: torch.Tensor,
+        noises: dict[int, torch.Tensor],
+        states: dict[int, Any],
+        datas: dict[int, TruncationData],
+        *,
+        batched: bool = False,
+    ) -> dict[int, tuple[PairSample, Any, bool]]:
+        """Per problem: ``(sample, next state, was_reset)`` of one truncation with ``datas``
+        and perturbation directions ``noises`` (``batched``: one vmap over the problems)."""
+
+    def new_sums(self, size: int, device: torch.device | str = "cpu") -> SampleSums:
+        """Empty sums of this estimator's slots."""
+        return SampleSums(size, slots=self.slots, device=device)
+
+    @abstractmethod
+    def gradient(self, sums: SampleSums) -> MergeResult:
+        """The gradient estimate from the (all-reduced) sums."""
+
+
+class TruncatedEstimator(GradientEstimator):
+    """Antithetic pairs from one inner state per problem; the +eps final state goes on."""
+
+    uses_rp: ClassVar[bool]
+
+    def initial_state(self, problems: InnerProblems, problem: int) -> InnerState:
+        return problems.initial_state(problem)
+
+    def position(self, state: InnerState) -> InnerState:
+        return state
+
+    def state_to_dict(self, state: InnerState) -> dict[str, Any]:
+        return state.to_dict()
+
+    def state_from_dict(self, data: dict[str, Any], device: torch.device) -> InnerState:
+        return InnerState.from_dict(data, device)
+
+    def estimate(
+        self,
+        problems: InnerProblems,
+        theta: torch.Tensor,
+        noises: dict[int, torch.Tensor],
+        states: dict[int, InnerState],
+        datas: dict[int, TruncationData],
+        *,
+        batched: bool = False,
+    ) -> dict[int, tuple[PairSample, InnerState, bool]]:
+        order = list(states)
+        if batched:
+            pairs = antithetic_pairs_batched(
+                problems,
+                theta,
+                torch.stack([noises[i] for i in order]),
+                self.sigma,
+                [states[i] for i in order],
+                [datas[i] for i in order],
+                rp=self.uses_rp,
+                first_order=self.first_order,
+            )
+        else:
+            pairs = [
+                antithetic_pair(
+                    problems,
+                    theta,
+                    noises[i],
+                    self.sigma,
+                    states[i],
+                    datas[i],
+                    rp=self.uses_rp,
+                    first_order=self.first_order,
+                )
+                for i in order
+            ]
+        out = {}
+        for i, pair in zip(order, pairs, strict=True):
+            pair.estimates = {k: v for k, v in pair.estimates.items() if k in self.slots}
+            state, reset = problems.advance(i, pair.final)
+            out[i] = (pair, state, reset)
+        return out
+
+
+class ESEstimator(TruncatedEstimator):
+    """Antithetic ES on each truncation (``estimator=es``)."""
+
+    name = "es"
+    slots = ("es",)
+    uses_rp = False
+
+    def gradient(self, sums: SampleSums) -> MergeResult:
+        return plain_mean(sums, "es")
+
+
+class RPEstimator(TruncatedEstimator):
+    """Backprop through both unrolls of each truncation (``estimator=rp``)."""
+
+    name = "rp"
+    slots = ("rp",)
+    uses_rp = True
+
+    def gradient(self, sums: SampleSums) -> MergeResult:
+        return plain_mean(sums, "rp")
+
+
+class MergedEstimator(TruncatedEstimator):
+    """The paper's inverse-variance merge of ES and rp (``estimator=merged``)."""
+
+    name = "merged"
+    slots = ("es", "rp")
+    uses_rp = True
+
+    def gradient(self, sums: SampleSums) -> MergeResult:
+        return inverse_variance_merge(sums, "es", "rp")
+
+
+@dataclass
+class PESState:
+    """A PES problem between truncations: both trajectories and ``N``, the sum of the
+    perturbation directions drawn since the inner run started (``(P,)``)."""
+
+    plus: InnerState
+    minus: InnerState
+    accumulated: torch.Tensor
+
+
+class PESEstimator(GradientEstimator):
+    """Persistent evolution strategies (``estimator=pes``), see the module docstring.
+
+    Each truncation runs the +eps unroll from the +trajectory and the -eps one from the
+    -trajectory on the same batches; ``N <- N + n``; the sample is ``(L+ - L-) / (2 sigma) N``.
+    When either trajectory reaches the horizon or stops being finite, both restart from one
+    fresh state and ``N = 0``. Loop only (``batchable`` is False).
+    """
+
+    name = "pes"
+    slots = ("pes",)
+    batchable = False
+
+    def initial_state(self, problems: InnerProblems, problem: int) -> PESState:
+        start = problems.initial_state(problem)
+        size = problems.num_theta
+        return PESState(start, start, torch.zeros(size, device=start.params[0].device))
+
+    def position(self, state: PESState) -> InnerState:
+        return state.plus
+
+    def state_to_dict(self, state: PESState) -> dict[str, Any]:
+        return {
+            "plus": state.plus.to_dict(),
+            "minus": state.minus.to_dict(),
+            "accumulated": state.accumulated.detach().cpu(),
+        }
+
+    def state_from_dict(self, data: dict[str, Any], device: torch.device) -> PESState:
+        return PESState(
+            InnerState.from_dict(data["plus"], device),
+            InnerState.from_dict(data["minus"], device),
+            data["accumulated"].to(device),
+        )
+
+    def estimate(
+        self,
+        problems: InnerProblems,
+        theta: torch.Tensor,
+        noises: dict[int, torch.Tensor],
+        states: dict[int, PESState],
+        datas: dict[int, TruncationData],
+        *,
+        batched: bool = False,
+    ) -> dict[int, tuple[PairSample, PESState, bool]]:
+        del batched  # loop only
+        out = {}
+        for i, state in states.items():
+            pair = antithetic_pair(
+                problems,
+                theta,
+                noises[i],
+                self.sigma,
+                state.plus,
+                datas[i],
+                rp=False,
+                state_minus=state.minus,
+            )
+            accumulated = state.accumulated + noises[i]
+            scale = (pair.loss_plus - pair.loss_minus) / (2.0 * self.sigma)
+            pair.estimates = {"pes": accumulated * scale}
+            assert pair.final_minus is not None
+            if problems.needs_reset(pair.final) or problems.needs_reset(pair.final_minus):
+                fresh = problems.fresh_state(i, pair.final.instance + 1)
+                out[i] = (pair, PESState(fresh, fresh, torch.zeros_like(accumulated)), True)
+            else:
+                out[i] = (pair, PESState(pair.final, pair.final_minus, accumulated), False)
+        return out
+
+    def gradient(self, sums: SampleSums) -> MergeResult:
+        return plain_mean(sums, "pes")
+
+
+#: the estimators ``estimator=NAME`` selects
+ESTIMATORS: dict[str, type[GradientEstimator]] = {
+    cls.name: cls for cls in (MergedEstimator, RPEstimator, ESEstimator, PESEstimator)
+}
+
+
+def create_estimator(name: str, *, sigma: float, first_order: bool = False) -> GradientEstimator:
+    """The estimator ``name`` (one of :data:`ESTIMATORS`)."""
+    return ESTIMATORS[name](sigma=sigma, first_order=first_order)

@@ -1,24 +1,29 @@
-"""The meta-training loop: estimate, merge, clip, Adam on theta; log, checkpoint, resume.
+"""The meta-training loop: estimate, clip, Adam on theta; log, evaluate, checkpoint, resume.
 
-In learned_optimization's vocabulary this is the *GradientLearner* plus its driver. One outer
-step (:meth:`MetaTrainer.step`):
+In learned_optimization's vocabulary this is the *GradientLearner* plus its driver. It is given
+the learner (:class:`optimizers.base.MetaLearnable`: what is trained) and the estimator
+(:class:`harness.meta.estimators.GradientEstimator`: how its gradient is estimated) and knows
+neither's kind. One outer step (:meth:`MetaTrainer.step`):
 
 1. for each of this rank's inner problems: draw the unroll length (schedule, capped by the steps
    left), the truncation's batches and the perturbation ``n`` (all pure functions of the seed,
-   the outer step and the problem), and run the antithetic pair of unrolls (a Python loop over
+   the outer step and the problem), and let the estimator run its unrolls (a Python loop over
    the problems, or one ``torch.func.vmap`` over all of them);
 2. reduce the samples to counts, sums and sums of squares, all-reduce them over the ranks, and
-   merge (:func:`harness.meta.estimators.merge_moments`);
+   turn them into a gradient (the estimator's :meth:`gradient`);
 3. clip the gradient elementwise, take an Adam step on theta;
-4. carry each problem's +eps final state to the next truncation (reset at the horizon);
+4. keep each problem's next state (the estimator's: reset at the horizon);
 5. log one row per metric to the tidy table.
 
-Every ``checkpoint_every`` outer steps (and at the end) rank 0 writes, atomically,
-``trainer_state.pt`` (theta, Adam's moments, every inner state, the outer step, the log so far),
-``lopt.pt`` (the learned optimizer, what ``optimizer.checkpoint`` loads), a snapshot
-``lopt_stepNNNNNN.pt`` and ``meta_log.csv``. Nothing else carries state between outer steps
-(randomness is derived, not drawn from a stream), so resuming from ``trainer_state.pt``
-reproduces an uninterrupted run bit for bit with the same parallel mode and thread count.
+Every ``eval_every`` outer steps the current theta is run for the whole horizon on fresh seeds
+(as ``lopt bench`` would; split over the ranks) and its final whole-split losses are logged
+(``heldout_train_loss``, ``heldout_valid_loss``). Every ``checkpoint_every`` outer steps (and at
+the end) rank 0 writes, atomically, ``trainer_state.pt`` (theta, Adam's moments, every
+problem's estimator state, the outer step, the counters, the log so far), ``lopt.pt`` (what
+``optimizer.checkpoint`` loads), a snapshot ``lopt_stepNNNNNN.pt`` and ``meta_log.csv``. Nothing
+else carries state between outer steps (randomness is derived, not drawn from a stream), so
+resuming from ``trainer_state.pt`` reproduces an uninterrupted run bit for bit with the same
+parallel mode and thread count, however many times it is stopped.
 """
 
 from __future__ import annotations
@@ -34,58 +39,54 @@ import pandas as pd
 import torch
 
 from harness.errors import UsageError
-from harness.meta.checkpoint import (
-    load_trainer_state,
-    save_lopt_checkpoint,
-    save_trainer_state,
-)
+from harness.meta.checkpoint import load_trainer_state, save_trainer_state
 from harness.meta.config import MetaTrainConfig
 from harness.meta.distributed import World
-from harness.meta.estimators import (
-    MergeResult,
-    PairSample,
-    SampleSums,
-    antithetic_pair,
-    antithetic_pairs_batched,
-    merge_moments,
-)
+from harness.meta.estimators import GradientEstimator, MergeResult, PairSample, SampleSums
 from harness.meta.truncation import (
+    LOSS_CLIP,
     STREAM_PERTURBATION,
     STREAM_THETA,
     InnerProblems,
-    InnerState,
     derive_seed,
     schedule_from_config,
 )
 from harness.registry import create_task
 from harness.results.io import write_atomically
 from harness.results.schema import canonical_json, provenance
-from optimizers.learned import LearnedOptimizer, init_theta
+from optimizers.base import MetaLearnable
+from optimizers.checkpoint import save_lopt_checkpoint
 from tasks.base import Task
 
 LOPT_FILE = "lopt.pt"
 STATE_FILE = "trainer_state.pt"
 LOG_FILE = "meta_log.csv"
 CONFIG_FILE = "config.json"
+#: the random stream of the held-out evaluation seeds
+STREAM_HELDOUT = 7
+#: weight of the newest outer loss in the smoothed one (an exponential moving average)
+SMOOTHING = 0.05
 
-#: the metrics logged every outer step, in this order
+#: the metrics every estimator logs every outer step, in this order (then the estimator's own
+#: ``var_<slot>`` and ``dropped_<slot>``; every ``eval_every`` steps ``heldout_<split>_loss``)
 METRICS = (
     "outer_loss",
+    "outer_loss_smoothed",
     "es_weight",
-    "var_es",
-    "var_rp",
     "grad_norm",
-    "dropped_es",
-    "dropped_rp",
     "unroll_length",
     "resets",
     "seconds",
+    "cpu_seconds",
+    "inner_steps",
 )
 LOG_COLUMNS = (
     "run_id",
     "task",
+    "learner",
     "estimator",
     "objective",
+    "loss",
     "seed",
     "outer_step",
     "wall_time_s",
@@ -130,50 +131,71 @@ class ThetaAdam:
 
 
 class MetaTrainer:
-    """Meta-trains a learned optimizer on one task (see the module docstring).
+    """Meta-trains ``learner`` on one task with ``estimator`` (see the module docstring).
 
     Args:
-        cfg: a checked :class:`MetaTrainConfig`.
+        cfg: a checked :class:`MetaTrainConfig` (task, objective, schedule, Adam, budget).
+        learner: the learned-optimizer family to train.
+        estimator: how the gradient of the smoothed outer loss is estimated.
         world: the ranks (:class:`World` for one process).
         device: this rank's device (default ``cfg.device``).
         task: the task instance (default: built from ``cfg``).
+        initial_theta: theta at outer step 0 (default: ``learner.init_theta`` of a seed derived
+            from ``cfg.seed``).
     """
 
     def __init__(
         self,
         cfg: MetaTrainConfig,
+        learner: MetaLearnable,
+        estimator: GradientEstimator,
         world: World | None = None,
         *,
         device: torch.device | str | None = None,
         task: Task | None = None,
+        initial_theta: torch.Tensor | None = None,
     ) -> None:
         self.cfg = cfg
+        self.learner = learner
+        self.estimator = estimator
         self.world = world or World()
         self.device = torch.device(device if device is not None else cfg.device)
         self.task = task or create_task(cfg.task, device=self.device, **cfg.task_cfg)
-        self.architecture = cfg.architecture()
         self.horizon = cfg.horizon if cfg.horizon is not None else self.task.default_steps
-        self.theta = init_theta(self.architecture, derive_seed(cfg.seed, STREAM_THETA)).to(
-            self.device
-        )
-        self.lopt = LearnedOptimizer.from_theta(self.theta, self.architecture)
+        theta = initial_theta
+        if theta is None:
+            theta = learner.init_theta(derive_seed(cfg.seed, STREAM_THETA))
+        if theta.shape != (learner.num_theta,):
+            raise UsageError(
+                f"initial theta has shape {tuple(theta.shape)}; the learner {learner.family} "
+                f"needs ({learner.num_theta},)"
+            )
+        self.theta = theta.detach().clone().to(self.device)
         self.problems = InnerProblems(
             self.task,
-            self.lopt,
+            learner,
             num_problems=cfg.problems,
             horizon=self.horizon,
             outer_batches=cfg.outer_batches,
             objective=cfg.objective,
             seed=cfg.seed,
+            loss=cfg.loss,
+            outer_every=cfg.outer_every,
+            outer_data=cfg.outer_data,
         )
         self.schedule = schedule_from_config(cfg, cfg.outer_steps)
         self.adam = ThetaAdam(
-            self.architecture.num_theta, cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps, self.device
+            learner.num_theta, cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps, self.device
         )
         self.local = self.world.local_problems(cfg.problems)
-        self.states: dict[int, InnerState] = {i: self.problems.initial_state(i) for i in self.local}
+        self.states: dict[int, Any] = {
+            i: estimator.initial_state(self.problems, i) for i in self.local
+        }
         self.outer_step = 0
         self.seconds = 0.0
+        self.cpu_seconds = 0.0  # summed over the ranks
+        self.inner_steps = 0  # trained inner steps (both unrolls of every problem), all ranks
+        self.smoothed = math.nan
         self.log: list[list[Any]] = []  # [outer_step, wall_time_s, metric, value]
         self.last: dict[str, float] = {}
 
@@ -183,138 +205,158 @@ class MetaTrainer:
         generator = torch.Generator().manual_seed(
             derive_seed(self.cfg.seed, STREAM_PERTURBATION, self.outer_step, problem)
         )
-        return torch.randn(self.architecture.num_theta, generator=generator).to(self.device)
+        return torch.randn(self.learner.num_theta, generator=generator).to(self.device)
 
-    def samples(self) -> dict[int, PairSample]:
-        """This rank's antithetic pairs at the current outer step (states are not advanced)."""
-        cfg = self.cfg
-        rp = cfg.estimator != "es"
+    def samples(self) -> dict[int, tuple[PairSample, Any, bool]]:
+        """This rank's samples at the current outer step, with each problem's next state
+        (``self.states`` is not advanced)."""
+        positions = {i: self.estimator.position(s) for i, s in self.states.items()}
         lengths = {
-            i: min(self.schedule.length(self.outer_step, i), self.problems.length_cap(s))
-            for i, s in self.states.items()
+            i: min(self.schedule.length(self.outer_step, i), self.problems.length_cap(p))
+            for i, p in positions.items()
         }
-        datas = {i: self.problems.data(i, self.states[i], lengths[i]) for i in self.local}
-        if cfg.parallel == "vmap":
-            pairs = antithetic_pairs_batched(
-                self.problems,
-                self.theta,
-                torch.stack([self.noise(i) for i in self.local]),
-                cfg.sigma,
-                [self.states[i] for i in self.local],
-                [datas[i] for i in self.local],
-                rp=rp,
-                first_order=cfg.first_order,
-            )
-            return dict(zip(self.local, pairs, strict=True))
-        return {
-            i: antithetic_pair(
-                self.problems,
-                self.theta,
-                self.noise(i),
-                cfg.sigma,
-                self.states[i],
-                datas[i],
-                rp=rp,
-                first_order=cfg.first_order,
-            )
-            for i in self.local
-        }
+        datas = {i: self.problems.data(i, positions[i], lengths[i]) for i in self.local}
+        noises = {i: self.noise(i) for i in self.local}
+        return self.estimator.estimate(
+            self.problems,
+            self.theta,
+            noises,
+            self.states,
+            datas,
+            batched=self.cfg.parallel == "vmap",
+        )
 
     def compute_gradient(self) -> tuple[MergeResult, SampleSums]:
-        """Samples of this rank -> sums -> all-reduce -> merge; advances the inner states.
+        """Samples of this rank -> sums -> all-reduce -> gradient; advances the problems.
 
-        Returns the merged gradient (the same on every rank) and the global sums.
+        Returns the gradient (the same on every rank) and the global sums.
         """
-        sums = SampleSums(self.architecture.num_theta, device=self.device)
-        for i, sample in self.samples().items():
-            self.states[i], reset = self.problems.advance(i, sample.final)
+        sums = self.estimator.new_sums(self.learner.num_theta, device=self.device)
+        for i, (sample, state, reset) in self.samples().items():
+            self.states[i] = state
             sums.add(sample, reset)
         total = self.world.all_reduce_sum(sums.to_vector())
-        merged_sums = SampleSums.from_vector(total, self.architecture.num_theta)
-        return merge_moments(merged_sums, self.cfg.estimator), merged_sums
+        merged_sums = SampleSums.from_vector(total, self.learner.num_theta, sums.slots)
+        return self.estimator.gradient(merged_sums), merged_sums
 
     def step(self) -> dict[str, float]:
         """One outer step; returns its logged metrics."""
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         merged, sums = self.compute_gradient()
         grad = merged.grad.to(self.theta.dtype)
         if merged.source != "none":
             clipped = grad.clamp(-self.cfg.clip, self.cfg.clip)
             self.theta = self.adam.step(self.theta, clipped)
         seconds = time.perf_counter() - start
+        cpu = float(self.world.all_reduce_sum(torch.tensor([time.process_time() - cpu_start]))[0])
         self.seconds += seconds
+        self.cpu_seconds += cpu
         self.outer_step += 1
         stats = sums.stats
+        self.inner_steps += int(2 * stats["length_sum"])
+        loss = stats["loss_sum"] / stats["loss_count"] if stats["loss_count"] else math.nan
+        if math.isfinite(loss):
+            previous = self.smoothed if math.isfinite(self.smoothed) else loss
+            self.smoothed = (1.0 - SMOOTHING) * previous + SMOOTHING * loss
         metrics = {
-            "outer_loss": stats["loss_sum"] / stats["loss_count"]
-            if stats["loss_count"]
-            else math.nan,
+            "outer_loss": loss,
+            "outer_loss_smoothed": self.smoothed,
             "es_weight": merged.es_weight,
-            "var_es": merged.var_es,
-            "var_rp": merged.var_rp,
             "grad_norm": float(merged.grad.norm()),
-            "dropped_es": stats["dropped_es"],
-            "dropped_rp": stats["dropped_rp"],
             "unroll_length": stats["length_sum"] / max(1.0, stats["problems"]),
             "resets": stats["resets"],
             "seconds": seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "inner_steps": float(self.inner_steps),
         }
-        for name in METRICS:
-            self.log.append([self.outer_step, self.seconds, name, float(metrics[name])])
+        for slot in sums.slots:
+            metrics[f"var_{slot}"] = merged.variances.get(slot, math.nan)
+            metrics[f"dropped_{slot}"] = stats[f"dropped_{slot}"]
+        for name, value in metrics.items():
+            self.log.append([self.outer_step, self.seconds, name, float(value)])
         self.last = metrics
         return metrics
+
+    # -- held-out evaluation ----------------------------------------------------------------------
+    def heldout(self) -> dict[str, float]:
+        """The current theta trained over the whole horizon on ``eval_seeds`` fresh seeds (split
+        over the ranks), as ``lopt bench`` would: the mean final whole-split train and valid
+        losses (a diverged or non-finite run counts as the clip, 10). Logged, untimed."""
+        from harness.runner import run
+        from optimizers.learned import LearnedOptimizer
+
+        cfg = self.cfg
+        optimizer = LearnedOptimizer.from_theta(self.theta.detach().cpu(), self.learner)
+        splits = ("train", "valid")
+        totals = torch.zeros(len(splits), dtype=torch.float64)
+        for k in range(self.world.rank, cfg.eval_seeds, self.world.size):
+            result = run(
+                self.task,
+                optimizer,
+                steps=self.horizon,
+                seed=derive_seed(cfg.seed, STREAM_HELDOUT, k),
+                eval_every=self.horizon,
+                eval_splits=splits,
+                task_cfg=cfg.task_cfg,
+                warmup_steps=0,
+            )
+            for j, split in enumerate(splits):
+                value = result.final(split)
+                totals[j] += min(value, LOSS_CLIP) if math.isfinite(value) else LOSS_CLIP
+        totals = self.world.all_reduce_sum(totals) / cfg.eval_seeds
+        values = {f"heldout_{s}_loss": float(v) for s, v in zip(splits, totals, strict=True)}
+        for name, value in values.items():
+            self.log.append([self.outer_step, self.seconds, name, value])
+        self.last.update(values)
+        return values
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> Path:
         """Outer steps until ``outer_steps`` (or ``max_seconds``); returns ``out/lopt.pt``."""
         cfg = self.cfg
         out = Path(cfg.out)
-        bar = self._progress_bar()
+        progress = Progress(self) if self.world.is_main else None
+        eval_every = cfg.eval_every if cfg.eval_every is not None else cfg.checkpoint_every
+        if self.outer_step == 0 and eval_every:
+            self.heldout()
         try:
             while self.outer_step < cfg.outer_steps:
-                metrics = self.step()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{metrics['outer_loss']:.4g}",
-                        es_w=f"{metrics['es_weight']:.2f}",
-                        T=f"{metrics['unroll_length']:.0f}",
-                        refresh=False,
-                    )
+                self.step()
                 out_of_time = False
                 if cfg.max_seconds is not None:  # rank 0's clock decides for every rank
                     out_of_time = self.world.broadcast_from_main(self.seconds >= cfg.max_seconds)
+                done = out_of_time or self.outer_step >= cfg.outer_steps
+                if eval_every and (self.outer_step % eval_every == 0 or done):
+                    self.heldout()
+                if progress is not None:
+                    progress.update()
                 if out_of_time or self.outer_step % cfg.checkpoint_every == 0:
                     self.save()
                 if out_of_time:
                     break
         finally:
-            if bar is not None:
-                bar.close()
+            if progress is not None:
+                progress.close()
         if self.outer_step % cfg.checkpoint_every != 0:
             self.save()
         return out / LOPT_FILE
 
-    def _progress_bar(self) -> Any:
-        if not self.world.is_main:
-            return None
-        from tqdm import tqdm
-
-        show = self.cfg.progress if self.cfg.progress is not None else sys.stderr.isatty()
-        if not show:
-            return None
-        return tqdm(
-            total=self.cfg.outer_steps,
-            initial=self.outer_step,
-            desc=f"meta-train {self.cfg.task} ({self.cfg.estimator})",
-            unit="step",
-            file=sys.stderr,
-        )
+    def eta_seconds(self) -> float:
+        """Meta-training seconds left until ``outer_steps`` or ``max_seconds``, whichever is
+        first, at the mean pace so far (NaN before the first step)."""
+        if self.outer_step == 0:
+            return math.nan
+        left = (self.cfg.outer_steps - self.outer_step) * self.seconds / self.outer_step
+        if self.cfg.max_seconds is not None:
+            left = min(left, max(0.0, self.cfg.max_seconds - self.seconds))
+        return left
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any] | None:
         """Everything needed to resume (on rank 0; None on the other ranks)."""
-        gathered = self.world.gather_to_main({i: s.to_dict() for i, s in self.states.items()})
+        estimator = self.estimator
+        local = {i: estimator.state_to_dict(s) for i, s in self.states.items()}
+        gathered = self.world.gather_to_main(local)
         if gathered is None:
             return None
         states: dict[int, Any] = {}
@@ -325,6 +367,9 @@ class MetaTrainer:
             "identity": self.cfg.identity(),
             "outer_step": self.outer_step,
             "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "inner_steps": self.inner_steps,
+            "smoothed": self.smoothed,
             "theta": self.theta.detach().cpu(),
             "adam": self.adam.state_dict(),
             "problems": [states[i] for i in range(self.cfg.problems)],
@@ -336,10 +381,13 @@ class MetaTrainer:
         check_identity(self.cfg, state)
         self.outer_step = int(state["outer_step"])
         self.seconds = float(state["seconds"])
+        self.cpu_seconds = float(state["cpu_seconds"])
+        self.inner_steps = int(state["inner_steps"])
+        self.smoothed = float(state["smoothed"])
         self.theta = state["theta"].to(self.device)
         self.adam.load_state_dict(state["adam"])
         self.states = {
-            i: InnerState.from_dict(state["problems"][i], self.device) for i in self.local
+            i: self.estimator.state_from_dict(state["problems"][i], self.device) for i in self.local
         }
         self.log = [list(row) for row in state["log"]]
 
@@ -355,11 +403,13 @@ class MetaTrainer:
             "horizon": self.horizon,
             "outer_step": self.outer_step,
             "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "inner_steps": self.inner_steps,
             "run_id": run_id(self.cfg),
         }
-        save_lopt_checkpoint(out / LOPT_FILE, self.theta, self.architecture, meta)
+        save_lopt_checkpoint(out / LOPT_FILE, self.theta, self.learner, meta)
         save_lopt_checkpoint(
-            out / f"lopt_step{self.outer_step:06d}.pt", self.theta, self.architecture, meta
+            out / f"lopt_step{self.outer_step:06d}.pt", self.theta, self.learner, meta
         )
         frame = self.log_frame()
         write_atomically(out / LOG_FILE, lambda tmp: frame.to_csv(tmp, index=False))
@@ -371,14 +421,76 @@ class MetaTrainer:
         constants = {
             "run_id": run_id(self.cfg),
             "task": self.cfg.task,
+            "learner": self.learner.family,
             "estimator": self.cfg.estimator,
             "objective": self.cfg.objective,
+            "loss": self.cfg.loss,
             "seed": self.cfg.seed,
             **provenance(self.device),
         }
         for column, value in constants.items():
             frame[column] = value
         return frame[[*LOG_COLUMNS, *provenance(self.device)]]
+
+
+class Progress:
+    """What a person needs to judge a run: a tqdm bar on a terminal, else a plain line every
+    ``checkpoint_every`` outer steps (and at the end), both with the outer loss (raw and
+    smoothed), the last held-out losses, seconds, CPU-hours, inner steps and the ETA."""
+
+    def __init__(self, trainer: MetaTrainer) -> None:
+        self.trainer = trainer
+        cfg = trainer.cfg
+        show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        self.lines = cfg.progress is None and not show_bar
+        self.bar = None
+        if show_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=cfg.outer_steps,
+                initial=trainer.outer_step,
+                desc=f"meta-train {cfg.task} ({trainer.learner.family}, {cfg.estimator})",
+                unit="step",
+                file=sys.stderr,
+            )
+
+    def summary(self) -> dict[str, str]:
+        t = self.trainer
+        last = t.last
+        out = {
+            "loss": f"{last.get('outer_loss', math.nan):.4g}",
+            "smoothed": f"{t.smoothed:.4g}",
+        }
+        for split in ("train", "valid"):
+            value = last.get(f"heldout_{split}_loss")
+            if value is not None:
+                out[f"heldout_{split}"] = f"{value:.4g}"
+        out["T"] = f"{last.get('unroll_length', math.nan):.0f}"
+        out["cpu_h"] = f"{t.cpu_seconds / 3600:.3f}"
+        out["inner_steps"] = f"{t.inner_steps:,}"
+        eta = t.eta_seconds()
+        out["eta"] = f"{eta / 60:.1f}min" if math.isfinite(eta) else "?"
+        return out
+
+    def update(self) -> None:
+        t = self.trainer
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(self.summary(), refresh=False)
+        elif self.lines and (
+            t.outer_step % t.cfg.checkpoint_every == 0 or t.outer_step >= t.cfg.outer_steps
+        ):
+            fields = " ".join(f"{k}={v}" for k, v in self.summary().items())
+            print(
+                f"[meta-train {t.outer_step}/{t.cfg.outer_steps} {t.seconds:.0f}s] {fields}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def check_identity(cfg: MetaTrainConfig, state: dict[str, Any]) -> None:
@@ -393,13 +505,31 @@ def check_identity(cfg: MetaTrainConfig, state: dict[str, Any]) -> None:
             )
 
 
+def build_trainer(
+    cfg: MetaTrainConfig,
+    world: World | None = None,
+    *,
+    device: torch.device | None = None,
+    task: Task | None = None,
+) -> MetaTrainer:
+    """The trainer ``cfg`` describes: its learner family (``learner``, ``learner_cfg``) from the
+    registry, its estimator (``estimator``, ``sigma``, ``first_order``); ``task`` as in
+    :class:`MetaTrainer`."""
+    from harness.meta.estimators import create_estimator
+    from harness.registry import create_learner
+
+    learner = create_learner(cfg.learner, **cfg.learner_cfg)
+    estimator = create_estimator(cfg.estimator, sigma=cfg.sigma, first_order=cfg.first_order)
+    return MetaTrainer(cfg, learner, estimator, world, device=device, task=task)
+
+
 def run_meta_training(
     cfg: MetaTrainConfig, world: World | None = None, *, device: torch.device | None = None
 ) -> Path:
     """Build the trainer, resume from ``out/trainer_state.pt`` if it exists, run; returns the
     path of ``lopt.pt``. (``meta_train`` prepares ``out`` and the processes; this runs in each.)"""
     world = world or World()
-    trainer = MetaTrainer(cfg, world, device=device)
+    trainer = build_trainer(cfg, world, device=device)
     path = Path(cfg.out) / STATE_FILE
     state = None
     if world.is_main and path.is_file():

@@ -104,10 +104,9 @@ def sgd_problems(
 ) -> InnerProblems:
     """Inner problems of ``task`` driven by SGD with a learnable learning rate (theta = [log
     lr]); outer-train objective, ``outer_batches`` K."""
-    opt = LearnedHParams(encode_theta(0.1, learn_momentum=False), SGD_ARCHITECTURE)
     return InnerProblems(
         task,
-        opt,  # type: ignore[arg-type]  (the learned optimizer's interface, duck-typed)
+        LearnedHParams.of(SGD_ARCHITECTURE),
         num_problems=num_problems,
         horizon=horizon,
         outer_batches=outer_batches,

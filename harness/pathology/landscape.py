@@ -30,7 +30,7 @@ from harness.pathology.common import (
 )
 from harness.pathology.config import PathologyConfig
 from harness.pathology.report import figure, length_colours, save
-from optimizers.learned import LearnedOptimizer, LOptArchitecture, init_theta
+from optimizers.learned import LOptArchitecture, MLPLearner, init_theta
 from tasks.base import Task
 
 STUDY = "landscape"
@@ -40,7 +40,7 @@ def lopt_problems(task: Task, seed: int) -> tuple[InnerProblems, torch.Tensor]:
     """Inner problems driven by the (untrained) learned optimizer, and its theta_0."""
     architecture = LOptArchitecture()
     theta = init_theta(architecture, derive_seed(seed, STREAM_THETA))
-    lopt = LearnedOptimizer.from_theta(theta, architecture)
+    lopt = MLPLearner.of(architecture)
     problems = InnerProblems(
         task, lopt, num_problems=1, horizon=10**9, outer_batches=1, objective="train", seed=seed
     )

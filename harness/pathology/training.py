@@ -5,8 +5,8 @@ Two meta-trained optimizers (column ``optimizer``), each with every estimator an
 ``hparam_sgd``: SGD with a learnable learning rate (theta = [log lr]) is meta-trained from
 ``training_init_lr`` with a constant unroll of ``training_unroll`` steps, ``training_problems``
 inner problems per outer step, by :class:`harness.meta.trainer.MetaTrainer` itself (its
-estimators, merge, clipping and Adam on theta): :class:`HParamTrainer` only swaps the learned
-optimizer for :class:`optimizers.learned_hparams.LearnedHParams`. Every estimator runs the same
+estimators, merge, clipping and Adam on theta), given the learner family
+:class:`optimizers.learned_hparams.LearnedHParams` instead of the MLP. Every estimator runs the same
 antithetic pairs (two unrolls per problem and outer step: equal inner steps; rp and the merge
 also pay for the backward pass, which the seconds axis shows).
 
@@ -41,8 +41,9 @@ import pandas as pd
 import torch
 
 from harness.meta.config import coerce_config
-from harness.meta.trainer import MetaTrainer, ThetaAdam
-from harness.meta.truncation import InnerProblems
+from harness.meta.estimators import create_estimator
+from harness.meta.trainer import MetaTrainer
+from harness.meta.truncation import STREAM_THETA, InnerProblems, derive_seed
 from harness.pathology.common import (
     SGD_ARCHITECTURE,
     Progress,
@@ -52,8 +53,8 @@ from harness.pathology.common import (
 )
 from harness.pathology.config import ESTIMATORS, PathologyConfig
 from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, save
-from optimizers.learned import LearnedOptimizer, LOptArchitecture, unpack_theta
-from optimizers.learned_hparams import HParamArchitecture, LearnedHParams
+from optimizers.learned import LOptArchitecture, MLPLearner, unpack_theta
+from optimizers.learned_hparams import LearnedHParams
 from tasks.base import Task
 
 STUDY = "training"
@@ -61,31 +62,6 @@ EVAL_SEED_OFFSET = 1_000_003
 OPTIMIZERS = ("hparam_sgd", "lopt")
 #: the trainer's per-step metrics kept in the tidy table (``outer_loss`` as train_outer_loss)
 LOGGED = ("outer_loss", "es_weight", "var_es", "var_rp")
-
-
-class HParamTrainer(MetaTrainer):
-    """:class:`MetaTrainer` driving a :class:`LearnedHParams` optimizer instead of the MLP.
-
-    Only the optimizer, theta, Adam's state and the inner states (whose accumulators have the
-    new optimizer's shape) are replaced after the base class is built; the outer step is the
-    base class's. Checkpoints (``run``/``save``) are not supported: use :meth:`step`.
-    """
-
-    def __init__(
-        self, cfg: Any, theta: torch.Tensor, architecture: HParamArchitecture, task: Task
-    ) -> None:
-        super().__init__(cfg, task=task)
-        self.lopt = LearnedHParams(theta, architecture)  # type: ignore[assignment]
-        self.architecture = architecture
-        self.theta = theta.detach().clone().to(self.device)
-        self.problems.lopt = self.lopt  # type: ignore[assignment]
-        self.adam = ThetaAdam(
-            architecture.num_theta, cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps, self.device
-        )
-        self.states = {i: self.problems.initial_state(i) for i in self.local}
-
-    def save(self) -> None:  # pragma: no cover - not used by the study
-        raise NotImplementedError("HParamTrainer does not write checkpoints")
 
 
 def large_step_theta(
@@ -112,17 +88,6 @@ def large_step_theta(
     last_w[0, 0], last_w[0, 1] = 1.0, -1.0
     last_b[1] = math.log(step_scale) / architecture.exp_mult
     return out
-
-
-class LargeStepTrainer(MetaTrainer):
-    """:class:`MetaTrainer` whose initial theta is :func:`large_step_theta` of its own."""
-
-    def __init__(self, cfg: Any, step_scale: float, task: Task) -> None:
-        super().__init__(cfg, task=task)
-        self.theta = large_step_theta(self.theta, self.architecture, step_scale).to(self.device)
-
-    def save(self) -> None:  # pragma: no cover - not used by the study
-        raise NotImplementedError("the study's trainer does not write checkpoints")
 
 
 def meta_config(cfg: PathologyConfig, estimator: str, seed: int, optimizer: str) -> Any:
@@ -184,7 +149,7 @@ def run_training(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
                     step, seconds = trainer.outer_step, trainer.seconds
                     for metric in LOGGED:
                         name = "train_outer_loss" if metric == "outer_loss" else metric
-                        value = float(metrics[metric])
+                        value = float(metrics.get(metric, math.nan))  # NaN: not computed
                         rows.append(
                             row(**common, step=step, seconds=seconds, metric=name, value=value)
                         )
@@ -202,9 +167,18 @@ def _trainer(
     cfg: PathologyConfig, task: Task, estimator: str, seed: int, optimizer: str
 ) -> MetaTrainer:
     meta = meta_config(cfg, estimator, seed, optimizer)
+    chosen = create_estimator(estimator, sigma=meta.sigma, first_order=meta.first_order)
     if optimizer == "lopt":
-        return LargeStepTrainer(meta, cfg.training_lopt_step_scale, task)
-    return HParamTrainer(meta, log_lr_theta(cfg.training_init_lr), SGD_ARCHITECTURE, task)
+        learner = MLPLearner.of()
+        theta = large_step_theta(
+            learner.init_theta(derive_seed(seed, STREAM_THETA)),
+            learner.architecture,
+            cfg.training_lopt_step_scale,
+        )
+        return MetaTrainer(meta, learner, chosen, task=task, initial_theta=theta)
+    theta = log_lr_theta(cfg.training_init_lr)
+    hparams = LearnedHParams.of(SGD_ARCHITECTURE)
+    return MetaTrainer(meta, hparams, chosen, task=task, initial_theta=theta)
 
 
 def _eval_problems(
@@ -217,7 +191,7 @@ def _eval_problems(
         )
     return InnerProblems(
         task,
-        LearnedOptimizer.from_theta(trainer.theta, trainer.architecture),
+        trainer.learner,
         num_problems=cfg.training_eval_problems,
         horizon=10**9,
         outer_batches=1,

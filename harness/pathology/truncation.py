@@ -23,12 +23,11 @@ import pandas as pd
 import torch
 
 from harness.meta.config import coerce_config
-from harness.meta.trainer import MetaTrainer
+from harness.meta.trainer import build_trainer
 from harness.meta.truncation import InnerProblems
 from harness.pathology.common import Progress, prefix_outer_losses, row
 from harness.pathology.config import PathologyConfig
 from harness.pathology.report import figure, save
-from optimizers.learned import LearnedOptimizer
 from tasks.base import Task
 
 STUDY = "truncation"
@@ -70,10 +69,10 @@ def run_truncation(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     progress = Progress(cfg.progress, STUDY)
     rows: list[dict] = []
     thetas: dict[str, torch.Tensor] = {}
-    architecture = None
+    learner = None
     for variant in ("short", "schedule"):
-        trainer = MetaTrainer(meta_config(cfg, variant), task=task)
-        architecture = trainer.architecture
+        trainer = build_trainer(meta_config(cfg, variant), task=task)
+        learner = trainer.learner
         if "untrained" not in thetas:
             thetas["untrained"] = trainer.theta.detach().clone()
         common = {"study": STUDY, "task": task.name, "optimizer": "lopt", "variant": variant}
@@ -92,8 +91,8 @@ def run_truncation(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
                 )
         thetas[variant] = trainer.theta.detach().clone()
         progress(f"{variant}: {cfg.truncation_outer_steps} outer steps in {trainer.seconds:.1f}s")
-    assert architecture is not None
-    lopt = LearnedOptimizer.from_theta(thetas["untrained"], architecture)
+    assert learner is not None
+    lopt = learner
     horizon = cfg.truncation_horizon
     problems = InnerProblems(
         task,

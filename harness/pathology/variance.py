@@ -6,7 +6,7 @@ own inner problem (fresh initialisation, its own batches, its own perturbation),
 inner step 0 (:func:`harness.meta.estimators.antithetic_pairs_batched`: the trainer's own
 estimators). Every pair gives one rp and one ES sample; the samples are cut into batches of
 ``variance_batch`` and each batch gives one merged estimate
-(:func:`harness.meta.estimators.merge_moments`, the trainer's merge) and its ES weight.
+(:func:`harness.meta.estimators.inverse_variance_merge`, the trainer's merge) and its ES weight.
 
 Rows: ``metric=estimate`` (variant ``rp``/``es``: one per sample, ``step`` = the sample index;
 variant ``merged``: one per batch, ``step`` = the batch index; for theta of several elements
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.meta.estimators import SampleSums, antithetic_pairs_batched, merge_moments
+from harness.meta.estimators import SampleSums, antithetic_pairs_batched, inverse_variance_merge
 from harness.meta.truncation import STREAM_PERTURBATION, derive_seed
 from harness.pathology.common import (
     Progress,
@@ -79,7 +79,7 @@ def run_variance(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
                     sums.add(sample, reset=False)
                 dropped["rp"] += sums.stats["dropped_rp"]
                 dropped["es"] += sums.stats["dropped_es"]
-                merged = merge_moments(sums, "merged")
+                merged = inverse_variance_merge(sums)
                 value = float(merged.grad[0])
                 rows.append(row(**common, variant="merged", step=b, metric="estimate", value=value))
                 rows.append(

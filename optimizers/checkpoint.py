@@ -1,0 +1,196 @@
+"""Learned-optimizer checkpoints: ``theta`` plus the learner family and settings it belongs to.
+
+A checkpoint is a ``torch.save`` file of plain data (tensors, numbers, strings, lists, dicts),
+written atomically and read with ``torch.load(weights_only=True)``, which never executes code
+from the file. Anything wrong with a file (missing, corrupted, another format, a newer format
+version, an unknown family, a theta that does not fit its learner) is a one-line
+:class:`~harness.errors.UsageError` that says what the file is and what to do.
+
+Format ``lopt-harness/learned-optimizer``, version 2::
+
+    {
+        "format": "lopt-harness/learned-optimizer", "format_version": 2,
+        "family": "mlp",                       # the registered learner family
+        "theta": float32 tensor (P,),          # the family's meta-parameters
+        "architecture": {...},                 # the family's settings: learner.record()
+        "meta_training": {...},                # the MetaTrainConfig, "outer_step", "seconds"
+        "git_commit": "...", "harness_version": "...", "torch_version": "...",
+        "created": "2026-01-01T12:00:00+00:00",
+    }
+
+Version 1 files (before families) have no ``family``: they are the paper's ``mlp``.
+
+Wherever a checkpoint is accepted (``optimizer.checkpoint=...``, ``LOpt(..., checkpoint=...)``,
+Python) a shipped name such as ``lopt_mnist5k_train`` works as well as a path
+(:func:`resolve_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness._version import __version__
+from harness.errors import UnknownNameError, UsageError
+from harness.results.schema import git_commit
+
+LOPT_FORMAT = "lopt-harness/learned-optimizer"
+FORMAT_VERSION = 2
+#: the family of version-1 checkpoints, which did not record one
+LEGACY_FAMILY = "mlp"
+#: the folder of the shipped checkpoints (served by name, see optimizers.pretrained)
+PRETRAINED_DIR = Path(__file__).with_name("pretrained")
+
+
+@dataclass(frozen=True)
+class LOptCheckpoint:
+    """A loaded learned-optimizer checkpoint (see the module docstring for the file).
+
+    Attributes:
+        learner: the :class:`optimizers.base.MetaLearnable` it was trained for.
+        theta: ``(P,)`` float32 meta-parameters.
+    """
+
+    learner: Any
+    theta: torch.Tensor
+    meta_training: dict[str, Any]
+    git_commit: str
+    created: str
+
+    @property
+    def family(self) -> str:
+        return str(self.learner.family)
+
+
+def shipped_names() -> list[str]:
+    """The names of the shipped checkpoints (``optimizers/pretrained/NAME.pt``)."""
+    return sorted(path.stem for path in PRETRAINED_DIR.glob("*.pt"))
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """The file a checkpoint argument names: an existing path, else a shipped name.
+
+    Raises ``UsageError`` naming the shipped checkpoints when it is neither.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = PRETRAINED_DIR / f"{name_or_path}.pt"
+    if "/" not in str(name_or_path) and shipped.is_file():
+        return shipped
+    raise UsageError(
+        f"learned-optimizer checkpoint {str(name_or_path)!r} does not exist; give a file "
+        f"written by `lopt meta-train` or a shipped name: {', '.join(shipped_names()) or 'none'}"
+    )
+
+
+def save_lopt_checkpoint(
+    path: str | Path,
+    theta: torch.Tensor,
+    learner: Any,
+    meta_training: dict[str, Any],
+) -> Path:
+    """Write a learned-optimizer checkpoint atomically; returns its path.
+
+    Args:
+        theta: ``(P,)`` meta-parameters (stored as float32 on the CPU).
+        learner: the :class:`optimizers.base.MetaLearnable` (its ``family`` and ``record()``).
+        meta_training: plain data describing how ``theta`` was obtained (config, task, outer
+            step, seconds).
+    """
+    from harness.results.io import write_atomically  # pandas: imported on use
+
+    payload = {
+        "format": LOPT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "family": learner.family,
+        "theta": theta.detach().to(device="cpu", dtype=torch.float32).clone(),
+        "architecture": learner.record(),
+        "meta_training": meta_training,
+        **provenance(),
+    }
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_lopt_checkpoint(name_or_path: str | Path) -> LOptCheckpoint:
+    """Read and check a learned-optimizer checkpoint (a path or a shipped name)."""
+    from harness.registry import create_learner
+
+    path = resolve_checkpoint(name_or_path)
+    what = "learned-optimizer checkpoint"
+    data = load_payload(path, LOPT_FORMAT, what, remedy="write it again with `lopt meta-train`")
+    where = f"{what} {str(path)!r}"
+    family = data.get("family", LEGACY_FAMILY) if data["format_version"] >= 2 else LEGACY_FAMILY
+    settings = data.get("architecture")
+    if not isinstance(settings, dict):
+        raise UsageError(f"{where} is corrupted: its architecture is not a mapping")
+    try:
+        learner = create_learner(str(family), **settings)
+    except UnknownNameError as exc:
+        raise UsageError(f"{where} needs the learner family {family!r}: {exc}") from exc
+    except UsageError as exc:
+        raise UsageError(f"{where} is incompatible: {exc}") from exc
+    theta = data.get("theta")
+    if not isinstance(theta, torch.Tensor) or not theta.is_floating_point() or theta.dim() != 1:
+        raise UsageError(f"{where} is corrupted: theta is not a 1-d float tensor")
+    if theta.numel() != learner.num_theta:
+        raise UsageError(
+            f"{where} is incompatible: theta has {theta.numel()} values, its learner "
+            f"({family}) needs {learner.num_theta}"
+        )
+    if not torch.isfinite(theta).all():
+        raise UsageError(f"{where} is corrupted: theta has non-finite values")
+    meta = data.get("meta_training")
+    return LOptCheckpoint(
+        learner=learner,
+        theta=theta.float(),
+        meta_training=meta if isinstance(meta, dict) else {},
+        git_commit=str(data.get("git_commit", "unknown")),
+        created=str(data.get("created", "")),
+    )
+
+
+def load_payload(path: str | Path, expected_format: str, what: str, remedy: str) -> dict[str, Any]:
+    """The checked plain data of a checkpoint file of ``expected_format``; every problem is a
+    one-line ``UsageError`` naming the file, what it should be and ``remedy`` (what to do)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} {str(path)!r} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds (pickle, zip, unpickler errors)
+        if "Unsupported global" in str(exc):  # a pickled class or function
+            reason = (
+                "it holds Python objects besides tensors and plain data "
+                "(refused: loading them could run code)"
+            )
+        else:
+            reason = f"it is truncated, corrupted or not a checkpoint ({type(exc).__name__})"
+        raise UsageError(f"{what} {str(path)!r} cannot be read: {reason}; {remedy}") from exc
+    if not isinstance(data, dict) or "format" not in data:
+        raise UsageError(f"{str(path)!r} is not a {what}: it has no format tag; {remedy}")
+    if data["format"] != expected_format:
+        raise UsageError(
+            f"{str(path)!r} is not a {what}: its format is {data['format']!r}; {remedy}"
+        )
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UsageError(
+            f"{what} {str(path)!r} has format version {version!r}; this lopt-harness "
+            f"({__version__}) reads versions up to {FORMAT_VERSION}: upgrade it"
+        )
+    return data
+
+
+def provenance() -> dict[str, str]:
+    """Commit, versions and creation time, stored in every checkpoint."""
+    return {
+        "git_commit": git_commit(),
+        "harness_version": __version__,
+        "torch_version": str(torch.__version__),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
