@@ -1,6 +1,6 @@
 """``lopt``: the command line, a thin entrance to Hydra-composed configs.
 
-    lopt list tasks|optimizers|suites [PATTERN]
+    lopt list tasks|optimizers|suites [PATTERN] [plugins=MODULE,...]
     lopt bench [-m] task=NAME[,NAME...] optimizer=NAME[,NAME...] [optimizer.lr=0.01] [steps=N]
                [seeds=N] [workers=N] [out=PATH.csv] [device=cpu|cuda] [threads=N] ...
     lopt suite name=SUITE [seeds=N] [workers=N] [out=PATH.csv] [report=true] [fresh=true] ...
@@ -22,8 +22,9 @@ hyperparameter and ``search.NAME=[LOW,HIGH]`` (or ``true``/``false``) changes th
 (``tuning.objective``, ``tuning.budget_steps``, ``tuning.sampler``, ``tuning.storage`` select it).
 ``lopt COMMAND --help`` prints the command's keys and defaults.
 
-Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 130 interrupted (rerun
-the same command to resume), 1 anything else.
+Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 3 a suite finished
+without some of its tasks (their data is not here: the last lines say which; their earlier
+results are kept), 130 interrupted (rerun the same command to resume), 1 anything else.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from harness.errors import UsageError
 
 USAGE = __doc__.split("\n\n")[0] if __doc__ else ""
 ALWAYS_SWEPT = {"bench": ("task", "optimizer"), "tune": ("task", "optimizer")}
+INCOMPLETE = 3  # the exit code of a suite that could not run some of its tasks
 COMMANDS = ("list", "bench", "suite", "report", "tune", "studies", "meta-train", "pathology")
 
 
@@ -100,8 +102,12 @@ def list_command(args: list[str]) -> int:
     from harness.registry import OPTIMIZERS, TASKS
 
     kinds = ("tasks", "optimizers", "suites")
-    if not args or args[0] not in kinds or len(args) > 2:
-        raise UsageError("usage: lopt list tasks|optimizers|suites [PATTERN]")
+    plugins = [arg for arg in args if arg.startswith("plugins=")]
+    args = [arg for arg in args if not arg.startswith("plugins=")]
+    if plugins:
+        load_plugins(parse_overrides(plugins[-1:]))  # local plugins are listed too
+    if not args or args[0] not in kinds or len(args) > 2 or "=" in "".join(args):
+        raise UsageError("usage: lopt list tasks|optimizers|suites [PATTERN] [plugins=MODULE,...]")
     kind, pattern = args[0], (args[1] if len(args) == 2 else None)
     if kind == "suites":
         import fnmatch
@@ -232,8 +238,8 @@ def check_keys(parsed: list[Any], command: str) -> None:
                 allowed = [spec.name for spec in specs]
                 if name not in allowed:
                     raise UsageError(
-                        f"{optimizer} takes no hyperparameter {name!r}; it takes: "
-                        f"{', '.join(allowed) or 'none'}"
+                        f"{optimizer} takes no hyperparameter {name!r}."
+                        f"{_did_you_mean(name, allowed)} It takes: {', '.join(allowed) or 'none'}"
                     )
 
 
@@ -267,23 +273,70 @@ def composed(command: str, overrides: list[str], multirun: bool) -> list[DictCon
     plugin_override = load_plugins(parsed)
     check_keys(parsed, command)
     combos = expand_sweeps(parsed, command, multirun)
+    configs = []
     with hydra_context():
-        return [compose_config(command, plugin_override + combo) for combo in combos]
+        for combo in combos:
+            try:
+                configs.append(compose_config(command, plugin_override + combo))
+            except UsageError:
+                check_key_paths(command, plugin_override + combo)  # a clearer line for a typo
+                raise
+    return configs
 
 
-def _print_help(command: str) -> int:
-    from harness.config import compose_config, hydra_context
-
-    with hydra_context():
-        cfg = compose_config(command, [])
-    print(_usage())
-    print(f"\n`lopt {command}` keys and their defaults:\n")
-    print(OmegaConf.to_yaml(cfg))
-    return 0
+GROUPS = ("task", "optimizer", "suite", "plugins")
 
 
-def _usage() -> str:
-    return (__doc__ or "").strip()
+def check_key_paths(command: str, overrides: list[str]) -> None:
+    """``UsageError`` for the first override whose key the command's config does not have,
+    naming the allowed keys and the closest one (call inside :func:`hydra_context`)."""
+    from harness.config import compose_config
+
+    parsed = parse_overrides(overrides)
+    groups = [o.input_line for o in parsed if o.key_or_group in GROUPS]
+    base = compose_config(command, groups)
+    for override in parsed:
+        if override.key_or_group in GROUPS or override.is_add() or override.is_delete():
+            continue
+        node: Any = base
+        path = override.key_or_group.split(".")
+        for depth, part in enumerate(path):
+            if not isinstance(node, DictConfig):
+                break
+            keys = [str(k) for k in node if k != "defaults"]
+            if part not in keys:
+                raise UsageError(_unknown_key_message(command, path[:depth], part, keys, node))
+            node = None if OmegaConf.is_missing(node, part) else node[part]
+
+
+def _unknown_key_message(
+    command: str, parents: list[str], key: str, keys: list[str], node: DictConfig
+) -> str:
+    if parents == ["task"] and "name" in keys:
+        settings = sorted(k for k in keys if k != "name")
+        return (
+            f"task {node.name} takes no setting {key!r}.{_did_you_mean(key, settings)} It takes: "
+            f"{', '.join(settings) or 'none'}"
+        )
+    if not parents:
+        return (
+            f"unknown key {key!r} for lopt {command}.{_did_you_mean(key, keys)} Its keys are: "
+            f"{', '.join(sorted(keys))}"
+        )
+    full = ".".join([*parents, key])
+    shown = [".".join([*parents, k]) for k in sorted(keys)]
+    return (
+        f"unknown key {full!r}.{_did_you_mean(full, shown)} The keys of "
+        f"{'.'.join(parents)} are: {', '.join(sorted(keys))}"
+    )
+
+
+def _did_you_mean(name: str, allowed: list[str]) -> str:
+    """`` Did you mean: CLOSEST?`` (difflib), or nothing when no name is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.5)
+    return f" Did you mean: {close[0]}?" if close else ""
 
 
 # -- lopt bench ------------------------------------------------------------------------------------
@@ -399,7 +452,7 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
     seeds = cfg.seeds if cfg.seeds is not None else cfg.suite.seeds
     if seeds < 1:
         raise UsageError(f"seeds must be >= 1, got {seeds}")
-    run_suite(
+    outcome = run_suite(
         SuiteRun(
             suite=cfg.suite,
             seeds=seeds,
@@ -415,6 +468,14 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
         ),
         log=_log,
     )
+    if not outcome.complete:
+        tasks = ", ".join(item.task for item in outcome.skipped)
+        print(
+            f"lopt: incomplete: {tasks} not rerun (see above); the results file keeps what "
+            "it could not reproduce; exit code 3",
+            file=sys.stderr,
+        )
+        return INCOMPLETE
     return 0
 
 

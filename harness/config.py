@@ -75,7 +75,9 @@ class BenchConfig:
     log_every: int = 10
     warmup_steps: int = 2
     device: str = "cpu"
-    threads: Optional[int] = None  # noqa: UP045  (None: torch's default)
+    # torch threads: 1 gives stable timings on a shared machine (README, Using it);
+    # None (threads=null): torch's default, all cores
+    threads: Optional[int] = 1  # noqa: UP045
     workers: int = 1  # runs at a time, each in its own 1-thread process
     max_seconds: Optional[float] = None  # noqa: UP045
     out: str = "results/bench.csv"
@@ -109,7 +111,7 @@ class TuneConfig:
     tag: str = ""
     eval_every: Optional[int] = None  # noqa: UP045  (None: budget_steps // 10)
     device: str = "cpu"
-    threads: Optional[int] = None  # noqa: UP045
+    threads: Optional[int] = 1  # noqa: UP045  (None: torch's default, all cores)
     out: str = "results/tuning"
     plugins: list[str] = field(default_factory=list)
 
@@ -170,7 +172,7 @@ class SuiteConfig:
     suite: SuiteFile = field(default_factory=SuiteFile)
     seeds: Optional[int] = None  # noqa: UP045  (None: the suite file's)
     device: str = "cpu"
-    threads: Optional[int] = None  # noqa: UP045
+    threads: Optional[int] = 1  # noqa: UP045  (None: torch's default, all cores)
     workers: int = 1  # runs at a time, each in its own 1-thread process
     warmup_steps: int = 2
     out: Optional[str] = None  # noqa: UP045  (None: results/<suite name>/results.csv)

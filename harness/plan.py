@@ -4,7 +4,10 @@
 
 * checks every plan before the first run starts (names, hyperparameters, pairings), so a typo
   fails in a second, not after an hour;
-* shows progress (a bar per run on a terminal, one summary line per finished run on stderr);
+* shows progress: one line per finished run on stderr, ``[k/N] <run>: <outcome>; elapsed ..,
+  ETA ..``, where ``<run>`` is the task, the optimizer, the seed and whatever tells apart runs
+  that share them (the ``comparison`` tag always, then the swept settings: ``lr=0.01``); on a
+  terminal also a tqdm bar over the runs (and one over the steps of the run in flight);
 * saves each finished run's rows at once under ``<out>.parts/`` (atomically), so an interrupted
   invocation loses at most the run in flight: rerunning the same command skips the finished runs
   (their ids are deterministic) and completes only the missing ones;
@@ -20,6 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -109,14 +113,18 @@ def execute(
     progress_bars: bool | None = None,
     workers: int = 1,
     plugin_modules: Sequence[str] = (),
+    keep: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Run ``plans`` (skipping those already saved when ``resume``) and write the tidy ``out``.
 
     Args:
-        progress_bars: show a bar per run (None: only when stderr is a terminal; never with
-            ``workers`` > 1, where one line per finished run is the progress).
+        progress_bars: show tqdm bars on stderr, one over the runs and (with ``workers`` = 1)
+            one over the steps of the run in flight (None: only when stderr is a terminal).
+            The one-line-per-run log is written either way.
         workers: how many runs at a time, each in its own 1-thread process (1: in this process).
         plugin_modules: modules the worker processes import before running (local plugins).
+        keep: rows of runs that are not in ``plans`` but belong in ``out`` (a suite keeps the
+            earlier rows of the runs it could not rerun); written after the new rows.
     Returns the whole tidy table, as written to ``out``.
     """
     out = Path(out)
@@ -135,26 +143,129 @@ def execute(
     if already:
         log(f"resuming: {len(already)} of {len(unique)} runs already saved in {parts}")
 
-    todo = [(run_id, plan) for run_id, plan in unique.items() if run_id not in done]
-    labelled = [
-        (run_id, plan, f"[{index}/{len(unique)}] {plan.task} {plan.optimizer} seed {plan.seed}")
-        for index, (run_id, plan) in enumerate(todo, start=len(already) + 1)
-    ]
-    if workers == 1 or len(labelled) <= 1:
-        tasks: dict[tuple[str, str, str], Task] = {}  # each dataset is loaded once
-        for run_id, plan, label in labelled:
-            summary = run_and_save(plan, run_id, parts, label, progress_bars, tasks)
-            log(f"{label}: {summary}")
-    else:
-        _execute_in_workers(labelled, parts, workers, list(plugin_modules), log)
+    labels = dict(zip(unique, run_labels(list(unique.values())), strict=True))
+    todo = [(run_id, plan, labels[run_id]) for run_id, plan in unique.items() if run_id not in done]
+    show_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
+    progress = Progress(len(unique), len(already), log, show_bars)
+    try:
+        if workers == 1 or len(todo) <= 1:
+            tasks: dict[tuple[str, str, str], Task] = {}  # each dataset is loaded once
+            for run_id, plan, label in todo:
+                summary = run_and_save(plan, run_id, parts, label, show_bars, tasks)
+                progress.finished(label, summary)
+        else:
+            _execute_in_workers(todo, parts, workers, list(plugin_modules), progress.finished)
+    finally:
+        progress.close()
 
-    frame = pd.concat(
-        [read_results(parts / f"{run_id}.csv") for run_id in unique], ignore_index=True
-    )
+    frames = [read_results(parts / f"{run_id}.csv") for run_id in unique]
+    if keep is not None and not keep.empty:
+        frames.append(keep[[c for c in frames[0].columns if c in keep.columns]])
+    frame = pd.concat(frames, ignore_index=True)
     write_results(frame, out)
     shutil.rmtree(parts, ignore_errors=True)
-    log(f"wrote {len(frame)} rows from {len(unique)} runs to {out}")
+    kept = f" and {keep.run_id.nunique()} kept runs" if keep is not None and len(keep) else ""
+    log(f"wrote {len(frame)} rows from {len(unique)} runs{kept} to {out}")
     return frame
+
+
+def run_labels(plans: Sequence[RunPlan]) -> list[str]:
+    """``task optimizer [key=value ...] seed N`` for each plan: the ``comparison`` tag whenever
+    a plan has one, then, among plans that share task, optimizer and seed, the settings whose
+    values differ (task settings, hyperparameters, steps, other tags), as few as tell them
+    apart."""
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    for index, plan in enumerate(plans):
+        groups.setdefault((plan.task, plan.optimizer, plan.seed), []).append(index)
+    shown: list[list[str]] = [
+        [f"comparison={plan.tags['comparison']}"] if "comparison" in plan.tags else []
+        for plan in plans
+    ]
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        described = [_describable(plans[i]) for i in members]
+        keys = [k for k in described[0] if k != "comparison"]
+        keys += sorted({k for d in described for k in d} - set(keys) - {"comparison"})
+        chosen: list[str] = []
+        for key in keys:
+            if len({_shown(d.get(key)) for d in described}) > 1:
+                chosen.append(key)
+            signatures = {
+                tuple(shown[i]) + tuple(_shown(d.get(k)) for k in chosen)
+                for i, d in zip(members, described, strict=True)
+            }
+            if len(signatures) == len(members):
+                break
+        for i, d in zip(members, described, strict=True):
+            shown[i] += [f"{key}={_shown(d.get(key))}" for key in chosen]
+    return [
+        " ".join([plan.task, plan.optimizer, *extra, f"seed {plan.seed}"])
+        for plan, extra in zip(plans, shown, strict=True)
+    ]
+
+
+def _describable(plan: RunPlan) -> dict[str, Any]:
+    """What may tell a plan apart, in the order it is shown: task settings, hyperparameters,
+    budgets, then tags (a name clash keeps the first)."""
+    found: dict[str, Any] = {}
+    settings = {
+        "steps": plan.steps,
+        "max_seconds": plan.max_seconds,
+        "eval_every": plan.eval_every,
+        "log_every": plan.log_every,
+        "device": plan.device,
+        "suite": plan.suite,
+    }
+    for source in (plan.task_cfg, plan.hparams, settings, plan.tags):
+        for key, value in source.items():
+            found.setdefault(str(key), value)
+    return found
+
+
+def _shown(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+class Progress:
+    """The progress of one :func:`execute`: a line per finished run (with the elapsed time and
+    an estimate of the time left) and, when ``bars``, a tqdm bar over the runs."""
+
+    def __init__(self, total: int, already: int, log: Log, bars: bool) -> None:
+        self.total, self.count, self.log = total, already, log
+        self.started, self.finished_here = time.monotonic(), 0
+        self.bar = (
+            tqdm(total=total, initial=already, desc="runs", unit="run", file=sys.stderr)
+            if bars
+            else None
+        )
+
+    def finished(self, label: str, summary: str) -> None:
+        self.count += 1
+        self.finished_here += 1
+        elapsed = time.monotonic() - self.started
+        left = self.total - self.count
+        eta = elapsed / self.finished_here * left
+        self.log(
+            f"[{self.count}/{self.total}] {label}: {summary}; elapsed {duration(elapsed)}, "
+            f"ETA {duration(eta)}"
+        )
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s`` or ``1h02m``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 # a worker process's tasks, kept for the worker's life so each dataset is loaded once
@@ -200,7 +311,7 @@ def _execute_in_workers(
     parts: Path,
     workers: int,
     plugin_modules: list[str],
-    log: Log,
+    on_finished: Callable[[str, str], None],
 ) -> None:
     """Run the plans ``workers`` at a time in spawned processes; the first failure stops the
     submission of new runs, lets the ones in flight finish (their rows are saved), and is
@@ -226,7 +337,7 @@ def _execute_in_workers(
             for future in finished:
                 label = running.pop(future)
                 try:
-                    log(f"{label}: {future.result()}")
+                    on_finished(label, future.result())
                 except BaseException as exc:  # re-raised once the runs in flight end
                     failure = failure or exc
         if failure is not None:
@@ -237,8 +348,9 @@ def _run_with_progress(
     plan: RunPlan, task: Task, label: str, progress_bars: bool | None
 ) -> RunResult:
     steps = plan.resolved_steps()
-    disable = None if progress_bars is None else not progress_bars
-    with tqdm(total=steps, desc=label, unit="step", leave=False, disable=disable) as bar:
+    disable = not sys.stderr.isatty() if progress_bars is None else not progress_bars
+    bar = tqdm(total=steps, desc=label, unit="step", leave=False, disable=disable, position=1)
+    with bar:
 
         def progress(step: int, loss: float) -> None:
             bar.update(step - bar.n)

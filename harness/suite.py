@@ -11,19 +11,26 @@ its runs; each entry may
   checkpoint is made when the suite is run with ``fresh=true``.
 
 ``optional_tasks`` are skipped, with a notice, when their data is not on the machine (a
-Fashion-MNIST suite still runs its MNIST part). ``fresh=true`` redoes everything a suite
+Fashion-MNIST suite still runs its MNIST part). A skipped task's results are never lost: the
+rows of its runs in the results file being replaced (same run ids: the same definition) are
+kept in the new file, their ``tags`` marked ``not_reproduced``; rows of the task that no run
+of this suite would make are written aside to ``<out stem>.not-rerun<suffix>``. The report says
+which tasks were not rerun and why, the run's last lines say it again, and
+:attr:`SuiteOutcome.complete` is False (``lopt suite`` then exits with code 3). ``fresh=true``
+redoes everything a suite
 normally takes from the repository: every tuning study (in ``<out>/fresh/optuna.db``, with the
 suite's ``tuning.trials``) and every meta-training (in ``<out>/fresh/meta/<optimizer>``); the
 runs then use those.
 
-:func:`run_suite` returns the tidy table it wrote; the report (``report: standard`` or
-``comparison``) is written next to it.
+:func:`run_suite` returns a :class:`SuiteOutcome`: the tidy table it wrote and the tasks it
+skipped; the report (``report: standard`` or ``comparison``) is written next to it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,9 @@ from harness.config import SuiteEntry, TuningRef, suite_entries
 from harness.errors import DatasetUnavailableError, UsageError
 from harness.plan import RunPlan, execute
 from harness.registry import TASKS, create_task
+from harness.results.io import read_results, write_results
+from harness.results.report import NOT_REPRODUCED_TAG
+from harness.results.schema import canonical_json
 
 Log = Callable[[str], None]
 REPORTS = ("standard", "comparison")
@@ -65,52 +75,133 @@ class SuiteRun:
         return self.results_path.parent / "fresh"
 
 
-def run_suite(settings: SuiteRun, log: Log) -> pd.DataFrame:
-    """Run the suite (see the module docstring); returns its tidy table."""
+@dataclass
+class SkippedTask:
+    """A task the suite could not run here, and what became of its earlier results."""
+
+    task: str
+    reason: str
+    runs: int  # the runs the suite has for the task
+    kept_runs: int = 0  # of those, how many have their earlier rows kept in the results file
+    aside: Path | None = None  # where other earlier rows of the task were written
+
+    def line(self, results: Path) -> str:
+        kept = (
+            f"the earlier rows of {self.kept_runs} of its {self.runs} runs are kept in "
+            f"{results}, tagged {NOT_REPRODUCED_TAG}"
+            if self.kept_runs
+            else f"none of its {self.runs} runs had earlier rows in {results} to keep"
+        )
+        aside = f"; its other earlier rows are in {self.aside}" if self.aside else ""
+        return f"NOT reproduced: {self.task} (skipped: {self.reason}); {kept}{aside}"
+
+
+@dataclass
+class SuiteOutcome:
+    """What :func:`run_suite` did: the table it wrote and the tasks it could not run."""
+
+    frame: pd.DataFrame
+    results: Path
+    skipped: list[SkippedTask] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every task of the suite was run."""
+        return not self.skipped
+
+
+def run_suite(settings: SuiteRun, log: Log) -> SuiteOutcome:
+    """Run the suite (see the module docstring)."""
     suite = settings.suite
     if suite.report not in REPORTS:
         raise UsageError(f"suite {suite.name!r}: report must be one of {', '.join(REPORTS)}")
-    entries = available_entries(suite, log)
+    entries, unavailable = available_entries(suite, log)
     if settings.fresh:
         prepare_fresh(settings, entries, log)
     plans = [plan for entry in entries for plan in entry_plans(settings, entry)]
     check_fair_tuning(suite.name, plans)
+    skipped_entries = [e for e in suite_entries(suite) if e.task in unavailable]
+    keep, skipped = earlier_rows(settings, skipped_entries, unavailable)
     frame = execute(
         plans,
         settings.results_path,
         resume=settings.resume,
         workers=settings.workers,
         plugin_modules=settings.plugin_modules,
+        keep=keep,
     )
     if settings.report:
         folder = settings.results_path.parent
+        reasons = {item.task: item.reason for item in skipped}
         if suite.report == "comparison":
             from harness.results.comparison import build_comparison_report
 
-            written = build_comparison_report(frame, folder)
+            written = build_comparison_report(frame, folder, skipped=reasons)
         else:
             from harness.results.report import build_report
 
-            written = build_report(frame, folder, reference=settings.reference)
+            written = build_report(frame, folder, reference=settings.reference, skipped=reasons)
         log(f"report: {len(written)} files in {folder}")
-    return frame
+    for item in skipped:
+        log(item.line(settings.results_path))
+    return SuiteOutcome(frame=frame, results=settings.results_path, skipped=skipped)
 
 
-def available_entries(suite: DictConfig, log: Log) -> list[SuiteEntry]:
-    """The suite's entries, without those of optional tasks whose data is missing here."""
+def available_entries(suite: DictConfig, log: Log) -> tuple[list[SuiteEntry], dict[str, str]]:
+    """The suite's entries, without those of optional tasks whose data is missing here, and
+    the missing tasks with the reason."""
     entries = suite_entries(suite)
-    missing = set()
+    missing: dict[str, str] = {}
     for task in sorted(set(suite.optional_tasks)):
         TASKS.get(task)
         try:
             create_task(task)
         except DatasetUnavailableError as exc:
             log(f"skipping {task}: {exc}")
-            missing.add(task)
+            missing[task] = str(exc)
     kept = [entry for entry in entries if entry.task not in missing]
     if not kept:
         raise UsageError(f"suite {suite.name!r}: no run is left once unavailable tasks are skipped")
-    return kept
+    return kept, missing
+
+
+def earlier_rows(
+    settings: SuiteRun, entries: list[SuiteEntry], unavailable: dict[str, str]
+) -> tuple[pd.DataFrame | None, list[SkippedTask]]:
+    """The rows of the results file being replaced that belong to the skipped tasks' runs
+    (tagged :data:`NOT_REPRODUCED_TAG`), and what became of each skipped task's results; rows
+    of a skipped task that match none of its runs are written aside (see the module doc)."""
+    path = settings.results_path
+    previous = read_results(path) if unavailable and path.is_file() else None
+    kept, skipped, aside = [], [], []
+    for task, reason in sorted(unavailable.items()):
+        try:
+            ids = {p.run_id() for e in entries if e.task == task for p in entry_plans(settings, e)}
+        except UsageError:  # e.g. fresh=true: the task's fresh studies were never made
+            ids = set()
+        item = SkippedTask(task=task, reason=reason, runs=len(ids))
+        if previous is not None:
+            rows = previous[previous["task"] == task]
+            matched = rows["run_id"].isin(ids)
+            if matched.any():
+                kept.append(rows[matched].assign(tags=rows.loc[matched, "tags"].map(_marked)))
+                item.kept_runs = rows.loc[matched, "run_id"].nunique()
+            if (~matched).any():
+                aside.append(rows[~matched])
+                item.aside = path.with_name(f"{path.stem}.not-rerun{path.suffix}")
+        skipped.append(item)
+    if aside:
+        write_results(
+            pd.concat(aside, ignore_index=True),
+            path.with_name(f"{path.stem}.not-rerun{path.suffix}"),
+        )
+    return (pd.concat(kept, ignore_index=True) if kept else None), skipped
+
+
+def _marked(tags: str) -> str:
+    """``tags`` (JSON) with the :data:`NOT_REPRODUCED_TAG` mark."""
+    data = json.loads(tags) if isinstance(tags, str) and tags else {}
+    return canonical_json({**data, NOT_REPRODUCED_TAG: "data unavailable when the suite was rerun"})
 
 
 def tuning_for(suite: DictConfig, entry: SuiteEntry) -> DictConfig:

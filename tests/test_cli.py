@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -81,6 +82,13 @@ def test_task_settings_are_task_dot_overrides(tmp_path) -> None:
         (["device=cuda:7"], "device 'cuda:7'"),
         (["out=results.txt"], "must end in .csv or .parquet"),
         (["optimizer.nesterov=maybe", "optimizer=momentum"], "nesterov"),
+        (["stpes=10"], "unknown key 'stpes' for lopt bench. Did you mean: steps? Its keys are: "),
+        (
+            ["task.batchsize=64"],
+            "quadratic takes no setting 'batchsize'. Did you mean: batch_size?",
+        ),
+        (["tuning.objectiv=x"], "unknown key 'tuning.objectiv'. Did you mean: tuning.objective?"),
+        (["optimizer.lrr=0.1"], "adam takes no hyperparameter 'lrr'. Did you mean: lr? It takes"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, message):
@@ -168,6 +176,77 @@ def test_report_refuses_unreadable_results(tmp_path, capsys, make, message) -> N
     assert lopt("report", f"in={source}", f"out={tmp_path / 'r'}") == 2
     assert message in only_line(capsys.readouterr().err)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_typo_in_a_suite_key_names_the_closest_key(capsys) -> None:
+    assert lopt("suite", "name=smoke", "wokers=2") == 2
+    line = only_line(capsys.readouterr().err)
+    assert "unknown key 'wokers' for lopt suite. Did you mean: workers?" in line
+    assert "seeds" in line.split("Its keys are: ")[1]
+
+
+def test_results_with_a_garbage_value_or_cut_off_name_the_row_and_column(tmp_path, capsys):
+    good = tmp_path / "good.csv"
+    assert lopt("bench", *FAST, "optimizer=sgd", f"out={good}") == 0
+    lines = good.read_text().splitlines(keepends=True)
+    rows = list(csv.reader(lines))
+    rows[3][rows[0].index("value")] = "abc"
+    garbage = tmp_path / "garbage.csv"
+    with garbage.open("w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(rows)
+    cut = tmp_path / "cut.csv"
+    cut.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    capsys.readouterr()
+    for source, message in (
+        (
+            garbage,
+            f"results file '{garbage}', row 3 (line 4), column 'value': 'abc' is not a number",
+        ),
+        (cut, f"results file '{cut}', row {len(lines) - 1} (line {len(lines)}) is cut off"),
+    ):
+        assert lopt("report", f"in={source}", f"out={tmp_path / 'r'}") == 2
+        assert only_line(capsys.readouterr().err).startswith(f"lopt: error: {message}")
+        assert not (tmp_path / "r").exists()
+
+
+def test_threads_default_to_one(tmp_path) -> None:
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = tmp_path / "t.csv"
+        assert lopt("bench", *FAST, "optimizer=sgd", f"out={out}") == 0
+        assert set(pd.read_csv(out).threads) == {1}
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_list_shows_local_plugins(tmp_path) -> None:
+    (tmp_path / "my_local_opt.py").write_text(
+        "from harness import register_optimizer\n"
+        "from optimizers.base import Optimizer, learning_rate\n\n"
+        '@register_optimizer("local_signsgd")\n'
+        "class LocalSignSGD(Optimizer):\n"
+        '    """A local plugin."""\n'
+        "    hparam_specs = (learning_rate(0.01),)\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "list",
+            "optimizers",
+            "local*",
+            "plugins=my_local_opt",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "local_signsgd" in done.stdout and "A local plugin." in done.stdout
 
 
 def test_the_console_script_exits_2_on_bad_input(tmp_path) -> None:

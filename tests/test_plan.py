@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from harness.errors import UsageError
-from harness.plan import RunPlan, execute, parts_dir
+from harness.plan import RunPlan, duration, execute, parts_dir, run_labels
 
 
 def _plans() -> list[RunPlan]:
@@ -60,3 +62,41 @@ def test_a_failing_run_in_a_worker_is_raised_and_the_finished_runs_are_kept(tmp_
 def test_workers_must_be_positive(tmp_path) -> None:
     with pytest.raises(UsageError, match="workers must be >= 1"):
         execute(_plans(), tmp_path / "bad.csv", workers=0)
+
+
+def test_progress_lines_tell_equal_runs_apart_and_say_how_long_is_left(tmp_path) -> None:
+    plans = [
+        RunPlan(task="quadratic", optimizer="sgd", seed=0, steps=20, tags={"comparison": c})
+        for c in ("train", "valid")
+    ] + [
+        RunPlan(task="quadratic", optimizer="adam", seed=0, steps=20, hparams={"lr": lr})
+        for lr in (0.01, 0.1)
+    ]
+    assert run_labels(plans) == [
+        "quadratic sgd comparison=train seed 0",
+        "quadratic sgd comparison=valid seed 0",
+        "quadratic adam lr=0.01 seed 0",
+        "quadratic adam lr=0.1 seed 0",
+    ]
+    lines: list[str] = []
+    execute(plans, tmp_path / "p.csv", log=lines.append, progress_bars=False)
+    finished = [line for line in lines if line.startswith("[")]
+    assert [line.split(":")[0] for line in finished] == [
+        f"[{k}/4] {label}" for k, label in enumerate(run_labels(plans), start=1)
+    ]
+    assert all(re.search(r"; elapsed \d+s, ETA \d+s$", line) for line in finished)
+    assert finished[-1].endswith("ETA 0s")
+
+
+def test_a_terminal_gets_a_bar_over_the_runs_and_other_output_plain_lines(tmp_path, capsys):
+    execute(_plans(), tmp_path / "bar.csv", progress_bars=True)
+    err = capsys.readouterr().err
+    assert "runs: 100%" in err and "4/4" in err and "[4/4] quadratic adam seed 1" in err
+    execute(_plans(), tmp_path / "plain.csv", progress_bars=None)  # captured: not a terminal
+    err = capsys.readouterr().err
+    assert "runs:" not in err and "%|" not in err
+    assert len([line for line in err.splitlines() if line.startswith("[")]) == 4
+
+
+def test_durations_read_as_minutes_and_hours() -> None:
+    assert [duration(s) for s in (0, 42.4, 185, 3725)] == ["0s", "42s", "3m05s", "1h02m"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -279,3 +280,65 @@ def test_rows_record_the_task_settings_and_schema_1_files_still_read(tmp_path: P
     write_results(old, tmp_path / "v1.csv")
     read = read_results(tmp_path / "v1.csv")
     assert list(read.columns) == list(COLUMNS) and set(read["task_cfg"].fillna("")) == {""}
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("seed", "one", "row 5 (line 6), column 'seed': 'one' is not a whole number"),
+        ("step", "2.5", "column 'step': '2.5' is not a whole number"),
+        ("wall_time_s", "fast", "column 'wall_time_s': 'fast' is not a number"),
+        ("status", "finished", "column 'status': 'finished' is not a run status (completed,"),
+        ("tags", "{not json", "column 'tags': '{not json' is not a JSON object"),
+        ("hparams", "[1, 2]", "column 'hparams': '[1, 2]' is not a JSON object"),
+    ],
+)
+def test_reading_results_names_the_row_and_column_of_a_bad_value(
+    tmp_path: Path, column: str, value: str, message: str
+):
+    from harness.results.io import read_results
+
+    frame = synthetic().astype({column: object})
+    frame.loc[4, column] = value
+    path = tmp_path / "bad.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        read_results(path)
+
+
+def test_reading_results_keeps_nan_and_inf_values(tmp_path: Path):
+    from harness.results.io import read_results
+
+    frame = synthetic()
+    frame.loc[0, "value"] = math.inf
+    frame.to_csv(tmp_path / "ok.csv", index=False)
+    read = read_results(tmp_path / "ok.csv")
+    assert math.isinf(read.loc[0, "value"]) and read["value"].isna().any()  # the diverged run
+
+
+def test_a_rebuilt_report_drops_figures_of_tasks_no_longer_in_the_table(tmp_path: Path):
+    out = tmp_path / "report"
+    build_report(synthetic(), out, reference="sgd")
+    assert (out / "curves_q_loss.png").is_file()
+    (out / "notes.png").write_bytes(b"mine")
+    build_report(synthetic().query("task == 't'"), out, reference="sgd")
+    assert not (out / "curves_q_loss.png").exists()
+    assert (out / "curves_t_loss.png").is_file() and (out / "notes.png").is_file()
+
+
+def test_the_report_lists_what_was_not_reproduced(tmp_path: Path):
+    frame = synthetic()
+    kept = frame["task"] == "q"
+    frame.loc[kept, "tags"] = '{"not_reproduced":"data unavailable when the suite was rerun"}'
+    build_report(
+        frame, tmp_path, reference="sgd", skipped={"q": "q's data is missing", "z": "gone"}
+    )
+    text = (tmp_path / "summary.md").read_text()
+    section = text.split("## Not reproduced in this run\n\n", 1)[1].split("\n\n", 1)[0]
+    assert section.splitlines() == [
+        "- q: NOT rerun (q's data is missing); its 2 runs are kept from an earlier run (git "
+        "commit abc123), so its numbers here are that run's.",
+        "- z: NOT run (gone); no earlier results were kept: it is missing.",
+    ]
+    build_report(synthetic(), tmp_path, reference="sgd")
+    assert "Not reproduced" not in (tmp_path / "summary.md").read_text()

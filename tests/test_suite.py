@@ -69,8 +69,9 @@ def test_a_comparison_suite_reports_both_targets(tmp_path) -> None:
     learned = {"task": "quadratic", "optimizer": "lopt", "steps": BUDGET}
     suite = suite_config(tmp_path, comparison_runs(learned), report="comparison")
     out = tmp_path / "paper" / "results.csv"
-    frame = run_suite(SuiteRun(suite=suite, seeds=2, out=out), log=lambda _m: None)
-    assert frame.run_id.nunique() == 12
+    outcome = run_suite(SuiteRun(suite=suite, seeds=2, out=out), log=lambda _m: None)
+    frame = outcome.frame
+    assert outcome.complete and frame.run_id.nunique() == 12
     tags = frame.tags.map(json.loads)
     assert set(tags.map(lambda t: t["comparison"])) == {"train", "valid"}
     tuned = tags[frame.optimizer == "sgd"]
@@ -107,31 +108,100 @@ def test_a_comparison_suite_reports_both_targets(tmp_path) -> None:
         assert (tmp_path / "paper" / comparison / "curves_quadratic_loss.png").is_file()
 
 
-def test_unavailable_optional_tasks_are_skipped_with_a_notice(tmp_path, monkeypatch) -> None:
+def make_unavailable(monkeypatch, task: str) -> None:
+    """``task``'s data is "not on this machine": the suite's availability check fails."""
     import harness.suite as suite_module
 
     real = suite_module.create_task
 
     def create_task(name, **cfg):
-        if name == "digits_mlp":
-            raise DatasetUnavailableError("digits not here: install it")
+        if name == task:
+            raise DatasetUnavailableError(f"{task} data not here: install it")
         return real(name, **cfg)
 
     monkeypatch.setattr(suite_module, "create_task", create_task)
-    runs = [
-        {"task": "quadratic", "optimizer": "sgd", "steps": 20},
-        {"task": "digits_mlp", "optimizer": "sgd", "steps": 20},
-    ]
+
+
+TWO_TASKS = [
+    {"task": "quadratic", "optimizer": "sgd", "steps": 20},
+    {"task": "quadratic", "optimizer": "adam", "steps": 20},
+    {"task": "digits_mlp", "optimizer": "sgd", "steps": 20},
+    {"task": "digits_mlp", "optimizer": "adam", "steps": 20},
+]
+
+
+def test_a_skipped_task_keeps_its_earlier_results_and_says_so(tmp_path, monkeypatch) -> None:
+    suite = suite_config(tmp_path, TWO_TASKS, optional_tasks=["digits_mlp"])
+    out = tmp_path / "suite" / "results.csv"
+    first = run_suite(SuiteRun(suite=suite, seeds=2, out=out), log=lambda _m: None)
+    assert first.complete and set(first.frame.task) == {"quadratic", "digits_mlp"}
+    before = pd.read_csv(out)
+    stale = tmp_path / "suite" / "curves_gone_task_loss.png"  # a figure of no task in the table
+    stale.write_bytes(b"old")
+
+    make_unavailable(monkeypatch, "digits_mlp")
+    lines: list[str] = []
+    outcome = run_suite(SuiteRun(suite=suite, seeds=2, out=out), log=lines.append)
+    assert not outcome.complete
+    (skipped,) = outcome.skipped
+    assert (skipped.task, skipped.runs, skipped.kept_runs) == ("digits_mlp", 4, 4)
+    after = pd.read_csv(out)
+    assert len(after) == len(before)  # nothing lost
+    kept = after[after.task == "digits_mlp"]
+    old = before[before.task == "digits_mlp"]
+    assert kept.value.tolist() == old.value.tolist() and set(kept.run_id) == set(old.run_id)
+    assert kept.tags.map(json.loads).map(lambda t: "not_reproduced" in t).all()
+    rerun = after[after.task == "quadratic"]
+    assert not rerun.tags.map(json.loads).map(lambda t: "not_reproduced" in t).any()
+    # the last line says what was not reproduced, and why
+    assert lines[-1].startswith("NOT reproduced: digits_mlp (skipped: digits_mlp data not here")
+    assert "4 of its 4 runs are kept" in lines[-1]
+    text = (tmp_path / "suite" / "summary.md").read_text()
+    section = text.split("## Not reproduced in this run", 1)[1].split("##", 1)[0]
+    assert "digits_mlp: NOT rerun (digits_mlp data not here: install it)" in section
+    assert "its 4 runs are kept from an earlier run" in section
+    assert "## digits_mlp (NOT rerun: kept from an earlier run)" in text  # tables from kept rows
+    assert (tmp_path / "suite" / "curves_digits_mlp_loss.png").is_file()
+    assert not stale.exists()
+
+    # a second offline run keeps them again; rows of the task that no run of the suite makes
+    # (here: seed 1, once the suite is run with one seed) are written aside, not dropped
+    again = run_suite(SuiteRun(suite=suite, seeds=1, out=out), log=lines.append)
+    assert again.skipped[0].kept_runs == 2
+    aside = pd.read_csv(again.skipped[0].aside)
+    assert set(aside.seed) == {1} and set(aside.task) == {"digits_mlp"}
+    assert len(pd.read_csv(out)[lambda f: f.task == "digits_mlp"]) + len(aside) == len(old)
+
+
+def test_a_skipped_task_without_earlier_results_is_reported_missing(tmp_path, monkeypatch):
+    make_unavailable(monkeypatch, "digits_mlp")
     notices: list[str] = []
-    suite = suite_config(tmp_path, runs, optional_tasks=["digits_mlp"])
-    frame = run_suite(
-        SuiteRun(suite=suite, seeds=1, out=tmp_path / "r.csv", report=False), log=notices.append
-    )
-    assert set(frame.task) == {"quadratic"}
-    assert any("skipping digits_mlp: digits not here" in n for n in notices)
-    only_missing = suite_config(tmp_path, runs[1:], optional_tasks=["digits_mlp"])
+    suite = suite_config(tmp_path, TWO_TASKS, optional_tasks=["digits_mlp"])
+    outcome = run_suite(SuiteRun(suite=suite, seeds=1, out=tmp_path / "r.csv"), log=notices.append)
+    assert set(outcome.frame.task) == {"quadratic"} and not outcome.complete
+    assert any("skipping digits_mlp: digits_mlp data not here" in n for n in notices)
+    assert "none of its 2 runs had earlier rows" in notices[-1]
+    text = (tmp_path / "summary.md").read_text()
+    assert "digits_mlp: NOT run (digits_mlp data not here: install it); no earlier" in text
+    only_missing = suite_config(tmp_path, TWO_TASKS[2:], optional_tasks=["digits_mlp"])
     with pytest.raises(UsageError, match="no run is left"):
         run_suite(SuiteRun(suite=only_missing, seeds=1, out=tmp_path / "s.csv"), log=print)
+
+
+def test_lopt_suite_exits_3_when_a_task_was_not_rerun(tmp_path, monkeypatch, capsys) -> None:
+    from harness.cli import main
+
+    out = tmp_path / "smoke" / "results.csv"
+    args = ["suite", "name=smoke", "suite.optional_tasks=[digits_mlp]", f"out={out}"]
+    assert main(args) == 0
+    rows = len(pd.read_csv(out))
+    make_unavailable(monkeypatch, "digits_mlp")
+    capsys.readouterr()
+    assert main(args) == 3
+    last = capsys.readouterr().err.strip().splitlines()[-2:]
+    assert last[0].startswith("NOT reproduced: digits_mlp (skipped:")
+    assert last[1].startswith("lopt: incomplete: digits_mlp not rerun")
+    assert len(pd.read_csv(out)) == rows
 
 
 def test_fresh_redoes_the_tuning_and_the_meta_training(tmp_path) -> None:
@@ -156,7 +226,9 @@ def test_fresh_redoes_the_tuning_and_the_meta_training(tmp_path) -> None:
     ]
     suite = suite_config(tmp_path, runs, report="comparison")
     out = tmp_path / "fresh-run" / "results.csv"
-    frame = run_suite(SuiteRun(suite=suite, seeds=1, out=out, fresh=True), log=lambda _m: None)
+    frame = run_suite(
+        SuiteRun(suite=suite, seeds=1, out=out, fresh=True), log=lambda _m: None
+    ).frame
     fresh = tmp_path / "fresh-run" / "fresh"
     assert (fresh / "optuna.db").is_file()
     checkpoint = fresh / "meta" / "lopt_quadratic" / "lopt.pt"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +39,14 @@ from harness.errors import UsageError
 from harness.registry import OPTIMIZERS
 from harness.results.derived import final_and_best, seed_summary, speedup
 from harness.results.io import write_atomically
-from harness.results.report import build_report, markdown_table, mean_std_text, provenance_line
+from harness.results.report import (
+    build_report,
+    markdown_table,
+    mean_std_text,
+    not_reproduced,
+    not_reproduced_section,
+    provenance_line,
+)
 
 COMPARISON_SPLIT = {"train": "train", "valid": "valid"}
 SPEED_TARGET = 5.0
@@ -137,6 +145,11 @@ def comparison_summary(frame: pd.DataFrame) -> pd.DataFrame:
                     row[f"{split_name}_{metric}_{kind}"] = float(values[stat].iloc[0])
             rows.append(row)
     table = pd.DataFrame(rows)
+    kept = not_reproduced(frame)
+    if kept:  # a suite kept these tasks' rows from an earlier run (harness.suite)
+        table["not_reproduced"] = table["task"].map(
+            lambda t: f"kept from {kept[t]}" if t in kept else ""
+        )
     leading = [
         "comparison",
         "task",
@@ -198,8 +211,14 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-def build_comparison_report(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """Write the comparison report into ``out_dir`` (see the module docstring)."""
+def build_comparison_report(
+    frame: pd.DataFrame, out_dir: str | Path, skipped: Mapping[str, str] | None = None
+) -> list[Path]:
+    """Write the comparison report into ``out_dir`` (see the module docstring).
+
+    ``skipped``: tasks the suite could not run, with the reason; they and the rows it kept from
+    an earlier run (``summary.csv``'s ``not_reproduced`` column, present only then) are listed
+    at the top of ``summary.md``."""
     out_dir = Path(out_dir)
     comparisons = split_comparisons(frame)
     summary = comparison_summary(frame)
@@ -208,21 +227,30 @@ def build_comparison_report(frame: pd.DataFrame, out_dir: str | Path) -> list[Pa
         rows = summary[summary["comparison"] == comparison]
         best = dict(zip(rows["task"], rows["best_baseline"], strict=True))
         written += build_report(
-            sub, out_dir / comparison, reference=best, target_split=COMPARISON_SPLIT[comparison]
+            sub,
+            out_dir / comparison,
+            reference=best,
+            target_split=COMPARISON_SPLIT[comparison],
+            skipped=skipped,
         )
     written.append(
         write_atomically(out_dir / SUMMARY_FILE, lambda tmp: summary.to_csv(tmp, index=False))
     )
-    text = summary_markdown(frame, summary, comparisons)
+    text = summary_markdown(frame, summary, comparisons, skipped or {})
     written.append(write_atomically(out_dir / MARKDOWN_FILE, lambda tmp: tmp.write_text(text)))
     return written
 
 
 def summary_markdown(
-    frame: pd.DataFrame, summary: pd.DataFrame, comparisons: dict[str, pd.DataFrame]
+    frame: pd.DataFrame,
+    summary: pd.DataFrame,
+    comparisons: dict[str, pd.DataFrame],
+    skipped: Mapping[str, str] | None = None,
 ) -> str:
     lines = ["# Learned optimizers against tuned baselines", ""]
     lines += [f"Provenance: {provenance_line(frame)}", ""]
+    lines += not_reproduced_section(frame, skipped or {})
+    kept = not_reproduced(frame)
     lines += ["## The paper's targets", ""]
     lines += [f"- {line}" for line in verdicts(summary)] or ["- no learned optimizer in the runs"]
     lines.append("")
@@ -247,7 +275,8 @@ def summary_markdown(
             best = rows["best_baseline"].iloc[0]
             target = rows["target_loss"].iloc[0]
             lines += [
-                f"## {task}: tuned and meta-trained on the {split} loss",
+                f"## {task}: tuned and meta-trained on the {split} loss"
+                + (" (NOT rerun: kept from an earlier run)" if task in kept else ""),
                 "",
                 f"Target: the best tuned baseline ({best})'s mean final {split} loss, "
                 f"{target:.4g}. Losses: final (at the last evaluation) and best over the "

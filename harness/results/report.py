@@ -15,11 +15,18 @@
                        evaluated metric (loss first)
 =====================  =====================================================================
 
-Nothing is written to the output folder unless everything could be built.
+Nothing is written to the output folder unless everything could be built. Figures named
+``curves_*.png`` that this report did not draw (tasks no longer in the table) are removed, so
+the folder's figures always match its tables.
+
+Rows tagged :data:`NOT_REPRODUCED_TAG` (a suite kept them from an earlier run because it could
+not rerun their task) and tasks a suite skipped without earlier rows are listed in a *Not
+reproduced* section at the top of ``summary.md`` (:func:`not_reproduced_lines`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -44,6 +51,9 @@ from harness.results.derived import (
 from harness.results.plots import BAND_DESCRIPTION, curve_statistics, plot_task_curves
 from harness.results.schema import SPLIT_TRAIN_BATCH
 
+NOT_REPRODUCED_TAG = "not_reproduced"
+"""The tag of rows a suite kept from an earlier run, not rerun (see :mod:`harness.suite`)."""
+
 DEFAULT_REFERENCE = "adam"
 """The reference optimizer of a task when none is given, if it was run on the task."""
 
@@ -65,6 +75,7 @@ def build_report(
     out_dir: str | Path,
     reference: str | Mapping[str, str] | None = None,
     target_split: str = "train",
+    skipped: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write the report files (see the module doc) into ``out_dir`` and return their paths.
 
@@ -74,11 +85,13 @@ def build_report(
     was run on that task, else the alphabetically first optimizer run on it (see
     :func:`default_reference`); ``speedup.csv`` names it in its ``reference`` column.
     ``target_split``: the split whose loss defines targets, time-to-target and speedup.
+    ``skipped``: tasks the run that made ``frame`` could not run, with the reason (see
+    :func:`not_reproduced_lines`).
 
     Everything is first built in a temporary folder next to ``out_dir``; only when all of it
     succeeded are the files moved into ``out_dir`` (created if needed) with ``os.replace``, so a
-    failure leaves ``out_dir`` untouched. Existing files of the same names are replaced; other
-    files in ``out_dir`` (e.g. figures of tasks no longer in the frame) are left alone.
+    failure leaves ``out_dir`` untouched. Existing files of the same names are replaced, stale
+    ``curves_*.png`` figures removed; other files in ``out_dir`` are left alone.
     """
     _check_frame(frame)
     target = Path(out_dir)
@@ -90,10 +103,12 @@ def build_report(
         tempfile.mkdtemp(dir=parent, prefix=f".{target.absolute().name}.", suffix=".tmp")
     )
     try:
-        names = _write_report(frame, staging, reference, target_split)
+        names = _write_report(frame, staging, reference, target_split, skipped or {})
         target.mkdir(exist_ok=True)
         for name in names:
             os.replace(staging / name, target / name)
+        for stale in sorted(set(p.name for p in target.glob("curves_*.png")) - set(names)):
+            (target / stale).unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [target / name for name in names]
@@ -117,6 +132,7 @@ def _write_report(
     folder: Path,
     reference: str | Mapping[str, str] | None,
     target_split: str,
+    skipped: Mapping[str, str],
 ) -> list[str]:
     """Write every report file into ``folder``; return their names in writing order."""
     runs = final_and_best(frame)
@@ -133,7 +149,7 @@ def _write_report(
     for name, table in tables.items():
         table.to_csv(folder / name, index=False)
     figures = _write_figures(frame, folder)
-    markdown = summary_markdown(frame, runs, speed, figures, target_split)
+    markdown = summary_markdown(frame, runs, speed, figures, target_split, skipped)
     (folder / "summary.md").write_text(markdown, encoding="utf-8")
     return [*tables, "summary.md", *(name for names in figures.values() for name in names)]
 
@@ -188,8 +204,10 @@ def summary_markdown(
     speed: pd.DataFrame,
     figures: dict[str, list[str]],
     target_split: str = "train",
+    skipped: Mapping[str, str] | None = None,
 ) -> str:
-    """The report's markdown: provenance, definitions, then one section per task.
+    """The report's markdown: provenance, what was not reproduced (if anything), definitions,
+    then one section per task.
 
     Each task's table has one row per optimizer setting: its number of seeds and diverged runs,
     the final loss on each evaluated split and the final test accuracy (mean ± std over seeds),
@@ -203,10 +221,15 @@ def summary_markdown(
         "",
         f"Provenance: {provenance_line(frame)}",
         "",
+        *not_reproduced_section(frame, skipped or {}),
         *_definitions(target_split),
     ]
+    kept = not_reproduced(frame)
     for task, task_runs in runs.groupby("task", sort=True):
-        lines += ["", *_task_section(str(task), task_runs, speed, figures.get(str(task), []))]
+        section = _task_section(str(task), task_runs, speed, figures.get(str(task), []))
+        if str(task) in kept:
+            section[0] += " (NOT rerun: kept from an earlier run)"
+        lines += ["", *section]
     return "\n".join(lines) + "\n"
 
 
@@ -235,6 +258,50 @@ def provenance_line(frame: pd.DataFrame) -> str:
         text = " / ".join(values) if values else "not recorded"
         parts.append(f"{label}: {text}" + (" (MIXED)" if len(values) > 1 else ""))
     return "; ".join(parts) + "."
+
+
+def not_reproduced(frame: pd.DataFrame) -> dict[str, str]:
+    """Task -> the commits of its rows tagged :data:`NOT_REPRODUCED_TAG` (kept, not rerun)."""
+    if "tags" not in frame.columns:
+        return {}
+    marked = frame["tags"].map(_is_marked)
+    found: dict[str, str] = {}
+    for task, rows in frame[marked].groupby("task", sort=True):
+        commits = sorted({str(c)[:12] for c in rows.get("git_commit", pd.Series(["?"]))})
+        found[str(task)] = ", ".join(commits)
+    return found
+
+
+def not_reproduced_lines(frame: pd.DataFrame, skipped: Mapping[str, str]) -> list[str]:
+    """One markdown bullet per task whose numbers this run did not produce: kept from an
+    earlier run (tagged rows), or missing altogether (``skipped`` without rows)."""
+    kept = not_reproduced(frame)
+    lines = []
+    for task in sorted(set(kept) | set(skipped)):
+        why = f" ({skipped[task]})" if task in skipped else ""
+        if task in kept:
+            runs = frame.loc[(frame["task"] == task) & frame["tags"].map(_is_marked), "run_id"]
+            lines.append(
+                f"- {task}: NOT rerun{why}; its {runs.nunique()} runs are kept from an earlier "
+                f"run (git commit {kept[task]}), so its numbers here are that run's."
+            )
+        else:
+            lines.append(f"- {task}: NOT run{why}; no earlier results were kept: it is missing.")
+    return lines
+
+
+def not_reproduced_section(frame: pd.DataFrame, skipped: Mapping[str, str]) -> list[str]:
+    """The *Not reproduced* markdown section (no lines when everything was run)."""
+    lines = not_reproduced_lines(frame, skipped)
+    return ["## Not reproduced in this run", "", *lines, ""] if lines else []
+
+
+def _is_marked(tags: object) -> bool:
+    try:
+        data = json.loads(tags) if isinstance(tags, str) and tags else {}
+    except ValueError:
+        return False
+    return isinstance(data, dict) and NOT_REPRODUCED_TAG in data
 
 
 def _definitions(target_split: str) -> list[str]:
