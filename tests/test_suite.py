@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 
 from harness.config import SuiteFile, suite_entries
 from harness.errors import DatasetUnavailableError, UsageError
-from harness.meta.checkpoint import load_lopt_checkpoint
 from harness.results.schema import canonical_json
 from harness.suite import SuiteRun, run_suite
 from harness.tuning.tuner import TuneSettings, tune
+from optimizers.checkpoint import load_lopt_checkpoint
 
 BUDGET = 40
 
