@@ -44,6 +44,12 @@ def test_the_plugin_example_runs_from_a_local_file(tmp_path) -> None:
     frame = pd.read_csv(out)
     assert set(frame.optimizer) == {"signsgd", "sgd"}
     assert set(frame.status) == {"completed"}
+    listing = re.search(r"^lopt list optimizers plugins=my_optimizer", TEXT, re.M).group(0)
+    listed = subprocess.run(
+        lopt_argv(listing), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "signsgd" in listed.stdout and "SignSGD: w <- w - lr * sign(g)." in listed.stdout
 
 
 def test_the_plugin_example_is_found_through_its_entry_point(tmp_path) -> None:
