@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import sys
 import time
@@ -33,11 +32,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tuning_common import OBJECTIVES, final_losses
 
 from harness.plan import RunPlan, execute
 from harness.results.io import read_results
-
-OBJECTIVES = {"train_loss": "train", "valid_loss": "valid"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,23 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(plans)} runs in {out} ({time.perf_counter() - started:.0f} s this invocation)")
     print(report(frame, args.seeds))
     return 0
-
-
-def final_losses(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: lr, seed, final train and valid loss, timed seconds."""
-    rows = []
-    for _run_id, run in frame.groupby("run_id"):
-        losses = run[run.metric == "loss"]
-        last = losses[losses.step == losses.step.max()]
-        row = {
-            "lr": float(json.loads(run.hparams.iloc[0])["lr"]),
-            "seed": int(run.seed.iloc[0]),
-            "seconds": float(run.wall_time_s.max()),
-        }
-        for objective, split in OBJECTIVES.items():
-            row[objective] = float(last[last.split == split].value.iloc[0])
-        rows.append(row)
-    return pd.DataFrame(rows).sort_values(["lr", "seed"]).reset_index(drop=True)
 
 
 def wrong_pick_rate(runs: pd.DataFrame, objective: str, n: int) -> float:

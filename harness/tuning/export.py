@@ -12,10 +12,10 @@ penalty) and ``interrupted``.
 colour per optimizer, failed and diverged trials as crosses at the top and pruned ones as hollow
 circles, each study's best trial as a star, so a reader sees the optimum is not at an edge.
 
-:func:`plot_best_so_far` draws a study's best value after each trial, with every trial's value,
-the halves the saturation rule compares and its verdict; :func:`saturation_table` has one row
-per study: trial count, states, best value, the halves' bests, the second half's gain and the
-verdict (:mod:`harness.tuning.saturation`).
+:func:`plot_best_so_far` draws a study's best value after each trial, with every trial's value
+(diverged and pruned ones at the top), the halves the saturation rule compares and its
+verdict; :func:`saturation_table` has one row per study: trial count, states, best value, the
+halves' bests, the second half's gain and the verdict (:mod:`harness.tuning.saturation`).
 """
 
 from __future__ import annotations
@@ -189,6 +189,11 @@ def plot_best_so_far(
         axes.scatter(
             diverged, [top] * len(diverged), marker="x", color="C3", s=24, label="diverged"
         )
+    pruned = [i + 1 for i, t in enumerate(chosen) if t.state == optuna.trial.TrialState.PRUNED]
+    if pruned:
+        axes.scatter(
+            pruned, [top] * len(pruned), facecolors="none", edgecolors="C0", s=18, label="pruned"
+        )
     axes.step(x, best_so_far(values), where="post", color="C1", linewidth=2, label="best so far")
     half = len(values) // 2
     if half:
@@ -246,9 +251,11 @@ def saturation_table(
                 "until": study.user_attrs.get(ATTR_UNTIL, "trials"),
                 "trials": verdict.trials,
                 "complete": states.count("complete"),
-                "diverged": states.count("diverged"),
+                "diverged": sum(is_diverged(t) for t in chosen),
                 "pruned": states.count("pruned"),
-                "failed": states.count("fail"),
+                "failed": sum(
+                    s == "fail" and not is_diverged(t) for s, t in zip(states, chosen, strict=True)
+                ),
                 "best_value": verdict.best,
                 "first_half_best": verdict.first_half_best,
                 "second_half_best": verdict.second_half_best,
