@@ -13,11 +13,13 @@ plugins can import the registry while it is still being set up.
 from harness._version import __version__
 from harness.errors import DatasetUnavailableError, HarnessError, UnknownNameError, UsageError
 from harness.registry import (
+    create_learner,
     create_optimizer,
     create_task,
     list_optimizers,
     list_tasks,
     load_plugin_modules,
+    register_learner,
     register_optimizer,
     register_task,
 )
@@ -28,11 +30,13 @@ __all__ = [
     "UnknownNameError",
     "UsageError",
     "__version__",
+    "create_learner",
     "create_optimizer",
     "create_task",
     "list_optimizers",
     "list_tasks",
     "load_plugin_modules",
+    "register_learner",
     "register_optimizer",
     "register_task",
     "run",

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -35,17 +36,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def gradient_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    """One rank: join the gloo group, compute one merged gradient, rank 0 saves it."""
+def gradient_worker(rank: int, world_size: int, port: int, out: str, estimator: str) -> None:
+    """One rank: join the gloo group, compute two outer steps' gradients (the second from the
+    states the first left), rank 0 saves the last."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
     )
     try:
-        cfg = coerce_config(SETTINGS, parallel="processes", workers=world_size, out=out)
+        cfg = coerce_config(
+            SETTINGS, parallel="processes", workers=world_size, out=out, estimator=estimator
+        )
         world = TorchDistributedWorld(torch.device("cpu"))
         trainer = build_trainer(cfg, world)
         assert trainer.local == list(range(rank, cfg.problems, world_size))
+        trainer.step()
         merged, sums = trainer.compute_gradient()
         if rank == 0:
             torch.save(
@@ -56,19 +61,27 @@ def gradient_worker(rank: int, world_size: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_ranks_merge_to_the_single_process_gradient(tmp_path: Path) -> None:
-    """Two gloo ranks, each with half the problems, all-reduce their sums; the merged gradient
-    equals the one a single process computes from the same samples (same seed, same problems)."""
-    mp.spawn(gradient_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("estimator", ["merged", "pes"])
+def test_two_ranks_merge_to_the_single_process_gradient(tmp_path: Path, estimator: str) -> None:
+    """Two gloo ranks, each with half the problems, all-reduce their sums; the gradient equals
+    the one a single process computes from the same samples (same seed, same problems), at the
+    second outer step too (the states each rank carried, PES's two trajectories included)."""
+    args = (2, free_port(), str(tmp_path), estimator)
+    mp.spawn(gradient_worker, args=args, nprocs=2, join=True)
     distributed = torch.load(tmp_path / "rank0.pt", weights_only=True)
 
     torch.set_num_threads(1)
-    single = build_trainer(coerce_config(SETTINGS, parallel="loop", out=str(tmp_path / "single")))
+    cfg = coerce_config(
+        SETTINGS, parallel="loop", out=str(tmp_path / "single"), estimator=estimator
+    )
+    single = build_trainer(cfg)
+    single.step()
     merged, sums = single.compute_gradient()
     torch.testing.assert_close(distributed["vector"], sums.to_vector(), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(distributed["grad"], merged.grad, rtol=1e-9, atol=1e-12)
     assert abs(distributed["es_weight"] - merged.es_weight) < 1e-9
-    assert merged.source == "merged" and float(merged.grad.abs().max()) > 0
+    assert merged.source == {"merged": "merged", "pes": "pes"}[estimator]
+    assert float(merged.grad.abs().max()) > 0
 
 
 def test_processes_mode_trains_like_the_loop(tmp_path: Path) -> None:

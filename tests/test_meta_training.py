@@ -132,11 +132,28 @@ def log_values(out: Path) -> pd.DataFrame:
     return frame[~timings][["outer_step", "metric", "value"]].reset_index(drop=True)
 
 
-@pytest.mark.parametrize("parallel", ["loop", "vmap"])
-def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path, parallel: str) -> None:
+@pytest.mark.parametrize(
+    ("parallel", "estimator", "extra"),
+    [
+        ("loop", "merged", {}),
+        ("vmap", "merged", {}),
+        ("loop", "pes", {"loss": "log", "outer_every": 2, "eval_every": 3}),
+    ],
+)
+def test_resume_reproduces_an_uninterrupted_run(
+    tmp_path: Path, parallel: str, estimator: str, extra: dict
+) -> None:
     """6 outer steps in one go, and 3 + resume to 6, give bit-identical theta and identical
-    logs (resets and unroll lengths included)."""
-    settings = {**QUICK, "parallel": parallel, "checkpoint_every": 3}
+    logs (resets, unroll lengths and held-out evaluations included); for PES too, whose state
+    is two trajectories and the accumulated perturbation per problem."""
+    settings = {
+        **QUICK,
+        "parallel": parallel,
+        "checkpoint_every": 3,
+        "estimator": estimator,
+        "horizon": 15,
+        **extra,
+    }
     whole = Path(meta_train(**settings, outer_steps=6, out=str(tmp_path / "a"))).parent
     meta_train(**settings, outer_steps=3, out=str(tmp_path / "b"))
     resumed = Path(meta_train(**settings, outer_steps=6, out=str(tmp_path / "b"))).parent
@@ -150,11 +167,12 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path, parallel: str) -
     assert state["outer_step"] == 6 and len(state["problems"]) == 4
 
 
-def test_resume_after_a_kill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("estimator", ["merged", "pes"])
+def test_resume_after_a_kill(tmp_path: Path, estimator: str) -> None:
     """A meta-training process killed (SIGKILL) at an arbitrary point resumes from its last
     checkpoint and ends with the theta of an uninterrupted run."""
     out = tmp_path / "killed"
-    settings = {**QUICK, "parallel": "loop", "checkpoint_every": 2}
+    settings = {**QUICK, "parallel": "loop", "checkpoint_every": 2, "estimator": estimator}
     code = (
         "from harness.meta import meta_train\n"
         f"meta_train(**{settings!r}, outer_steps=10_000, out={str(out)!r})\n"

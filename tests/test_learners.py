@@ -1,0 +1,189 @@
+"""Learner families and outer objectives: a plugin family trains and is served from its
+checkpoint (the README example), shipped names work wherever a checkpoint is accepted, and the
+outer loss evaluates exactly the steps and data its objective says."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from harness.cli import main
+from harness.errors import UsageError
+from harness.meta.truncation import LOSS_CLIP, InnerProblems, OuterObjective
+from harness.registry import LEARNERS, create_optimizer
+from optimizers.base import MetaLearnable
+from optimizers.checkpoint import load_lopt_checkpoint, resolve_checkpoint, shipped_names
+from optimizers.learned import LOpt, MLPLearner
+from optimizers.learned_hparams import LearnedHParams, encode_theta
+from tasks.quadratic import Quadratic
+
+sys.path.insert(0, str(Path(__file__).parent))
+from readme_blocks import README, examples
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_the_builtin_families_follow_the_contract() -> None:
+    """mlp and hparams are registered, satisfy MetaLearnable, and rebuild from their record."""
+    assert {"mlp", "hparams"} <= set(LEARNERS.names())
+    for name in ("mlp", "hparams"):
+        family = LEARNERS.get(name).factory
+        learner = family()
+        assert isinstance(learner, MetaLearnable) and learner.family == name
+        again = family(**learner.record())
+        assert again.record() == learner.record() and again.num_theta == learner.num_theta
+        assert learner.init_theta(3).shape == (learner.num_theta,)
+
+
+def test_the_readme_learner_plugin_trains_and_is_served_from_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's local learner family: `lopt meta-train` trains it, its checkpoint records
+    the family, and `lopt bench optimizer=lopt optimizer.checkpoint=...` evaluates it."""
+    blocks = examples(README.read_text())
+    (tmp_path / "my_learner.py").write_text(blocks["my_learner.py"])
+    monkeypatch.chdir(tmp_path)
+    commands = [line for line in blocks["learner-commands"].splitlines() if line.strip()]
+    assert main(shlex.split(commands[0])[1:]) == 0
+    loaded = load_lopt_checkpoint(tmp_path / "meta/sign/lopt.pt")
+    assert loaded.family == "sign_sgd" and loaded.theta.shape == (1,)
+    assert loaded.theta[0] != math.log(0.01)  # meta-training moved it
+    assert main(shlex.split(commands[1])[1:]) == 0
+    frame = pd.read_csv(tmp_path / "sign.csv")
+    assert set(frame.status) == {"completed"}
+
+
+def test_shipped_names_work_wherever_a_checkpoint_is_accepted() -> None:
+    """`LOpt(..., checkpoint=NAME)`, `optimizer.checkpoint=NAME` and the loader take a shipped
+    name; an unknown one is a one-line error naming the shipped ones."""
+    name = shipped_names()[0]
+    assert resolve_checkpoint(name).name == f"{name}.pt"
+    model = torch.nn.Linear(3, 2)
+    opt = LOpt(model.parameters(), checkpoint=name)
+    model(torch.randn(4, 3)).pow(2).mean().backward()
+    opt.step()
+    served = create_optimizer("lopt", checkpoint=name)
+    assert torch.equal(served.theta, create_optimizer(name).theta)
+    with pytest.raises(UsageError) as info:
+        LOpt(model.parameters(), checkpoint="lopt_nonexistent")
+    assert name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_corrupt_trainer_state_says_what_to_do(tmp_path: Path) -> None:
+    """A damaged trainer_state.pt: one line naming the file and resume=false."""
+    from harness.meta import meta_train
+
+    settings = {"task": "quadratic", "problems": 2, "horizon": 10, "outer_steps": 2}
+    settings |= {"parallel": "loop", "progress": False, "eval_every": 0, "out": str(tmp_path)}
+    meta_train(**settings)
+    state = tmp_path / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(UsageError) as info:
+        meta_train(**{**settings, "outer_steps": 3})
+    text = str(info.value)
+    assert "trainer_state.pt" in text and "resume=false" in text and "\n" not in text
+
+
+# -- outer objectives ------------------------------------------------------------------------------
+def quadratic_problems(**objective) -> InnerProblems:
+    task = Quadratic(dim=3, condition=5.0, noise=0.5, batch_size=2)
+    return InnerProblems(
+        task,
+        LearnedHParams(learn_momentum=False),
+        num_problems=2,
+        horizon=10,
+        outer_batches=1,
+        objective="train",
+        seed=0,
+        **objective,
+    )
+
+
+def test_evaluated_steps() -> None:
+    """every=k counts back from the truncation's last step; final only at the horizon."""
+    every = OuterObjective(every=3)
+    assert every.evaluated(0, 7, 100) == [True, False, False, True, False, False, True]
+    final = OuterObjective(loss="final")
+    assert final.evaluated(6, 4, 10) == [False, False, False, True]
+    assert final.evaluated(2, 4, 10) == [False] * 4
+    with pytest.raises(ValueError):
+        OuterObjective(split="valid", data="inner")
+
+
+def manual_outer(problems: InnerProblems, theta, state, data, value) -> float:
+    """The outer loss computed step by step: ``value`` of the loss after each evaluated step,
+    on its outer batch (fresh) or on the next inner batch (inner)."""
+    task, learner = problems.task, problems.learner
+    params, opt_state = state.params, state.optimizer_state()
+    values = []
+    for j in range(data.length):
+        p = tuple(x.detach().requires_grad_(True) for x in params)
+        grads = torch.autograd.grad(task.loss(p, data.inner[j]).clamp(max=LOSS_CLIP), p)
+        with torch.no_grad():
+            params, opt_state = learner.apply(theta, grads, opt_state, p)
+            if data.evaluate[j]:
+                if problems.outer.data == "inner":
+                    batch = data.inner[j + 1]
+                else:
+                    batch = tuple(x[0] for x in data.outer[j])
+                values.append(value(task.loss(params, batch).clamp(max=LOSS_CLIP)))
+    return sum(values) / max(1, len(values))
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {},
+        {"loss": "log"},
+        {"outer_every": 2},
+        {"outer_data": "inner"},
+        {"outer_data": "inner", "outer_every": 3, "loss": "log"},
+    ],
+    ids=["mean", "log", "every2", "inner", "inner-every3-log"],
+)
+def test_the_outer_loss_is_what_the_objective_says(objective: dict) -> None:
+    problems = quadratic_problems(**objective)
+    theta = encode_theta(0.2, learn_momentum=False)
+    state = problems.fresh_state(0, 0)
+    data = problems.data(0, state, 7)
+    value = (lambda x: math.log(max(float(x), 1e-8))) if objective.get("loss") == "log" else float
+    expected = manual_outer(problems, theta, state, data, value)
+    loss, final = problems.unroll(theta, state, data, grad_mode="none")
+    assert math.isclose(float(loss), expected, rel_tol=1e-6)
+    assert final.step == 7
+    if objective.get("outer_data") == "inner":
+        assert len(data.inner) == 8 and data.outer == [None] * 7
+
+
+def test_final_loss_has_a_gradient_only_in_the_last_truncation() -> None:
+    """loss=final: a truncation that does not end the inner run has no outer loss (0, no
+    gradient); the one that ends it has the loss after the last step."""
+    problems = quadratic_problems(loss="final")
+    theta = encode_theta(0.2, learn_momentum=False).requires_grad_(True)
+    early = problems.fresh_state(0, 0)
+    loss, _ = problems.unroll(theta, early, problems.data(0, early, 4), grad_mode="second")
+    assert float(loss) == 0.0 and not loss.requires_grad
+    late = problems.fresh_state(0, 0, step=6)
+    loss, _ = problems.unroll(theta, late, problems.data(0, late, 4), grad_mode="second")
+    assert float(loss.detach()) > 0 and loss.requires_grad
+
+
+def test_the_log_objective_sees_small_losses() -> None:
+    """The log objective is scale-free: halving every loss shifts it by log 2, whatever their
+    size, where the mean objective barely moves for losses near 1e-5."""
+    objective = OuterObjective(loss="log")
+    small, smaller = torch.tensor([2e-5]), torch.tensor([1e-5])
+    shift = float(objective.value(small) - objective.value(smaller))
+    assert math.isclose(shift, math.log(2), rel_tol=1e-5)
+    assert float(OuterObjective().value(small) - OuterObjective().value(smaller)) < 2e-5
+
+
+def test_mlp_learner_of_an_architecture() -> None:
+    learner = MLPLearner.of()
+    assert learner.num_theta == 1762 and learner.record()["hidden_sizes"] == [32, 32]
