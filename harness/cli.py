@@ -339,6 +339,21 @@ def _did_you_mean(name: str, allowed: list[str]) -> str:
     return f" Did you mean: {close[0]}?" if close else ""
 
 
+def _print_help(command: str) -> int:
+    from harness.config import compose_config, hydra_context
+
+    with hydra_context():
+        cfg = compose_config(command, [])
+    print(_usage())
+    print(f"\n`lopt {command}` keys and their defaults:\n")
+    print(OmegaConf.to_yaml(cfg))
+    return 0
+
+
+def _usage() -> str:
+    return (__doc__ or "").strip()
+
+
 # -- lopt bench ------------------------------------------------------------------------------------
 def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
     from harness.plan import RunPlan, execute

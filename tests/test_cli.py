@@ -222,6 +222,16 @@ def test_threads_default_to_one(tmp_path) -> None:
         torch.set_num_threads(previous)
 
 
+def test_help_prints_the_usage_and_every_key_with_its_default(capsys) -> None:
+    assert lopt() == 0 and "Exit codes:" in capsys.readouterr().out
+    for command in ("bench", "suite", "report", "tune", "studies"):
+        assert lopt(command, "--help") == 0
+        text = capsys.readouterr().out
+        assert f"`lopt {command}` keys and their defaults:" in text
+    assert lopt("bench", "--help") == 0
+    assert "\nthreads: 1\n" in capsys.readouterr().out
+
+
 def test_list_shows_local_plugins(tmp_path) -> None:
     (tmp_path / "my_local_opt.py").write_text(
         "from harness import register_optimizer\n"
