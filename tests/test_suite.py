@@ -133,7 +133,7 @@ TWO_TASKS = [
 def test_a_skipped_task_keeps_its_earlier_results_and_says_so(tmp_path, monkeypatch) -> None:
     suite = suite_config(tmp_path, TWO_TASKS, optional_tasks=["digits_mlp"])
     out = tmp_path / "suite" / "results.csv"
-    first = run_suite(SuiteRun(suite=suite, seeds=2, out=out), log=lambda _m: None)
+    first = run_suite(SuiteRun(suite=suite, seeds=2, out=out, report=False), log=lambda _m: None)
     assert first.complete and set(first.frame.task) == {"quadratic", "digits_mlp"}
     before = pd.read_csv(out)
     stale = tmp_path / "suite" / "curves_gone_task_loss.png"  # a figure of no task in the table
@@ -166,7 +166,7 @@ def test_a_skipped_task_keeps_its_earlier_results_and_says_so(tmp_path, monkeypa
 
     # a second offline run keeps them again; rows of the task that no run of the suite makes
     # (here: seed 1, once the suite is run with one seed) are written aside, not dropped
-    again = run_suite(SuiteRun(suite=suite, seeds=1, out=out), log=lines.append)
+    again = run_suite(SuiteRun(suite=suite, seeds=1, out=out, report=False), log=lines.append)
     assert again.skipped[0].kept_runs == 2
     aside = pd.read_csv(again.skipped[0].aside)
     assert set(aside.seed) == {1} and set(aside.task) == {"digits_mlp"}
@@ -193,7 +193,7 @@ def test_lopt_suite_exits_3_when_a_task_was_not_rerun(tmp_path, monkeypatch, cap
 
     out = tmp_path / "smoke" / "results.csv"
     args = ["suite", "name=smoke", "suite.optional_tasks=[digits_mlp]", f"out={out}"]
-    assert main(args) == 0
+    assert main([*args, "report=false"]) == 0
     rows = len(pd.read_csv(out))
     make_unavailable(monkeypatch, "digits_mlp")
     capsys.readouterr()
