@@ -324,6 +324,8 @@ def _unknown_key_message(
             f"{', '.join(sorted(keys))}"
         )
     full = ".".join([*parents, key])
+    if not keys:  # a free-form mapping (tuning.fixed, ...): Hydra adds new keys with +
+        return f"{'.'.join(parents)} has no key {key!r} yet: add it with +{full}=VALUE"
     shown = [".".join([*parents, k]) for k in sorted(keys)]
     return (
         f"unknown key {full!r}.{_did_you_mean(full, shown)} The keys of "

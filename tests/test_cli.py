@@ -89,6 +89,10 @@ def test_task_settings_are_task_dot_overrides(tmp_path) -> None:
         ),
         (["tuning.objectiv=x"], "unknown key 'tuning.objectiv'. Did you mean: tuning.objective?"),
         (["optimizer.lrr=0.1"], "adam takes no hyperparameter 'lrr'. Did you mean: lr? It takes"),
+        (
+            ["tuning.fixed.lr=0.1"],
+            "tuning.fixed has no key 'lr' yet: add it with +tuning.fixed.lr=",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, message):
