@@ -24,6 +24,7 @@ from harness.registry import OPTIMIZERS
 from harness.results.io import read_results
 from harness.suite import check_fair_tuning
 from harness.tuning import objective as objective_module
+from harness.tuning.campaign import Campaign, StudySpec, run_campaign, suite_studies, with_extra
 from harness.tuning.saturation import (
     SaturationRule,
     best_so_far,
@@ -219,6 +220,32 @@ def test_until_saturated_stops_when_the_rule_holds(tmp_path) -> None:
             budget_steps=60,
             storage=storage,
         )
+
+
+def test_a_campaign_takes_the_suite_studies_and_adds_baselines() -> None:
+    specs, common = suite_studies("paper")
+    assert len(specs) == 20 and common["storage"] == "sqlite:///results/paper/optuna.db"
+    cosine = [s for s in specs if s.optimizer == "adam_cosine"]
+    assert all(s.fixed == {"decay_steps": 2000} and s.budget_steps == 2000 for s in cosine)
+    assert {s.task_cfg.get("train_size") for s in specs if s.task == "fmnist_cnn16"} == {10000}
+    extended = with_extra(specs, ["adamw_cosine", "nesterov"])
+    added = extended[len(specs) :]
+    assert len(added) == 8 and {s.optimizer for s in added} == {"adamw_cosine", "nesterov"}
+    assert all(s.fixed == {"decay_steps": 2000} for s in added if s.optimizer == "adamw_cosine")
+
+
+def test_a_campaign_ends_with_saturated_studies_of_equal_trial_counts(tmp_path) -> None:
+    specs = [
+        StudySpec("quadratic", name, "train_loss", 60, search={"lr": [0.01, 1.0]})
+        for name in ("sgd", "adam")
+    ]
+    campaign = Campaign(
+        specs=specs, tag="", storage=f"sqlite:///{tmp_path}/o.db", out=str(tmp_path), caps=(32, 48)
+    )
+    outcomes = run_campaign(campaign, log=quiet)
+    counts = {outcome.counted for outcome in outcomes}
+    assert len(counts) == 1  # equal trial counts: check_fair_tuning accepts them
+    assert all(o.saturation.saturated for o in outcomes) or counts == {48}
 
 
 def test_until_saturated_needs_a_cap_of_at_least_the_minimum(tmp_path) -> None:

@@ -3,9 +3,10 @@
 The objective is the loss on the protocol's split (``valid`` for ``valid_loss``, ``train`` for
 ``train_loss``), evaluated over the whole split, at the end of the step budget (``final``) or the
 lowest along the run (``best``), averaged over the tuning seeds. After every evaluation the value
-so far is reported to the trial (step ``seed_index * budget + step``), so a pruner can stop a
-hopeless trial. A run that diverges raises :class:`TrialDiverged`, which carries the value the
-trial is told instead (:func:`divergence_penalty`).
+so far is reported to the trial (step ``seed_index * budget + step``; step 0 only for the first
+seed), so a pruner can stop a hopeless trial. A run that diverges raises
+:class:`TrialDiverged`, which carries the value the trial is told instead
+(:func:`divergence_penalty`).
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def evaluate_configuration(
             if not math.isfinite(value):
                 return
             best = min(best, value)
-            if trial is None:
-                return
+            if trial is None or (index > 0 and step == 0):
+                return  # a later seed's step 0 would take the previous seed's last step number
             trial.report(
                 value if protocol.objective_at == "final" else best,
                 step=index * protocol.budget_steps + step,

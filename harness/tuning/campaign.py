@@ -1,0 +1,210 @@
+"""Retune a suite's baselines until every study is saturated, with equal trial counts per task.
+
+A *campaign* takes the tuned runs of a suite file (``harness/conf/suite/<suite>.yaml``: task,
+task settings, optimizer, objective, step budget, fixed and searched hyperparameters), optionally
+adds baselines the suite does not have yet (``extra``: each cloned from the suite's ``adam``
+entry of the same task and objective), and tunes every study with ``until=saturated``:
+
+1. in rounds of growing caps (``caps``, default 32, 48, 64, 96, 128), one study after the other,
+   so that all studies progress together and an interruption leaves them all about as far;
+2. then, per task, every study is brought to the largest trial count among that task's studies
+   (``check_fair_tuning`` compares baselines tuned with the same number of trials) and tuned on
+   until it is saturated again at that count, until all agree or all reach the last cap.
+
+Tuning seeds follow the objective (``seeds``: 1 for ``train_loss``, 2 for ``valid_loss``, from
+``benchmarks/tuning_seeds.py``). Everything is resumable: each study is an Optuna study in
+``storage``, so rerunning the same campaign continues where it stopped; two processes running
+the same campaign share the trials of each study.
+
+    python -m harness.tuning.campaign --suite paper --tag paper [--optimizers adam]
+        [--extra adamw_cosine,nesterov] [--tasks mnist5k_cnn16] [--caps 32,48,64,96,128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from harness.errors import UsageError
+from harness.tuning.saturation import DEFAULT_RULE
+from harness.tuning.tuner import TuneOutcome, TuneSettings, tune
+
+SUITES = Path(__file__).resolve().parent.parent / "conf" / "suite"
+DEFAULT_CAPS = (32, 48, 64, 96, 128)
+DEFAULT_SEEDS = {"train_loss": 1, "valid_loss": 2}
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One study of a campaign: what ``lopt tune`` needs, except the trial count."""
+
+    task: str
+    optimizer: str
+    objective: str
+    budget_steps: int
+    task_cfg: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        return f"{self.task} {self.optimizer} {self.objective}"
+
+
+def suite_studies(suite: str) -> tuple[list[StudySpec], dict[str, Any]]:
+    """The studies behind the tuned runs of ``suite``, and its ``tuning`` block."""
+    path = SUITES / f"{suite}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SUITES.glob("*.yaml")))
+        raise UsageError(f"no suite {suite!r}; known: {known}")
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    common = dict(data.get("tuning") or {})
+    specs = []
+    for run in data.get("runs") or []:
+        if not run.get("tuned"):
+            continue
+        tuning = {**common, **(run.get("tuning") or {})}
+        spec = StudySpec(
+            task=run["task"],
+            optimizer=run["optimizer"],
+            objective=tuning.get("objective", "valid_loss"),
+            budget_steps=int(tuning.get("budget_steps") or run["steps"]),
+            task_cfg=dict(run.get("task_cfg") or {}),
+            fixed=dict(tuning.get("fixed") or {}),
+            search=dict(tuning.get("search") or {}),
+        )
+        if spec not in specs:
+            specs.append(spec)
+    return specs, common
+
+
+def with_extra(specs: list[StudySpec], extra: Sequence[str]) -> list[StudySpec]:
+    """``specs`` plus, for each name in ``extra``, a clone of every ``adam`` study with that
+    optimizer (its own default search space; ``decay_steps`` fixed to the budget for schedules
+    that have one)."""
+    added = []
+    for name in extra:
+        for spec in specs:
+            if spec.optimizer != "adam":
+                continue
+            fixed = {"decay_steps": spec.budget_steps} if name.endswith("_cosine") else {}
+            clone = replace(spec, optimizer=name, fixed=fixed, search={})
+            if clone not in specs and clone not in added:
+                added.append(clone)
+    return [*specs, *added]
+
+
+@dataclass
+class Campaign:
+    """The settings every study of a campaign shares."""
+
+    specs: list[StudySpec]
+    tag: str
+    storage: str
+    out: str
+    caps: tuple[int, ...] = DEFAULT_CAPS
+    seeds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SEEDS))
+    sampler: str = "tpe"
+
+    def settings(self, spec: StudySpec, trials: int, until: str) -> TuneSettings:
+        return TuneSettings(
+            task=spec.task,
+            optimizer=spec.optimizer,
+            trials=trials,
+            until=until,
+            objective=spec.objective,
+            budget_steps=spec.budget_steps,
+            seeds=self.seeds[spec.objective],
+            eval_seeds=0,
+            sampler=self.sampler,
+            storage=self.storage,
+            tag=self.tag,
+            out=self.out,
+            task_cfg=dict(spec.task_cfg),
+            fixed=dict(spec.fixed),
+            search=dict(spec.search),
+        )
+
+
+def run_campaign(campaign: Campaign, log: Log = print) -> list[TuneOutcome]:
+    """Tune every study of ``campaign`` (see the module docstring); the last outcome of each,
+    in the order of ``campaign.specs``."""
+    if not campaign.caps or min(campaign.caps) < DEFAULT_RULE.min_trials:
+        raise UsageError(f"caps must be >= {DEFAULT_RULE.min_trials} (the saturation minimum)")
+    specs = campaign.specs
+    outcomes: dict[int, TuneOutcome] = {}
+    for cap in sorted(campaign.caps):
+        for i, spec in enumerate(specs):
+            log(f"== {spec.label()}: until saturated, at most {cap} trials")
+            outcomes[i] = tune(campaign.settings(spec, cap, "saturated"), log=log)
+    last = max(campaign.caps)
+    for task in sorted({spec.task for spec in specs}):
+        mine = [i for i, spec in enumerate(specs) if spec.task == task]
+        while True:
+            counts = {i: outcomes[i].counted for i in mine}
+            target = max(counts.values())
+            done = all(counts[i] == target and outcomes[i].saturation.saturated for i in mine)
+            at_cap = target >= last and all(n == target for n in counts.values())
+            if done or at_cap:
+                verdict = "all saturated" if done else "the cap, not all saturated"
+                log(f"== {task}: {target} trials per study, {verdict}")
+                break
+            for i in mine:
+                if counts[i] < target:
+                    log(f"== {specs[i].label()}: to {target} trials (the task's largest count)")
+                    tune(campaign.settings(specs[i], target, "trials"), log=log)
+                outcomes[i] = tune(campaign.settings(specs[i], last, "saturated"), log=log)
+    return [outcomes[i] for i in range(len(specs))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", default="paper")
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--storage", default=None, help="default: the suite's tuning.storage")
+    parser.add_argument("--out", default=None, help="default: next to the storage, tuning/")
+    parser.add_argument("--optimizers", default="", help="only these (comma list)")
+    parser.add_argument("--tasks", default="", help="only these (comma list)")
+    parser.add_argument("--objectives", default="", help="only these (comma list)")
+    parser.add_argument("--extra", default="", help="baselines to add, cloned from adam's")
+    parser.add_argument("--caps", default=",".join(map(str, DEFAULT_CAPS)))
+    args = parser.parse_args(argv)
+    try:
+        specs, common = suite_studies(args.suite)
+        specs = with_extra(specs, [n for n in args.extra.split(",") if n])
+        for key, wanted in (
+            ("optimizer", args.optimizers),
+            ("task", args.tasks),
+            ("objective", args.objectives),
+        ):
+            names = {n for n in wanted.split(",") if n}
+            if names:
+                specs = [spec for spec in specs if getattr(spec, key) in names]
+        if not specs:
+            raise UsageError("no study is left after the selection")
+        storage = args.storage or common.get("storage")
+        if not storage:
+            raise UsageError(f"suite {args.suite!r} names no tuning.storage: give --storage")
+        out = args.out or str(Path(storage.removeprefix("sqlite:///")).parent / "tuning")
+        caps = tuple(int(c) for c in args.caps.split(","))
+        campaign = Campaign(specs=specs, tag=args.tag, storage=storage, out=out, caps=caps)
+        outcomes = run_campaign(campaign, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue", file=sys.stderr)
+        return 130
+    for outcome in outcomes:
+        print(f"{outcome.study}: {outcome.counted} trials, {outcome.saturation.verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
