@@ -185,24 +185,31 @@ def run_labels(plans: Sequence[RunPlan]) -> list[str]:
         if len(members) < 2:
             continue
         described = [_describable(plans[i]) for i in members]
-        keys = [k for k in described[0] if k != "comparison"]
-        keys += sorted({k for d in described for k in d} - set(keys) - {"comparison"})
-        chosen: list[str] = []
-        for key in keys:
-            if len({_shown(d.get(key)) for d in described}) > 1:
-                chosen.append(key)
-            signatures = {
-                tuple(shown[i]) + tuple(_shown(d.get(k)) for k in chosen)
-                for i, d in zip(members, described, strict=True)
-            }
-            if len(signatures) == len(members):
-                break
+        chosen = _telling_keys([shown[i] for i in members], described)
         for i, d in zip(members, described, strict=True):
             shown[i] += [f"{key}={_shown(d.get(key))}" for key in chosen]
     return [
         " ".join([plan.task, plan.optimizer, *extra, f"seed {plan.seed}"])
         for plan, extra in zip(plans, shown, strict=True)
     ]
+
+
+def _telling_keys(shown: list[list[str]], described: list[dict[str, Any]]) -> list[str]:
+    """The fewest keys, in :func:`_describable`'s order, whose values (after what is already
+    ``shown``) tell the plans apart."""
+    keys = [k for k in described[0] if k != "comparison"]
+    keys += sorted({k for d in described for k in d} - set(keys) - {"comparison"})
+    chosen: list[str] = []
+    for key in keys:
+        signatures = {
+            (*already, *(_shown(d.get(k)) for k in chosen))
+            for already, d in zip(shown, described, strict=True)
+        }
+        if len(signatures) == len(described):
+            break
+        if len({_shown(d.get(key)) for d in described}) > 1:
+            chosen.append(key)
+    return chosen
 
 
 def _describable(plan: RunPlan) -> dict[str, Any]:
