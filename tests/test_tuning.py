@@ -34,7 +34,13 @@ from harness.tuning.saturation import (
 from harness.tuning.space import search_space
 from harness.tuning.storage import open_storage
 from harness.tuning.study import ATTR_TRIALS, count_trials, is_diverged, load_existing, study_name
-from harness.tuning.tuner import EVAL_SEED_OFFSET, TuneSettings, tune, tuned_configuration
+from harness.tuning.tuner import (
+    EVAL_SEED_OFFSET,
+    TuneSettings,
+    TuningStopped,
+    tune,
+    tuned_configuration,
+)
 
 
 def specs(name: str):
@@ -246,6 +252,24 @@ def test_a_campaign_ends_with_saturated_studies_of_equal_trial_counts(tmp_path) 
     counts = {outcome.counted for outcome in outcomes}
     assert len(counts) == 1  # equal trial counts: check_fair_tuning accepts them
     assert all(o.saturation.saturated for o in outcomes) or counts == {48}
+
+
+def test_a_stop_request_ends_tuning_between_trials(tmp_path) -> None:
+    asked = []
+
+    def stop() -> bool:
+        asked.append(True)
+        return len(asked) > 3
+
+    with pytest.raises(TuningStopped, match="stopped between trials, after 3"):
+        tune(settings(tmp_path), log=quiet, stop=stop)
+    study = load_existing(
+        open_storage(f"sqlite:///{tmp_path}/optuna.db").storage,
+        "quadratic-sgd-valid_loss-60steps-tpe-p2",
+    )
+    counts = count_trials(study)
+    assert len(counts.counted) == 3 and not counts.in_flight
+    assert tune(settings(tmp_path), log=quiet).ran == 3  # a rerun finishes the study
 
 
 def test_until_saturated_needs_a_cap_of_at_least_the_minimum(tmp_path) -> None:

@@ -18,11 +18,15 @@ the same campaign share the trials of each study.
 
     python -m harness.tuning.campaign --suite paper --tag paper [--optimizers adam]
         [--extra adamw_cosine,nesterov] [--tasks mnist5k_cnn16] [--caps 32,48,64,96,128]
+
+``kill -TERM`` (or Ctrl-C) stops it after the trial in flight, so the storage can be copied or
+committed; a second signal stops it at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,7 +37,7 @@ from omegaconf import OmegaConf
 
 from harness.errors import UsageError
 from harness.tuning.saturation import DEFAULT_RULE
-from harness.tuning.tuner import TuneOutcome, TuneSettings, tune
+from harness.tuning.tuner import TuneOutcome, TuneSettings, TuningStopped, tune
 
 SUITES = Path(__file__).resolve().parent.parent / "conf" / "suite"
 DEFAULT_CAPS = (32, 48, 64, 96, 128)
@@ -132,9 +136,12 @@ class Campaign:
         )
 
 
-def run_campaign(campaign: Campaign, log: Log = print) -> list[TuneOutcome]:
+def run_campaign(
+    campaign: Campaign, log: Log = print, stop: Callable[[], bool] | None = None
+) -> list[TuneOutcome]:
     """Tune every study of ``campaign`` (see the module docstring); the last outcome of each,
-    in the order of ``campaign.specs``."""
+    in the order of ``campaign.specs``. ``stop``: as in :func:`tune` (raises
+    :class:`TuningStopped` between two trials)."""
     if not campaign.caps or min(campaign.caps) < DEFAULT_RULE.min_trials:
         raise UsageError(f"caps must be >= {DEFAULT_RULE.min_trials} (the saturation minimum)")
     specs = campaign.specs
@@ -142,7 +149,7 @@ def run_campaign(campaign: Campaign, log: Log = print) -> list[TuneOutcome]:
     for cap in sorted(campaign.caps):
         for i, spec in enumerate(specs):
             log(f"== {spec.label()}: until saturated, at most {cap} trials")
-            outcomes[i] = tune(campaign.settings(spec, cap, "saturated"), log=log)
+            outcomes[i] = tune(campaign.settings(spec, cap, "saturated"), log=log, stop=stop)
     last = max(campaign.caps)
     for task in sorted({spec.task for spec in specs}):
         mine = [i for i, spec in enumerate(specs) if spec.task == task]
@@ -158,8 +165,10 @@ def run_campaign(campaign: Campaign, log: Log = print) -> list[TuneOutcome]:
             for i in mine:
                 if counts[i] < target:
                     log(f"== {specs[i].label()}: to {target} trials (the task's largest count)")
-                    tune(campaign.settings(specs[i], target, "trials"), log=log)
-                outcomes[i] = tune(campaign.settings(specs[i], last, "saturated"), log=log)
+                    tune(campaign.settings(specs[i], target, "trials"), log=log, stop=stop)
+                outcomes[i] = tune(
+                    campaign.settings(specs[i], last, "saturated"), log=log, stop=stop
+                )
     return [outcomes[i] for i in range(len(specs))]
 
 
@@ -194,16 +203,37 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or str(Path(storage.removeprefix("sqlite:///")).parent / "tuning")
         caps = tuple(int(c) for c in args.caps.split(","))
         campaign = Campaign(specs=specs, tag=args.tag, storage=storage, out=out, caps=caps)
-        outcomes = run_campaign(campaign, log=lambda m: print(m, file=sys.stderr, flush=True))
+        outcomes = run_campaign(
+            campaign, log=lambda m: print(m, file=sys.stderr, flush=True), stop=_stop_on_signal()
+        )
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TuningStopped as exc:
+        print(f"{exc}: rerun the same command to continue", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue", file=sys.stderr)
         return 130
     for outcome in outcomes:
         print(f"{outcome.study}: {outcome.counted} trials, {outcome.saturation.verdict}")
     return 0
+
+
+def _stop_on_signal() -> Callable[[], bool]:
+    """SIGTERM or SIGINT once: stop after the trial in flight (the storage is then between
+    trials, safe to copy); twice: stop at once (the trial in flight is redone on the next run)."""
+    asked = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        print("stopping after the trial in flight (signal again: at once)", file=sys.stderr)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
+    return lambda: bool(asked)
 
 
 if __name__ == "__main__":

@@ -225,8 +225,18 @@ def make_pruner(protocol: Protocol) -> optuna.pruners.BasePruner:
     )
 
 
-def tune(settings: TuneSettings, log: Log = print) -> TuneOutcome:
-    """Run (or continue) the study of ``settings``; see the module docstring."""
+class TuningStopped(Exception):
+    """``tune`` was asked to stop (its ``stop`` returned True) between two trials."""
+
+
+def tune(
+    settings: TuneSettings, log: Log = print, stop: Callable[[], bool] | None = None
+) -> TuneOutcome:
+    """Run (or continue) the study of ``settings``; see the module docstring.
+
+    ``stop`` is asked before each new trial; when it returns True, :class:`TuningStopped` is
+    raised with no trial in flight (the storage is then consistent, and rerunning continues).
+    """
     protocol, space, base = prepare(settings)
     name = study_name(
         settings.task,
@@ -257,6 +267,8 @@ def tune(settings: TuneSettings, log: Log = print) -> TuneOutcome:
     log(f"{name}: {done} trials done ({goal}), in {settings.storage}")
     ran = 0
     while True:
+        if stop is not None and stop():
+            raise TuningStopped(f"{name}: stopped between trials, after {ran} in this run")
         with opened.claim():
             counts = count_trials(study)
             if settings.until == "saturated" and _saturated_now(study, protocol, log):
