@@ -8,13 +8,15 @@ alternating order; each round gives the ratio lopt/adam of the two blocks' wall-
 The verdict is the median ratio; the limit is 1.2 (``--limit``). ``gc.collect()`` runs before
 each block, outside the clock.
 
-The learned optimizer is ``lopt`` with ``--checkpoint`` (default: the untrained one; its cost
-does not depend on the values of theta, only on the architecture, ``--hidden``).
+The learned optimizer is ``lopt`` with ``--checkpoint``, or an untrained learner of the family
+``--learner`` (default ``mlp``, the paper's, with ``--hidden``; ``adam_residual`` is Adam with a
+learned schedule and correction): its cost does not depend on the values of theta, only on the
+architecture.
 
 Usage::
 
     python benchmarks/lopt_step_vs_adam.py [--threads N] [--steps 30] [--rounds 15]
-        [--checkpoint PATH] [--task mnist5k_cnn16]
+        [--checkpoint PATH | --learner mlp|adam_residual] [--task mnist5k_cnn16]
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from itertools import islice
 
 import torch
 
-from harness.registry import create_optimizer, create_task
+from harness.registry import create_learner, create_optimizer, create_task
 from harness.runner import make_train_step
-from optimizers.learned import LearnedOptimizer, LOptArchitecture, init_theta
+from optimizers.learned import LearnedOptimizer
 
 LIMIT = 1.2
 
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--checkpoint", default="")
+    parser.add_argument("--learner", default="mlp", help="family of an untrained learner")
     parser.add_argument("--hidden", default="32,32", help="hidden sizes of an untrained lopt")
     parser.add_argument("--second-moments", action="store_true")
     parser.add_argument("--limit", type=float, default=LIMIT)
@@ -53,11 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint:
         lopt = create_optimizer("lopt", checkpoint=args.checkpoint)
     else:
-        arch = LOptArchitecture(
-            hidden_sizes=tuple(int(h) for h in args.hidden.split(",")),
-            second_moments=args.second_moments,
-        )
-        lopt = LearnedOptimizer.from_theta(init_theta(arch), arch)
+        settings = {}
+        if args.learner == "mlp":
+            hidden = [int(h) for h in args.hidden.split(",")]
+            settings = {"hidden_sizes": hidden, "second_moments": args.second_moments}
+        learner = create_learner(args.learner, **settings)
+        lopt = LearnedOptimizer.from_theta(learner.init_theta(0), learner)
     optimizers = {"adam": create_optimizer("adam"), "lopt": lopt}
     steps = {name: make_train_step(task, opt) for name, opt in optimizers.items()}
     params0 = task.init_params(0)
@@ -87,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     median = statistics.median(ratios)
     n = sum(p.numel() for p in params0)
     print(
-        f"{args.task} ({n} parameters), threads={torch.get_num_threads()}, "
+        f"{args.task} ({n} parameters), learner {lopt.learner.family}, "
+        f"threads={torch.get_num_threads()}, "
         f"{args.rounds} rounds x {args.steps} steps: adam {statistics.median(times['adam']):.2f} "
         f"ms/step, lopt {statistics.median(times['lopt']):.2f} ms/step; ratio median "
         f"{median:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); limit {args.limit}"

@@ -8,6 +8,7 @@ Learned-optimizer families (what ``lopt meta-train`` trains) follow
 
 from optimizers import (  # noqa: F401  (registration)
     adam,
+    adam_residual,
     learned,
     learned_hparams,
     pretrained,

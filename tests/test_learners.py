@@ -187,3 +187,10 @@ def test_the_log_objective_sees_small_losses() -> None:
 def test_mlp_learner_of_an_architecture() -> None:
     learner = MLPLearner.of()
     assert learner.num_theta == 1762 and learner.record()["hidden_sizes"] == [32, 32]
+
+
+def test_the_config_names_every_estimator() -> None:
+    from harness.meta import config
+    from harness.meta.estimators import ESTIMATORS
+
+    assert tuple(ESTIMATORS) == config.ESTIMATORS

@@ -210,12 +210,18 @@ def test_resume_refuses_a_different_run_and_resume_false_restarts(tmp_path: Path
 
 
 def test_max_seconds_stops_with_a_checkpoint(tmp_path: Path) -> None:
-    """max_seconds ends meta-training after the first outer step that reaches it, saved."""
+    """max_seconds ends this call of meta-training after the first outer step that reaches it,
+    saved; the next call continues the run."""
     path = meta_train(
         **QUICK, parallel="loop", outer_steps=1000, max_seconds=1e-6, out=str(tmp_path / "t")
     )
     assert load_lopt_checkpoint(path).meta_training["outer_step"] == 1
     assert load_trainer_state(tmp_path / "t" / "trainer_state.pt")["outer_step"] == 1
+    # max_seconds is per call: rerunning the same command continues for another chunk
+    meta_train(
+        **QUICK, parallel="loop", outer_steps=1000, max_seconds=1e-6, out=str(tmp_path / "t")
+    )
+    assert load_trainer_state(tmp_path / "t" / "trainer_state.pt")["outer_step"] == 2
 
 
 # -- memory, schedules, resets ---------------------------------------------------------------------

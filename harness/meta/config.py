@@ -17,7 +17,7 @@ from typing import Any, Optional
 from harness.errors import UsageError
 from harness.typed_config import config_data, typed_fields
 
-ESTIMATORS = ("merged", "rp", "es", "pes")
+ESTIMATORS = ("merged", "rp", "es", "pes")  # harness.meta.estimators.ESTIMATORS, in this order
 OBJECTIVES = ("train", "valid")
 LOSSES = ("mean", "log", "final")
 OUTER_DATA = ("fresh", "inner")
@@ -111,7 +111,8 @@ class MetaTrainConfig:
             every checkpoint; 0: never).
         eval_seeds: seeds of that held-out evaluation.
         resume: continue from ``out/trainer_state.pt`` when it exists (false: start again).
-        max_seconds: stop (and checkpoint) once meta-training has run this long (None: no limit).
+        max_seconds: stop (and checkpoint) once this call has meta-trained this long (None: no
+            limit); rerunning the same command continues for another chunk.
         progress: show a progress bar (None: when stderr is a terminal).
         plugins: local modules to import first (tasks registered by plugins; each worker
             process imports them too).
@@ -182,8 +183,12 @@ class MetaTrainConfig:
                 f"(got objective={self.objective}); use outer_data=fresh"
             )
         if self.parallel == "vmap":
-            if self.estimator == "pes":
-                raise UsageError("estimator=pes runs loop or processes, not parallel=vmap")
+            from harness.meta.estimators import ESTIMATORS as ESTIMATOR_CLASSES
+
+            if not ESTIMATOR_CLASSES[self.estimator].batchable:
+                raise UsageError(
+                    f"estimator={self.estimator} runs loop or processes, not parallel=vmap"
+                )
             if self.outer_every != 1 or self.outer_data != "fresh" or self.loss == "final":
                 raise UsageError(
                     "parallel=vmap needs outer_every=1, outer_data=fresh and loss mean or log; "

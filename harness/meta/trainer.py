@@ -198,6 +198,7 @@ class MetaTrainer:
         self.smoothed = math.nan
         self.log: list[list[Any]] = []  # [outer_step, wall_time_s, metric, value]
         self.last: dict[str, float] = {}
+        self.started_at = 0.0  # self.seconds when this call of run() started
 
     # -- one outer step -----------------------------------------------------------------------
     def noise(self, problem: int) -> torch.Tensor:
@@ -319,12 +320,14 @@ class MetaTrainer:
         eval_every = cfg.eval_every if cfg.eval_every is not None else cfg.checkpoint_every
         if self.outer_step == 0 and eval_every:
             self.heldout()
+        self.started_at = self.seconds  # max_seconds is a budget for this call (a chunk)
         try:
             while self.outer_step < cfg.outer_steps:
                 self.step()
                 out_of_time = False
                 if cfg.max_seconds is not None:  # rank 0's clock decides for every rank
-                    out_of_time = self.world.broadcast_from_main(self.seconds >= cfg.max_seconds)
+                    spent = self.seconds - self.started_at
+                    out_of_time = self.world.broadcast_from_main(spent >= cfg.max_seconds)
                 done = out_of_time or self.outer_step >= cfg.outer_steps
                 if eval_every and (self.outer_step % eval_every == 0 or done):
                     self.heldout()
@@ -342,13 +345,14 @@ class MetaTrainer:
         return out / LOPT_FILE
 
     def eta_seconds(self) -> float:
-        """Meta-training seconds left until ``outer_steps`` or ``max_seconds``, whichever is
-        first, at the mean pace so far (NaN before the first step)."""
+        """Meta-training seconds left until ``outer_steps`` or the end of this call's
+        ``max_seconds``, whichever is first, at the mean pace so far (NaN before a step)."""
         if self.outer_step == 0:
             return math.nan
         left = (self.cfg.outer_steps - self.outer_step) * self.seconds / self.outer_step
         if self.cfg.max_seconds is not None:
-            left = min(left, max(0.0, self.cfg.max_seconds - self.seconds))
+            spent = self.seconds - self.started_at
+            left = min(left, max(0.0, self.cfg.max_seconds - spent))
         return left
 
     # -- checkpoints ------------------------------------------------------------------------------
