@@ -343,3 +343,28 @@ def test_the_report_lists_what_was_not_reproduced(tmp_path: Path, monkeypatch):
     ]
     build_report(synthetic(), tmp_path, reference="sgd")
     assert "Not reproduced" not in (tmp_path / "summary.md").read_text()
+
+
+def test_the_comparison_marks_kept_rows_in_its_tables_and_verdicts():
+    from harness.results.comparison import comparison_summary, verdicts
+
+    runs = [
+        tidy_run(f"{task}{optimizer}{seed}", optimizer, seed, losses, task=task)
+        for task in ("t", "u")
+        for optimizer, losses in (("sgd", [4.0, 1.0]), ("lopt_mnist5k_train", [4.0, 2.0]))
+        for seed in (0, 1)
+    ]
+    frame = pd.concat(runs, ignore_index=True).assign(tags='{"comparison":"train"}')
+    kept = frame["task"] == "u"
+    frame.loc[kept, "tags"] = '{"comparison":"train","not_reproduced":"data unavailable"}'
+    summary = comparison_summary(frame)
+    assert dict(zip(summary.task, summary.not_reproduced, strict=True)) == {
+        "t": "",
+        "u": "kept from abc123",
+    }
+    lines = verdicts(summary)
+    assert [line.split(":")[0] for line in lines] == [
+        "Speed (t, lopt_mnist5k_train)",
+        "Speed (u, lopt_mnist5k_train, NOT rerun",
+    ]
+    assert "not_reproduced" not in comparison_summary(frame[~kept]).columns

@@ -167,6 +167,8 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
     lines = []
     for _, row in summary[summary["role"] == "learned"].iterrows():
         where = f"{row['task']}, {row['optimizer']}"
+        if isinstance(row.get("not_reproduced"), str) and row["not_reproduced"]:
+            where += ", NOT rerun: kept from an earlier run"
         if row["comparison"] == "train":
             value = row["speedup_vs_best_baseline"]
             met = bool(value >= SPEED_TARGET) if not math.isnan(value) else False
