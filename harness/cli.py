@@ -99,15 +99,17 @@ def dispatch(args: list[str]) -> int:
 # -- lopt list -------------------------------------------------------------------------------------
 def list_command(args: list[str]) -> int:
     from harness.config import list_suites
-    from harness.registry import OPTIMIZERS, TASKS
+    from harness.registry import LEARNERS, OPTIMIZERS, TASKS
 
-    kinds = ("tasks", "optimizers", "suites")
+    kinds = ("tasks", "optimizers", "learners", "suites")
     plugins = [arg for arg in args if arg.startswith("plugins=")]
     args = [arg for arg in args if not arg.startswith("plugins=")]
     if plugins:
         load_plugins(parse_overrides(plugins[-1:]))  # local plugins are listed too
     if not args or args[0] not in kinds or len(args) > 2 or "=" in "".join(args):
-        raise UsageError("usage: lopt list tasks|optimizers|suites [PATTERN] [plugins=MODULE,...]")
+        raise UsageError(
+            "usage: lopt list tasks|optimizers|learners|suites [PATTERN] [plugins=MODULE,...]"
+        )
     kind, pattern = args[0], (args[1] if len(args) == 2 else None)
     if kind == "suites":
         import fnmatch
@@ -116,7 +118,7 @@ def list_command(args: list[str]) -> int:
             if pattern is None or fnmatch.fnmatchcase(name, pattern):
                 print(name)
         return 0
-    registry = TASKS if kind == "tasks" else OPTIMIZERS
+    registry = {"tasks": TASKS, "optimizers": OPTIMIZERS, "learners": LEARNERS}[kind]
     names = registry.names(pattern)
     width = max([16, *(len(name) for name in names)])
     for name in names:
@@ -127,6 +129,8 @@ def list_command(args: list[str]) -> int:
                 f"steps={getattr(factory, 'default_steps', '?')} "
                 f"pairs_with={','.join(getattr(factory, 'pairs_with', ('*',)))}"
             )
+        elif kind == "learners":  # the family's settings and their defaults
+            detail = " ".join(f"{k}={v!r}" for k, v in factory().record().items())
         else:
             detail = " ".join(
                 f"{spec.name}={spec.default!r}" for spec in getattr(factory, "hparam_specs", ())
@@ -639,12 +643,13 @@ def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) ->
 
 # -- lopt meta-train -------------------------------------------------------------------------------
 def meta_train_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
-    from harness.meta.command import meta_train
+    from harness.meta.command import meta_train, summary_line
 
     if show_help:
         return _print_help("meta-train")
     (cfg,) = composed("meta-train", overrides, multirun=False)
-    print(meta_train(cfg))  # the task group node becomes task + task_cfg
+    path = meta_train(cfg)  # the task group node becomes task + task_cfg
+    print(summary_line(path.parent))
     return 0
 
 

@@ -42,15 +42,20 @@ def test_the_builtin_families_follow_the_contract() -> None:
 
 
 def test_the_readme_learner_plugin_trains_and_is_served_from_its_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """The README's local learner family: `lopt meta-train` trains it, its checkpoint records
-    the family, and `lopt bench optimizer=lopt optimizer.checkpoint=...` evaluates it."""
+    """The README's local learner family: `lopt list learners` shows it, `lopt meta-train`
+    trains it and ends with a summary line, its checkpoint records the family, and
+    `lopt bench optimizer=lopt optimizer.checkpoint=...` evaluates it."""
     blocks = examples(README.read_text())
     (tmp_path / "my_learner.py").write_text(blocks["my_learner.py"])
     monkeypatch.chdir(tmp_path)
+    assert main(["list", "learners", "plugins=my_learner"]) == 0
+    assert "sign_sgd" in capsys.readouterr().out
     commands = [line for line in blocks["learner-commands"].splitlines() if line.strip()]
     assert main(shlex.split(commands[0])[1:]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "meta/sign/lopt.pt: 20 outer steps" in summary and "CPU-hours" in summary
     loaded = load_lopt_checkpoint(tmp_path / "meta/sign/lopt.pt")
     assert loaded.family == "sign_sgd" and loaded.theta.shape == (1,)
     assert loaded.theta[0] != math.log(0.01)  # meta-training moved it

@@ -69,7 +69,9 @@ class MetaTrainConfig:
         task_cfg: the task's settings (``task.batch_size=...`` on the command line).
         learner: the registered learner family to train (``mlp``: the paper's; ``hparams``:
             SGD with a learned learning rate and momentum; plugins add more).
-        learner_cfg: the family's settings (``learner_cfg.hidden_sizes=[16,16]`` for ``mlp``).
+        learner_cfg: the family's settings (on the command line
+            ``+learner_cfg.hidden_sizes=[16,16]`` for ``mlp``, ``+learner_cfg.lr0=0.003`` for
+            ``adam_residual``).
         estimator: ``merged`` (the paper's inverse-variance merge of ES and rp), ``rp``
             (reparameterisation gradient through the unrolls), ``es`` (antithetic ES on each
             truncation) or ``pes`` (persistent ES: unbiased over the whole inner run).
