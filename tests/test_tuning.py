@@ -182,6 +182,8 @@ def test_the_saturation_verdict_follows_the_rule() -> None:
     gaining = [1.0] * 16 + [0.95] * 16  # 5%: too much for valid loss, fine for train loss
     assert not saturation_verdict(gaining, "valid_loss").saturated
     assert saturation_verdict(gaining, "train_loss").saturated
+    unfinished = saturation_verdict([1.0] * 16 + [math.nan] * 16, "valid_loss")
+    assert unfinished.saturated and "none of its trials completed" in unfinished.verdict
     worse = [1.0] * 16 + [2.0] * 16
     assert saturation_verdict(worse, "valid_loss").gain == 0.0
     late = [math.nan] * 16 + [1.0] * 16  # nothing in the first half: the second gains everything

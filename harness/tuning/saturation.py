@@ -105,6 +105,8 @@ def saturation_verdict(
     elif gain < tolerance:
         saturated = True
         verdict = f"saturated: the second half gained {gain:.1%} (< {tolerance:.0%})"
+        if math.isnan(second):
+            verdict += "; none of its trials completed (pruned or diverged)"
     else:
         saturated = False
         verdict = f"not saturated: the second half gained {gain:.1%} (>= {tolerance:.0%})"
