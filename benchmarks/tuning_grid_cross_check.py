@@ -21,7 +21,7 @@ The study is looked up as ``lopt bench tuned=true`` does (``--storage``, default
 ``results/paper/optuna.db``; ``--tag``; the newest protocol version present). Runs are saved as
 they finish (``--out``, default ``results/paper/tuning/grid_<task>_<optimizer>.csv``): an
 interrupted check continues where it stopped, and a finished one is only reported. About
-``(points + 2) * seeds`` runs of 10-15 s each on one thread.
+``(points + 2) * seeds`` runs of 10-15 s each on one thread (``--workers 2``: two at a time).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="")
     parser.add_argument("--storage", default="sqlite:///results/paper/optuna.db")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time (1-thread each)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     task_cfg = {"train_size": args.train_size} if args.train_size else {}
@@ -96,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out or f"results/paper/tuning/grid_{args.task}_{args.optimizer}.csv")
     started = time.perf_counter()
-    grid_runs = run_or_read(plans(grid, "tuning-grid"), out)
+    grid_runs = run_or_read(plans(grid, "tuning-grid"), out, args.workers)
     tuned_runs = run_or_read(
-        plans(tuned_lrs, "tuning-grid-tuned"), out.with_name(f"{out.stem}_tuned.csv")
+        plans(tuned_lrs, "tuning-grid-tuned"), out.with_name(f"{out.stem}_tuned.csv"), args.workers
     )
     print(f"grid and tuned runs in {out} ({time.perf_counter() - started:.0f} s this invocation)")
     failures = 0
@@ -110,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def run_or_read(plans: list[RunPlan], out: Path) -> pd.DataFrame:
+def run_or_read(plans: list[RunPlan], out: Path, workers: int = 1) -> pd.DataFrame:
     """One row per run of ``plans`` (:func:`final_losses`), run into ``out`` unless it already
     holds them all."""
     ids = {plan.run_id() for plan in plans}
     frame = read_results(out) if out.is_file() else None
     if frame is None or not ids <= set(frame.run_id):
-        frame = execute(plans, out, progress_bars=False)
+        frame = execute(plans, out, progress_bars=False, workers=workers)
     return final_losses(frame[frame.run_id.isin(ids)])
 
 
