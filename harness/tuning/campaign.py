@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             campaign, log=lambda m: print(m, file=sys.stderr, flush=True), stop=_stop_on_signal()
         )
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"campaign: error: {exc}", file=sys.stderr)
         return 2
     except TuningStopped as exc:
         print(f"{exc}: rerun the same command to continue", file=sys.stderr)
