@@ -8,12 +8,15 @@ whole 2,000 steps on fresh seeds, its final whole-split training loss. Variants 
 outer-train, B = 8, constant unrolls of 50 steps):
 
 * ``pes-mean``, ``pes-log``, ``pes-final``: PES with the three losses;
-* ``es-mean``: truncated antithetic ES with the paper's mean loss (the cheap baseline).
+* ``es-mean``, ``es-log``: truncated antithetic ES with the paper's mean loss and the log loss.
 
 Runs go to ``--out/<variant>`` and are resumed when the script is rerun (each is a
 ``lopt meta-train`` folder), so it can be stopped and continued. It prints per variant the
 held-out training loss before meta-training, the best and the last one, the CPU-minutes, and
-the decades of training loss gained per CPU-minute (``log10(start / best) / minutes``).
+the decades of training loss gained per CPU-minute (``log10(start / best) / minutes``), and
+the held-out training loss of each variant's last evaluation within 1, 1.5 and 2 CPU-minutes
+(the fair comparison: the runs share a wall-clock budget, and a loaded machine gives them
+different CPU time).
 
 Usage::
 
@@ -38,6 +41,7 @@ VARIANTS = {
     "pes-log": {"estimator": "pes", "loss": "log"},
     "pes-final": {"estimator": "pes", "loss": "final"},
     "es-mean": {"estimator": "es", "loss": "mean"},
+    "es-log": {"estimator": "es", "loss": "log"},
 }
 COMMON = {
     "task": "digits_mlp",
@@ -64,7 +68,12 @@ def summary(folder: Path) -> dict[str, float]:
     cpu = log[log.metric == "cpu_seconds"].set_index("outer_step")["value"]
     start, best, last = held.value.iloc[0], held.value.min(), held.value.iloc[-1]
     minutes = float(cpu.iloc[-1]) / 60 if len(cpu) else math.nan
+    at = {}
+    for limit in (1.0, 1.5, 2.0):
+        within = [s for s in held.outer_step if s == 0 or cpu.get(s, math.inf) / 60 <= limit]
+        at[f"heldout_at_{limit:g}min"] = float(held.set_index("outer_step").value[max(within)])
     return {
+        **at,
         "outer_steps": int(log.outer_step.max()),
         "heldout_start": start,
         "heldout_best": best,

@@ -320,6 +320,8 @@ class MetaTrainer:
         eval_every = cfg.eval_every if cfg.eval_every is not None else cfg.checkpoint_every
         if self.outer_step == 0 and eval_every:
             self.heldout()
+            if progress is not None:
+                progress.show()
         self.started_at = self.seconds  # max_seconds is a budget for this call (a chunk)
         try:
             while self.outer_step < cfg.outer_steps:
@@ -462,15 +464,16 @@ class Progress:
     def summary(self) -> dict[str, str]:
         t = self.trainer
         last = t.last
-        out = {
-            "loss": f"{last.get('outer_loss', math.nan):.4g}",
-            "smoothed": f"{t.smoothed:.4g}",
-        }
+        out = {}
+        if "outer_loss" in last:
+            out["loss"] = f"{last['outer_loss']:.4g}"
+            out["smoothed"] = f"{t.smoothed:.4g}"
         for split in ("train", "valid"):
             value = last.get(f"heldout_{split}_loss")
             if value is not None:
                 out[f"heldout_{split}"] = f"{value:.4g}"
-        out["T"] = f"{last.get('unroll_length', math.nan):.0f}"
+        if "unroll_length" in last:
+            out["T"] = f"{last['unroll_length']:.0f}"
         out["cpu_h"] = f"{t.cpu_seconds / 3600:.3f}"
         out["inner_steps"] = f"{t.inner_steps:,}"
         eta = t.eta_seconds()
@@ -478,19 +481,25 @@ class Progress:
         return out
 
     def update(self) -> None:
+        """After an outer step: advance the bar, or print a line every checkpoint_every steps."""
         t = self.trainer
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(self.summary(), refresh=False)
-        elif self.lines and (
-            t.outer_step % t.cfg.checkpoint_every == 0 or t.outer_step >= t.cfg.outer_steps
-        ):
-            fields = " ".join(f"{k}={v}" for k, v in self.summary().items())
-            print(
-                f"[meta-train {t.outer_step}/{t.cfg.outer_steps} {t.seconds:.0f}s] {fields}",
-                file=sys.stderr,
-                flush=True,
-            )
+        elif t.outer_step % t.cfg.checkpoint_every == 0 or t.outer_step >= t.cfg.outer_steps:
+            self.show()
+
+    def show(self) -> None:
+        """The plain line (nothing when a bar is shown or progress is off)."""
+        if not self.lines:
+            return
+        t = self.trainer
+        fields = " ".join(f"{k}={v}" for k, v in self.summary().items())
+        print(
+            f"[meta-train {t.outer_step}/{t.cfg.outer_steps} {t.seconds:.0f}s] {fields}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.bar is not None:

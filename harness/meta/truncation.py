@@ -272,17 +272,9 @@ class InnerProblems:
         self.seed = seed
 
     @property
-    def outer_batches(self) -> int:
-        return self.outer.batches
-
-    @property
     def num_theta(self) -> int:
         """The size of the learner's theta."""
         return int(self.learner.num_theta)
-
-    @property
-    def objective(self) -> str:
-        return self.outer.split
 
     # -- states -----------------------------------------------------------------------------------
     def fresh_state(self, problem: int, instance: int, step: int = 0) -> InnerState:
