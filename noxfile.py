@@ -69,6 +69,11 @@ def benchmarks(session: nox.Session) -> None:
     # These two print a verdict against targets this 2-core CPU misses (docs/meta-training.md):
     # exit code 1 reports the miss without failing the session.
     session.run("python", "benchmarks/lopt_step_vs_adam.py", success_codes=[0, 1])
+    session.run(
+        "python", "benchmarks/lopt_step_vs_adam.py", "--learner", "adam_residual", "--threads", "1"
+    )
+    # ES/PES inner step against an Adam step; the paper's learner misses 1.5x per side (exit 1)
+    session.run("python", "benchmarks/es_step_vs_adam.py", success_codes=[0, 1])
     for k in ("1", "5"):
         session.run(
             "python",
