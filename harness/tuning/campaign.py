@@ -12,7 +12,11 @@ entry of the same task and objective), and tunes every study with ``until=satura
    until it is saturated again at that count, until all agree or all reach the last cap.
 
 Tuning seeds follow the objective (``seeds``: 1 for ``train_loss``, 2 for ``valid_loss``, from
-``benchmarks/tuning_seeds.py``). Everything is resumable: each study is an Optuna study in
+``benchmarks/tuning_seeds.py``). Pruning is off by default (``pruner="none"``): the median
+pruner judges a trial by its loss part-way, and the validation loss is not monotone in
+training (fast-starting learning rates overfit later), so it stopped exactly the trials near
+the valid-loss optimum, and a study "saturated" only because its promising trials never
+finished (docs/tuning.md has the figures). Everything is resumable: each study is an Optuna study in
 ``storage``, so rerunning the same campaign continues where it stopped; two processes running
 the same campaign share the trials of each study.
 
@@ -115,6 +119,7 @@ class Campaign:
     caps: tuple[int, ...] = DEFAULT_CAPS
     seeds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SEEDS))
     sampler: str = "tpe"
+    pruner: str = "none"
 
     def settings(self, spec: StudySpec, trials: int, until: str) -> TuneSettings:
         return TuneSettings(
@@ -127,6 +132,7 @@ class Campaign:
             seeds=self.seeds[spec.objective],
             eval_seeds=0,
             sampler=self.sampler,
+            pruner=self.pruner,
             storage=self.storage,
             tag=self.tag,
             out=self.out,
@@ -183,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objectives", default="", help="only these (comma list)")
     parser.add_argument("--extra", default="", help="baselines to add, cloned from adam's")
     parser.add_argument("--caps", default=",".join(map(str, DEFAULT_CAPS)))
+    parser.add_argument("--pruner", default="none", choices=("none", "median"))
     args = parser.parse_args(argv)
     try:
         specs, common = suite_studies(args.suite)
@@ -202,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"suite {args.suite!r} names no tuning.storage: give --storage")
         out = args.out or str(Path(storage.removeprefix("sqlite:///")).parent / "tuning")
         caps = tuple(int(c) for c in args.caps.split(","))
-        campaign = Campaign(specs=specs, tag=args.tag, storage=storage, out=out, caps=caps)
+        campaign = Campaign(
+            specs=specs, tag=args.tag, storage=storage, out=out, caps=caps, pruner=args.pruner
+        )
         outcomes = run_campaign(
             campaign, log=lambda m: print(m, file=sys.stderr, flush=True), stop=_stop_on_signal()
         )
