@@ -360,19 +360,78 @@ def _buffer(
     return buffer
 
 
+def wire_feature(
+    theta: torch.Tensor,
+    architecture: LOptArchitecture,
+    column: int,
+    *,
+    magnitude_bias: float = 0.0,
+    silence_rest: bool = False,
+) -> torch.Tensor:
+    """A copy of ``theta`` with a path from input ``column`` (a normalised feature ``x``) to the
+    direction output: ``d = x + (the rest of the network)``.
+
+    Hidden units 0 and 1 of the first layer read ``+x`` and ``-x`` and nothing else; units 0 and
+    1 of the second layer copy them; the direction output gets ``+1`` and ``-1`` from those
+    (``relu(x) - relu(-x) = x``). ``magnitude_bias`` is the magnitude output's bias (the update
+    is ``step_mult * d * exp(exp_mult * bias)``). With ``silence_rest`` the outputs read no other
+    unit, so ``d = x`` exactly; the other hidden units stay as they were (random), so the
+    gradients of the last layer are not zero and meta-training can move away from the wiring.
+    """
+    if len(architecture.hidden_sizes) != 2 or min(architecture.hidden_sizes) < 2:
+        raise UsageError("wiring a feature needs two hidden layers of >= 2 units")
+    out = theta.detach().clone()
+    first_w, first_time_w, first_b, second_w, second_b, last_w, last_b = unpack_theta(
+        architecture, out
+    )
+    for block in (first_w, first_time_w, first_b, second_w, second_b):
+        block[0:2] = 0.0
+    first_w[0, column], first_w[1, column] = 1.0, -1.0
+    second_w[0, 0], second_w[1, 1] = 1.0, 1.0
+    if silence_rest:
+        last_w.zero_()
+        last_b.zero_()
+    last_w[0, 0], last_w[0, 1] = 1.0, -1.0
+    last_b[1] = magnitude_bias
+    return out
+
+
+def momentum_start(theta: torch.Tensor, architecture: LOptArchitecture) -> torch.Tensor:
+    """``theta`` (a random MLP) whose update is ``step_mult * m_0.9 / rms(m_0.9)`` exactly:
+    SGD with momentum on per-tensor normalised steps (:func:`wire_feature`, the momentum of
+    decay 0.9, the rest silenced)."""
+    if 0.9 not in architecture.decays:
+        raise UsageError("the momentum start needs the decay 0.9 among the accumulators")
+    column = 2 + architecture.decays.index(0.9)  # after the gradient and the parameter
+    return wire_feature(theta, architecture, column, silence_rest=True)
+
+
 # -- the learner family (what meta-training trains) ------------------------------------------------
 @register_learner("mlp")
 class MLPLearner:
     """The paper's learned optimizer as a meta-learnable family (``learner=mlp``).
 
     Settings: the fields of :class:`LOptArchitecture` (``hidden_sizes``, ``second_moments``,
-    ...). State: ``{"step": t, "accumulators": (A, N)}``. The contract is
+    ...) and ``start``, how :meth:`init_theta` starts: ``random`` (the paper's random MLP,
+    whose steps drive a conv net to the loss clip within about a hundred steps) or
+    ``momentum`` (:func:`momentum_start`: the same random MLP with a path wired in so that the
+    update is ``0.001 * m_0.9 / rms(m_0.9)``, normalised momentum SGD, which does not
+    diverge). State: ``{"step": t, "accumulators": (A, N)}``. The contract is
     :class:`optimizers.base.MetaLearnable`.
     """
 
     family: ClassVar[str] = "mlp"
+    STARTS: ClassVar[tuple[str, ...]] = ("random", "momentum")
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, start: str = "random", **settings: Any) -> None:
+        if start not in self.STARTS:
+            raise UsageError(f"mlp: start must be one of {', '.join(self.STARTS)}; got {start!r}")
+        if start == "momentum" and (
+            len(settings.get("hidden_sizes", (32, 32))) != 2
+            or min(settings.get("hidden_sizes", (32, 32))) < 2
+        ):
+            raise UsageError("mlp: start=momentum needs two hidden layers of >= 2 units")
+        self.start = start
         self.architecture = LOptArchitecture.from_dict(dict(settings))
         self._workspace: dict[str, torch.Tensor] = {}
 
@@ -386,10 +445,14 @@ class MLPLearner:
         return self.architecture.num_theta
 
     def init_theta(self, seed: int) -> torch.Tensor:
-        return init_theta(self.architecture, seed)
+        theta = init_theta(self.architecture, seed)
+        return momentum_start(theta, self.architecture) if self.start == "momentum" else theta
 
     def record(self) -> dict[str, Any]:
-        return self.architecture.to_dict()
+        record = self.architecture.to_dict()
+        if self.start != "random":  # the paper's start needs no entry (older checkpoints)
+            record["start"] = self.start
+        return record
 
     def init(self, params: Params) -> OptState:
         layout = param_layout(params)

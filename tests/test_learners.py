@@ -199,3 +199,22 @@ def test_the_config_names_every_estimator() -> None:
     from harness.meta.estimators import ESTIMATORS
 
     assert tuple(ESTIMATORS) == config.ESTIMATORS
+
+
+def test_the_momentum_start_of_the_paper_learner_is_normalised_momentum() -> None:
+    """`mlp` with start=momentum: the first update is 0.001 * m_0.9 / rms(m_0.9) per tensor
+    (m_0.9 = 0.1 g from zero accumulators), whatever the rest of the random MLP; it is
+    recorded, so a checkpoint rebuilds it."""
+    learner = MLPLearner(start="momentum")
+    theta = learner.init_theta(3)
+    params = (torch.randn(5, 4), torch.randn(7))
+    grads = (torch.randn(5, 4), torch.randn(7))
+    new, _ = learner.apply(theta, grads, learner.init(params), params)
+    for p, g, n in zip(params, grads, new, strict=True):
+        m = 0.1 * g
+        expected = p - 1e-3 * m / torch.sqrt((m * m).mean() + 1e-5)
+        torch.testing.assert_close(n, expected, rtol=1e-5, atol=1e-7)
+    assert learner.record()["start"] == "momentum"
+    assert "start" not in MLPLearner().record()  # the paper's start: older checkpoints match
+    with pytest.raises(UsageError, match="start must be one of random, momentum"):
+        MLPLearner(start="adam")

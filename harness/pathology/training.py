@@ -53,7 +53,7 @@ from harness.pathology.common import (
 )
 from harness.pathology.config import ESTIMATORS, PathologyConfig
 from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, save
-from optimizers.learned import LOptArchitecture, MLPLearner, unpack_theta
+from optimizers.learned import LOptArchitecture, MLPLearner, wire_feature
 from optimizers.learned_hparams import LearnedHParams
 from tasks.base import Task
 
@@ -69,25 +69,13 @@ def large_step_theta(
 ) -> torch.Tensor:
     """``theta`` (an untrained MLP) with a normalised-gradient path and ``step_scale`` x steps.
 
-    Hidden units 0 and 1 of the first layer read ``+g`` and ``-g`` (the RMS-normalised gradient
-    feature, column 0) and nothing else; units 0 and 1 of the second layer copy them; the
-    direction output gets ``+1`` and ``-1`` from those, so ``d = g_hat + (the rest of the
-    random network)``. The magnitude output's bias is set to ``log(step_scale) / exp_mult``:
-    the update is about ``step_mult * step_scale * d`` per element. A copy; other elements kept.
+    :func:`optimizers.learned.wire_feature` on column 0 (the RMS-normalised gradient): ``d = g_hat
+    + (the rest of the random network)``; the magnitude output's bias is
+    ``log(step_scale) / exp_mult``, so the update is about ``step_mult * step_scale * d`` per
+    element. A copy; other elements kept.
     """
-    out = theta.detach().clone()
-    first_w, first_time_w, first_b, second_w, second_b, last_w, last_b = unpack_theta(
-        architecture, out
-    )
-    if len(architecture.hidden_sizes) != 2 or min(architecture.hidden_sizes) < 2:
-        raise ValueError("large_step_theta needs two hidden layers of >= 2 units")
-    for block in (first_w, first_time_w, first_b, second_w, second_b):
-        block[0:2] = 0.0
-    first_w[0, 0], first_w[1, 0] = 1.0, -1.0
-    second_w[0, 0], second_w[1, 1] = 1.0, 1.0
-    last_w[0, 0], last_w[0, 1] = 1.0, -1.0
-    last_b[1] = math.log(step_scale) / architecture.exp_mult
-    return out
+    bias = math.log(step_scale) / architecture.exp_mult
+    return wire_feature(theta, architecture, 0, magnitude_bias=bias)
 
 
 def meta_config(cfg: PathologyConfig, estimator: str, seed: int, optimizer: str) -> Any:
