@@ -194,11 +194,13 @@ def test_mlp_learner_of_an_architecture() -> None:
     assert learner.num_theta == 1762 and learner.record()["hidden_sizes"] == [32, 32]
 
 
-def test_the_config_names_every_estimator() -> None:
-    from harness.meta import config
+def test_the_config_names_every_estimator_and_objective() -> None:
+    """The configuration's choices (kept free of torch imports) are the implementations'."""
+    from harness.meta import config, truncation
     from harness.meta.estimators import ESTIMATORS
 
     assert tuple(ESTIMATORS) == config.ESTIMATORS
+    assert truncation.LOSS_KINDS == config.LOSSES and truncation.OUTER_DATA == config.OUTER_DATA
 
 
 def test_the_momentum_start_of_the_paper_learner_is_normalised_momentum() -> None:
