@@ -184,6 +184,11 @@ def antithetic_pairs_batched(
 
 
 # -- sums ------------------------------------------------------------------------------------------
+def stat_names(slots: Sequence[str]) -> tuple[str, ...]:
+    """The scalar statistics of sums over ``slots``: :data:`STAT_NAMES`, then the drop counts."""
+    return (*STAT_NAMES, *(f"dropped_{slot}" for slot in slots))
+
+
 @dataclass
 class SampleSums:
     """Per slot the count, sum and sum of squares of the samples (float64), plus scalar
@@ -212,7 +217,7 @@ class SampleSums:
             self.stats.setdefault(name, 0.0)
 
     def stat_names(self) -> tuple[str, ...]:
-        return (*STAT_NAMES, *(f"dropped_{slot}" for slot in self.slots))
+        return stat_names(self.slots)
 
     def add(self, sample: PairSample, reset: bool) -> None:
         """Count ``sample``: its finite estimates enter the sums, non-finite ones are dropped."""
@@ -259,14 +264,13 @@ class SampleSums:
         count = len(slots)
         parts = vector.split([size] * (2 * count) + [vector.numel() - 2 * count * size])
         values = parts[-1].tolist()
-        empty = cls(size=0, slots=slots)
         return cls(
             size=size,
             slots=slots,
             counts=dict(zip(slots, values[:count], strict=True)),
             sums={s: parts[2 * i] for i, s in enumerate(slots)},
             sumsqs={s: parts[2 * i + 1] for i, s in enumerate(slots)},
-            stats=dict(zip(empty.stat_names(), values[count:], strict=True)),
+            stats=dict(zip(stat_names(slots), values[count:], strict=True)),
             device=vector.device,
         )
 
