@@ -8,13 +8,18 @@ Celo, Moudgil et al. 2025, and of the nominal terms of Harrison et al. 2022)::
     m, v  <- Adam's moments (beta1, beta2), bias-corrected: u = m_hat / (sqrt(v_hat) + eps)
     phi_t  = [tanh(10 (t / T - c)) for c in centres] + [1]       (T: the run's step budget)
     x      = [u, g, m_hat, w] per parameter, each normalised by its RMS over the tensor
-    d      = W2 relu(W1 x + Wt phi_t + b1) + b2                    (a small per-parameter MLP)
+    f(x)   = W2 relu(W1 x + Wt phi_t + b1)                          (a small per-parameter MLP)
+    d      = f(x) - f(-x)                                           (odd in x)
     w     <- w - lr0 * exp(a . phi_t) * (u + d)
 
 ``a`` (the learned schedule: a log-learning-rate multiplier as a function of the fraction of the
-run done) and the last layer ``W2, b2`` start at zero, so ``exp(a . phi) = 1`` and ``d = 0``:
-the update is exactly Adam's (a test checks 100 steps against ``adam`` to 1e-6). The hidden
-layer starts random (``N(0, 1/fan_in)``), so the gradient with respect to ``W2`` is not zero.
+run done) and the last layer ``W2`` start at zero, so ``exp(a . phi) = 1`` and ``d = 0``: the
+update is exactly Adam's (a test checks 100 steps against ``adam`` to 1e-6). The hidden layer
+starts random (``N(0, 1/fan_in)``), so the gradient with respect to ``W2`` is not zero. The
+correction is odd in the features (flipping the signs of the gradient, the moments and the
+weight flips it), so it can never add the same drift to every weight: a first version with a
+free output bias learned one (-0.02 after 75 outer steps), which truncations of 50 steps
+rewarded and whole 2,000-step runs paid for (held-out training loss 4e-6 -> 2e-3).
 
 Settings (recorded in the checkpoint): ``lr0`` (the tuned Adam learning rate of the task),
 ``horizon`` (T), ``hidden`` (width of the MLP), ``beta1``, ``beta2``, ``eps``, ``centres``.
@@ -75,10 +80,9 @@ class AdamResidualSettings:
 
     @property
     def shapes(self) -> tuple[tuple[int, ...], ...]:
-        """theta's blocks: ``a (S,)``, ``W1 (H, F)``, ``Wt (H, S)``, ``b1 (H,)``, ``W2 (1, H)``,
-        ``b2 (1,)``."""
+        """theta's blocks: ``a (S,)``, ``W1 (H, F)``, ``Wt (H, S)``, ``b1 (H,)``, ``W2 (1, H)``."""
         h, s = self.hidden, self.num_time
-        return ((s,), (h, NUM_FEATURES), (h, s), (h,), (1, h), (1,))
+        return ((s,), (h, NUM_FEATURES), (h, s), (h,), (1, h))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -157,7 +161,7 @@ class AdamResidual:
         """One update (pure, differentiable, vmap-safe; ``reuse_buffers`` has no effect)."""
         del reuse_buffers
         s = self.settings
-        a, w1, wt, b1, w2, b2 = self.unpack(theta)
+        a, w1, wt, b1, w2 = self.unpack(theta)
         layout = param_layout(params)
         g = layout.flatten(grads)
         w = layout.flatten(params)
@@ -177,8 +181,9 @@ class AdamResidual:
             [c * torch.rsqrt((c * c).mean(-1, keepdim=True) + RMS_EPS) for c in chunks], -1
         )
         phi = self.time_features(state["step"], g)
-        hidden = torch.relu(w1 @ features + (wt @ phi + b1).unsqueeze(-1))
-        correction = (w2 @ hidden)[0] + b2
+        linear = w1 @ features  # (H, N)
+        shift = (wt @ phi + b1).unsqueeze(-1)
+        correction = (w2 @ (torch.relu(linear + shift) - torch.relu(shift - linear)))[0]
         scale = s.lr0 * torch.exp(a @ phi)
         new_w = w - scale * (u + correction)
         return layout.unflatten(new_w), {"step": step, "moments": torch.stack([m, v])}

@@ -82,3 +82,20 @@ def test_it_meta_trains_and_is_served_from_its_checkpoint(tmp_path: Path) -> Non
     model(torch.randn(5, 3)).pow(2).mean().backward()
     opt.step()
     assert not torch.equal(before, model.weight) and "moments" in opt.state[model.weight]
+
+
+def test_the_update_is_odd_so_no_drift_can_be_learned() -> None:
+    """Flipping the signs of the weights, the gradients and the first moments flips the new
+    weights, for any theta: no theta adds the same drift to every weight."""
+    learner = create_learner("adam_residual", horizon=50)
+    theta = torch.randn(learner.num_theta, generator=torch.Generator().manual_seed(2))
+    params = (torch.randn(6, 2), torch.randn(4))
+    grads = tuple(torch.randn_like(p) for p in params)
+    state = learner.init(params)
+    state["moments"] = torch.stack([torch.randn(16), torch.rand(16)])
+    state["step"] = 9
+    flipped = {**state, "moments": torch.stack([-state["moments"][0], state["moments"][1]])}
+    new, _ = learner.apply(theta, grads, state, params)
+    mirror, _ = learner.apply(theta, tuple(-g for g in grads), flipped, tuple(-p for p in params))
+    for a, b in zip(new, mirror, strict=True):
+        torch.testing.assert_close(a, -b)
