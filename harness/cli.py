@@ -644,11 +644,13 @@ def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) ->
 # -- lopt meta-train -------------------------------------------------------------------------------
 def meta_train_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
     from harness.meta.command import meta_train, summary_line
+    from harness.meta.report import build_meta_report
 
     if show_help:
         return _print_help("meta-train")
     (cfg,) = composed("meta-train", overrides, multirun=False)
     path = meta_train(cfg)  # the task group node becomes task + task_cfg
+    build_meta_report(path.parent)  # meta_curves.png, meta_summary.md: converged yet?
     print(summary_line(path.parent))
     return 0
 

@@ -56,6 +56,7 @@ def test_the_readme_learner_plugin_trains_and_is_served_from_its_checkpoint(
     assert main(shlex.split(commands[0])[1:]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert "meta/sign/lopt.pt: 20 outer steps" in summary and "CPU-hours" in summary
+    assert (tmp_path / "meta/sign/meta_curves.png").is_file()  # the convergence report
     loaded = load_lopt_checkpoint(tmp_path / "meta/sign/lopt.pt")
     assert loaded.family == "sign_sgd" and loaded.theta.shape == (1,)
     assert loaded.theta[0] != math.log(0.01)  # meta-training moved it
