@@ -160,7 +160,7 @@ def saturation_of(storage: str, study: str, rule: SaturationRule = DEFAULT_RULE)
     """The saturation verdict of the study named ``study`` in ``storage`` (a storage URL, as in
     ``tuning.storage``). ``UsageError`` if there is no such study."""
     opened = open_storage(storage)
-    names = {s.study_name for s in optuna.get_all_study_summaries(opened.storage)}
+    names = set(optuna.get_all_study_names(opened.storage))
     if study not in names:
         raise UsageError(f"no tuning study {study!r} in {storage}")
     return study_saturation(optuna.load_study(study_name=study, storage=opened.storage), rule=rule)

@@ -192,7 +192,7 @@ def _differences(stored: Mapping[str, Any], asked: Mapping[str, Any]) -> str:
 
 def load_existing(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
     """The study ``name`` if it exists in ``storage``, else None."""
-    names = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
+    names = set(optuna.get_all_study_names(storage))  # summaries would compute best trials
     if name not in names:
         return None
     return optuna.load_study(study_name=name, storage=storage)

@@ -527,7 +527,7 @@ def load_studies(storage: str) -> list[optuna.Study]:
     """Every study in ``storage``, by name; ``UsageError`` if there is none."""
     opened = open_storage(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(opened.storage))
+    names = sorted(optuna.get_all_study_names(opened.storage))
     if not names:
         raise UsageError(f"no tuning studies in {storage}")
     return [optuna.load_study(study_name=name, storage=opened.storage) for name in names]
