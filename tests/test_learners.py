@@ -150,8 +150,9 @@ def manual_outer(problems: InnerProblems, theta, state, data, value) -> float:
         {"outer_every": 2},
         {"outer_data": "inner"},
         {"outer_data": "inner", "outer_every": 3, "loss": "log"},
+        {"loss": "log_mean", "outer_every": 2},
     ],
-    ids=["mean", "log", "every2", "inner", "inner-every3-log"],
+    ids=["mean", "log", "every2", "inner", "inner-every3-log", "log_mean-every2"],
 )
 def test_the_outer_loss_is_what_the_objective_says(objective: dict) -> None:
     problems = quadratic_problems(**objective)
@@ -160,6 +161,8 @@ def test_the_outer_loss_is_what_the_objective_says(objective: dict) -> None:
     data = problems.data(0, state, 7)
     value = (lambda x: math.log(max(float(x), 1e-8))) if objective.get("loss") == "log" else float
     expected = manual_outer(problems, theta, state, data, value)
+    if objective.get("loss") == "log_mean":  # the log of the mean, not the mean of the logs
+        expected = math.log(expected)
     loss, final = problems.unroll(theta, state, data, grad_mode="none")
     assert math.isclose(float(loss), expected, rel_tol=1e-6)
     assert final.step == 7
@@ -180,14 +183,24 @@ def test_final_loss_has_a_gradient_only_in_the_last_truncation() -> None:
     assert float(loss.detach()) > 0 and loss.requires_grad
 
 
-def test_the_log_objective_sees_small_losses() -> None:
-    """The log objective is scale-free: halving every loss shifts it by log 2, whatever their
-    size, where the mean objective barely moves for losses near 1e-5."""
-    objective = OuterObjective(loss="log")
-    small, smaller = torch.tensor([2e-5]), torch.tensor([1e-5])
-    shift = float(objective.value(small) - objective.value(smaller))
-    assert math.isclose(shift, math.log(2), rel_tol=1e-5)
-    assert float(OuterObjective().value(small) - OuterObjective().value(smaller)) < 2e-5
+def test_the_log_objectives_see_small_losses_and_log_mean_is_not_fooled_by_spikes() -> None:
+    """Both log objectives are scale-free: halving every loss shifts them by log 2, whatever
+    their size, where the mean objective barely moves for losses near 1e-5. A trajectory that
+    spikes between 1e-8 and 1e-2 scores like a steady 1e-5 under `log`, like its mean under
+    `log_mean`."""
+
+    def score(kind: str, losses: list[float]) -> float:
+        objective = OuterObjective(loss=kind)
+        values = [objective.value(torch.tensor([x])) for x in losses]
+        return float(objective.finish(sum(values) / len(values)))
+
+    for kind in ("log", "log_mean"):
+        shift = score(kind, [2e-5, 2e-5]) - score(kind, [1e-5, 1e-5])
+        assert math.isclose(shift, math.log(2), rel_tol=1e-5)
+    assert score("mean", [2e-5]) - score("mean", [1e-5]) < 2e-5
+    spiky, steady = [1e-8, 1e-2], [1e-5, 1e-5]
+    assert math.isclose(score("log", spiky), score("log", steady), rel_tol=1e-5)
+    assert score("log_mean", spiky) > score("log_mean", steady) + 5
 
 
 def test_mlp_learner_of_an_architecture() -> None:

@@ -19,7 +19,7 @@ from harness.typed_config import config_data, typed_fields
 
 ESTIMATORS = ("merged", "rp", "es", "pes")  # harness.meta.estimators.ESTIMATORS, in this order
 OBJECTIVES = ("train", "valid")
-LOSSES = ("mean", "log", "final")
+LOSSES = ("mean", "log", "log_mean", "final")
 OUTER_DATA = ("fresh", "inner")
 SCHEDULES = ("linear", "constant")
 PARALLEL_MODES = ("processes", "loop", "vmap")
@@ -77,7 +77,9 @@ class MetaTrainConfig:
             truncation) or ``pes`` (persistent ES: unbiased over the whole inner run).
         objective: the outer loss's split: ``train`` (outer-train) or ``valid`` (outer-valid).
         loss: what the outer loss averages: ``mean`` (the clipped loss: the paper's), ``log``
-            (its log: scale-free) or ``final`` (the loss at the end of the inner run only).
+            (its log: scale-free), ``log_mean`` (the log of each truncation's mean loss:
+            scale-free and not fooled by spikes) or ``final`` (the loss at the end of the inner
+            run only).
         outer_every: evaluate the outer loss after the truncation's last step and every this
             many steps before it (1: after every step, the paper's).
         outer_data: ``fresh`` (K fresh outer batches per evaluation, the paper's) or ``inner``

@@ -64,8 +64,7 @@ def convergence(log: pd.DataFrame) -> dict[str, Any]:
         )
         out.update(outer_loss_last_tenth=last, outer_loss_tenth_before=before, gain=gain)
     out["verdict"] = verdict
-    for split in ("train", "valid"):
-        name = f"heldout_{split}_loss"
+    for name in (f"heldout_{s}_loss{m}" for m in ("", "_mean") for s in ("train", "valid")):
         if name in wide:
             values = wide[name].dropna()
             if len(values):

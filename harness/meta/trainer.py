@@ -281,31 +281,44 @@ class MetaTrainer:
     # -- held-out evaluation ----------------------------------------------------------------------
     def heldout(self) -> dict[str, float]:
         """The current theta trained over the whole horizon on ``eval_seeds`` fresh seeds (split
-        over the ranks), as ``lopt bench`` would: the mean final whole-split train and valid
-        losses (a diverged or non-finite run counts as the clip, 10). Logged, untimed."""
+        over the ranks), as ``lopt bench`` would, evaluated on the whole train and valid splits
+        every tenth of the horizon: per split the mean over seeds of the final loss
+        (``heldout_<split>_loss``) and of the mean over the run's evaluations after step 0
+        (``heldout_<split>_loss_mean``: a run that spikes scores badly even if it ends low).
+        A diverged or non-finite value counts as the clip, 10. Logged, untimed."""
         from harness.runner import run
         from optimizers.learned import LearnedOptimizer
 
         cfg = self.cfg
         optimizer = LearnedOptimizer.from_theta(self.theta.detach().cpu(), self.learner)
         splits = ("train", "valid")
-        totals = torch.zeros(len(splits), dtype=torch.float64)
+        every = max(1, self.horizon // 10)
+        expected = len(range(every, self.horizon, every)) + 1  # evaluations after step 0
+        totals = torch.zeros(2 * len(splits), dtype=torch.float64)
         for k in range(self.world.rank, cfg.eval_seeds, self.world.size):
             result = run(
                 self.task,
                 optimizer,
                 steps=self.horizon,
                 seed=derive_seed(cfg.seed, STREAM_HELDOUT, k),
-                eval_every=self.horizon,
+                eval_every=every,
                 eval_splits=splits,
                 task_cfg=cfg.task_cfg,
                 warmup_steps=0,
             )
             for j, split in enumerate(splits):
-                value = result.final(split)
-                totals[j] += min(value, LOSS_CLIP) if math.isfinite(value) else LOSS_CLIP
+                curve = [
+                    min(v, LOSS_CLIP) if math.isfinite(v) else LOSS_CLIP
+                    for step, _, s, m, v in result.measurements
+                    if s == split and m == "loss" and step > 0
+                ]
+                if result.status != "completed":  # diverged: the clip from there on
+                    curve += [LOSS_CLIP] * (expected - len(curve) + 1)
+                totals[j] += curve[-1]
+                totals[len(splits) + j] += sum(curve) / len(curve)
         totals = self.world.all_reduce_sum(totals) / cfg.eval_seeds
-        values = {f"heldout_{s}_loss": float(v) for s, v in zip(splits, totals, strict=True)}
+        names = [f"heldout_{s}_loss" for s in splits] + [f"heldout_{s}_loss_mean" for s in splits]
+        values = {name: float(v) for name, v in zip(names, totals, strict=True)}
         for name, value in values.items():
             self.log.append([self.outer_step, self.seconds, name, value])
         self.last.update(values)

@@ -43,7 +43,7 @@ from tasks.base import Batch, Params, Task
 LOSS_CLIP = 10.0
 #: the log objective's floor: log(max(loss, LOG_FLOOR))
 LOG_FLOOR = 1e-8
-LOSS_KINDS = ("mean", "log", "final")
+LOSS_KINDS = ("mean", "log", "log_mean", "final")
 OUTER_DATA = ("fresh", "inner")
 
 # random streams of derive_seed
@@ -130,7 +130,10 @@ class OuterObjective:
         split: ``train`` (outer-train) or ``valid`` (outer-valid).
         loss: ``mean`` (the mean over evaluated steps of the loss clipped at 10: the paper's),
             ``log`` (the mean of ``log(max(clipped loss, 1e-8))``: every order of magnitude
-            counts the same, so a 1e-5 training loss is still visible) or ``final`` (the
+            counts the same, so a 1e-5 training loss is still visible), ``log_mean`` (the log of
+            the truncation's mean clipped loss: scale-free too, but a trajectory that spikes
+            between 1e-8 and 1e-2 scores like its mean, 5e-3, where ``log`` scores it like a
+            steady 1e-5) or ``final`` (the
             clipped loss after the last step of the inner run; truncations that do not end the
             run have no outer loss: 0, and they are not counted in the logged mean).
         every: evaluate after the truncation's last step and every ``every`` steps before it.
@@ -164,6 +167,12 @@ class OuterObjective:
         if self.loss == "log":
             return torch.log(loss.clamp(min=LOG_FLOOR)).mean()
         return loss.mean()
+
+    def finish(self, mean: torch.Tensor) -> torch.Tensor:
+        """The truncation's outer loss from the mean of its per-step values."""
+        if self.loss == "log_mean":
+            return torch.log(mean.clamp(min=LOG_FLOOR))
+        return mean
 
 
 @dataclass
@@ -375,7 +384,7 @@ class InnerProblems:
             with torch.set_grad_enabled(track):
                 last = task.loss(params, data.inner[data.length]).clamp(max=LOSS_CLIP)
                 total = total + outer.value(last)
-        outer_loss = torch.as_tensor(total) / max(1, data.evaluations)
+        outer_loss = outer.finish(torch.as_tensor(total) / max(1, data.evaluations))
         return outer_loss, split_state(opt_state, state.instance, params)
 
     def unroll_batched(
@@ -444,7 +453,7 @@ class InnerProblems:
                 step = step + active.to(dtype)
                 loss = outer_loss_at(task, params, tuple(x[j] for x in outer), objective)
                 total = total + torch.where(active, loss, torch.zeros_like(loss))
-            return total / mask.sum(), (params, opt_tensors)
+            return objective.finish(total / mask.sum()), (params, opt_tensors)
 
         args = (thetas, params, opt_tensors, steps, inner, outer, mask)
         if grad_mode == "none":
