@@ -7,8 +7,9 @@ one process, ``max_seconds``), and reads from each run's log the held-out evalua
 whole 2,000 steps on fresh seeds, its final whole-split training loss. Variants (all
 outer-train, B = 8, constant unrolls of 50 steps):
 
-* ``pes-mean``, ``pes-log``, ``pes-final``: PES with the three losses;
-* ``es-mean``, ``es-log``: truncated antithetic ES with the paper's mean loss and the log loss.
+* ``pes-mean``, ``pes-log``, ``pes-final``: PES with three of the losses;
+* ``es-mean``, ``es-log``, ``es-log_mean``: truncated antithetic ES with the paper's mean loss,
+  the mean log loss and the log of the mean loss.
 
 Runs go to ``--out/<variant>`` and are resumed when the script is rerun (each is a
 ``lopt meta-train`` folder), so it can be stopped and continued. It prints per variant the
@@ -42,6 +43,7 @@ VARIANTS = {
     "pes-final": {"estimator": "pes", "loss": "final"},
     "es-mean": {"estimator": "es", "loss": "mean"},
     "es-log": {"estimator": "es", "loss": "log"},
+    "es-log_mean": {"estimator": "es", "loss": "log_mean"},
 }
 COMMON = {
     "task": "digits_mlp",
