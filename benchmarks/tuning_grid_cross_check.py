@@ -2,7 +2,8 @@
 
 For one task and one learning-rate-only baseline (``sgd``, ``momentum``, ``nesterov``, ``adam``,
 ``rmsprop``: the studies search only ``lr``), trains a dense log-spaced grid over the optimizer's
-declared learning-rate range (``--points``, default 25: five per decade for [1e-5, 1]) with the
+declared learning-rate range (``--points``, default 25: five per decade for [1e-5, 1]; or over
+``--low`` .. ``--high``) with the
 tuning seeds ``0 .. --seeds-1``, at the paper's protocol (2,000 steps, batch 128, whole-split
 evaluations every 100 steps), and the tuned learning rate of each objective's study with the
 same seeds. One run gives both objectives (final train and valid loss), so the grid serves both.
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objective", default="train_loss,valid_loss")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--points", type=int, default=25)
+    parser.add_argument("--low", type=float, default=None, help="default: the declared range's")
+    parser.add_argument("--high", type=float, default=None, help="default: the declared range's")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--tag", default="")
     parser.add_argument("--storage", default="sqlite:///results/paper/optuna.db")
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         for objective in objectives
     }
     spec = OPTIMIZERS.get(args.optimizer).factory.hparam("lr")
-    grid = [float(f"{v:.6g}") for v in np.geomspace(spec.low, spec.high, args.points)]
+    low, high = args.low or spec.low, args.high or spec.high
+    grid = [float(f"{v:.6g}") for v in np.geomspace(low, high, args.points)]
     tuned_lrs = sorted({float(hparams["lr"]) for hparams, _ in tuned.values()})
 
     def plans(lrs: list[float], suite: str) -> list[RunPlan]:
