@@ -339,7 +339,7 @@ def test_exploding_unrolls_are_dropped_and_never_reach_theta(tmp_path: Path) -> 
     ("overrides", "message"),
     [
         ({"estimator": "nope"}, "estimator must be one of merged, rp, es, pes"),
-        ({"loss": "median"}, "loss must be one of mean, log, final"),
+        ({"loss": "median"}, "loss must be one of mean, log, log_mean, final"),
         ({"learner": "nope"}, "unknown learner 'nope'"),
         ({"learner_cfg": {"hidden": 3}}, "unknown architecture field 'hidden'"),
         ({"outer_data": "inner", "objective": "valid"}, "outer_data=inner reuses the training"),
