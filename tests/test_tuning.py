@@ -33,7 +33,14 @@ from harness.tuning.saturation import (
 )
 from harness.tuning.space import search_space
 from harness.tuning.storage import open_storage
-from harness.tuning.study import ATTR_TRIALS, count_trials, is_diverged, load_existing, study_name
+from harness.tuning.study import (
+    ATTR_TRIALS,
+    count_trials,
+    is_diverged,
+    load_existing,
+    recover_interrupted,
+    study_name,
+)
 from harness.tuning.tuner import (
     EVAL_SEED_OFFSET,
     TuneSettings,
@@ -526,3 +533,15 @@ def test_a_suite_refuses_baselines_tuned_with_different_budgets() -> None:
     with pytest.raises(UsageError, match="different tuning budgets"):
         check_fair_tuning("tuned", plans)
     check_fair_tuning("tuned", plans[:1])  # one study: nothing to compare
+
+
+def test_a_trial_asked_by_a_process_killed_before_it_recorded_itself_is_redone() -> None:
+    """A process killed between asking for a trial and recording its worker id (both under the
+    claim lock) leaves a running trial with no id: recovery requeues it like any orphan, so a
+    rerun still completes the study (the kill-and-rerun test hit this window once in CI)."""
+    study = optuna.create_study()
+    orphan = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)})
+    assert recover_interrupted(study) == 1
+    counts = count_trials(study)
+    assert [t.number for t in counts.interrupted] == [orphan.number] and len(counts.waiting) == 1
+    assert counts.waiting[0].user_attrs["retry_of"] == orphan.number

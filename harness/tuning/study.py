@@ -243,11 +243,14 @@ def interrupted_key(number: int) -> str:
 def recover_interrupted(study: optuna.Study) -> int:
     """Fail and requeue the running trials of dead processes on this machine.
 
-    Call it while holding the storage's claim lock. Returns how many were recovered.
+    Call it while holding the storage's claim lock. A running trial without a worker id is an
+    orphan too: a process asks for a trial and records its id under that same lock, so only a
+    process killed between the two leaves one. Returns how many were recovered.
     """
     recovered = 0
     for trial in count_trials(study).in_flight:
-        if _worker_alive(str(trial.user_attrs.get("worker", ""))) is not False:
+        worker = trial.user_attrs.get("worker")
+        if worker is not None and _worker_alive(str(worker)) is not False:
             continue
         study.set_user_attr(interrupted_key(trial.number), True)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
