@@ -1,17 +1,21 @@
-"""Meta-training of the learned optimizer (Metz et al., ICML 2019), the second entrance.
+"""Meta-training of learned optimizers (Metz et al., ICML 2019, and beyond), the second entrance.
 
-``meta_train(cfg) -> Path`` (:mod:`harness.meta.command`) trains theta and ends in a checkpoint
-that the optimizer registry serves as ``optimizer=lopt optimizer.checkpoint=PATH``. One job per
-module, in the style of learned_optimization:
+``meta_train(cfg) -> Path`` (:mod:`harness.meta.command`) trains the theta of a learner family
+(:class:`optimizers.base.MetaLearnable`, registered with ``register_learner``) and ends in a
+checkpoint that the optimizer registry serves as ``optimizer=lopt optimizer.checkpoint=PATH``.
+One job per module, in the style of learned_optimization:
 
 * :mod:`~harness.meta.config`: :class:`MetaTrainConfig`, every option and its default;
 * :mod:`~harness.meta.truncation`: inner problems, their persistent state, truncated unrolls,
-  resets and unroll-length schedules (the TruncatedStep);
-* :mod:`~harness.meta.estimators`: ES, rp and the inverse-variance merge (the GradientEstimator);
-* :mod:`~harness.meta.trainer`: the outer loop: Adam on theta, clipping, logging, checkpoints,
-  resume (the GradientLearner);
+  resets, unroll-length schedules and outer objectives (the TruncatedStep);
+* :mod:`~harness.meta.estimators`: ES, rp, the inverse-variance merge and PES as
+  ``GradientEstimator`` objects over ``SampleSums`` (the GradientEstimator);
+* :mod:`~harness.meta.trainer`: the outer loop: Adam on theta, clipping, held-out evaluation,
+  logging, checkpoints, resume (the GradientLearner);
 * :mod:`~harness.meta.distributed`: torch.distributed workers (torchrun; gloo or NCCL);
-* :mod:`~harness.meta.checkpoint`: the checkpoint files.
+* :mod:`~harness.meta.checkpoint`: the trainer's state file (the learned-optimizer checkpoints
+  are :mod:`optimizers.checkpoint`'s);
+* :mod:`~harness.meta.report`: a run's curves and convergence verdict.
 
 docs/meta-training.md describes the choices and the measurements behind them.
 """
