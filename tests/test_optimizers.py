@@ -28,6 +28,18 @@ BUILTINS = (
 LEARNED = ("lopt",)
 
 
+def cosine_factor(decay_steps: int, warmup_steps: int, final_fraction: float):
+    """The LambdaLR factor of a linear warm-up then a cosine decay to ``final_fraction``."""
+
+    def factor(t: int) -> float:
+        if t < warmup_steps:
+            return (t + 1) / warmup_steps
+        p = min(1.0, (t - warmup_steps) / (decay_steps - warmup_steps))
+        return final_fraction + (1 - final_fraction) * (1 + math.cos(math.pi * p)) / 2
+
+    return factor
+
+
 class TorchAdamCosine(torch.optim.Adam):
     """torch.optim.Adam stepped by a LambdaLR cosine schedule with linear warm-up, written out
     here independently of optimizers/adam.py."""
@@ -35,13 +47,9 @@ class TorchAdamCosine(torch.optim.Adam):
     def __init__(self, params, *, decay_steps, warmup_steps, final_fraction, **kwargs):
         super().__init__(params, **kwargs)
 
-        def factor(t: int) -> float:
-            if t < warmup_steps:
-                return (t + 1) / warmup_steps
-            p = min(1.0, (t - warmup_steps) / (decay_steps - warmup_steps))
-            return final_fraction + (1 - final_fraction) * (1 + math.cos(math.pi * p)) / 2
-
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self, factor)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self, cosine_factor(decay_steps, warmup_steps, final_fraction)
+        )
 
     def step(self, closure=None):
         loss = super().step(closure)
@@ -55,13 +63,9 @@ class TorchAdamWCosine(torch.optim.AdamW):
     def __init__(self, params, *, decay_steps, warmup_steps, final_fraction, **kwargs):
         super().__init__(params, **kwargs)
 
-        def factor(t: int) -> float:
-            if t < warmup_steps:
-                return (t + 1) / warmup_steps
-            p = min(1.0, (t - warmup_steps) / (decay_steps - warmup_steps))
-            return final_fraction + (1 - final_fraction) * (1 + math.cos(math.pi * p)) / 2
-
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self, factor)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self, cosine_factor(decay_steps, warmup_steps, final_fraction)
+        )
 
     def step(self, closure=None):
         loss = super().step(closure)
