@@ -22,7 +22,8 @@ free output bias learned one (-0.02 after 75 outer steps), which truncations of 
 rewarded and whole 2,000-step runs paid for (held-out training loss 4e-6 -> 2e-3).
 
 Settings (recorded in the checkpoint): ``lr0`` (the tuned Adam learning rate of the task),
-``horizon`` (T), ``hidden`` (width of the MLP), ``beta1``, ``beta2``, ``eps``, ``centres``.
+``horizon`` (T), ``hidden`` (width of the MLP; 0: no correction, theta is the schedule ``a``
+alone, ``len(centres) + 1`` values), ``beta1``, ``beta2``, ``eps``, ``centres``.
 State: ``{"step": t, "moments": (2, N)}`` (m and v over the flat parameters).
 
 Cost: Adam's arithmetic on one flat vector plus a 4 -> ``hidden`` -> 1 MLP per parameter
@@ -62,7 +63,7 @@ class AdamResidualSettings:
         checks = {
             "lr0": isinstance(self.lr0, (int, float)) and math.isfinite(self.lr0) and self.lr0 > 0,
             "horizon": isinstance(self.horizon, int) and self.horizon >= 1,
-            "hidden": isinstance(self.hidden, int) and self.hidden >= 1,
+            "hidden": isinstance(self.hidden, int) and self.hidden >= 0,
             "beta1": 0 <= self.beta1 < 1,
             "beta2": 0 <= self.beta2 < 1,
             "eps": self.eps > 0,
@@ -175,15 +176,18 @@ class AdamResidual:
             bias1, root_bias2 = 1.0 - s.beta1**step, math.sqrt(1.0 - s.beta2**step)
         m_hat = m / bias1
         u = m_hat / (v.sqrt() / root_bias2 + s.eps)  # Adam's direction, as torch.optim.Adam
+        phi = self.time_features(state["step"], g)
+        scale = s.lr0 * torch.exp(a @ phi)
+        if s.hidden == 0:  # the learned schedule alone
+            new_w = w - scale * u
+            return layout.unflatten(new_w), {"step": step, "moments": torch.stack([m, v])}
         rows = torch.stack([u, g, m_hat, w])  # (F, N)
         chunks = rows.split(layout.lengths, -1)
         features = torch.cat(
             [c * torch.rsqrt((c * c).mean(-1, keepdim=True) + RMS_EPS) for c in chunks], -1
         )
-        phi = self.time_features(state["step"], g)
         linear = w1 @ features  # (H, N)
         shift = (wt @ phi + b1).unsqueeze(-1)
         correction = (w2 @ (torch.relu(linear + shift) - torch.relu(shift - linear)))[0]
-        scale = s.lr0 * torch.exp(a @ phi)
         new_w = w - scale * (u + correction)
         return layout.unflatten(new_w), {"step": step, "moments": torch.stack([m, v])}

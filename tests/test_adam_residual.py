@@ -99,3 +99,18 @@ def test_the_update_is_odd_so_no_drift_can_be_learned() -> None:
     mirror, _ = learner.apply(theta, tuple(-g for g in grads), flipped, tuple(-p for p in params))
     for a, b in zip(new, mirror, strict=True):
         torch.testing.assert_close(a, -b)
+
+
+def test_hidden_zero_is_adam_with_a_learned_schedule() -> None:
+    """``hidden=0``: theta is the schedule alone; the update is Adam's times exp(a . phi_t)."""
+    learner = create_learner("adam_residual", hidden=0, horizon=10, lr0=0.01)
+    assert learner.num_theta == len(learner.settings.centres) + 1
+    theta = torch.randn(learner.num_theta, dtype=torch.float64) * 0.3
+    params = (torch.randn(4, 3, dtype=torch.float64),)
+    grads = (torch.randn(4, 3, dtype=torch.float64),)
+    new, state = learner.apply(theta, grads, learner.init(params), params)
+    phi = learner.time_features(0, grads[0])
+    adam_first_step = grads[0] / (grads[0].abs() + 1e-8)  # bias-corrected m / sqrt(v) at t = 1
+    expected = params[0] - 0.01 * torch.exp(theta @ phi) * adam_first_step
+    torch.testing.assert_close(new[0], expected)
+    assert state["step"] == 1
