@@ -532,6 +532,7 @@ def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> 
 # -- lopt tune -------------------------------------------------------------------------------------
 def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
     from harness.tuning.tuner import TuneSettings, tune
+    from harness.util import to_plain
 
     if show_help:
         code = _print_help("tune")
@@ -581,7 +582,7 @@ def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> in
             out=cfg.out,
             task_cfg=explicit_task_cfg,
             fixed={k: v for k, v in explicit.items()},
-            search={k: _plain(v) for k, v in search.items()},
+            search={k: to_plain(v) for k, v in search.items()},
         )
         outcome = tune(settings, log=_log)
         if outcome.best_hparams is not None:
@@ -594,11 +595,6 @@ def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> in
     return 0
 
 
-def _plain(value: Any) -> Any:
-    """A parsed override value as plain Python (lists instead of Hydra's list nodes)."""
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -609,10 +605,10 @@ def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) ->
         plot_objective_vs_lr,
         saturation_markdown,
         saturation_table,
-        write_text,
         write_trials,
     )
     from harness.tuning.tuner import load_studies, studies_frame
+    from harness.util import write_text_atomically
 
     if show_help:
         return _print_help("studies")
@@ -624,7 +620,7 @@ def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) ->
     written = [
         write_trials(frame, out / "trials.csv"),
         write_trials(table, out / "saturation.csv"),
-        write_text(saturation_markdown(table), out / "saturation.md"),
+        write_text_atomically(out / "saturation.md", saturation_markdown(table)),
     ]
     written += [
         plot_best_so_far(study, None, out / study.study_name / "best_so_far.png")

@@ -44,6 +44,7 @@ from harness.registry import TASKS, create_task
 from harness.results.io import read_results, write_results
 from harness.results.report import NOT_REPRODUCED_TAG
 from harness.results.schema import canonical_json
+from harness.util import to_plain
 
 Log = Callable[[str], None]
 REPORTS = ("standard", "comparison")
@@ -315,7 +316,7 @@ def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> No
                     out=str(settings.fresh_dir / "tuning"),
                     task_cfg=dict(entry.task_cfg),
                     fixed=dict(tuning.fixed),
-                    search={k: _plain(v) for k, v in tuning.search.items()},
+                    search={k: to_plain(v) for k, v in tuning.search.items()},
                 ),
                 log=log,
             )
@@ -331,10 +332,6 @@ def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> No
                     "resume": True,
                 }
             )
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else value
 
 
 def check_fair_tuning(suite: str, plans: list[RunPlan]) -> None:

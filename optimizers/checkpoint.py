@@ -37,6 +37,7 @@ import torch
 from harness._version import __version__
 from harness.errors import UnknownNameError, UsageError
 from harness.results.schema import git_commit
+from harness.util import write_atomically
 
 LOPT_FORMAT = "lopt-harness/learned-optimizer"
 FORMAT_VERSION = 2
@@ -102,8 +103,6 @@ def save_lopt_checkpoint(
         meta_training: plain data describing how ``theta`` was obtained (config, task, outer
             step, seconds).
     """
-    from harness.results.io import write_atomically  # pandas: imported on use
-
     payload = {
         "format": LOPT_FORMAT,
         "format_version": FORMAT_VERSION,

@@ -67,7 +67,7 @@ def publish(
     meta-training wall-clock seconds, git commit and creation time. Both files are written
     atomically. Returns the ``.pt`` path; the optimizer ``NAME`` serves it on the next import.
     """
-    from harness.results.io import write_atomically
+    from harness.util import write_atomically
     from optimizers.checkpoint import load_lopt_checkpoint
 
     loaded = load_lopt_checkpoint(checkpoint)

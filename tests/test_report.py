@@ -17,11 +17,11 @@ from harness.results.plots import curve_statistics, plot_task_curves
 from harness.results.report import (
     build_report,
     default_reference,
-    markdown_table,
     mean_std_text,
     provenance_line,
 )
 from harness.results.schema import COLUMNS
+from harness.util import markdown_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPLITS = ("train", "valid", "test")

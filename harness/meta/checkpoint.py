@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from harness.results.io import write_atomically
+from harness.util import write_atomically
 from optimizers.checkpoint import FORMAT_VERSION, load_payload, provenance
 
 TRAINER_FORMAT = "lopt-harness/meta-trainer-state"

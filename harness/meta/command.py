@@ -29,7 +29,7 @@ from harness.meta.trainer import (
     run_meta_training,
 )
 from harness.registry import create_task, load_plugin_modules
-from harness.results.io import write_atomically
+from harness.util import write_atomically
 from tasks.base import resolve_device
 
 

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from harness.errors import UsageError
 from harness.typed_config import config_data, typed_fields
+from harness.util import to_plain
 
 ESTIMATORS = ("merged", "rp", "es", "pes")  # harness.meta.estimators.ESTIMATORS, in this order
 OBJECTIVES = ("train", "valid")
@@ -241,14 +242,14 @@ class MetaTrainConfig:
         data = dataclasses.asdict(self)
         data["plugins"] = list(self.plugins)
         data["task_cfg"] = dict(self.task_cfg)
-        data["learner_cfg"] = _plain(self.learner_cfg)
+        data["learner_cfg"] = to_plain(self.learner_cfg)
         return data
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the run it continues (the learner's
         settings with their defaults filled in)."""
         data = self.to_dict()
-        data["learner_cfg"] = _plain(self.build_learner().record())
+        data["learner_cfg"] = to_plain(self.build_learner().record())
         return {name: data[name] for name in IDENTITY_FIELDS}
 
 
@@ -280,15 +281,6 @@ def coerce_config(cfg: Any = None, **overrides: Any) -> MetaTrainConfig:
 
     load_plugin_modules(typed.get("plugins", []))  # plugin learners and tasks, before the check
     return MetaTrainConfig(**typed).check()
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively (JSON-able settings)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -83,7 +83,7 @@ def build_meta_report(folder: str | Path, out: str | Path | None = None) -> list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from harness.results.io import write_atomically
+    from harness.util import markdown_table, write_atomically, write_text_atomically
 
     log = read_meta_log(folder)
     target = Path(out) if out is not None else Path(folder)
@@ -116,15 +116,15 @@ def build_meta_report(folder: str | Path, out: str | Path | None = None) -> list
     lines = [
         f"# Meta-training run {log['run_id'].iloc[0]}",
         "",
-        "| quantity | value |",
-        "|---|---|",
-        *(f"| {k} | {_fmt(v)} |" for k, v in summary.items()),
+        markdown_table(
+            ["quantity", "value"], [[k, _fmt(v)] for k, v in summary.items()], style="compact"
+        ),
         "",
         f"![curves]({CURVES_FILE})",
         "",
     ]
     text = "\n".join(lines)
-    written = write_atomically(target / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(text))
+    written = write_text_atomically(target / SUMMARY_FILE, text)
     return [curves, written]
 
 

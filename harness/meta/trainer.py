@@ -52,8 +52,8 @@ from harness.meta.truncation import (
     schedule_from_config,
 )
 from harness.registry import create_task
-from harness.results.io import write_atomically
 from harness.results.schema import canonical_json, provenance
+from harness.util import write_atomically
 from optimizers.base import MetaLearnable
 from optimizers.checkpoint import save_lopt_checkpoint
 from tasks.base import Task

@@ -24,8 +24,9 @@ from omegaconf import OmegaConf
 from harness.errors import UsageError
 from harness.pathology.common import tidy_frame, write_csv
 from harness.pathology.config import PathologyConfig, coerce_pathology_config
-from harness.pathology.report import markdown_table, write_markdown
+from harness.pathology.report import frame_table, write_markdown
 from harness.results.schema import provenance
+from harness.util import to_plain
 
 SUMMARY_FILE = "summary.md"
 
@@ -60,7 +61,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if override.is_add() or override.is_delete():
             raise UsageError(f"{override.input_line!r}: write overrides as key=value")
         key, value = override.key_or_group, override.value()
-        value = _plain(value)
+        value = to_plain(value)
         if "." in key:
             head, tail = key.split(".", 1)
             if head != "task_cfg" or "." in tail:
@@ -71,14 +72,6 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         else:
             data[key] = value
     return data
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def run_pathology(cfg: PathologyConfig | Any = None, **overrides: Any) -> list[Path]:
@@ -219,8 +212,8 @@ def write_summary(out: Path) -> Path:
             from harness.pathology.variance import growth_table
 
             body += "Fitted growth of the batch-estimate variance with T:\n\n"
-            body += markdown_table(growth_table(table)) + "\n\n"
-        body += markdown_table(table)
+            body += frame_table(growth_table(table)) + "\n\n"
+        body += frame_table(table)
         sections.append((title, body))
     machine = provenance("cpu")
     header = (

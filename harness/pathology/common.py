@@ -38,8 +38,8 @@ from harness.meta.truncation import (
     InnerState,
     TruncationData,
 )
-from harness.results.io import write_atomically
 from harness.results.schema import provenance
+from harness.util import write_atomically
 from optimizers.learned_hparams import HParamArchitecture, LearnedHParams, encode_theta
 from tasks.base import Task
 

@@ -14,7 +14,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from harness.results.io import write_atomically
+from harness.util import markdown_table, write_atomically, write_text_atomically
 
 DPI = 110
 ESTIMATOR_COLOURS = {"rp": "tab:red", "es": "tab:blue", "merged": "tab:green"}
@@ -45,8 +45,9 @@ def length_colours(lengths: Sequence[int]) -> dict[int, Any]:
     return {n: cmap(0.9 * (1 - i / count)) for i, n in enumerate(lengths)}
 
 
-def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
-    """``frame`` as a GitHub markdown table (numbers with ``digits`` significant digits)."""
+def frame_table(frame: pd.DataFrame, digits: int = 4) -> str:
+    """``frame`` as a markdown table (:func:`harness.util.markdown_table`, ``plain`` layout):
+    floats with ``digits`` significant digits (NaN as ``—``), numeric columns right-aligned."""
 
     def cell(value: Any) -> str:
         if isinstance(value, (float, np.floating)):
@@ -55,19 +56,12 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
             return f"{value:.{digits}g}"
         return str(value)
 
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "| " + " | ".join("---:" if _numeric(frame[c]) else "---" for c in frame.columns) + " |"
-    lines = [header, rule]
-    for values in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(v) for v in values) + " |")
-    return "\n".join(lines)
-
-
-def _numeric(column: pd.Series) -> bool:
-    return bool(pd.api.types.is_numeric_dtype(column))
+    align = ["right" if pd.api.types.is_numeric_dtype(frame[c]) else "left" for c in frame.columns]
+    rows = [[cell(v) for v in values] for values in frame.itertuples(index=False)]
+    return markdown_table(list(frame.columns), rows, align, style="plain")
 
 
 def write_markdown(path: Path, sections: Sequence[tuple[str, str]]) -> Path:
     """``## title`` + body for every section, atomically."""
     text = "\n\n".join(f"## {title}\n\n{body.strip()}" for title, body in sections) + "\n"
-    return write_atomically(path, lambda tmp: tmp.write_text(text))
+    return write_text_atomically(path, text)

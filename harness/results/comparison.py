@@ -38,15 +38,14 @@ import pandas as pd
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS
 from harness.results.derived import final_and_best, seed_summary, speedup
-from harness.results.io import write_atomically
 from harness.results.report import (
     build_report,
-    markdown_table,
     mean_std_text,
     not_reproduced,
     not_reproduced_section,
     provenance_line,
 )
+from harness.util import markdown_table, write_atomically, write_text_atomically
 
 COMPARISON_SPLIT = {"train": "train", "valid": "valid"}
 SPEED_TARGET = 5.0
@@ -239,7 +238,7 @@ def build_comparison_report(
         write_atomically(out_dir / SUMMARY_FILE, lambda tmp: summary.to_csv(tmp, index=False))
     )
     text = summary_markdown(frame, summary, comparisons, skipped or {})
-    written.append(write_atomically(out_dir / MARKDOWN_FILE, lambda tmp: tmp.write_text(text)))
+    written.append(write_text_atomically(out_dir / MARKDOWN_FILE, text))
     return written
 
 

@@ -1,7 +1,8 @@
 """Reading and writing tidy results files (CSV, or parquet when pyarrow is installed).
 
-Writes are atomic: the file is written under a temporary name in the same folder and renamed,
-so an interrupted or failed write never leaves a half-written results file behind.
+Writes are atomic (:func:`harness.util.write_atomically`): the file is written under a temporary
+name in the same folder and renamed, so an interrupted or failed write never leaves a
+half-written results file behind.
 
 Reads are checked: a file cut off mid-row, or with a value of the wrong kind (a number column
 that holds text, an unknown status, a JSON column that is not a JSON object), is refused with
@@ -12,15 +13,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from harness.errors import UsageError
 from harness.results.schema import COLUMNS, STATUSES
+from harness.util import write_atomically
 
 #: Columns that must hold a whole number on every row.
 INTEGER_COLUMNS = ("seed", "step", "budget_steps", "schema_version", "threads")
@@ -30,23 +29,6 @@ NUMBER_COLUMNS = ("wall_time_s", "value")
 JSON_COLUMNS = ("hparams", "tags", "task_cfg")
 
 FORMATS = (".csv", ".parquet")
-
-
-def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``; nothing is left on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_results(frame: pd.DataFrame, path: str | Path) -> Path:
@@ -167,9 +149,3 @@ def _is_json_object(text: object) -> bool:
         return isinstance(json.loads(str(text)), dict)
     except ValueError:
         return False
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

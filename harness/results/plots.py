@@ -22,8 +22,8 @@ from harness.results.derived import (
     sort_table,
     split_rank,
 )
-from harness.results.io import write_atomically
 from harness.results.schema import SPLIT_TRAIN_BATCH
+from harness.util import write_atomically
 
 BAND_DESCRIPTION = "lines: mean over seeds, shaded: min–max over seeds"
 STEP_LABEL = "step (optimizer updates)"

@@ -50,6 +50,7 @@ from harness.results.derived import (
 )
 from harness.results.plots import BAND_DESCRIPTION, curve_statistics, plot_task_curves
 from harness.results.schema import SPLIT_TRAIN_BATCH
+from harness.util import markdown_table
 
 NOT_REPRODUCED_TAG = "not_reproduced"
 """The tag of rows a suite kept from an earlier run, not rerun (see :mod:`harness.suite`)."""
@@ -396,43 +397,3 @@ def _number(value: float, fmt: str = "{:.4g}", missing: str = "nan") -> str:
     """``value`` formatted with ``fmt``; ``missing`` for NaN."""
     value = float(value)
     return missing if math.isnan(value) else fmt.format(value)
-
-
-def markdown_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None
-) -> str:
-    """A GitHub-flavoured markdown table, columns padded to equal width.
-
-    ``align``: ``left``, ``right`` or ``center`` per column (default: all left). ``|`` inside a
-    cell is escaped; newlines become spaces.
-    """
-    width = len(header)
-    if any(len(row) != width for row in rows):
-        raise ValueError("every row must have as many cells as the header")
-    align = list(align or ["left"] * width)
-    cells = [[_cell(c) for c in header], *[[_cell(c) for c in row] for row in rows]]
-    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(width)]
-    rules = [_rule(a, w) for a, w in zip(align, widths, strict=True)]
-    lines = [_line(cells[0], widths, align), "| " + " | ".join(rules) + " |"]
-    lines += [_line(row, widths, align) for row in cells[1:]]
-    return "\n".join(lines)
-
-
-def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _rule(align: str, width: int) -> str:
-    if align == "right":
-        return "-" * (width - 1) + ":"
-    if align == "center":
-        return ":" + "-" * (width - 2) + ":"
-    return "-" * width
-
-
-def _line(cells: Sequence[str], widths: Sequence[int], align: Sequence[str]) -> str:
-    padded = [
-        c.rjust(w) if a == "right" else c.center(w) if a == "center" else c.ljust(w)
-        for c, w, a in zip(cells, widths, align, strict=True)
-    ]
-    return "| " + " | ".join(padded) + " |"

@@ -29,7 +29,6 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from harness.results.io import write_atomically
 from harness.tuning.saturation import (
     DEFAULT_RULE,
     SaturationRule,
@@ -45,6 +44,7 @@ from harness.tuning.study import (
     is_diverged,
     stored_protocol,
 )
+from harness.util import markdown_table, write_atomically
 
 COLUMNS = (
     "study",
@@ -271,17 +271,12 @@ def saturation_table(
 def saturation_markdown(table: pd.DataFrame) -> str:
     """``table`` (from :func:`saturation_table`) as a markdown table."""
     header = ["study", "trials", "diverged", "pruned", "best", "2nd-half gain", "verdict"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    rows = []
     for row in table.itertuples(index=False):
         gain = "—" if pd.isna(row.second_half_gain) else f"{row.second_half_gain:.1%}"
         best = "—" if pd.isna(row.best_value) else f"{row.best_value:.4g}"
-        cells = [row.study, row.trials, row.diverged, row.pruned, best, gain, row.verdict]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_text(text: str, path: Path) -> Path:
-    return write_atomically(path, lambda tmp: Path(tmp).write_text(text))
+        rows.append([row.study, row.trials, row.diverged, row.pruned, best, gain, row.verdict])
+    return markdown_table(header, rows, style="compact") + "\n"
 
 
 def _palette() -> list[str]:

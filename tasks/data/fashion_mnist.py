@@ -20,7 +20,6 @@ import functools
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import DatasetUnavailableError
+from harness.util import write_bytes_atomically
 
 #: sha256 of each file's decompressed bytes, and its size in bytes.
 FILES: dict[str, tuple[str, int]] = {
@@ -155,18 +155,11 @@ def _download(
                 problems.append(f"download of {url} has the wrong content (sha256 mismatch)")
                 continue
             contents[name] = data
-            _write_atomically(target / f"{name}.gz", archive)
+            write_bytes_atomically(target / f"{name}.gz", archive)
             break
         else:
             return None
     return contents
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
 
 
 def _parse(contents: dict[str, bytes]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
