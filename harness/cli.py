@@ -38,6 +38,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import UsageError
+from harness.overrides import parse_overrides
 
 USAGE = __doc__.split("\n\n")[0] if __doc__ else ""
 ALWAYS_SWEPT = {"bench": ("task", "optimizer"), "tune": ("task", "optimizer")}
@@ -142,32 +143,6 @@ def list_command(args: list[str]) -> int:
 
 
 # -- override handling ---------------------------------------------------------------------------
-def parse_overrides(overrides: list[str]) -> list[Any]:
-    """Hydra ``Override`` objects, or a one-line ``UsageError`` for a malformed one."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        return OverridesParser.create().parse_overrides(overrides)
-    except HydraException as exc:
-        bad = next((o for o in overrides if _malformed(o)), overrides[0] if overrides else "")
-        raise UsageError(
-            f"malformed override {bad!r}: overrides are key=value (e.g. optimizer.lr=0.01, "
-            "optimizer=adam,sgd)"
-        ) from exc
-
-
-def _malformed(override: str) -> bool:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        OverridesParser.create().parse_overrides([override])
-    except HydraException:
-        return True
-    return False
-
-
 def load_plugins(parsed: list[Any]) -> list[str]:
     """Import the modules named by a ``plugins=`` override; returns the rewritten override."""
     from harness.registry import load_plugin_modules

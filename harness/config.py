@@ -33,9 +33,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UsageError
 from harness.meta.config import MetaTrainConfig
-from harness.registry import OPTIMIZERS, TASKS
+from harness.registry import OPTIMIZERS, TASKS, task_arguments
 from harness.tuning.storage import DEFAULT_STORAGE
-from tasks.base import task_arguments
 
 CONFIG_MODULE = "harness.conf"
 

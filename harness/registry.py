@@ -19,13 +19,14 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import typing
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from harness.errors import RegistrationError, UnknownNameError
+from harness.errors import RegistrationError, UnknownNameError, UsageError
 
 T = TypeVar("T")
 
@@ -196,8 +197,6 @@ def register_learner(name: str) -> Callable[[T], T]:
 def create_learner(name: str, **settings: Any) -> Any:
     """Build the learner family registered as ``name`` with its ``settings`` (a bad setting is
     a one-line ``UsageError``)."""
-    from harness.errors import UsageError
-
     factory = LEARNERS.get(name).factory
     try:
         return factory(**settings)
@@ -219,12 +218,37 @@ def list_optimizers(pattern: str | None = None) -> list[str]:
     return OPTIMIZERS.names(pattern)
 
 
+def task_arguments(factory: Any) -> list[tuple[str, Any, Any]]:
+    """``(name, type, default)`` of each configuration keyword of a task class or factory.
+
+    ``device`` is left out (it is a run setting, not part of the task's definition); the type is
+    ``int``, ``float``, ``bool`` or ``str`` when annotated so, else ``typing.Any``.
+    """
+    init = factory.__init__ if isinstance(factory, type) else factory
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # unresolvable annotations: fall back to untyped
+        hints = {}
+    arguments = []
+    for param in inspect.signature(init).parameters.values():
+        if param.name in ("self", "device") or param.default is inspect.Parameter.empty:
+            continue
+        if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        annotation = hints.get(param.name, Any)
+        arguments.append(
+            (
+                param.name,
+                annotation if annotation in (int, float, bool, str) else Any,
+                param.default,
+            )
+        )
+    return arguments
+
+
 def create_task(name: str, **cfg: Any) -> Any:
     """Build the task registered as ``name`` with its configuration ``cfg``
     (for example ``device="cuda"``, ``batch_size=64``); an unknown setting is a ``UsageError``."""
-    from harness.errors import UsageError
-    from tasks.base import task_arguments
-
     factory = TASKS.get(name).factory
     allowed = ["device", *(arg for arg, _, _ in task_arguments(factory))]
     unknown = sorted(set(cfg) - set(allowed))
@@ -248,8 +272,6 @@ def load_plugin_modules(modules: Iterable[str]) -> None:
     """
     import sys
     from pathlib import Path
-
-    from harness.errors import UsageError
 
     cwd = str(Path.cwd())
     if cwd not in sys.path:

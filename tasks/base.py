@@ -19,8 +19,6 @@ A task owns everything needed to train one model and nothing about how it is opt
 from __future__ import annotations
 
 import fnmatch
-import inspect
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -28,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from harness.errors import UsageError
+from harness.registry import task_arguments
 
 Params = tuple[torch.Tensor, ...]
 Batch = tuple[torch.Tensor, ...]
@@ -86,34 +85,6 @@ class Task(ABC):
     def check_split(split: str) -> None:
         if split not in SPLITS:
             raise UsageError(f"unknown split {split!r}; the splits are {', '.join(SPLITS)}")
-
-
-def task_arguments(factory: Any) -> list[tuple[str, Any, Any]]:
-    """``(name, type, default)`` of each configuration keyword of a task class or factory.
-
-    ``device`` is left out (it is a run setting, not part of the task's definition); the type is
-    ``int``, ``float``, ``bool`` or ``str`` when annotated so, else ``typing.Any``.
-    """
-    init = factory.__init__ if isinstance(factory, type) else factory
-    try:
-        hints = typing.get_type_hints(init)
-    except Exception:  # unresolvable annotations: fall back to untyped
-        hints = {}
-    arguments = []
-    for param in inspect.signature(init).parameters.values():
-        if param.name in ("self", "device") or param.default is inspect.Parameter.empty:
-            continue
-        if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
-            continue
-        annotation = hints.get(param.name, Any)
-        arguments.append(
-            (
-                param.name,
-                annotation if annotation in (int, float, bool, str) else Any,
-                param.default,
-            )
-        )
-    return arguments
 
 
 def task_config(factory: Any, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ One job per module, in the style of learned_optimization:
   ``GradientEstimator`` objects over ``SampleSums`` (the GradientEstimator);
 * :mod:`~harness.meta.trainer`: the outer loop: Adam on theta, clipping, held-out evaluation,
   logging, checkpoints, resume (the GradientLearner);
+* :mod:`~harness.meta.world`: the ranks the trainer sees (one process, or a torch.distributed
+  process group);
 * :mod:`~harness.meta.distributed`: torch.distributed workers (torchrun; gloo or NCCL);
 * :mod:`~harness.meta.checkpoint`: the trainer's state file (the learned-optimizer checkpoints
   are :mod:`optimizers.checkpoint`'s);

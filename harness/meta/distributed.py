@@ -28,73 +28,16 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from harness.errors import HarnessError, UsageError
+from harness.meta.config import coerce_config
+from harness.meta.trainer import run_meta_training
+from harness.meta.world import TorchDistributedWorld, World
+from harness.registry import load_plugin_modules
 
-
-class World:
-    """A single process: rank 0 of 1; every collective is the identity."""
-
-    rank: int = 0
-    size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def local_problems(self, num_problems: int) -> list[int]:
-        """The indices of the inner problems this rank owns."""
-        return list(range(self.rank, num_problems, self.size))
-
-    def all_reduce_sum(self, vector: torch.Tensor) -> torch.Tensor:
-        """The elementwise sum of ``vector`` over all ranks (on every rank)."""
-        return vector
-
-    def gather_to_main(self, obj: Any) -> list[Any] | None:
-        """Every rank's ``obj`` on rank 0 (None elsewhere)."""
-        return [obj]
-
-    def broadcast_from_main(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        return obj
-
-    def barrier(self) -> None:
-        pass
-
-
-class TorchDistributedWorld(World):
-    """The ranks of an initialised ``torch.distributed`` process group."""
-
-    def __init__(self, device: torch.device) -> None:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            raise RuntimeError("torch.distributed is not initialised")
-        self._dist = dist
-        self.rank = dist.get_rank()
-        self.size = dist.get_world_size()
-        self.device = device
-
-    def all_reduce_sum(self, vector: torch.Tensor) -> torch.Tensor:
-        on_device = vector.to(self.device).contiguous()
-        self._dist.all_reduce(on_device, op=self._dist.ReduceOp.SUM)
-        return on_device.to(vector.device)
-
-    def gather_to_main(self, obj: Any) -> list[Any] | None:
-        received: list[Any] | None = [None] * self.size if self.rank == 0 else None
-        self._dist.gather_object(obj, received, dst=0)
-        return received
-
-    def broadcast_from_main(self, obj: Any) -> Any:
-        box = [obj]
-        self._dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def barrier(self) -> None:
-        self._dist.barrier()
+__all__ = ["TorchDistributedWorld", "World", "in_torchrun", "init_world", "launch", "main"]
 
 
 def in_torchrun() -> bool:
@@ -149,10 +92,6 @@ def launch(config_path: Path, workers: int, threads: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """torchrun entry point: ``-m harness.meta.distributed CONFIG.json``."""
     import torch.distributed as dist
-
-    from harness.meta.config import coerce_config
-    from harness.meta.trainer import run_meta_training
-    from harness.registry import load_plugin_modules
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:

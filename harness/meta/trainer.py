@@ -41,7 +41,6 @@ import torch
 from harness.errors import UsageError
 from harness.meta.checkpoint import load_trainer_state, save_trainer_state
 from harness.meta.config import MetaTrainConfig
-from harness.meta.distributed import World
 from harness.meta.estimators import GradientEstimator, MergeResult, PairSample, SampleSums
 from harness.meta.truncation import (
     LOSS_CLIP,
@@ -51,6 +50,7 @@ from harness.meta.truncation import (
     derive_seed,
     schedule_from_config,
 )
+from harness.meta.world import World
 from harness.registry import create_task
 from harness.results.schema import canonical_json, provenance
 from harness.util import write_atomically

@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.errors import UsageError
+from harness.overrides import parse_overrides
 from harness.pathology.common import tidy_frame, write_csv
 from harness.pathology.config import PathologyConfig, coerce_pathology_config
 from harness.pathology.report import frame_table, write_markdown
@@ -40,19 +41,17 @@ def pathology_command(overrides: list[str], *, multirun: bool, show_help: bool) 
         return 0
     if multirun:
         raise UsageError("-m (multirun) is supported by `lopt bench`, not by `lopt pathology`")
-    cfg = coerce_pathology_config(parse_overrides(overrides))
+    cfg = coerce_pathology_config(settings_from_overrides(overrides))
     for path in run_pathology(cfg):
         print(path)
     return 0
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+def settings_from_overrides(overrides: list[str]) -> dict[str, Any]:
     """``key=value`` overrides (Hydra's grammar: lists ``[1,2]``, ``task_cfg.noise=0.5``) as a
     mapping; comma sweeps and ``+``/``~`` prefixes are refused in one line."""
-    from harness.cli import parse_overrides as hydra_parse
-
     data: dict[str, Any] = {}
-    for override in hydra_parse(list(overrides)):
+    for override in parse_overrides(list(overrides)):
         if override.is_sweep_override():
             raise UsageError(
                 f"{override.input_line!r} is a comma list: `lopt pathology` takes one value "
