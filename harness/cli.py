@@ -40,7 +40,6 @@ from omegaconf import DictConfig, OmegaConf
 from harness.errors import UsageError
 from harness.overrides import parse_overrides
 
-USAGE = __doc__.split("\n\n")[0] if __doc__ else ""
 ALWAYS_SWEPT = {"bench": ("task", "optimizer"), "tune": ("task", "optimizer")}
 INCOMPLETE = 3  # the exit code of a suite that could not run some of its tasks
 COMMANDS = ("list", "bench", "suite", "report", "tune", "studies", "meta-train", "pathology")

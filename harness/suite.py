@@ -48,7 +48,6 @@ from harness.util import to_plain
 
 Log = Callable[[str], None]
 REPORTS = ("standard", "comparison")
-OBJECTIVE_COMPARISON = {"train_loss": "train", "valid_loss": "valid"}
 
 
 @dataclass

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -258,12 +258,6 @@ def addcdiv(
 
 
 # -- the adapter -----------------------------------------------------------------------------------
-@dataclass
-class _TorchOptimState:
-    optimizer: torch.optim.Optimizer
-    params: Params = field(default_factory=tuple)
-
-
 class TorchOptimizer(Optimizer):
     """Adapter: any ``torch.optim.Optimizer`` class behind the functional contract.
 

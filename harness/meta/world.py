@@ -38,9 +38,6 @@ class World:
         """Rank 0's ``obj`` on every rank."""
         return obj
 
-    def barrier(self) -> None:
-        pass
-
 
 class TorchDistributedWorld(World):
     """The ranks of an initialised ``torch.distributed`` process group."""
@@ -69,6 +66,3 @@ class TorchDistributedWorld(World):
         box = [obj]
         self._dist.broadcast_object_list(box, src=0)
         return box[0]
-
-    def barrier(self) -> None:
-        self._dist.barrier()

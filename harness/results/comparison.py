@@ -47,7 +47,9 @@ from harness.results.report import (
 )
 from harness.util import markdown_table, write_atomically, write_text_atomically
 
-COMPARISON_SPLIT = {"train": "train", "valid": "valid"}
+#: The comparisons, each named after the split its optimizers are tuned and meta-trained on
+#: (and on whose loss it compares them).
+COMPARISONS = ("train", "valid")
 SPEED_TARGET = 5.0
 SUMMARY_FILE = "summary.csv"
 # summary.csv's per-split columns: <split>_<metric>_<suffix> (final = at the last evaluation,
@@ -84,11 +86,11 @@ def is_learned(optimizer: str) -> bool:
 def split_comparisons(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The rows of each comparison; ``UsageError`` for a run without a known comparison tag."""
     labels = frame["tags"].map(comparison_of)
-    unknown = sorted(set(labels) - set(COMPARISON_SPLIT))
+    unknown = sorted(set(labels) - set(COMPARISONS))
     if unknown:
         raise UsageError(
             f"runs tagged with comparison {unknown[0]!r}: a comparison report needs every run "
-            f"tagged comparison: {' or '.join(COMPARISON_SPLIT)} (tags in the suite file)"
+            f"tagged comparison: {' or '.join(COMPARISONS)} (tags in the suite file)"
         )
     return {name: frame[labels == name] for name in sorted(set(labels))}
 
@@ -114,7 +116,7 @@ def comparison_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per comparison, task and optimizer (see the module docstring)."""
     rows = []
     for comparison, sub in split_comparisons(frame).items():
-        split = COMPARISON_SPLIT[comparison]
+        split = comparison
         runs = final_and_best(sub)
         best = best_baselines(runs, split)
         finals = seed_summary(runs, ("final_value", "best_value"))
@@ -231,7 +233,7 @@ def build_comparison_report(
             sub,
             out_dir / comparison,
             reference=best,
-            target_split=COMPARISON_SPLIT[comparison],
+            target_split=comparison,
             skipped=skipped,
         )
     written.append(
@@ -271,7 +273,7 @@ def summary_markdown(
         "speedup",
     ]
     for comparison in comparisons:
-        split = COMPARISON_SPLIT[comparison]
+        split = comparison
         for task, rows in summary[summary["comparison"] == comparison].groupby("task"):
             best = rows["best_baseline"].iloc[0]
             target = rows["target_loss"].iloc[0]
