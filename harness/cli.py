@@ -243,11 +243,11 @@ def command_keys(command: str) -> set[str]:
     return {f.name for f in dataclasses.fields(schema)} if schema else {"in", "out"}
 
 
-def composed(command: str, overrides: list[str], multirun: bool) -> list[DictConfig]:
-    """Parse, check and compose: one config per combination of the swept values."""
+def composed(command: str, parsed: list[Any], multirun: bool) -> list[DictConfig]:
+    """Check and compose the command's parsed overrides (:func:`parse_overrides`, called once
+    per command): one config per combination of the swept values."""
     from harness.config import compose_config, hydra_context
 
-    parsed = parse_overrides(overrides)
     plugin_override = load_plugins(parsed)
     check_keys(parsed, command)
     combos = expand_sweeps(parsed, command, multirun)
@@ -267,7 +267,10 @@ GROUPS = ("task", "optimizer", "suite", "plugins")
 
 def check_key_paths(command: str, overrides: list[str]) -> None:
     """``UsageError`` for the first override whose key the command's config does not have,
-    naming the allowed keys and the closest one (call inside :func:`hydra_context`)."""
+    naming the allowed keys and the closest one (call inside :func:`hydra_context`).
+
+    Only called once composing ``overrides`` (one combination of the swept values, as strings)
+    has failed, to say why: so it parses them again."""
     from harness.config import compose_config
 
     parsed = parse_overrides(overrides)
@@ -341,12 +344,13 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
 
     if show_help:
         return _print_help("bench")
-    configs = composed("bench", overrides, multirun)
+    parsed = parse_overrides(overrides)
+    configs = composed("bench", parsed, multirun)
     plans: list[RunPlan] = []
     outs = {cfg.out for cfg in configs}
     if len(outs) != 1:
         raise UsageError("out cannot be swept: one bench writes one results file")
-    explicit = explicit_hparams(overrides)
+    explicit = explicit_hparams(parsed)
     for cfg in configs:
         _check_run_settings(cfg)
         if cfg.seeds < 1:
@@ -391,11 +395,11 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
     return 0
 
 
-def explicit_hparams(overrides: list[str]) -> dict[str, Any]:
-    """The ``optimizer.NAME=VALUE`` overrides the user gave, by NAME."""
+def explicit_hparams(parsed: list[Any]) -> dict[str, Any]:
+    """The ``optimizer.NAME=VALUE`` overrides the user gave (parsed), by NAME."""
     return {
         o.key_or_group.split(".", 1)[1]: o.value()
-        for o in parse_overrides(overrides)
+        for o in parsed
         if o.key_or_group.startswith("optimizer.") and not o.is_sweep_override()
     }
 
@@ -442,7 +446,7 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
             rewritten.append(override)
     if show_help:
         return _print_help("suite")
-    (cfg,) = composed("suite", rewritten, multirun=False)
+    (cfg,) = composed("suite", parse_overrides(rewritten), multirun=False)
     _check_run_settings(cfg)
     seeds = cfg.seeds if cfg.seeds is not None else cfg.suite.seeds
     if seeds < 1:
@@ -481,7 +485,7 @@ def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> 
 
     if show_help:
         return _print_help("report")
-    (cfg,) = composed("report", overrides, multirun=False)
+    (cfg,) = composed("report", parse_overrides(overrides), multirun=False)
     missing = [key for key in ("in", "out") if OmegaConf.is_missing(cfg, key)]
     if missing:
         raise UsageError(f"lopt report needs {' and '.join(f'{k}=...' for k in missing)}")
@@ -527,13 +531,14 @@ def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> in
                 )
             search[override.key_or_group.split(".", 1)[1]] = override.value()
         else:
-            rest.append(override.input_line)
+            rest.append(override)
     explicit = explicit_hparams(rest)
+    lines = [o.input_line for o in rest]
     for cfg in composed("tune", rest, multirun=False):
         _check_run_settings(cfg, warmup=False)
         task_cfg = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}
         explicit_task_cfg = {
-            k: v for k, v in task_cfg.items() if any(o.startswith(f"task.{k}=") for o in rest)
+            k: v for k, v in task_cfg.items() if any(o.startswith(f"task.{k}=") for o in lines)
         }
         settings = TuneSettings(
             task=cfg.task.name,
@@ -586,7 +591,7 @@ def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) ->
 
     if show_help:
         return _print_help("studies")
-    (cfg,) = composed("studies", overrides, multirun=False)
+    (cfg,) = composed("studies", parse_overrides(overrides), multirun=False)
     frame = studies_frame(cfg.storage)
     studies = load_studies(cfg.storage)
     out = Path(cfg.out)
@@ -618,7 +623,7 @@ def meta_train_command(overrides: list[str], *, multirun: bool, show_help: bool)
 
     if show_help:
         return _print_help("meta-train")
-    (cfg,) = composed("meta-train", overrides, multirun=False)
+    (cfg,) = composed("meta-train", parse_overrides(overrides), multirun=False)
     path = meta_train(cfg)  # the task group node becomes task + task_cfg
     build_meta_report(path.parent)  # meta_curves.png, meta_summary.md: converged yet?
     print(summary_line(path.parent))

@@ -37,7 +37,8 @@ from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, TASKS, create_optimizer, create_task
 from harness.results.io import check_results_path, read_results, write_results
 from harness.results.schema import canonical_json
-from harness.runner import RunResult, default_eval_every, run, run_id_for, run_settings
+from harness.runner import RunResult, RunSpec, execute_run, run_spec
+from optimizers.base import Optimizer
 from tasks.base import Task, task_config
 
 Log = Callable[[str], None]
@@ -61,42 +62,63 @@ class RunPlan:
     device: str = "cpu"
     tags: dict[str, Any] = field(default_factory=dict)
 
-    def resolved_steps(self) -> int:
-        return self.steps if self.steps is not None else TASKS.get(self.task).factory.default_steps
-
     def run_id(self) -> str:
-        return run_id_for(
-            suite=self.suite,
-            task=self.task,
-            task_cfg=task_config(TASKS.get(self.task).factory, self.task_cfg),
-            optimizer=self.optimizer,
-            hparams=create_optimizer(self.optimizer, **self.hparams).hparams,
-            seed=self.seed,
-            steps=self.resolved_steps(),
-            settings=run_settings(
-                device=self.device,
-                eval_every=self.eval_every or default_eval_every(self.resolved_steps()),
-                log_every=self.log_every,
-                max_seconds=self.max_seconds,
-            ),
-            tags=self.tags,
+        """The id of the run this plan makes (resolves the plan: see :func:`resolve_plan`)."""
+        return resolve_plan(self).run_id
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A :class:`RunPlan` resolved once: its validated definition and id (``spec``) and the
+    optimizer built for it (what :func:`execute` runs; see :func:`resolve_plan`)."""
+
+    plan: RunPlan
+    spec: RunSpec
+    optimizer: Optimizer
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+
+def resolve_plan(plan: RunPlan) -> PlannedRun:
+    """Check ``plan`` and resolve it once: the task's class and full configuration, the
+    optimizer (built once: for a learned optimizer, its checkpoint is loaded once), the step
+    budget and the measurement settings, and so the run id. A one-line ``UsageError`` names the
+    first thing that cannot run (an unknown name, a bad hyperparameter or setting, a task that
+    does not pair with the optimizer)."""
+    task_class = TASKS.get(plan.task).factory
+    OPTIMIZERS.get(plan.optimizer)
+    optimizer = create_optimizer(plan.optimizer, **plan.hparams)
+    is_task_class = isinstance(task_class, type) and issubclass(task_class, Task)
+    if is_task_class and not task_class.pairs_with_optimizer(plan.optimizer):
+        raise UsageError(
+            f"task {plan.task!r} does not pair with optimizer {plan.optimizer!r}; "
+            f"it pairs with: {', '.join(task_class.pairs_with)}"
         )
+    spec = run_spec(
+        task=plan.task,
+        task_cfg=task_config(task_class, plan.task_cfg),
+        optimizer=optimizer,
+        steps=plan.steps if plan.steps is not None else task_class.default_steps,
+        seed=plan.seed,
+        device=plan.device,
+        suite=plan.suite,
+        eval_every=plan.eval_every,
+        log_every=plan.log_every,
+        warmup_steps=plan.warmup_steps,
+        max_seconds=plan.max_seconds,
+        tags=plan.tags,
+    )
+    return PlannedRun(plan=plan, spec=spec, optimizer=optimizer)
 
 
-def check_plans(plans: Sequence[RunPlan]) -> None:
-    """Raise ``UsageError`` for the first plan that cannot run (nothing has run yet)."""
+def resolve_plans(plans: Sequence[RunPlan | PlannedRun]) -> list[PlannedRun]:
+    """:func:`resolve_plan` of each plan (those already resolved are kept), in order; a
+    ``UsageError`` for the first that cannot run, or for an empty list (nothing has run yet)."""
     if not plans:
         raise UsageError("nothing to run: the selection is empty")
-    for plan in plans:
-        task_class = TASKS.get(plan.task).factory
-        OPTIMIZERS.get(plan.optimizer)
-        create_optimizer(plan.optimizer, **plan.hparams)
-        is_task_class = isinstance(task_class, type) and issubclass(task_class, Task)
-        if is_task_class and not task_class.pairs_with_optimizer(plan.optimizer):
-            raise UsageError(
-                f"task {plan.task!r} does not pair with optimizer {plan.optimizer!r}; "
-                f"it pairs with: {', '.join(task_class.pairs_with)}"
-            )
+    return [p if isinstance(p, PlannedRun) else resolve_plan(p) for p in plans]
 
 
 def parts_dir(out: Path) -> Path:
@@ -105,7 +127,7 @@ def parts_dir(out: Path) -> Path:
 
 
 def execute(
-    plans: Sequence[RunPlan],
+    plans: Sequence[RunPlan | PlannedRun],
     out: str | Path,
     *,
     resume: bool = True,
@@ -116,6 +138,11 @@ def execute(
     keep: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Run ``plans`` (skipping those already saved when ``resume``) and write the tidy ``out``.
+
+    Each plan is resolved once (:func:`resolve_plans`; pass :class:`PlannedRun` objects to
+    resolve them beforehand), before the first run starts. In this process a run uses the
+    optimizer its plan built; a worker process builds it once more from the resolved
+    hyperparameters (a built optimizer need not be picklable).
 
     Args:
         progress_bars: show tqdm bars on stderr, one over the runs and (with ``workers`` = 1)
@@ -131,10 +158,9 @@ def execute(
     if workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}")
     check_results_path(out)
-    check_plans(plans)
+    planned = resolve_plans(plans)
     log = log or _stderr
-    ids = [plan.run_id() for plan in plans]
-    unique = dict(zip(ids, plans, strict=True))
+    unique = {p.run_id: p for p in planned}
     parts = parts_dir(out)
     if parts.exists() and not resume:
         shutil.rmtree(parts)
@@ -143,15 +169,15 @@ def execute(
     if already:
         log(f"resuming: {len(already)} of {len(unique)} runs already saved in {parts}")
 
-    labels = dict(zip(unique, run_labels(list(unique.values())), strict=True))
-    todo = [(run_id, plan, labels[run_id]) for run_id, plan in unique.items() if run_id not in done]
+    labels = dict(zip(unique, run_labels([p.plan for p in unique.values()]), strict=True))
+    todo = [(p, labels[run_id]) for run_id, p in unique.items() if run_id not in done]
     show_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
     progress = Progress(len(unique), len(already), log, show_bars)
     try:
         if workers == 1 or len(todo) <= 1:
             tasks: dict[tuple[str, str, str], Task] = {}  # each dataset is loaded once
-            for run_id, plan, label in todo:
-                summary = run_and_save(plan, run_id, parts, label, show_bars, tasks)
+            for run, label in todo:
+                summary = run_and_save(run, parts, label, show_bars, tasks)
                 progress.finished(label, summary)
         else:
             _execute_in_workers(todo, parts, workers, list(plugin_modules), progress.finished)
@@ -280,22 +306,20 @@ _WORKER_TASKS: dict[tuple[str, str, str], Task] = {}
 
 
 def run_and_save(
-    plan: RunPlan,
-    run_id: str,
+    run: PlannedRun,
     parts: Path,
     label: str,
     progress_bars: bool | None,
     tasks: dict[tuple[str, str, str], Task],
 ) -> str:
-    """Run one plan and save its rows as ``parts/<run_id>.csv``; returns a summary line.
-    ``tasks`` caches the built tasks by (name, settings, device)."""
+    """Run one resolved plan and save its rows as ``parts/<run_id>.csv``; returns a summary
+    line. ``tasks`` caches the built tasks by (name, settings, device)."""
+    plan = run.plan
     key = (plan.task, canonical_json(plan.task_cfg), plan.device)
     if key not in tasks:
         tasks[key] = create_task(plan.task, device=plan.device, **plan.task_cfg)
-    result = _run_with_progress(plan, tasks[key], label, progress_bars)
-    if result.run_id != run_id:  # the runner and the plan must agree on identity
-        raise AssertionError(f"run id mismatch: {result.run_id} != {run_id}")
-    write_results(result.frame(), parts / f"{run_id}.csv")
+    result = _run_with_progress(run, tasks[key], label, progress_bars)
+    write_results(result.frame(), parts / f"{run.run_id}.csv")
     return _summary(result)
 
 
@@ -309,12 +333,15 @@ def _worker_init(plugin_modules: list[str]) -> None:
         load_plugin_modules(plugin_modules)
 
 
-def _run_in_worker(plan: RunPlan, run_id: str, parts: Path, label: str) -> str:
-    return run_and_save(plan, run_id, parts, label, False, _WORKER_TASKS)
+def _run_in_worker(plan: RunPlan, spec: RunSpec, parts: Path, label: str) -> str:
+    """Build the optimizer from the resolved hyperparameters (once) and run the plan."""
+    optimizer = create_optimizer(spec.optimizer, **spec.hparams)
+    run = PlannedRun(plan=plan, spec=spec, optimizer=optimizer)
+    return run_and_save(run, parts, label, False, _WORKER_TASKS)
 
 
 def _execute_in_workers(
-    labelled: list[tuple[str, RunPlan, str]],
+    labelled: list[tuple[PlannedRun, str]],
     parts: Path,
     workers: int,
     plugin_modules: list[str],
@@ -335,8 +362,8 @@ def _execute_in_workers(
         failure: BaseException | None = None
         while pending or running:
             while pending and failure is None and len(running) < workers:
-                run_id, plan, label = pending.pop()
-                future = pool.submit(_run_in_worker, plan, run_id, parts, label)
+                run, label = pending.pop()
+                future = pool.submit(_run_in_worker, run.plan, run.spec, parts, label)
                 running[future] = label
             if not running:
                 break
@@ -352,9 +379,9 @@ def _execute_in_workers(
 
 
 def _run_with_progress(
-    plan: RunPlan, task: Task, label: str, progress_bars: bool | None
+    run: PlannedRun, task: Task, label: str, progress_bars: bool | None
 ) -> RunResult:
-    steps = plan.resolved_steps()
+    steps = run.spec.steps
     disable = not sys.stderr.isatty() if progress_bars is None else not progress_bars
     bar = tqdm(total=steps, desc=label, unit="step", leave=False, disable=disable, position=1)
     with bar:
@@ -363,22 +390,7 @@ def _run_with_progress(
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
 
-        return run(
-            task,
-            plan.optimizer,
-            plan.hparams,
-            steps=steps,
-            seed=plan.seed,
-            eval_every=plan.eval_every,
-            device=plan.device,
-            max_seconds=plan.max_seconds,
-            suite=plan.suite,
-            task_cfg=plan.task_cfg,
-            warmup_steps=plan.warmup_steps,
-            log_every=plan.log_every,
-            progress=progress,
-            tags=plan.tags,
-        )
+        return execute_run(run.spec, task, run.optimizer, progress=progress)
 
 
 def _summary(result: RunResult) -> str:

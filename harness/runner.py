@@ -1,6 +1,11 @@
 """The runner: train one task with one optimizer and return tidy rows.
 
-What happens in :func:`run`, in order:
+A run is defined by a :class:`RunSpec` (:func:`run_spec` checks the settings, fills in the
+defaults and so fixes the run id, once) and carried out by :func:`execute_run`. :func:`run` is
+the public entrance: it builds the task and the optimizer from names (or takes instances), makes
+the spec and executes it; :mod:`harness.plan` makes the specs of many runs and executes them.
+
+What happens in a run, in order:
 
 1. The task is built on ``device`` (or taken as given), the optimizer is built from ``hparams``
    (validated), parameters are initialised from ``seed``.
@@ -21,6 +26,7 @@ The timing contract is in TIMING.md; the row schema in :mod:`harness.results.sch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -188,6 +194,102 @@ def make_train_step(
     return train_step
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One run's definition, validated: everything that determines its rows, and its id.
+
+    Built by :func:`run_spec` (so every field is checked and defaulted the same way, whoever
+    plans the run) and consumed by :func:`execute_run`. ``task_cfg`` is the task's full
+    configuration and ``hparams`` the optimizer's full hyperparameters (defaults filled in);
+    ``device`` is ``str(torch.device(...))``.
+    """
+
+    suite: str
+    task: str
+    task_cfg: dict[str, Any]
+    optimizer: str
+    hparams: dict[str, Any]
+    seed: int
+    steps: int
+    device: str
+    eval_every: int
+    log_every: int
+    warmup_steps: int
+    max_seconds: float | None
+    eval_splits: tuple[str, ...]
+    divergence_factor: float | None
+    tags: dict[str, Any]
+
+    @functools.cached_property
+    def run_id(self) -> str:
+        """The run's id (:func:`run_id_for`), computed once."""
+        return run_id_for(
+            suite=self.suite,
+            task=self.task,
+            task_cfg=self.task_cfg,
+            optimizer=self.optimizer,
+            hparams=self.hparams,
+            seed=self.seed,
+            steps=self.steps,
+            settings=run_settings(
+                device=self.device,
+                eval_every=self.eval_every,
+                log_every=self.log_every,
+                max_seconds=self.max_seconds,
+                eval_splits=self.eval_splits,
+                divergence_factor=self.divergence_factor,
+            ),
+            tags=self.tags,
+        )
+
+
+def run_spec(
+    *,
+    task: str,
+    task_cfg: dict[str, Any],
+    optimizer: Optimizer,
+    steps: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    suite: str = "adhoc",
+    eval_every: int | None = None,
+    log_every: int = DEFAULT_LOG_EVERY,
+    warmup_steps: int = DEFAULT_WARMUP_STEPS,
+    max_seconds: float | None = None,
+    eval_splits: Sequence[str] = SPLITS,
+    divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR,
+    tags: dict[str, Any] | None = None,
+) -> RunSpec:
+    """Check the run settings (a one-line ``UsageError`` for the first bad one) and fill in the
+    defaults; ``task_cfg`` must be the task's full configuration and ``optimizer`` the built
+    optimizer (its ``name`` and ``hparams`` go into the spec)."""
+    _check_positive_int("steps", steps)
+    eval_every = default_eval_every(steps) if eval_every is None else eval_every
+    _check_positive_int("eval_every", eval_every)
+    _check_positive_int("log_every", log_every)
+    if warmup_steps < 0:
+        raise UsageError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise UsageError(f"max_seconds must be > 0, got {max_seconds}")
+    return RunSpec(
+        suite=suite,
+        task=task,
+        task_cfg=dict(task_cfg),
+        optimizer=optimizer.name,
+        hparams=dict(optimizer.hparams),
+        seed=seed,
+        steps=steps,
+        device=str(torch.device(device)),
+        eval_every=eval_every,
+        log_every=log_every,
+        warmup_steps=warmup_steps,
+        max_seconds=max_seconds,
+        eval_splits=tuple(eval_splits),
+        divergence_factor=divergence_factor,
+        tags=dict(tags or {}),
+    )
+
+
 def run(
     task: str | Task,
     optimizer: str | Optimizer,
@@ -235,52 +337,70 @@ def run(
         optimizer = create_optimizer(optimizer, **(hparams or {}))
     elif hparams is not None:
         raise UsageError("give hparams with an optimizer name, not with an optimizer instance")
-    steps = task.default_steps if steps is None else steps
-    _check_positive_int("steps", steps)
-    eval_every = default_eval_every(steps) if eval_every is None else eval_every
-    _check_positive_int("eval_every", eval_every)
-    _check_positive_int("log_every", log_every)
-    if warmup_steps < 0:
-        raise UsageError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if max_seconds is not None and not max_seconds > 0:
-        raise UsageError(f"max_seconds must be > 0, got {max_seconds}")
-    for split in eval_splits:
-        task.check_split(split)
-    stopwatch = stopwatch or Stopwatch.for_device(task.device)
-
-    settings = run_settings(
+    spec = run_spec(
+        task=task.name,
+        task_cfg=task_cfg,
+        optimizer=optimizer,
+        steps=task.default_steps if steps is None else steps,
+        seed=seed,
         device=task.device,
+        suite=suite,
         eval_every=eval_every,
         log_every=log_every,
+        warmup_steps=warmup_steps,
         max_seconds=max_seconds,
         eval_splits=eval_splits,
         divergence_factor=divergence_factor,
+        tags=tags,
     )
+    for split in eval_splits:
+        task.check_split(split)
+    return execute_run(
+        spec, task, optimizer, stopwatch=stopwatch, progress=progress, on_eval=on_eval
+    )
+
+
+def execute_run(
+    spec: RunSpec,
+    task: Task,
+    optimizer: Optimizer,
+    *,
+    stopwatch: Stopwatch | None = None,
+    progress: ProgressCallback | None = None,
+    on_eval: EvalCallback | None = None,
+) -> RunResult:
+    """Run ``spec`` with the ``task`` and ``optimizer`` it was made for (see the module doc).
+
+    ``task`` must be the task ``spec`` names, built with ``spec.task_cfg`` on ``spec.device``,
+    and ``optimizer`` the one whose name and hyperparameters ``spec`` holds; ``ValueError``
+    when the names or the device differ. The other arguments are :func:`run`'s.
+    """
+    if task.name != spec.task or str(task.device) != spec.device:
+        raise ValueError(
+            f"the task is {task.name} on {task.device}: {spec.run_id} needs "
+            f"{spec.task} on {spec.device}"
+        )
+    if optimizer.name != spec.optimizer:
+        raise ValueError(f"the optimizer is {optimizer.name}: {spec.run_id} needs {spec.optimizer}")
+    steps, eval_every, log_every = spec.steps, spec.eval_every, spec.log_every
+    max_seconds, eval_splits = spec.max_seconds, spec.eval_splits
+    divergence_factor = spec.divergence_factor
+    stopwatch = stopwatch or Stopwatch.for_device(task.device)
     result = RunResult(
-        run_id=run_id_for(
-            suite=suite,
-            task=task.name,
-            task_cfg=task_cfg,
-            optimizer=optimizer.name,
-            hparams=optimizer.hparams,
-            seed=seed,
-            steps=steps,
-            settings=settings,
-            tags=tags,
-        ),
-        suite=suite,
-        task=task.name,
-        task_cfg=task_cfg,
-        optimizer=optimizer.name,
-        hparams=dict(optimizer.hparams),
-        seed=seed,
+        run_id=spec.run_id,
+        suite=spec.suite,
+        task=spec.task,
+        task_cfg=spec.task_cfg,
+        optimizer=spec.optimizer,
+        hparams=dict(spec.hparams),
+        seed=spec.seed,
         budget_steps=steps,
         device=str(task.device),
-        tags=dict(tags or {}),
+        tags=dict(spec.tags),
     )
     train_step = make_train_step(task, optimizer)
-    params = task.init_params(seed)
-    _warm_up(train_step, task, optimizer, params, seed, warmup_steps, tuple(eval_splits))
+    params = task.init_params(spec.seed)
+    _warm_up(train_step, task, optimizer, params, spec.seed, spec.warmup_steps, eval_splits)
 
     record = result.measurements.append
 
@@ -294,7 +414,7 @@ def run(
 
     evaluate(0)
     state = optimizer.init(params)
-    batches = task.batches("train", seed)
+    batches = task.batches("train", spec.seed)
     threshold = math.inf
     step = 0
     while step < steps:

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.config import SuiteEntry, TuningRef, suite_entries
 from harness.errors import DatasetUnavailableError, UsageError
-from harness.plan import RunPlan, check_plans, execute
+from harness.plan import RunPlan, execute, resolve_plans
 from harness.registry import TASKS, create_task
 from harness.results.io import read_results, write_results
 from harness.results.report import NOT_REPRODUCED_TAG
@@ -120,11 +120,11 @@ def run_suite(settings: SuiteRun, log: Log) -> SuiteOutcome:
         prepare_fresh(settings, entries, log)
     plans = [plan for entry in entries for plan in entry_plans(settings, entry)]
     check_fair_tuning(suite.name, plans)
-    check_plans(plans)  # bad input fails before anything is written aside
+    planned = resolve_plans(plans)  # bad input fails before anything is written aside
     skipped_entries = [e for e in suite_entries(suite) if e.task in unavailable]
     keep, skipped = earlier_rows(settings, skipped_entries, unavailable)
     frame = execute(
-        plans,
+        planned,
         settings.results_path,
         resume=settings.resume,
         workers=settings.workers,

@@ -109,20 +109,24 @@ def test_an_interrupted_bench_resumes_with_only_the_missing_runs(tmp_path, monke
     import harness.plan as plan
 
     out = tmp_path / "resume.csv"
-    real_run, calls = plan.run, []
+    real_run, calls = plan.execute_run, []
 
-    def interrupted_run(*args, **kwargs):
+    def interrupted_run(spec, *args, **kwargs):
         if len(calls) == 2:
             raise KeyboardInterrupt
-        calls.append(kwargs["seed"])
-        return real_run(*args, **kwargs)
+        calls.append(spec.seed)
+        return real_run(spec, *args, **kwargs)
 
-    monkeypatch.setattr(plan, "run", interrupted_run)
+    monkeypatch.setattr(plan, "execute_run", interrupted_run)
     assert lopt("bench", *FAST, "optimizer=sgd", "seeds=4", f"out={out}") == 130
     assert not out.exists() and len(list((tmp_path / "resume.csv.parts").iterdir())) == 2
 
     calls.clear()
-    monkeypatch.setattr(plan, "run", lambda *a, **k: calls.append(k["seed"]) or real_run(*a, **k))
+    monkeypatch.setattr(
+        plan,
+        "execute_run",
+        lambda spec, *a, **k: calls.append(spec.seed) or real_run(spec, *a, **k),
+    )
     assert lopt("bench", *FAST, "optimizer=sgd", "seeds=4", f"out={out}") == 0
     assert calls == [2, 3]  # only the runs that had not finished
     assert sorted(pd.read_csv(out).seed.unique()) == [0, 1, 2, 3]

@@ -252,18 +252,19 @@ def test_the_paper_suite_resolves_with_the_shipped_studies_and_checkpoints() -> 
     studies (the same trials and budget for every baseline of a task) and its learned
     optimizer among the shipped checkpoints, meta-trained on the entry's task and objective."""
     from harness.cli import composed
-    from harness.plan import check_plans
+    from harness.overrides import parse_overrides
+    from harness.plan import resolve_plans
     from harness.registry import OPTIMIZERS, TASKS
     from harness.suite import check_fair_tuning, entry_plans
     from tasks.base import task_config
 
-    (cfg,) = composed("suite", ["suite=paper"], multirun=False)
+    (cfg,) = composed("suite", parse_overrides(["suite=paper"]), multirun=False)
     settings = SuiteRun(suite=cfg.suite, seeds=cfg.suite.seeds)
     entries = suite_entries(cfg.suite)
     plans = [plan for entry in entries for plan in entry_plans(settings, entry)]
-    check_plans(plans)
+    planned = resolve_plans(plans)
     check_fair_tuning("paper", plans)
-    assert len(plans) == len(entries) * 5 and len({p.run_id() for p in plans}) == len(plans)
+    assert len(plans) == len(entries) * 5 and len({p.run_id for p in planned}) == len(plans)
     for entry in entries:
         if entry.tuned:
             continue
