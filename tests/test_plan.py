@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 
 from harness.errors import UsageError
-from harness.plan import RunPlan, duration, execute, parts_dir, run_labels
+from harness.plan import RunPlan, duration, execute, parts_dir, resolve_plan, run_labels
+from harness.runner import run
 
 
 def _plans() -> list[RunPlan]:
@@ -23,14 +25,145 @@ def _losses(frame):
     return rows.set_index(["optimizer", "seed", "step"])["value"].sort_index()
 
 
+def _rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every column but the timing, in a fixed order of rows."""
+    keys = ["run_id", "step", "split", "metric"]
+    return frame.drop(columns=["wall_time_s"]).sort_values(keys).reset_index(drop=True)
+
+
+@pytest.mark.usefixtures("one_thread")  # the workers run at one thread: so does this process
 def test_worker_processes_give_the_same_rows_as_one_process(tmp_path) -> None:
     serial = execute(_plans(), tmp_path / "serial.csv", log=lambda _: None)
     lines: list[str] = []
     parallel = execute(_plans(), tmp_path / "parallel.csv", workers=2, log=lines.append)
-    assert set(parallel.run_id) == set(serial.run_id)
+    assert serial.run_id.nunique() == 4
+    pd.testing.assert_frame_equal(_rows(parallel), _rows(serial))
     assert _losses(parallel).equals(_losses(serial))
     assert sum(": completed after 60 steps" in line for line in lines) == 4
     assert not parts_dir(tmp_path / "parallel.csv").exists()
+
+
+def test_each_plan_builds_its_optimizer_once_and_agrees_with_the_runner(tmp_path, monkeypatch):
+    import harness.plan as plan_module
+
+    built: list[str] = []
+    real = plan_module.create_optimizer
+    monkeypatch.setattr(
+        plan_module, "create_optimizer", lambda name, **h: built.append(name) or real(name, **h)
+    )
+    plans = _plans()
+    frame = execute(plans, tmp_path / "once.csv", log=lambda _: None)
+    assert built == [plan.optimizer for plan in plans]  # resolved once, then run as built
+    one = run("quadratic", "sgd", steps=60, seed=1, eval_every=20, suite="bench")
+    assert resolve_plan(plans[1]).run_id == plans[1].run_id() == one.run_id
+    assert list(frame.run_id.unique()) == [resolve_plan(p).run_id for p in plans]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (RunPlan(task="quadratic", optimizer="sgdd", seed=0), "unknown optimizer"),
+        (RunPlan(task="quadratic", optimizer="sgd", seed=0, hparams={"lr": -1.0}), "lr must"),
+        (RunPlan(task="quadratic", optimizer="sgd", seed=0, steps=0), "steps must"),
+        (RunPlan(task="quadratic", optimizer="sgd", seed=0, log_every=0), "log_every must"),
+    ],
+)
+def test_a_plan_that_cannot_run_fails_before_any_run_starts(tmp_path, bad, message) -> None:
+    out = tmp_path / "bad.csv"
+    with pytest.raises(UsageError, match=message):
+        execute([*_plans(), bad], out, log=lambda _: None)
+    assert not out.exists() and not parts_dir(out).exists()
+
+
+def test_an_interrupted_invocation_is_completed_by_rerunning_it(tmp_path, monkeypatch) -> None:
+    import harness.plan as plan_module
+
+    real, seen = plan_module.execute_run, []
+
+    def interrupted(spec, *args, **kwargs):
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        seen.append(spec.run_id)
+        return real(spec, *args, **kwargs)
+
+    out = tmp_path / "r.csv"
+    monkeypatch.setattr(plan_module, "execute_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        execute(_plans(), out, log=lambda _: None)
+    assert not out.exists()
+    assert {p.stem for p in parts_dir(out).glob("*.csv")} == set(seen)
+
+    counted = lambda spec, *a, **k: seen.append(spec.run_id) or real(spec, *a, **k)  # noqa: E731
+    monkeypatch.setattr(plan_module, "execute_run", counted)
+    first_two, seen[:] = list(seen), []
+    lines: list[str] = []
+    resumed = execute(_plans(), out, log=lines.append)
+    assert lines[0].startswith("resuming: 2 of 4 runs already saved")
+    assert len(seen) == 2 and not set(seen) & set(first_two)  # only the missing runs ran
+    assert not parts_dir(out).exists()
+    whole = execute(_plans(), tmp_path / "whole.csv", log=lambda _: None)
+    pd.testing.assert_frame_equal(_rows(resumed), _rows(whole))
+
+    parts_dir(out).mkdir()
+    (parts_dir(out) / f"{first_two[0]}.csv").write_bytes(out.read_bytes())
+    seen[:] = []
+    execute(_plans(), out, resume=False, log=lambda _: None)
+    assert len(seen) == 4  # resume=false discards what was saved
+
+
+FAILING_PLUGIN = """
+from harness import register_optimizer
+from optimizers.sgd import SGD
+
+
+@register_optimizer("plan_test_fails")
+class FailsAtItsFifthUpdate(SGD):
+    \"\"\"SGD that raises at the fifth update of a run (the warm-up makes two).\"\"\"
+
+    def update(self, grads, state, params):
+        if state["step"] == 4:
+            raise RuntimeError("update failed on purpose")
+        return super().update(grads, state, params)
+"""
+
+
+@pytest.fixture
+def failing_plugin(tmp_path, monkeypatch):
+    """A plugin module registering ``plan_test_fails``; unregistered afterwards."""
+    import sys
+
+    from harness.registry import OPTIMIZERS, load_plugin_modules
+
+    folder = tmp_path / "plugin"
+    folder.mkdir()
+    (folder / "plan_test_plugin.py").write_text(FAILING_PLUGIN)
+    monkeypatch.syspath_prepend(str(folder))
+    load_plugin_modules(["plan_test_plugin"])
+    yield "plan_test_plugin"
+    OPTIMIZERS._entries.pop("plan_test_fails", None)
+    sys.modules.pop("plan_test_plugin", None)
+
+
+def test_a_failing_worker_stops_the_invocation_and_keeps_the_finished_runs(
+    tmp_path, failing_plugin
+) -> None:
+    out = tmp_path / "w.csv"
+    good = _plans()
+    failing = RunPlan(task="quadratic", optimizer="plan_test_fails", seed=0, steps=60)
+    plans = [good[0], failing, good[1], good[2], good[3]]
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match="update failed on purpose"):
+        execute(plans, out, workers=2, plugin_modules=[failing_plugin], log=lines.append)
+    assert not out.exists()
+    saved = {path.stem for path in parts_dir(out).glob("*.csv")}
+    good_ids = [plan.run_id() for plan in good]
+    assert good_ids[0] in saved and saved <= set(good_ids)  # finished runs are kept
+    assert len(saved) < 4  # the failure stopped the submission of new runs
+    assert sum("completed" in line for line in lines) == len(saved)
+
+    rest = execute(good, out, workers=2, log=lines.append)  # without it, the rerun completes
+    assert set(rest.run_id) == set(good_ids)
+    assert f"resuming: {len(saved)} of 4 runs already saved" in "\n".join(lines)
 
 
 def test_workers_resume_the_runs_an_interrupted_invocation_left(tmp_path) -> None:
