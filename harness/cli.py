@@ -33,12 +33,15 @@ import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import UsageError
 from harness.overrides import parse_overrides
+
+if TYPE_CHECKING:
+    from harness.tuning.tuner import TuneSettings
 
 ALWAYS_SWEPT = {"bench": ("task", "optimizer"), "tune": ("task", "optimizer")}
 INCOMPLETE = 3  # the exit code of a suite that could not run some of its tasks
@@ -509,7 +512,7 @@ def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> 
 
 # -- lopt tune -------------------------------------------------------------------------------------
 def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
-    from harness.tuning.tuner import TuneSettings, tune
+    from harness.tuning.tuner import tune
     from harness.util import to_plain
 
     if show_help:
@@ -540,27 +543,11 @@ def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> in
         explicit_task_cfg = {
             k: v for k, v in task_cfg.items() if any(o.startswith(f"task.{k}=") for o in lines)
         }
-        settings = TuneSettings(
-            task=cfg.task.name,
-            optimizer=cfg.optimizer.name,
-            trials=cfg.trials,
+        settings = tune_settings(
+            cfg,
             until=until,
-            objective=cfg.objective,
-            objective_at=cfg.objective_at,
-            budget_steps=cfg.budget_steps,
-            seeds=cfg.seeds,
-            eval_seeds=cfg.eval_seeds,
-            sampler=cfg.sampler,
-            sampler_seed=cfg.sampler_seed,
-            grid_points=cfg.grid_points,
-            pruner=cfg.pruner,
-            storage=cfg.storage,
-            tag=cfg.tag,
-            eval_every=cfg.eval_every,
-            device=cfg.device,
-            out=cfg.out,
             task_cfg=explicit_task_cfg,
-            fixed={k: v for k, v in explicit.items()},
+            fixed=dict(explicit),
             search={k: to_plain(v) for k, v in search.items()},
         )
         outcome = tune(settings, log=_log)
@@ -572,6 +559,21 @@ def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> in
         if outcome.saturation is not None:
             _log(f"{outcome.study}: {outcome.saturation.verdict}")
     return 0
+
+
+def tune_settings(cfg: DictConfig, **given: Any) -> TuneSettings:
+    """The :class:`~harness.tuning.tuner.TuneSettings` of a composed ``lopt tune`` config: the
+    task and optimizer groups' names, every other field the two share by name (so a key is
+    added to ``TuneConfig`` and ``TuneSettings`` and reaches the tuner without a copy written
+    here), then ``given`` (what the command line says outside the config: ``until``,
+    ``task_cfg``, ``fixed``, ``search``)."""
+    import dataclasses
+
+    from harness.tuning.tuner import TuneSettings
+
+    names = {f.name for f in dataclasses.fields(TuneSettings)} - {"task", "optimizer", *given}
+    shared = {name: cfg[name] for name in sorted(names) if name in cfg}
+    return TuneSettings(task=cfg.task.name, optimizer=cfg.optimizer.name, **shared, **given)
 
 
 def _log(message: str) -> None:

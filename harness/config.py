@@ -31,6 +31,7 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.defaults import LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
 from harness.meta.config import MetaTrainConfig
 from harness.registry import OPTIMIZERS, TASKS, task_arguments
@@ -71,8 +72,8 @@ class BenchConfig:
     seeds: int = 1
     first_seed: int = 0
     eval_every: Optional[int] = None  # noqa: UP045  (None: steps // 20)
-    log_every: int = 10
-    warmup_steps: int = 2
+    log_every: int = LOG_EVERY
+    warmup_steps: int = WARMUP_STEPS
     device: str = "cpu"
     # torch threads: 1 gives stable timings on a shared machine (README, Using it);
     # None (threads=null): torch's default, all cores
@@ -156,7 +157,7 @@ class SuiteFile:
     seeds: int = 1
     first_seed: int = 0
     eval_every: Optional[int] = None  # noqa: UP045
-    log_every: int = 10
+    log_every: int = LOG_EVERY
     report: str = "standard"  # or "comparison" (harness.results.comparison)
     optional_tasks: list[str] = field(default_factory=list)  # skipped if their data is missing
     tuning: TuningRef = field(default_factory=TuningRef)
@@ -173,7 +174,7 @@ class SuiteConfig:
     device: str = "cpu"
     threads: Optional[int] = 1  # noqa: UP045  (None: torch's default, all cores)
     workers: int = 1  # runs at a time, each in its own 1-thread process
-    warmup_steps: int = 2
+    warmup_steps: int = WARMUP_STEPS
     out: Optional[str] = None  # noqa: UP045  (None: results/<suite name>/results.csv)
     report: bool = True
     reference: Optional[str] = None  # noqa: UP045  (None: the report's default)

@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from harness.defaults import LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, TASKS, create_optimizer, create_task
 from harness.results.io import check_results_path, read_results, write_results
@@ -56,8 +57,8 @@ class RunPlan:
     hparams: dict[str, Any] = field(default_factory=dict)
     task_cfg: dict[str, Any] = field(default_factory=dict)
     eval_every: int | None = None
-    log_every: int = 10
-    warmup_steps: int = 2
+    log_every: int = LOG_EVERY
+    warmup_steps: int = WARMUP_STEPS
     max_seconds: float | None = None
     device: str = "cpu"
     tags: dict[str, Any] = field(default_factory=dict)

@@ -36,6 +36,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from harness.defaults import DIVERGENCE_FACTOR, LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
 from harness.registry import create_optimizer, create_task
 from harness.results.schema import (
@@ -56,9 +57,9 @@ ProgressCallback = Callable[[int, float], None]
 #: raises (e.g. ``optuna.TrialPruned``) ends the run and propagates to the caller.
 EvalCallback = Callable[[int, dict[str, dict[str, float]]], None]
 
-DEFAULT_WARMUP_STEPS = 2
-DEFAULT_LOG_EVERY = 10
-DEFAULT_DIVERGENCE_FACTOR = 100.0
+DEFAULT_WARMUP_STEPS = WARMUP_STEPS
+DEFAULT_LOG_EVERY = LOG_EVERY
+DEFAULT_DIVERGENCE_FACTOR = DIVERGENCE_FACTOR
 
 
 @dataclass

@@ -38,6 +38,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import SuiteEntry, TuningRef, suite_entries
+from harness.defaults import WARMUP_STEPS
 from harness.errors import DatasetUnavailableError, UsageError
 from harness.plan import RunPlan, execute, resolve_plans
 from harness.registry import TASKS, create_task
@@ -57,7 +58,7 @@ class SuiteRun:
     suite: DictConfig
     seeds: int
     device: str = "cpu"
-    warmup_steps: int = 2
+    warmup_steps: int = WARMUP_STEPS
     out: Path | None = None
     report: bool = True
     reference: str | None = None

@@ -346,3 +346,31 @@ def test_bench_writes_parquet_when_asked(tmp_path) -> None:
     report = tmp_path / "report"
     assert lopt("report", f"in={out}", f"out={report}") == 0
     assert (report / "summary.md").is_file()
+
+
+def test_tune_config_and_tune_settings_agree_field_by_field() -> None:
+    import dataclasses
+
+    from harness.config import TuneConfig
+    from harness.tuning.tuner import TuneSettings
+
+    config = {f.name: f for f in dataclasses.fields(TuneConfig)}
+    settings = {f.name: f for f in dataclasses.fields(TuneSettings)}
+    assert set(config) - set(settings) == {"defaults", "threads", "plugins"}  # Hydra's, process's
+    assert set(settings) - set(config) == {"until", "task_cfg", "fixed", "search"}  # the CLI's
+    for name in sorted(set(config) & set(settings) - {"task", "optimizer"}):
+        assert config[name].default == settings[name].default, name
+
+
+def test_a_composed_tune_config_becomes_the_tune_settings() -> None:
+    from harness.cli import composed, tune_settings
+    from harness.overrides import parse_overrides
+    from harness.tuning.tuner import TuneSettings
+
+    args = ["task=quadratic", "optimizer=sgd", "trials=7", "sampler=random", "eval_every=5"]
+    (cfg,) = composed("tune", parse_overrides(args), multirun=False)
+    given = {"until": "saturated", "task_cfg": {"dim": 3}, "fixed": {"lr": 0.1}, "search": {}}
+    expected = TuneSettings(
+        task="quadratic", optimizer="sgd", trials=7, sampler="random", eval_every=5, **given
+    )
+    assert tune_settings(cfg, **given) == expected
