@@ -368,3 +368,23 @@ def test_the_comparison_marks_kept_rows_in_its_tables_and_verdicts():
         "Speed (u, lopt_mnist5k_train, NOT rerun",
     ]
     assert "not_reproduced" not in comparison_summary(frame[~kept]).columns
+
+
+def test_the_tuning_section_flags_studies_that_are_not_saturated() -> None:
+    def rows(tags: dict) -> pd.DataFrame:
+        frame = tidy_run(f"r-{len(tags)}", "adam", 0, [1.0, 0.5])
+        frame["tags"] = json.dumps(tags)
+        return frame
+
+    saturated = {"study": "s-adam", "trials": 40, "saturated": True, "saturation": "saturated: x"}
+    open_study = {"study": "s-sgd", "trials": 32, "saturated": False, "saturation": "not sat: y"}
+    old = {"study": "s-p1", "trials": 16}
+    assert report.tuning_section(rows({"comparison": "train"})) == []
+    lines = report.tuning_section(rows(saturated))
+    assert "Every one of the 1 tuning studies is saturated." in lines
+    text = "\n".join(
+        report.tuning_section(pd.concat([rows(saturated), rows(open_study), rows(old)]))
+    )
+    assert "**2 of 3 tuning studies are not shown to be saturated**" in text
+    assert "| s-sgd " in text and "not sat: y" in text
+    assert "NOT checked: tuned before the saturation rule" in text

@@ -46,6 +46,7 @@ from harness.results.report import (
     not_reproduced,
     not_reproduced_section,
     provenance_line,
+    tuning_section,
 )
 
 COMPARISON_SPLIT = {"train": "train", "valid": "valid"}
@@ -256,6 +257,7 @@ def summary_markdown(
     lines += ["## The paper's targets", ""]
     lines += [f"- {line}" for line in verdicts(summary)] or ["- no learned optimizer in the runs"]
     lines.append("")
+    lines += tuning_section(frame)
     header = [
         "optimizer",
         "seeds",

@@ -222,6 +222,7 @@ def summary_markdown(
         f"Provenance: {provenance_line(frame)}",
         "",
         *not_reproduced_section(frame, skipped or {}),
+        *tuning_section(frame),
         *_definitions(target_split),
     ]
     kept = not_reproduced(frame)
@@ -302,6 +303,44 @@ def _is_marked(tags: object) -> bool:
     except ValueError:
         return False
     return isinstance(data, dict) and NOT_REPRODUCED_TAG in data
+
+
+def tuning_section(frame: pd.DataFrame) -> list[str]:
+    """The *Tuning* markdown section: per tuning study the rows use, its trial count and its
+    saturation verdict (from the rows' provenance tags); studies that are not saturated, or
+    whose verdict the rows do not record (results from before the rule), are flagged. No lines
+    when no row comes from a study."""
+    studies: dict[str, dict] = {}
+    for text in frame["tags"].drop_duplicates():
+        try:
+            tags = json.loads(text) if isinstance(text, str) and text else {}
+        except json.JSONDecodeError:
+            continue
+        if isinstance(tags, dict) and "study" in tags:
+            studies.setdefault(str(tags["study"]), tags)
+    if not studies:
+        return []
+    unsaturated = [name for name, tags in studies.items() if tags.get("saturated") is not True]
+    lines = ["## Tuning", ""]
+    if unsaturated:
+        lines += [
+            f"**{len(unsaturated)} of {len(studies)} tuning studies are not shown to be "
+            "saturated**: more tuning might improve those baselines (`lopt studies` has the "
+            "curves).",
+            "",
+        ]
+    else:
+        lines += [f"Every one of the {len(studies)} tuning studies is saturated.", ""]
+    body = [
+        [
+            name,
+            str(tags.get("trials", "?")),
+            str(tags.get("saturation", "NOT checked: tuned before the saturation rule")),
+        ]
+        for name, tags in sorted(studies.items())
+    ]
+    lines += [markdown_table(["study", "trials", "saturation"], body, ["left", "right", "left"])]
+    return [*lines, ""]
 
 
 def _definitions(target_split: str) -> list[str]:
