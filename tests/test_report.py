@@ -93,6 +93,7 @@ EXPECTED_FILES = [
     "curves_q_loss.png",
     "curves_t_loss.png",
     "curves_t_accuracy.png",
+    "curves_t_learning_rate.png",  # adam's: the synthetic runs use adam and sgd on task t
 ]
 
 
@@ -388,3 +389,25 @@ def test_the_tuning_section_flags_studies_that_are_not_saturated() -> None:
     assert "**2 of 3 tuning studies are not shown to be saturated**" in text
     assert "| s-sgd " in text and "not sat: y" in text
     assert "NOT checked: tuned before the saturation rule" in text
+
+
+def test_the_report_draws_the_learning_rate_schedules(tmp_path: Path) -> None:
+    """Adam-family settings get their schedule; SGD (no stated rate) does not."""
+    frame = pd.concat(
+        [
+            tidy_run("a", "adam", 0, [1.0, 0.5]).assign(hparams='{"lr": 0.01}'),
+            tidy_run("c", "adam_cosine", 0, [1.0, 0.4]).assign(
+                hparams='{"lr": 0.02, "decay_steps": 4, "final_fraction": 0.1}'
+            ),
+            tidy_run("s", "sgd", 0, [1.0, 0.6]).assign(hparams='{"lr": 0.1}'),
+        ]
+    ).assign(budget_steps=4)
+    rates = report.learning_rate_schedules(frame)
+    assert sorted(rates) == ["adam", "adam_cosine"]
+    assert rates["adam"].tolist() == [0.01] * 4
+    assert rates["adam_cosine"][0] == pytest.approx(0.02)
+    assert rates["adam_cosine"][-1] < rates["adam_cosine"][0]
+    written = build_report(frame, tmp_path / "report")
+    assert "curves_t_learning_rate.png" in [Path(p).name for p in written]
+    text = (tmp_path / "report" / "summary.md").read_text()
+    assert "![t learning rates](curves_t_learning_rate.png)" in text
