@@ -150,6 +150,12 @@ class AdamResidual:
         ones = torch.ones(1, dtype=like.dtype, device=like.device)
         return torch.cat([torch.tanh(10.0 * (fraction - centres)), ones])
 
+    def learning_rate(self, theta: torch.Tensor, step: int) -> float:
+        """The learned schedule: the rate ``lr0 * exp(a . phi)`` that multiplies update number
+        ``step`` (1-based, as ``Adam.learning_rate``), the correction aside."""
+        a = self.unpack(theta.detach().cpu())[0]
+        return self.settings.lr0 * math.exp(float(a @ self.time_features(step - 1, a)))
+
     def apply(
         self,
         theta: torch.Tensor,

@@ -546,6 +546,12 @@ class LearnedOptimizer(Optimizer):
         self.theta = theta.detach().clone()
         self._theta_on: dict[tuple[Any, ...], torch.Tensor] = {}
 
+    def learning_rate(self, step: int) -> float | None:
+        """The learning rate of update number ``step`` (1-based) for families with a learned
+        schedule (``adam_residual``: ``lr0 * exp(a . phi_t)``); None for the others."""
+        schedule = getattr(self.learner, "learning_rate", None)
+        return None if schedule is None else float(schedule(self.theta, step))
+
     @classmethod
     def from_theta(
         cls,

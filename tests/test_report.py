@@ -93,6 +93,7 @@ EXPECTED_FILES = [
     "curves_q_loss.png",
     "curves_t_loss.png",
     "curves_t_accuracy.png",
+    "curves_t_learning_rate.png",  # adam's: the synthetic runs use adam and sgd on task t
 ]
 
 
@@ -368,3 +369,45 @@ def test_the_comparison_marks_kept_rows_in_its_tables_and_verdicts():
         "Speed (u, lopt_mnist5k_train, NOT rerun",
     ]
     assert "not_reproduced" not in comparison_summary(frame[~kept]).columns
+
+
+def test_the_tuning_section_flags_studies_that_are_not_saturated() -> None:
+    def rows(tags: dict) -> pd.DataFrame:
+        frame = tidy_run(f"r-{len(tags)}", "adam", 0, [1.0, 0.5])
+        frame["tags"] = json.dumps(tags)
+        return frame
+
+    saturated = {"study": "s-adam", "trials": 40, "saturated": True, "saturation": "saturated: x"}
+    open_study = {"study": "s-sgd", "trials": 32, "saturated": False, "saturation": "not sat: y"}
+    old = {"study": "s-p1", "trials": 16}
+    assert report.tuning_section(rows({"comparison": "train"})) == []
+    lines = report.tuning_section(rows(saturated))
+    assert "Every one of the 1 tuning studies is saturated." in lines
+    text = "\n".join(
+        report.tuning_section(pd.concat([rows(saturated), rows(open_study), rows(old)]))
+    )
+    assert "**2 of 3 tuning studies are not shown to be saturated**" in text
+    assert "| s-sgd " in text and "not sat: y" in text
+    assert "NOT checked: tuned before the saturation rule" in text
+
+
+def test_the_report_draws_the_learning_rate_schedules(tmp_path: Path) -> None:
+    """Adam-family settings get their schedule; SGD (no stated rate) does not."""
+    frame = pd.concat(
+        [
+            tidy_run("a", "adam", 0, [1.0, 0.5]).assign(hparams='{"lr": 0.01}'),
+            tidy_run("c", "adam_cosine", 0, [1.0, 0.4]).assign(
+                hparams='{"lr": 0.02, "decay_steps": 4, "final_fraction": 0.1}'
+            ),
+            tidy_run("s", "sgd", 0, [1.0, 0.6]).assign(hparams='{"lr": 0.1}'),
+        ]
+    ).assign(budget_steps=4)
+    rates = report.learning_rate_schedules(frame)
+    assert sorted(rates) == ["adam", "adam_cosine"]
+    assert rates["adam"].tolist() == [0.01] * 4
+    assert rates["adam_cosine"][0] == pytest.approx(0.02)
+    assert rates["adam_cosine"][-1] < rates["adam_cosine"][0]
+    written = build_report(frame, tmp_path / "report")
+    assert "curves_t_learning_rate.png" in [Path(p).name for p in written]
+    text = (tmp_path / "report" / "summary.md").read_text()
+    assert "![t learning rates](curves_t_learning_rate.png)" in text

@@ -44,6 +44,7 @@ from harness.results.report import (
     not_reproduced,
     not_reproduced_section,
     provenance_line,
+    tuning_section,
 )
 from harness.util import markdown_table, write_atomically, write_text_atomically
 
@@ -257,6 +258,7 @@ def summary_markdown(
     lines += ["## The paper's targets", ""]
     lines += [f"- {line}" for line in verdicts(summary)] or ["- no learned optimizer in the runs"]
     lines.append("")
+    lines += tuning_section(frame)
     header = [
         "optimizer",
         "seeds",

@@ -146,3 +146,32 @@ def _colours(configs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[floa
 
     palette = colormaps["tab10" if len(configs) <= 10 else "tab20"]
     return {config: palette(i % palette.N) for i, config in enumerate(sorted(configs))}
+
+
+LEARNING_RATE_DESCRIPTION = (
+    "the learning rate of each update as the optimizer computes it (Adam-family rates multiply "
+    "Adam's normalised direction; a learned family's is its learned schedule, its learned "
+    "correction aside)"
+)
+
+
+def plot_learning_rates(rates: dict[str, np.ndarray], task: str, path: str | Path) -> Path:
+    """Draw one line per optimizer setting (label -> the rate of updates 1..n, ``(n,)``) on a
+    logarithmic y axis into a PNG at ``path`` (written atomically). Returns ``path``."""
+    if not rates:
+        raise UsageError(f"no learning-rate schedule of task {task!r} to plot")
+    figure = Figure(figsize=(6.4, 4.0))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    for label, values in sorted(rates.items()):
+        steps = np.arange(1, len(values) + 1)
+        axes.plot(steps, values, label=label, linewidth=1.5)
+    axes.set_yscale("log")
+    axes.set_xlabel(STEP_LABEL)
+    axes.set_ylabel("learning rate")
+    axes.set_title(f"{task}: learning-rate schedules", fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))

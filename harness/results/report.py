@@ -35,6 +35,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.errors import UsageError
@@ -48,7 +49,13 @@ from harness.results.derived import (
     split_rank,
     time_to_target,
 )
-from harness.results.plots import BAND_DESCRIPTION, curve_statistics, plot_task_curves
+from harness.results.plots import (
+    BAND_DESCRIPTION,
+    LEARNING_RATE_DESCRIPTION,
+    curve_statistics,
+    plot_learning_rates,
+    plot_task_curves,
+)
 from harness.results.schema import SPLIT_TRAIN_BATCH
 from harness.util import markdown_table
 
@@ -183,7 +190,37 @@ def _write_figures(frame: pd.DataFrame, folder: Path) -> dict[str, list[str]]:
             name = f"curves_{_safe_name(str(task))}_{_safe_name(metric)}.png"
             plot_task_curves(rows, str(task), folder / name, metric=metric)
             figures[str(task)].append(name)
+        rates = learning_rate_schedules(frame[frame["task"] == task])
+        if rates:
+            name = f"curves_{_safe_name(str(task))}_learning_rate.png"
+            plot_learning_rates(rates, str(task), folder / name)
+            figures[str(task)].append(name)
     return figures
+
+
+def learning_rate_schedules(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per optimizer setting of ``frame`` (label as in the curves) whose optimizer states its
+    learning rate (a ``learning_rate(step)`` method: the Adam family, learned families with a
+    learned schedule), that rate for updates 1..budget_steps. Settings whose optimizer cannot be
+    built here (a plugin not loaded, a checkpoint not present) are left out."""
+    from harness.registry import create_optimizer
+
+    labels = config_labels(frame)
+    settings = frame[["optimizer", "hparams", "budget_steps"]].drop_duplicates(
+        ["optimizer", "hparams"]
+    )
+    rates: dict[str, np.ndarray] = {}
+    for optimizer, hparams, steps in settings.itertuples(index=False):
+        try:
+            built = create_optimizer(str(optimizer), **json.loads(hparams))
+        except Exception:  # a figure is not worth failing the report
+            continue
+        schedule = getattr(built, "learning_rate", None)
+        if schedule is None or not steps or math.isnan(float(steps)) or schedule(1) is None:
+            continue
+        values = np.array([schedule(k) for k in range(1, int(steps) + 1)], dtype=float)
+        rates[labels[(str(optimizer), str(hparams))]] = values
+    return rates
 
 
 def _metric_order(metrics: Sequence[str]) -> list[str]:
@@ -223,6 +260,7 @@ def summary_markdown(
         f"Provenance: {provenance_line(frame)}",
         "",
         *not_reproduced_section(frame, skipped or {}),
+        *tuning_section(frame),
         *_definitions(target_split),
     ]
     kept = not_reproduced(frame)
@@ -305,6 +343,44 @@ def _is_marked(tags: object) -> bool:
     return isinstance(data, dict) and NOT_REPRODUCED_TAG in data
 
 
+def tuning_section(frame: pd.DataFrame) -> list[str]:
+    """The *Tuning* markdown section: per tuning study the rows use, its trial count and its
+    saturation verdict (from the rows' provenance tags); studies that are not saturated, or
+    whose verdict the rows do not record (results from before the rule), are flagged. No lines
+    when no row comes from a study."""
+    studies: dict[str, dict] = {}
+    for text in frame["tags"].drop_duplicates():
+        try:
+            tags = json.loads(text) if isinstance(text, str) and text else {}
+        except json.JSONDecodeError:
+            continue
+        if isinstance(tags, dict) and "study" in tags:
+            studies.setdefault(str(tags["study"]), tags)
+    if not studies:
+        return []
+    unsaturated = [name for name, tags in studies.items() if tags.get("saturated") is not True]
+    lines = ["## Tuning", ""]
+    if unsaturated:
+        lines += [
+            f"**{len(unsaturated)} of {len(studies)} tuning studies are not shown to be "
+            "saturated**: more tuning might improve those baselines (`lopt studies` has the "
+            "curves).",
+            "",
+        ]
+    else:
+        lines += [f"Every one of the {len(studies)} tuning studies is saturated.", ""]
+    body = [
+        [
+            name,
+            str(tags.get("trials", "?")),
+            str(tags.get("saturation", "NOT checked: tuned before the saturation rule")),
+        ]
+        for name, tags in sorted(studies.items())
+    ]
+    lines += [markdown_table(["study", "trials", "saturation"], body, ["left", "right", "left"])]
+    return [*lines, ""]
+
+
 def _definitions(target_split: str) -> list[str]:
     return [
         "Definitions: values are the last evaluation of each run, as mean ± std over seeds "
@@ -315,7 +391,7 @@ def _definitions(target_split: str) -> list[str]:
         "*Speedup* = the reference's mean time to target / this row's (> 1: faster than the "
         "reference).",
         "",
-        f"Figures: {BAND_DESCRIPTION}.",
+        f"Figures: {BAND_DESCRIPTION}; the learning-rate figure: {LEARNING_RATE_DESCRIPTION}.",
     ]
 
 
@@ -354,7 +430,8 @@ def _task_section(
         markdown_table(header, rows, align),
     ]
     for name in figures:
-        lines += ["", f"![{task} curves]({name})"]
+        what = "learning rates" if name.endswith("_learning_rate.png") else "curves"
+        lines += ["", f"![{task} {what}]({name})"]
     return lines
 
 

@@ -431,10 +431,16 @@ def evaluate_best(
 
 
 def tuning_tags(
-    name: str, best: optuna.trial.FrozenTrial, trials: int, protocol: Protocol
+    name: str,
+    best: optuna.trial.FrozenTrial,
+    trials: int,
+    protocol: Protocol,
+    saturation: Saturation | None = None,
 ) -> dict[str, Any]:
-    """The provenance every row produced from a tuned configuration carries."""
-    return {
+    """The provenance every row produced from a tuned configuration carries (``saturated`` and
+    ``saturation``: the study's verdict under the saturation rule, so every report that uses the
+    study can flag it when it is not saturated)."""
+    tags: dict[str, Any] = {
         "study": name,
         "trial": best.number,
         "trials": trials,
@@ -443,6 +449,10 @@ def tuning_tags(
         "objective_value": best.value,
         "sampler": protocol.sampler,
     }
+    if saturation is not None:
+        tags["saturated"] = saturation.saturated
+        tags["saturation"] = saturation.verdict
+    return tags
 
 
 def export_study(study: optuna.Study, name: str, trials: int, folder: Path) -> list[Path]:
@@ -520,7 +530,9 @@ def tuned_configuration(
                 f"but the run has task.{key}={wanted[key]!r}: use the study's settings, or tune "
                 f"for these (a tag= keeps both studies)"
             )
-    return json.loads(best.user_attrs["hparams"]), tuning_tags(name, best, trials, protocol)
+    saturation = study_saturation(study, trials)
+    tags = tuning_tags(name, best, trials, protocol, saturation)
+    return json.loads(best.user_attrs["hparams"]), tags
 
 
 def load_studies(storage: str) -> list[optuna.Study]:
