@@ -209,6 +209,24 @@ def test_resume_refuses_a_different_run_and_resume_false_restarts(tmp_path: Path
     assert sorted(p.name for p in Path(out).glob("lopt_step*.pt")) == ["lopt_step000001.pt"]
 
 
+def test_meta_train_builds_its_task_once(tmp_path: Path, monkeypatch) -> None:
+    """The task meta_train builds when it checks the configuration is the one the trainer
+    trains: one build per run."""
+    import harness.meta.command as command
+    import harness.meta.trainer as trainer
+
+    built = []
+
+    def counting(*args, **kwargs):
+        built.append(args[0])
+        return create_task(*args, **kwargs)
+
+    monkeypatch.setattr(command, "create_task", counting)
+    monkeypatch.setattr(trainer, "create_task", counting)
+    meta_train(**QUICK, parallel="loop", outer_steps=1, out=str(tmp_path / "once"))
+    assert built == ["quadratic"]
+
+
 def test_max_seconds_stops_with_a_checkpoint(tmp_path: Path) -> None:
     """max_seconds ends this call of meta-training after the first outer step that reaches it,
     saved; the next call continues the run."""

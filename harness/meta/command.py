@@ -47,8 +47,9 @@ def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
     cfg = coerce_config(cfg, **overrides)
     load_plugin_modules(cfg.plugins)
     resolve_device(cfg.device)
-    # unknown settings and bad values fail here, in one line, before anything is written
-    create_task(cfg.task, device=cfg.device, **cfg.task_cfg)
+    # the one build of the task: unknown settings and bad values fail here, in one line, before
+    # anything is written; this process's trainer trains this instance
+    task = create_task(cfg.task, device=cfg.device, **cfg.task_cfg)
     out = prepare_out(cfg)
     if cfg.parallel == "processes" and cfg.workers > 1 and not in_torchrun():
         launch(out / CONFIG_FILE, cfg.workers, cfg.threads or 1)
@@ -62,11 +63,13 @@ def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
             import torch.distributed as dist
 
             world, device = init_world(cfg.device)
+            # a rank on another device than cfg.device (cuda:LOCAL_RANK) builds its own
+            same = device == torch.device(cfg.device)
             try:
-                return run_meta_training(cfg, world, device=device)
+                return run_meta_training(cfg, world, device=device, task=task if same else None)
             finally:
                 dist.destroy_process_group()
-        return run_meta_training(cfg, World())
+        return run_meta_training(cfg, World(), task=task)
     finally:
         torch.set_num_threads(previous)
 

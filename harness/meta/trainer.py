@@ -550,12 +550,18 @@ def build_trainer(
 
 
 def run_meta_training(
-    cfg: MetaTrainConfig, world: World | None = None, *, device: torch.device | None = None
+    cfg: MetaTrainConfig,
+    world: World | None = None,
+    *,
+    device: torch.device | None = None,
+    task: Task | None = None,
 ) -> Path:
     """Build the trainer, resume from ``out/trainer_state.pt`` if it exists, run; returns the
-    path of ``lopt.pt``. (``meta_train`` prepares ``out`` and the processes; this runs in each.)"""
+    path of ``lopt.pt``. (``meta_train`` prepares ``out`` and the processes; this runs in each.)
+    ``task`` is the task instance ``meta_train`` built when it checked the configuration
+    (default: built from ``cfg``)."""
     world = world or World()
-    trainer = build_trainer(cfg, world, device=device)
+    trainer = build_trainer(cfg, world, device=device, task=task)
     path = Path(cfg.out) / STATE_FILE
     state = None
     if world.is_main and path.is_file():
