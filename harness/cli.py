@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import UsageError
 from harness.overrides import parse_overrides
+from harness.typed_config import at_least
 
 if TYPE_CHECKING:
     from harness.tuning.tuner import TuneSettings
@@ -356,8 +357,7 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
     explicit = explicit_hparams(parsed)
     for cfg in configs:
         _check_run_settings(cfg)
-        if cfg.seeds < 1:
-            raise UsageError(f"seeds must be >= 1, got {cfg.seeds}")
+        at_least("seeds", cfg.seeds, 1)
         task_cfg = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}
         hparams = {k: v for k, v in OmegaConf.to_container(cfg.optimizer).items() if k != "name"}
         tags: dict[str, Any] = {}
@@ -414,20 +414,14 @@ def _check_run_settings(cfg: DictConfig, warmup: bool = True) -> None:
     from tasks.base import resolve_device
 
     resolve_device(cfg.device)
-    for key in ("steps", "eval_every", "max_seconds"):
-        value = cfg.get(key)
-        if value is not None and value <= 0:
-            raise UsageError(f"{key} must be > 0, got {value}")
-    if cfg.get("log_every") is not None and cfg.log_every <= 0:
-        raise UsageError(f"log_every must be > 0, got {cfg.log_every}")
-    if warmup and cfg.warmup_steps < 0:
-        raise UsageError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    for key in ("steps", "eval_every", "max_seconds", "log_every"):
+        at_least(key, cfg.get(key), 0, strict=True)
+    if warmup:
+        at_least("warmup_steps", cfg.warmup_steps, 0)
+    at_least("threads", cfg.threads, 0, strict=True)
     if cfg.threads is not None:
-        if cfg.threads <= 0:
-            raise UsageError(f"threads must be > 0, got {cfg.threads}")
         torch.set_num_threads(cfg.threads)
-    if cfg.get("workers") is not None and cfg.workers < 1:
-        raise UsageError(f"workers must be >= 1, got {cfg.workers}")
+    at_least("workers", cfg.get("workers"), 1)
 
 
 # -- lopt suite ------------------------------------------------------------------------------------
@@ -452,8 +446,7 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
     (cfg,) = composed("suite", parse_overrides(rewritten), multirun=False)
     _check_run_settings(cfg)
     seeds = cfg.seeds if cfg.seeds is not None else cfg.suite.seeds
-    if seeds < 1:
-        raise UsageError(f"seeds must be >= 1, got {seeds}")
+    at_least("seeds", seeds, 1)
     outcome = run_suite(
         SuiteRun(
             suite=cfg.suite,

@@ -39,6 +39,7 @@ from harness.registry import OPTIMIZERS, TASKS, create_optimizer, create_task
 from harness.results.io import check_results_path, read_results, write_results
 from harness.results.schema import canonical_json
 from harness.runner import RunResult, RunSpec, execute_run, run_spec
+from harness.typed_config import at_least
 from optimizers.base import Optimizer
 from tasks.base import Task, task_config
 
@@ -156,8 +157,7 @@ def execute(
     Returns the whole tidy table, as written to ``out``.
     """
     out = Path(out)
-    if workers < 1:
-        raise UsageError(f"workers must be >= 1, got {workers}")
+    at_least("workers", workers, 1)
     check_results_path(out)
     planned = resolve_plans(plans)
     log = log or _stderr

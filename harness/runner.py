@@ -49,6 +49,7 @@ from harness.results.schema import (
     provenance,
 )
 from harness.timing import Stopwatch
+from harness.typed_config import at_least, positive_int
 from optimizers.base import Optimizer, OptState
 from tasks.base import SPLITS, Batch, Params, Task, task_config
 
@@ -264,14 +265,12 @@ def run_spec(
     """Check the run settings (a one-line ``UsageError`` for the first bad one) and fill in the
     defaults; ``task_cfg`` must be the task's full configuration and ``optimizer`` the built
     optimizer (its ``name`` and ``hparams`` go into the spec)."""
-    _check_positive_int("steps", steps)
+    positive_int("steps", steps)
     eval_every = default_eval_every(steps) if eval_every is None else eval_every
-    _check_positive_int("eval_every", eval_every)
-    _check_positive_int("log_every", log_every)
-    if warmup_steps < 0:
-        raise UsageError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if max_seconds is not None and not max_seconds > 0:
-        raise UsageError(f"max_seconds must be > 0, got {max_seconds}")
+    positive_int("eval_every", eval_every)
+    positive_int("log_every", log_every)
+    at_least("warmup_steps", warmup_steps, 0)
+    at_least("max_seconds", max_seconds, 0, strict=True)
     return RunSpec(
         suite=suite,
         task=task,
@@ -465,8 +464,3 @@ def _warm_up(
         copies, state, _loss = train_step(copies, state, next(batches))
     if eval_splits:
         task.evaluate(copies, eval_splits[0])  # warms the evaluation path too
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")

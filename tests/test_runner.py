@@ -179,8 +179,8 @@ def test_run_ids_identify_the_definition() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"steps": 0}, "steps must be a positive integer"),
-        ({"eval_every": -1}, "eval_every must be a positive integer"),
+        ({"steps": 0}, "steps must be an integer >= 1"),
+        ({"eval_every": -1}, "eval_every must be an integer >= 1"),
         ({"max_seconds": 0.0}, "max_seconds must be > 0"),
         ({"eval_splits": ("holdout",)}, "unknown split 'holdout'"),
         ({"warmup_steps": -1}, "warmup_steps must be >= 0"),

@@ -401,14 +401,17 @@ def test_bench_tuned_takes_hparams_and_tags_from_the_study(tmp_path, capsys) -> 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["sampler=foo"], "unknown sampler 'foo'"),
+        (["sampler=foo"], "sampler must be one of tpe, random, grid, qmc; got 'foo'"),
         (["trials=0"], "trials must be > 0"),
         (["storage=sqlite:////dev/null/sub/x.db"], "cannot open storage"),
         (["storage=nowhere"], "is not a URL"),
         (["search.lr=[a,b]"], "search.lr must be [LOW,HIGH]"),
         (["optimizer=momentum", "search.nesterov=[0,1]"], "is a bool"),
-        (["objective=test_loss"], "unknown objective 'test_loss'"),
-        (["until=forever"], "unknown until 'forever'"),
+        (
+            ["objective=test_loss"],
+            "objective must be one of valid_loss, train_loss; got 'test_loss'",
+        ),
+        (["until=forever"], "until must be one of trials, saturated; got 'forever'"),
         (["until=saturated"], "trials is the cap and must be >= 32"),
     ],
 )

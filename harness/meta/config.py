@@ -9,13 +9,20 @@ checked :class:`MetaTrainConfig`; :meth:`MetaTrainConfig.check` raises one-line
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from harness.errors import UsageError
-from harness.typed_config import config_data, typed_fields
+from harness.typed_config import (
+    config_data,
+    fraction,
+    integer,
+    number,
+    one_of,
+    positive_int,
+    typed_fields,
+)
 from harness.util import to_plain
 
 ESTIMATORS = ("merged", "rp", "es", "pes")  # harness.meta.estimators.ESTIMATORS, in this order
@@ -165,23 +172,23 @@ class MetaTrainConfig:
 
     def check(self) -> MetaTrainConfig:
         """Raise a one-line ``UsageError`` for the first invalid value; returns ``self``."""
-        _one_of("estimator", self.estimator, ESTIMATORS)
-        _one_of("objective", self.objective, OBJECTIVES)
-        _one_of("loss", self.loss, LOSSES)
-        _one_of("outer_data", self.outer_data, OUTER_DATA)
-        _one_of("schedule", self.schedule, SCHEDULES)
-        _one_of("parallel", self.parallel, PARALLEL_MODES)
+        one_of("estimator", self.estimator, ESTIMATORS)
+        one_of("objective", self.objective, OBJECTIVES)
+        one_of("loss", self.loss, LOSSES)
+        one_of("outer_data", self.outer_data, OUTER_DATA)
+        one_of("schedule", self.schedule, SCHEDULES)
+        one_of("parallel", self.parallel, PARALLEL_MODES)
         for name in ("outer_steps", "outer_batches", "unroll_length", "min_unroll", "max_unroll"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("workers", "checkpoint_every", "outer_every", "eval_seeds"):
-            _positive_int(name, getattr(self, name))
-        _int(self.seed, "seed", minimum=0)
-        _int(self.problems, "problems", minimum=2)
+            positive_int(name, getattr(self, name))
+        integer("seed", self.seed, 0)
+        integer("problems", self.problems, 2)
         for name in ("horizon", "ramp_steps", "threads"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                positive_int(name, getattr(self, name))
         if self.eval_every is not None:
-            _int(self.eval_every, "eval_every", minimum=0)
+            integer("eval_every", self.eval_every, 0)
         if self.outer_data == "inner" and self.objective != "train":
             raise UsageError(
                 "outer_data=inner reuses the training batches: it needs objective=train "
@@ -204,16 +211,11 @@ class MetaTrainConfig:
                 f"min_unroll ({self.min_unroll}) must be <= max_unroll ({self.max_unroll})"
             )
         for name in ("sigma", "lr", "adam_eps", "clip"):
-            _number(name, getattr(self, name), low=0.0, strict=True)
-        for name in ("beta1", "beta2"):
-            _number(name, getattr(self, name), low=0.0)
-            if getattr(self, name) >= 1.0:
-                raise UsageError(f"{name} must be >= 0 and < 1, got {getattr(self, name)}")
-        _number("jitter", self.jitter, low=0.0)
-        if self.jitter >= 1.0:
-            raise UsageError(f"jitter must be >= 0 and < 1, got {self.jitter}")
+            number(name, getattr(self, name), low=0.0, strict=True)
+        for name in ("beta1", "beta2", "jitter"):
+            fraction(name, getattr(self, name))
         if self.max_seconds is not None:
-            _number("max_seconds", self.max_seconds, low=0.0, strict=True)
+            number("max_seconds", self.max_seconds, low=0.0, strict=True)
         if self.parallel == "processes" and self.workers > self.problems:
             raise UsageError(
                 f"workers ({self.workers}) must be <= problems ({self.problems}): each worker "
@@ -281,26 +283,3 @@ def coerce_config(cfg: Any = None, **overrides: Any) -> MetaTrainConfig:
 
     load_plugin_modules(typed.get("plugins", []))  # plugin learners and tasks, before the check
     return MetaTrainConfig(**typed).check()
-
-
-def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise UsageError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    _int(value, name, 1)
-
-
-def _number(name: str, value: Any, low: float, strict: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if strict else value >= low)
-    if not ok:
-        raise UsageError(
-            f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}"
-        )

@@ -12,13 +12,12 @@ The defaults are the sizes of the committed study (``results/pathology/README.md
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from harness.errors import UsageError
-from harness.typed_config import config_data, typed_fields
+from harness.typed_config import config_data, finite, integer, number, one_of, typed_fields
 
 STUDIES = ("landscape", "variance", "training", "truncation")
 ESTIMATORS = ("rp", "es", "merged")
@@ -160,15 +159,12 @@ class PathologyConfig:
 
     def check(self) -> PathologyConfig:
         """Raise a one-line ``UsageError`` for the first invalid value; returns ``self``."""
-        if self.study != "all" and self.study not in STUDIES:
-            raise UsageError(
-                f"study must be all or one of {', '.join(STUDIES)}; got {self.study!r}"
-            )
+        one_of("study", self.study, ("all", *STUDIES))
         if not str(self.out):
             raise UsageError("out must name a folder")
-        _int("seed", self.seed, 0)
+        integer("seed", self.seed, 0)
         if self.threads is not None:
-            _int("threads", self.threads, 1)
+            integer("threads", self.threads, 1)
         for name in (
             "landscape_points",
             "landscape_lopt_points",
@@ -190,9 +186,9 @@ class PathologyConfig:
             "truncation_problems",
             "truncation_eval_seeds",
         ):
-            _int(name, getattr(self, name), 1)
+            integer(name, getattr(self, name), 1)
         for name in ("landscape_points", "landscape_lopt_points", "training_problems"):
-            _int(name, getattr(self, name), 2)
+            integer(name, getattr(self, name), 2)
         for name in ("landscape_lengths", "variance_lengths"):
             lengths = getattr(self, name)
             if not lengths or any(isinstance(n, bool) or not isinstance(n, int) for n in lengths):
@@ -209,7 +205,7 @@ class PathologyConfig:
             raise UsageError("variance_lrs must list at least one learning rate")
         for name in ("landscape_lr_range", "landscape_alpha_range"):
             low_high = getattr(self, name)
-            if len(low_high) != 2 or not all(_finite(v) for v in low_high):
+            if len(low_high) != 2 or not all(finite(v) for v in low_high):
                 raise UsageError(f"{name} must be [low, high], got {low_high!r}")
             if not low_high[0] < low_high[1]:
                 raise UsageError(f"{name} must have low < high, got {low_high!r}")
@@ -223,9 +219,8 @@ class PathologyConfig:
             "training_lopt_step_scale",
             "truncation_lr",
         ):
-            if not (_finite(getattr(self, name)) and getattr(self, name) > 0):
-                raise UsageError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
-        if any(not (_finite(lr) and lr > 0) for lr in self.variance_lrs):
+            number(name, getattr(self, name), 0.0, strict=True)
+        if any(not (finite(lr) and lr > 0) for lr in self.variance_lrs):
             raise UsageError(f"variance_lrs must be > 0, got {list(self.variance_lrs)}")
         if self.truncation_short_unroll > self.truncation_long_unroll:
             raise UsageError(
@@ -262,12 +257,3 @@ def coerce_pathology_config(cfg: Any = None, **overrides: Any) -> PathologyConfi
     data.update(overrides)
     data = typed_fields(data, PathologyConfig, "pathology")
     return PathologyConfig(**data).check()
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")

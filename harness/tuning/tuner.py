@@ -78,6 +78,7 @@ from harness.tuning.study import (
     study_name,
     worker_id,
 )
+from harness.typed_config import at_least, one_of
 from optimizers.base import resolve_hparams
 from tasks.base import task_config
 
@@ -114,31 +115,15 @@ class TuneSettings:
 
     def check(self) -> None:
         """``UsageError`` for the first setting that is out of its allowed values."""
-        choices = {
-            "sampler": SAMPLERS,
-            "pruner": PRUNERS,
-            "objective": tuple(OBJECTIVES),
-            "objective_at": OBJECTIVE_AT,
-            "until": UNTIL,
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise UsageError(
-                    f"unknown {key} {getattr(self, key)!r}; allowed: {', '.join(allowed)}"
-                )
-        positive = {
-            "trials": self.trials,
-            "seeds": self.seeds,
-            "budget_steps": self.budget_steps,
-            "eval_every": self.eval_every,
-        }
-        for key, value in positive.items():
-            if value is not None and value <= 0:
-                raise UsageError(f"{key} must be > 0, got {value}")
-        if self.eval_seeds < 0:
-            raise UsageError(f"eval_seeds must be >= 0, got {self.eval_seeds}")
-        if self.grid_points < 2:
-            raise UsageError(f"grid_points must be >= 2, got {self.grid_points}")
+        one_of("sampler", self.sampler, SAMPLERS)
+        one_of("pruner", self.pruner, PRUNERS)
+        one_of("objective", self.objective, tuple(OBJECTIVES))
+        one_of("objective_at", self.objective_at, OBJECTIVE_AT)
+        one_of("until", self.until, UNTIL)
+        for key in ("trials", "seeds", "budget_steps", "eval_every"):
+            at_least(key, getattr(self, key), 0, strict=True)
+        at_least("eval_seeds", self.eval_seeds, 0)
+        at_least("grid_points", self.grid_points, 2)
         if self.until == "saturated" and self.trials < DEFAULT_RULE.min_trials:
             raise UsageError(
                 f"until=saturated: trials is the cap and must be >= {DEFAULT_RULE.min_trials} "
