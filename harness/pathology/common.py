@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -84,19 +83,25 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
 
 
 class Progress:
-    """One line per finished piece of work on stderr (when enabled), with elapsed seconds."""
+    """A tqdm bar on stderr over a study's ``total`` pieces of work (when enabled: None means
+    when stderr is a terminal); each finished piece advances it and shows its message."""
 
-    def __init__(self, enabled: bool | None, study: str) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.study = study
-        self.start = time.perf_counter()
+    def __init__(self, enabled: bool | None, study: str, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=total,
+            desc=f"pathology {study}",
+            unit="piece",
+            file=sys.stderr,
+            disable=not (sys.stderr.isatty() if enabled is None else enabled),
+        )
 
     def __call__(self, message: str) -> None:
-        if self.enabled:
-            elapsed = time.perf_counter() - self.start
-            print(
-                f"[pathology {self.study} {elapsed:7.1f}s] {message}", file=sys.stderr, flush=True
-            )
+        self.bar.set_postfix_str(message, refresh=False)
+        self.bar.update(1)
+        if self.bar.n >= self.bar.total:
+            self.bar.close()
 
 
 def sgd_problems(

@@ -59,8 +59,8 @@ class PathologyConfig:
         seed: fixes every inner problem, batch, perturbation and direction of the study.
         threads: torch threads (1: the fastest on a shared 2-core machine for these tiny
             models; None: torch's default).
-        progress: print one line per finished piece of work to stderr (None: when stderr is a
-            terminal).
+        progress: a tqdm bar per study on stderr over its pieces of work (None: when stderr is
+            a terminal).
         task, task_cfg: the task of every study (default: the noisy quadratic, whose largest
             Hessian eigenvalue is 1: SGD is stable for lr < 2).
         sigma: the perturbation's standard deviation (ES and the smoothing of rp).

@@ -49,7 +49,7 @@ def lopt_problems(task: Task, seed: int) -> tuple[InnerProblems, torch.Tensor]:
 
 def run_landscape(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """The tidy rows of both curves (metric ``outer_loss``)."""
-    progress = Progress(cfg.progress, STUDY)
+    progress = Progress(cfg.progress, STUDY, total=2)  # the two curves
     lengths = list(cfg.landscape_lengths)
     rows = []
 

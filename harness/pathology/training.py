@@ -113,7 +113,9 @@ def evaluate(problems: Any, theta: torch.Tensor, count: int, length: int) -> flo
 
 def run_training(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """Both optimizers, every estimator and seed (see the module docstring)."""
-    progress = Progress(cfg.progress, STUDY)
+    progress = Progress(
+        cfg.progress, STUDY, total=len(OPTIMIZERS) * cfg.training_seeds * len(ESTIMATORS)
+    )
     rows: list[dict] = []
     for optimizer in OPTIMIZERS:
         lopt = optimizer == "lopt"

@@ -66,7 +66,8 @@ def meta_config(cfg: PathologyConfig, variant: str) -> Any:
 
 def run_truncation(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """Meta-train both, evaluate the three optimizers over the horizon."""
-    progress = Progress(cfg.progress, STUDY)
+    # meta-training the two variants, then each evaluation problem
+    progress = Progress(cfg.progress, STUDY, total=2 + cfg.truncation_eval_seeds)
     rows: list[dict] = []
     thetas: dict[str, torch.Tensor] = {}
     learner = None

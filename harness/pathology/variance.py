@@ -41,7 +41,9 @@ CHUNK = 32  # pairs per vmap call
 
 def run_variance(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """The tidy rows of every learning rate and length."""
-    progress = Progress(cfg.progress, STUDY)
+    progress = Progress(
+        cfg.progress, STUDY, total=len(cfg.variance_lrs) * len(cfg.variance_lengths)
+    )
     rows: list[dict] = []
     count, batch = cfg.variance_samples, cfg.variance_batch
     for lr in cfg.variance_lrs:
