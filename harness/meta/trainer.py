@@ -102,7 +102,17 @@ def run_id(cfg: MetaTrainConfig) -> str:
 
 
 class ThetaAdam:
-    """Adam with bias correction on the flat theta (state: two moment vectors and a count)."""
+    """Adam with bias correction on the flat theta (state: two moment vectors and a count).
+
+    Not ``optimizers.adam.Adam``: that one follows ``torch.optim.Adam`` op for op (``lerp`` for
+    the first moment, ``sqrt(v) / sqrt(1 - beta2**t) + eps`` as the denominator, one ``addcdiv``),
+    this one writes the textbook formulas (``m * beta1 + g * (1 - beta1)``,
+    ``sqrt(v / (1 - beta2**t)) + eps``). Both are Adam, but they round differently: after 20
+    steps on 5000 random coordinates about 4% of theta's entries differ in the last bit (up to
+    2.4e-7). Sharing one arithmetic would change every meta-training run's theta, and a run
+    saved before the change would no longer resume to what an uninterrupted run gives, so the
+    meta-trainer keeps its own.
+    """
 
     def __init__(
         self, size: int, lr: float, beta1: float, beta2: float, eps: float, device: torch.device
