@@ -135,13 +135,13 @@ def _variance(cfg: PathologyConfig, task: Any) -> pd.DataFrame:
 def _variance_table(cfg: PathologyConfig, frame: pd.DataFrame) -> pd.DataFrame:
     from harness.pathology.variance import variance_summary
 
-    return variance_summary(frame, cfg.variance_batch)
+    return variance_summary(frame, cfg.variance.batch)
 
 
 def _variance_plot(cfg: PathologyConfig, frame: pd.DataFrame, path: Path) -> Path:
     from harness.pathology.variance import plot_variance, variance_summary
 
-    return plot_variance(variance_summary(frame, cfg.variance_batch), path)
+    return plot_variance(variance_summary(frame, cfg.variance.batch), path)
 
 
 def _training(cfg: PathologyConfig, task: Any) -> pd.DataFrame:

@@ -4,6 +4,11 @@ A plain dataclass (``Optional[...]`` for nullable fields, lists for sequences), 
 Hydra structured config. :func:`coerce_pathology_config` turns a mapping or an OmegaConf node
 into a checked config; :meth:`PathologyConfig.check` raises one-line ``UsageError``s.
 
+The command line keeps one flat key per setting (``training_unroll=316``: the keys of the
+committed study's commands); the studies read their own settings nested
+(``cfg.training.unroll``, :meth:`PathologyConfig.settings`) and each study's settings class
+checks them.
+
 ``quick=true`` replaces every size (grid points, lengths, samples, seeds, outer steps) by a tiny
 one (:data:`QUICK_SIZES`): each study then runs in a few seconds, which is what the tests use.
 The defaults are the sizes of the committed study (``results/pathology/README.md``).
@@ -44,6 +49,136 @@ QUICK_SIZES: dict[str, Any] = {
     "truncation_long_unroll": 6,
     "truncation_horizon": 12,
     "truncation_eval_seeds": 1,
+}
+
+
+# -- each study's settings ------------------------------------------------------------------------
+# On the command line (and in PathologyConfig) a study's settings are flat keys with the study's
+# name as prefix (``training_unroll=...``); the studies read them nested (``cfg.training.unroll``)
+# and each study checks its own. Their defaults and documentation are PathologyConfig's.
+def _lengths(name: str, lengths: Any) -> None:
+    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) for n in lengths):
+        raise UsageError(f"{name} must be a non-empty list of integers, got {lengths!r}")
+    if any(n < 1 for n in lengths) or list(lengths) != sorted(set(lengths)):
+        raise UsageError(f"{name} must be increasing positive integers, got {lengths!r}")
+
+
+def _low_high(name: str, low_high: Any) -> None:
+    if len(low_high) != 2 or not all(finite(v) for v in low_high):
+        raise UsageError(f"{name} must be [low, high], got {low_high!r}")
+    if not low_high[0] < low_high[1]:
+        raise UsageError(f"{name} must have low < high, got {low_high!r}")
+
+
+@dataclass(frozen=True)
+class LandscapeSettings:
+    """``landscape_*``: the outer-loss landscape against the unroll length."""
+
+    lr_range: list[float]
+    points: int
+    alpha_range: list[float]
+    lopt_points: int
+    lengths: list[int]
+
+    def check(self) -> None:
+        integer("landscape_points", self.points, 2)
+        integer("landscape_lopt_points", self.lopt_points, 2)
+        _lengths("landscape_lengths", self.lengths)
+        _low_high("landscape_lr_range", self.lr_range)
+        _low_high("landscape_alpha_range", self.alpha_range)
+        if self.lr_range[0] <= 0:
+            raise UsageError(f"landscape_lr_range must be > 0, got {self.lr_range!r}")
+
+
+@dataclass(frozen=True)
+class VarianceSettings:
+    """``variance_*``: the estimators' variance against the unroll length."""
+
+    lrs: list[float]
+    lengths: list[int]
+    samples: int
+    batch: int
+
+    def check(self) -> None:
+        integer("variance_samples", self.samples, 1)
+        integer("variance_batch", self.batch, 1)
+        _lengths("variance_lengths", self.lengths)
+        if self.batch < 2 or self.samples < 2 * self.batch:
+            raise UsageError(
+                "variance_batch must be >= 2 and variance_samples >= 2 * variance_batch (the "
+                f"merged estimate's variance needs two batches); got {self.batch} and "
+                f"{self.samples}"
+            )
+        if not self.lrs:
+            raise UsageError("variance_lrs must list at least one learning rate")
+        if any(not (finite(lr) and lr > 0) for lr in self.lrs):
+            raise UsageError(f"variance_lrs must be > 0, got {list(self.lrs)}")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """``training_*``: outer training with each estimator, at equal compute."""
+
+    init_lr: float
+    unroll: int
+    horizon: int
+    problems: int
+    outer_steps: int
+    seeds: int
+    lr: float
+    eval_every: int
+    eval_problems: int
+    lopt_unroll: int
+    lopt_step_scale: float
+    lopt_outer_steps: int
+    lopt_lr: float
+
+    def check(self) -> None:
+        for name in (
+            "unroll",
+            "horizon",
+            "outer_steps",
+            "seeds",
+            "eval_every",
+            "eval_problems",
+            "lopt_unroll",
+            "lopt_outer_steps",
+        ):
+            integer(f"training_{name}", getattr(self, name), 1)
+        integer("training_problems", self.problems, 2)
+        for name in ("init_lr", "lr", "lopt_lr", "lopt_step_scale"):
+            number(f"training_{name}", getattr(self, name), 0.0, strict=True)
+
+
+@dataclass(frozen=True)
+class TruncationSettings:
+    """``truncation_*``: a constant short unroll against a schedule of lengths."""
+
+    short_unroll: int
+    long_unroll: int
+    horizon: int
+    outer_steps: int
+    problems: int
+    lr: float
+    eval_seeds: int
+
+    def check(self) -> None:
+        for name in ("short_unroll", "long_unroll", "horizon", "outer_steps", "problems"):
+            integer(f"truncation_{name}", getattr(self, name), 1)
+        integer("truncation_eval_seeds", self.eval_seeds, 1)
+        number("truncation_lr", self.lr, 0.0, strict=True)
+        if self.short_unroll > self.long_unroll:
+            raise UsageError(
+                f"truncation_short_unroll ({self.short_unroll}) must be <= "
+                f"truncation_long_unroll ({self.long_unroll})"
+            )
+
+
+SETTINGS: dict[str, type] = {
+    "landscape": LandscapeSettings,
+    "variance": VarianceSettings,
+    "training": TrainingSettings,
+    "truncation": TruncationSettings,
 }
 
 
@@ -165,68 +300,9 @@ class PathologyConfig:
         integer("seed", self.seed, 0)
         if self.threads is not None:
             integer("threads", self.threads, 1)
-        for name in (
-            "landscape_points",
-            "landscape_lopt_points",
-            "variance_samples",
-            "variance_batch",
-            "training_unroll",
-            "training_horizon",
-            "training_problems",
-            "training_outer_steps",
-            "training_seeds",
-            "training_eval_every",
-            "training_eval_problems",
-            "training_lopt_unroll",
-            "training_lopt_outer_steps",
-            "truncation_short_unroll",
-            "truncation_long_unroll",
-            "truncation_horizon",
-            "truncation_outer_steps",
-            "truncation_problems",
-            "truncation_eval_seeds",
-        ):
-            integer(name, getattr(self, name), 1)
-        for name in ("landscape_points", "landscape_lopt_points", "training_problems"):
-            integer(name, getattr(self, name), 2)
-        for name in ("landscape_lengths", "variance_lengths"):
-            lengths = getattr(self, name)
-            if not lengths or any(isinstance(n, bool) or not isinstance(n, int) for n in lengths):
-                raise UsageError(f"{name} must be a non-empty list of integers, got {lengths!r}")
-            if any(n < 1 for n in lengths) or list(lengths) != sorted(set(lengths)):
-                raise UsageError(f"{name} must be increasing positive integers, got {lengths!r}")
-        if self.variance_batch < 2 or self.variance_samples < 2 * self.variance_batch:
-            raise UsageError(
-                "variance_batch must be >= 2 and variance_samples >= 2 * variance_batch (the "
-                f"merged estimate's variance needs two batches); got {self.variance_batch} and "
-                f"{self.variance_samples}"
-            )
-        if not self.variance_lrs:
-            raise UsageError("variance_lrs must list at least one learning rate")
-        for name in ("landscape_lr_range", "landscape_alpha_range"):
-            low_high = getattr(self, name)
-            if len(low_high) != 2 or not all(finite(v) for v in low_high):
-                raise UsageError(f"{name} must be [low, high], got {low_high!r}")
-            if not low_high[0] < low_high[1]:
-                raise UsageError(f"{name} must have low < high, got {low_high!r}")
-        if self.landscape_lr_range[0] <= 0:
-            raise UsageError(f"landscape_lr_range must be > 0, got {self.landscape_lr_range!r}")
-        for name in (
-            "sigma",
-            "training_init_lr",
-            "training_lr",
-            "training_lopt_lr",
-            "training_lopt_step_scale",
-            "truncation_lr",
-        ):
-            number(name, getattr(self, name), 0.0, strict=True)
-        if any(not (finite(lr) and lr > 0) for lr in self.variance_lrs):
-            raise UsageError(f"variance_lrs must be > 0, got {list(self.variance_lrs)}")
-        if self.truncation_short_unroll > self.truncation_long_unroll:
-            raise UsageError(
-                f"truncation_short_unroll ({self.truncation_short_unroll}) must be <= "
-                f"truncation_long_unroll ({self.truncation_long_unroll})"
-            )
+        number("sigma", self.sigma, 0.0, strict=True)
+        for study in STUDIES:
+            self.settings(study).check()
         if not isinstance(self.task_cfg, Mapping):
             raise UsageError(f"task_cfg must be a mapping, got {self.task_cfg!r}")
         if "device" in self.task_cfg:
@@ -234,6 +310,28 @@ class PathologyConfig:
         if not isinstance(self.task, str) or not self.task:
             raise UsageError(f"task must name a registered task, got {self.task!r}")
         return self
+
+    def settings(self, study: str) -> Any:
+        """The settings of one study (its ``STUDY_*`` fields, without the prefix), e.g.
+        ``cfg.settings("training").unroll`` is ``cfg.training_unroll``."""
+        cls = SETTINGS[study]
+        return cls(**{f.name: getattr(self, f"{study}_{f.name}") for f in dataclasses.fields(cls)})
+
+    @property
+    def landscape(self) -> LandscapeSettings:
+        return self.settings("landscape")
+
+    @property
+    def variance(self) -> VarianceSettings:
+        return self.settings("variance")
+
+    @property
+    def training(self) -> TrainingSettings:
+        return self.settings("training")
+
+    @property
+    def truncation(self) -> TruncationSettings:
+        return self.settings("truncation")
 
     def sized(self) -> PathologyConfig:
         """This configuration with :data:`QUICK_SIZES` applied when ``quick`` (else itself)."""

@@ -50,14 +50,14 @@ def lopt_problems(task: Task, seed: int) -> tuple[InnerProblems, torch.Tensor]:
 def run_landscape(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """The tidy rows of both curves (metric ``outer_loss``)."""
     progress = Progress(cfg.progress, STUDY, total=2)  # the two curves
-    lengths = list(cfg.landscape_lengths)
+    lengths = list(cfg.landscape.lengths)
     rows = []
 
     problems = sgd_problems(task, seed=cfg.seed)
     state = problems.fresh_state(0, 0)
     data = problems.data(0, state, max(lengths))
-    low, high = cfg.landscape_lr_range
-    log_lrs = np.linspace(math.log(low), math.log(high), cfg.landscape_points)
+    low, high = cfg.landscape.lr_range
+    log_lrs = np.linspace(math.log(low), math.log(high), cfg.landscape.points)
     thetas = torch.tensor(log_lrs, dtype=torch.float32).unsqueeze(1)
     losses = prefix_outer_losses(problems, thetas, state, data, lengths, vmap=True, chunk=512)
     for i, x in enumerate(log_lrs):
@@ -71,8 +71,8 @@ def run_landscape(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_THETA, 1))
     direction = torch.randn(theta0.numel(), generator=generator)
     direction = direction / direction.norm()
-    low, high = cfg.landscape_alpha_range
-    alphas = np.linspace(low, high, cfg.landscape_lopt_points)
+    low, high = cfg.landscape.alpha_range
+    alphas = np.linspace(low, high, cfg.landscape.lopt_points)
     thetas = theta0 + torch.tensor(alphas, dtype=torch.float32).unsqueeze(1) * direction
     losses = prefix_outer_losses(problems, thetas, state, data, lengths, vmap=True, chunk=512)
     for i, x in enumerate(alphas):

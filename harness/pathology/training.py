@@ -86,15 +86,15 @@ def meta_config(cfg: PathologyConfig, estimator: str, seed: int, optimizer: str)
         task_cfg=dict(cfg.task_cfg),
         estimator=estimator,
         seed=seed,
-        problems=cfg.training_problems,
-        horizon=cfg.training_horizon,
+        problems=cfg.training.problems,
+        horizon=cfg.training.horizon,
         outer_batches=1,
         sigma=cfg.sigma,
-        lr=cfg.training_lopt_lr if lopt else cfg.training_lr,
+        lr=cfg.training.lopt_lr if lopt else cfg.training.lr,
         schedule="constant",
-        unroll_length=cfg.training_lopt_unroll if lopt else cfg.training_unroll,
+        unroll_length=cfg.training.lopt_unroll if lopt else cfg.training.unroll,
         parallel="vmap",
-        outer_steps=cfg.training_lopt_outer_steps if lopt else cfg.training_outer_steps,
+        outer_steps=cfg.training.lopt_outer_steps if lopt else cfg.training.outer_steps,
         out="unused",
         progress=False,
     )
@@ -114,14 +114,14 @@ def evaluate(problems: Any, theta: torch.Tensor, count: int, length: int) -> flo
 def run_training(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """Both optimizers, every estimator and seed (see the module docstring)."""
     progress = Progress(
-        cfg.progress, STUDY, total=len(OPTIMIZERS) * cfg.training_seeds * len(ESTIMATORS)
+        cfg.progress, STUDY, total=len(OPTIMIZERS) * cfg.training.seeds * len(ESTIMATORS)
     )
     rows: list[dict] = []
     for optimizer in OPTIMIZERS:
         lopt = optimizer == "lopt"
-        unroll = cfg.training_lopt_unroll if lopt else cfg.training_unroll
-        outer_steps = cfg.training_lopt_outer_steps if lopt else cfg.training_outer_steps
-        for seed in range(cfg.seed, cfg.seed + cfg.training_seeds):
+        unroll = cfg.training.lopt_unroll if lopt else cfg.training.unroll
+        outer_steps = cfg.training.lopt_outer_steps if lopt else cfg.training.outer_steps
+        for seed in range(cfg.seed, cfg.seed + cfg.training.seeds):
             for estimator in ESTIMATORS:
                 trainer = _trainer(cfg, task, estimator, seed, optimizer)
                 eval_problems = _eval_problems(cfg, task, trainer, seed, optimizer)
@@ -143,7 +143,7 @@ def run_training(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
                         rows.append(
                             row(**common, step=step, seconds=seconds, metric=name, value=value)
                         )
-                    if step % cfg.training_eval_every == 0 or step == outer_steps:
+                    if step % cfg.training.eval_every == 0 or step == outer_steps:
                         _log_eval(rows, common, eval_problems, trainer, cfg, unroll, lopt)
                 extra = "" if lopt else f", lr {math.exp(float(trainer.theta[0])):.4g}"
                 progress(
@@ -163,10 +163,10 @@ def _trainer(
         theta = large_step_theta(
             learner.init_theta(derive_seed(seed, STREAM_THETA)),
             learner.architecture,
-            cfg.training_lopt_step_scale,
+            cfg.training.lopt_step_scale,
         )
         return MetaTrainer(meta, learner, chosen, task=task, initial_theta=theta)
-    theta = log_lr_theta(cfg.training_init_lr)
+    theta = log_lr_theta(cfg.training.init_lr)
     hparams = LearnedHParams.of(SGD_ARCHITECTURE)
     return MetaTrainer(meta, hparams, chosen, task=task, initial_theta=theta)
 
@@ -177,12 +177,12 @@ def _eval_problems(
     """Held-out problems: the same for every estimator of a seed (another seed's draws)."""
     if optimizer == "hparam_sgd":
         return sgd_problems(
-            task, seed=seed + EVAL_SEED_OFFSET, num_problems=cfg.training_eval_problems
+            task, seed=seed + EVAL_SEED_OFFSET, num_problems=cfg.training.eval_problems
         )
     return InnerProblems(
         task,
         trainer.learner,
-        num_problems=cfg.training_eval_problems,
+        num_problems=cfg.training.eval_problems,
         horizon=10**9,
         outer_batches=1,
         objective="train",
@@ -201,7 +201,7 @@ def _log_eval(
 ) -> None:
     """Rows ``eval_outer_loss`` (and ``lr`` for SGD) of the trainer's current theta."""
     step, seconds = trainer.outer_step, trainer.seconds
-    loss = evaluate(problems, trainer.theta, cfg.training_eval_problems, unroll)
+    loss = evaluate(problems, trainer.theta, cfg.training.eval_problems, unroll)
     values = [("eval_outer_loss", loss)]
     if not lopt:
         values.append(("lr", math.exp(float(trainer.theta[0]))))

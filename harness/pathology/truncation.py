@@ -39,11 +39,11 @@ EVAL_SEED_OFFSET = 2_000_003
 def meta_config(cfg: PathologyConfig, variant: str) -> Any:
     """The :class:`harness.meta.config.MetaTrainConfig` of the ``short`` or ``schedule`` run."""
     schedule = {
-        "short": {"schedule": "constant", "unroll_length": cfg.truncation_short_unroll},
+        "short": {"schedule": "constant", "unroll_length": cfg.truncation.short_unroll},
         "schedule": {
             "schedule": "linear",
-            "min_unroll": cfg.truncation_short_unroll,
-            "max_unroll": cfg.truncation_long_unroll,
+            "min_unroll": cfg.truncation.short_unroll,
+            "max_unroll": cfg.truncation.long_unroll,
         },
     }[variant]
     return coerce_config(
@@ -51,13 +51,13 @@ def meta_config(cfg: PathologyConfig, variant: str) -> Any:
         task_cfg=dict(cfg.task_cfg),
         estimator="merged",
         seed=cfg.seed,
-        problems=cfg.truncation_problems,
-        horizon=cfg.truncation_horizon,
+        problems=cfg.truncation.problems,
+        horizon=cfg.truncation.horizon,
         outer_batches=1,
         sigma=cfg.sigma,
-        lr=cfg.truncation_lr,
+        lr=cfg.truncation.lr,
         parallel="loop" if variant == "short" else "vmap",
-        outer_steps=cfg.truncation_outer_steps,
+        outer_steps=cfg.truncation.outer_steps,
         out="unused",
         progress=False,
         **schedule,
@@ -67,7 +67,7 @@ def meta_config(cfg: PathologyConfig, variant: str) -> Any:
 def run_truncation(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """Meta-train both, evaluate the three optimizers over the horizon."""
     # meta-training the two variants, then each evaluation problem
-    progress = Progress(cfg.progress, STUDY, total=2 + cfg.truncation_eval_seeds)
+    progress = Progress(cfg.progress, STUDY, total=2 + cfg.truncation.eval_seeds)
     rows: list[dict] = []
     thetas: dict[str, torch.Tensor] = {}
     learner = None
@@ -77,7 +77,7 @@ def run_truncation(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
         if "untrained" not in thetas:
             thetas["untrained"] = trainer.theta.detach().clone()
         common = {"study": STUDY, "task": task.name, "optimizer": "lopt", "variant": variant}
-        for _ in range(cfg.truncation_outer_steps):
+        for _ in range(cfg.truncation.outer_steps):
             metrics = trainer.step()
             for metric in ("outer_loss", "unroll_length", "es_weight"):
                 rows.append(
@@ -91,14 +91,14 @@ def run_truncation(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
                     )
                 )
         thetas[variant] = trainer.theta.detach().clone()
-        progress(f"{variant}: {cfg.truncation_outer_steps} outer steps in {trainer.seconds:.1f}s")
+        progress(f"{variant}: {cfg.truncation.outer_steps} outer steps in {trainer.seconds:.1f}s")
     assert learner is not None
     lopt = learner
-    horizon = cfg.truncation_horizon
+    horizon = cfg.truncation.horizon
     problems = InnerProblems(
         task,
         lopt,
-        num_problems=cfg.truncation_eval_seeds,
+        num_problems=cfg.truncation.eval_seeds,
         horizon=horizon,
         outer_batches=1,
         objective="train",
@@ -106,7 +106,7 @@ def run_truncation(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     )
     stacked = torch.stack([thetas[v] for v in VARIANTS])
     lengths = list(range(1, horizon + 1))
-    for problem in range(cfg.truncation_eval_seeds):
+    for problem in range(cfg.truncation.eval_seeds):
         state = problems.fresh_state(problem, 0)
         data = problems.data(problem, state, horizon)
         means = prefix_outer_losses(problems, stacked, state, data, lengths, vmap=True)

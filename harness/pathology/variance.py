@@ -42,15 +42,15 @@ CHUNK = 32  # pairs per vmap call
 def run_variance(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """The tidy rows of every learning rate and length."""
     progress = Progress(
-        cfg.progress, STUDY, total=len(cfg.variance_lrs) * len(cfg.variance_lengths)
+        cfg.progress, STUDY, total=len(cfg.variance.lrs) * len(cfg.variance.lengths)
     )
     rows: list[dict] = []
-    count, batch = cfg.variance_samples, cfg.variance_batch
-    for lr in cfg.variance_lrs:
+    count, batch = cfg.variance.samples, cfg.variance.batch
+    for lr in cfg.variance.lrs:
         theta = log_lr_theta(lr)
         problems = sgd_problems(task, seed=cfg.seed, num_problems=count)
         variant_tag = f"lr={lr:g}"
-        for length in cfg.variance_lengths:
+        for length in cfg.variance.lengths:
             samples = []
             for first in range(0, count, CHUNK):
                 ids = range(first, min(count, first + CHUNK))
