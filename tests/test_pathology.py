@@ -187,3 +187,18 @@ def test_cli_rejects_bad_input_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and fragment in err, err
     assert not out.exists()
+
+
+def test_each_study_reads_its_flat_keys_nested() -> None:
+    """The command line's flat keys (``training_unroll``) are what each study reads as its own
+    settings (``cfg.training.unroll``); every prefixed key belongs to exactly one study."""
+    import dataclasses
+
+    from harness.pathology.config import SETTINGS, STUDIES
+
+    cfg = coerce_pathology_config(quick=True, training_unroll=7).sized()
+    assert cfg.training.unroll == cfg.training_unroll == 32  # quick sizes replace it
+    assert cfg.settings("variance").batch == cfg.variance.batch == cfg.variance_batch
+    flat = {f.name for f in dataclasses.fields(cfg) if f.name.split("_")[0] in STUDIES}
+    nested = {f"{s}_{f.name}" for s, c in SETTINGS.items() for f in dataclasses.fields(c)}
+    assert flat == nested

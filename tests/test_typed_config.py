@@ -1,0 +1,69 @@
+"""harness/typed_config.py: typing a config by its dataclass's fields, and the validators every
+command's settings are checked with (one-line UsageErrors naming what is allowed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import UsageError
+from harness.meta.config import MetaTrainConfig
+from harness.pathology.config import PathologyConfig
+from harness.typed_config import at_least, fraction, integer, number, one_of, typed_fields
+
+
+def test_typed_fields_converts_losslessly_by_the_declared_types() -> None:
+    typed = typed_fields(
+        {"landscape_lengths": [1.0, 2], "sigma": 1, "threads": None, "task_cfg": {"noise": 1}},
+        PathologyConfig,
+        "pathology",
+    )
+    assert typed["landscape_lengths"] == [1, 2] and all(
+        type(n) is int for n in typed["landscape_lengths"]
+    )
+    assert typed["sigma"] == 1.0 and type(typed["sigma"]) is float
+    assert typed["threads"] is None and typed["task_cfg"] == {"noise": 1}
+    assert typed_fields({"horizon": 10.0}, MetaTrainConfig, "meta-train") == {"horizon": 10}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"seed": None}, "seed cannot be null"),
+        ({"quick": "yes"}, "quick must be true or false, got 'yes'"),
+        ({"landscape_points": 2.5}, "landscape_points must be an integer, got 2.5"),
+        ({"sigma": "big"}, "sigma must be a number, got 'big'"),
+        ({"variance_lrs": 1.0}, "variance_lrs must be a list, e.g. [1,2]; got 1.0"),
+        ({"task_cfg": [1]}, "task_cfg must be a mapping, got [1]"),
+        ({"study": 3}, "study must be a string, got 3"),
+        ({"nope": 1}, "pathology takes no option 'nope'; it takes: landscape_alpha_range"),
+    ],
+)
+def test_typed_fields_refuses_in_one_line(data, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UsageError) as info:
+        typed_fields(data, PathologyConfig, "pathology")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("check", "message"),
+    [
+        (lambda: one_of("loss", "median", ("mean", "log")), "loss must be one of mean, log"),
+        (lambda: integer("seed", -1, 0), "seed must be an integer >= 0, got -1"),
+        (lambda: integer("seed", True, 0), "seed must be an integer >= 0, got True"),
+        (lambda: number("lr", float("nan"), 0.0, strict=True), "lr must be a finite number > 0"),
+        (lambda: fraction("beta1", 1.0), "beta1 must be >= 0 and < 1, got 1.0"),
+        (lambda: at_least("workers", 0, 1), "workers must be >= 1, got 0"),
+        (lambda: at_least("steps", 0, 0, strict=True), "steps must be > 0, got 0"),
+    ],
+)
+def test_validators_name_what_is_allowed(check, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UsageError, match="^" + message.replace("[", r"\[")):
+        check()
+
+
+def test_validators_pass_good_values_and_unset_ones() -> None:
+    one_of("loss", "mean", ("mean", "log"))
+    integer("seed", 0, 0)
+    number("lr", 1e-3, 0.0, strict=True)
+    fraction("beta1", 0.0)
+    at_least("max_seconds", None, 0, strict=True)
