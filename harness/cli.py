@@ -408,20 +408,15 @@ def explicit_hparams(parsed: list[Any]) -> dict[str, Any]:
 
 
 def _check_run_settings(cfg: DictConfig, warmup: bool = True) -> None:
-    """Validate the settings shared by bench and suite, and apply the thread count."""
+    """Check the run settings (:func:`harness.config.check_run_settings`) and apply the thread
+    count."""
     import torch
 
-    from tasks.base import resolve_device
+    from harness.config import check_run_settings
 
-    resolve_device(cfg.device)
-    for key in ("steps", "eval_every", "max_seconds", "log_every"):
-        at_least(key, cfg.get(key), 0, strict=True)
-    if warmup:
-        at_least("warmup_steps", cfg.warmup_steps, 0)
-    at_least("threads", cfg.threads, 0, strict=True)
+    check_run_settings(cfg, warmup=warmup)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    at_least("workers", cfg.get("workers"), 1)
 
 
 # -- lopt suite ------------------------------------------------------------------------------------

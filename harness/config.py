@@ -36,6 +36,7 @@ from harness.errors import UsageError
 from harness.meta.config import MetaTrainConfig
 from harness.registry import OPTIMIZERS, TASKS, task_arguments
 from harness.tuning.storage import DEFAULT_STORAGE
+from harness.typed_config import at_least
 
 CONFIG_MODULE = "harness.conf"
 
@@ -271,6 +272,21 @@ def describe_config_error(exc: BaseException) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def check_run_settings(cfg: DictConfig, warmup: bool = True) -> None:
+    """The value checks of the run settings a composed :class:`BenchConfig`,
+    :class:`SuiteConfig` or :class:`TuneConfig` has (Hydra has checked their types; a setting
+    the config lacks is skipped; ``warmup=False``: it has no ``warmup_steps``)."""
+    from tasks.base import resolve_device
+
+    resolve_device(cfg.device)
+    for key in ("steps", "eval_every", "max_seconds", "log_every"):
+        at_least(key, cfg.get(key), 0, strict=True)
+    if warmup:
+        at_least("warmup_steps", cfg.warmup_steps, 0)
+    at_least("threads", cfg.threads, 0, strict=True)
+    at_least("workers", cfg.get("workers"), 1)
 
 
 def list_suites() -> list[str]:
