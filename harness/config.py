@@ -21,6 +21,7 @@ import dataclasses
 import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -36,6 +37,7 @@ from harness.errors import UsageError
 from harness.meta.config import MetaTrainConfig
 from harness.registry import OPTIMIZERS, TASKS, task_arguments
 from harness.tuning.storage import DEFAULT_STORAGE
+from harness.tuning.tuner import TuneSettings
 from harness.typed_config import at_least
 
 CONFIG_MODULE = "harness.conf"
@@ -89,31 +91,38 @@ class BenchConfig:
     plugins: list[str] = field(default_factory=list)
 
 
+#: the defaults of ``lopt tune``'s settings: :class:`~harness.tuning.tuner.TuneSettings`'s
+_TUNE: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(TuneSettings) if f.default is not MISSING_FIELD
+}
+
+
 @dataclass
 class TuneConfig:
-    """``lopt tune``: an Optuna study of one optimizer on one task (see harness.tuning)."""
+    """``lopt tune``: an Optuna study of one optimizer on one task (see harness.tuning); every
+    setting :class:`~harness.tuning.tuner.TuneSettings` has takes its default from there."""
 
     defaults: list[Any] = field(
         default_factory=lambda: [{"task": "mnist5k_cnn16"}, {"optimizer": "adam"}, "_self_"]
     )
     task: Any = MISSING
     optimizer: Any = MISSING
-    trials: int = 20
-    objective: str = "valid_loss"
-    objective_at: str = "final"
-    budget_steps: Optional[int] = None  # noqa: UP045  (None: the task's default steps)
-    seeds: int = 1
-    eval_seeds: int = 5
-    sampler: str = "tpe"
-    sampler_seed: int = 0
-    grid_points: int = 13
-    pruner: str = "median"
-    storage: str = DEFAULT_STORAGE
-    tag: str = ""
-    eval_every: Optional[int] = None  # noqa: UP045  (None: budget_steps // 10)
-    device: str = "cpu"
+    trials: int = _TUNE["trials"]
+    objective: str = _TUNE["objective"]
+    objective_at: str = _TUNE["objective_at"]
+    budget_steps: Optional[int] = _TUNE["budget_steps"]  # noqa: UP045  (None: the task's steps)
+    seeds: int = _TUNE["seeds"]
+    eval_seeds: int = _TUNE["eval_seeds"]
+    sampler: str = _TUNE["sampler"]
+    sampler_seed: int = _TUNE["sampler_seed"]
+    grid_points: int = _TUNE["grid_points"]
+    pruner: str = _TUNE["pruner"]
+    storage: str = _TUNE["storage"]
+    tag: str = _TUNE["tag"]
+    eval_every: Optional[int] = _TUNE["eval_every"]  # noqa: UP045  (None: budget_steps // 10)
+    device: str = _TUNE["device"]
     threads: Optional[int] = 1  # noqa: UP045  (None: torch's default, all cores)
-    out: str = "results/tuning"
+    out: str = _TUNE["out"]
     plugins: list[str] = field(default_factory=list)
 
 
