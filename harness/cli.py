@@ -160,7 +160,13 @@ def load_plugins(parsed: list[Any]) -> list[str]:
 
 
 def expand_sweeps(parsed: list[Any], command: str, multirun: bool) -> list[list[str]]:
-    """The override lists of every combination of the comma lists (a single list if none)."""
+    """The override lists of every combination of the comma lists (a single list if none).
+
+    Not Hydra's basic sweeper: that runs through ``@hydra.main``'s launcher (a working folder
+    per job under ``multirun/``, its own logging), which ``lopt`` does not use (it composes with
+    the Compose API and writes one results file), and its combination step
+    (``BasicSweeper.split_arguments``) is private API (``hydra._internal``) for what is one
+    ``itertools.product`` here; the refusal of an un-``-m``'d comma list is ``lopt``'s own."""
     fixed: list[str] = []
     axes: list[list[str]] = []
     for override in parsed:

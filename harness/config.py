@@ -269,7 +269,11 @@ def compose_config(command: str, overrides: Sequence[str]) -> DictConfig:
 
 
 def describe_config_error(exc: BaseException) -> str:
-    """One line from a Hydra/OmegaConf exception and its cause."""
+    """One line from a Hydra/OmegaConf exception and its cause.
+
+    Hydra's messages are several lines and suggest its own syntax (``To append to your config
+    use +key=value``); Hydra has no option for a one-line form, so the first lines are joined
+    and that hint dropped here."""
     first = _first_line(exc)
     cause = exc.__cause__ or exc.__context__
     if cause is not None and _first_line(cause) and _first_line(cause) not in first:
