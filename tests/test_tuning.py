@@ -443,7 +443,9 @@ def test_studies_writes_the_saturation_table_and_best_so_far_curves(tmp_path, ca
     assert not table.saturated.any()
     assert table.verdict.str.contains("6 of at least 32 trials").all()
     assert {"second_half_gain", "diverged", "best_value"} <= set(table.columns)
+    assert (table.trial_hours > 0).all() and (table.trial_hours < 0.5).all()  # 6 short trials
     assert "| study | trials |" in (out / "saturation.md").read_text()
+    assert "| trial hours |" in (out / "saturation.md").read_text()
     for name in names:
         assert (out / name / "best_so_far.png").read_bytes()[:4] == b"\x89PNG"
     assert str(out / "saturation.csv") in capsys.readouterr().out

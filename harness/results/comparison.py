@@ -17,7 +17,9 @@ loss on the comparison's split (``train`` or ``valid``, whole-split evaluations)
 
 The two targets of the paper, checked and stated with their numbers in ``summary.md``:
 
-* speed: in the ``train`` comparison the learned optimizer's speedup is at least 5;
+* speed: in the ``train`` comparison the learned optimizer's speedup is at least 1.5 (this
+  project's target: it reaches the best tuned baseline's final train loss in at most 1/1.5 of
+  that baseline's wall-clock, its own overhead included; the paper reports about 5);
 * generalisation: in the ``valid`` comparison the learned optimizer's mean final test loss is
   below every baseline's by more than the larger of the two seed standard deviations.
 
@@ -51,7 +53,7 @@ from harness.util import markdown_table, write_atomically, write_text_atomically
 #: The comparisons, each named after the split its optimizers are tuned and meta-trained on
 #: (and on whose loss it compares them).
 COMPARISONS = ("train", "valid")
-SPEED_TARGET = 5.0
+SPEED_TARGET = 1.5
 SUMMARY_FILE = "summary.csv"
 # summary.csv's per-split columns: <split>_<metric>_<suffix> (final = at the last evaluation,
 # best = the best over the run's evaluations; mean and std over seeds)
@@ -255,7 +257,7 @@ def summary_markdown(
     lines += [f"Provenance: {provenance_line(frame)}", ""]
     lines += not_reproduced_section(frame, skipped or {})
     kept = not_reproduced(frame)
-    lines += ["## The paper's targets", ""]
+    lines += ["## Targets (speed: at least 1.5x, this project's; the paper reports about 5x)", ""]
     lines += [f"- {line}" for line in verdicts(summary)] or ["- no learned optimizer in the runs"]
     lines.append("")
     lines += tuning_section(frame)

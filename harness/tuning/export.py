@@ -228,6 +228,7 @@ SATURATION_COLUMNS = (
     "tolerance",
     "saturated",
     "verdict",
+    "trial_hours",
 )
 
 
@@ -263,19 +264,35 @@ def saturation_table(
                 "tolerance": verdict.tolerance,
                 "saturated": verdict.saturated,
                 "verdict": verdict.verdict,
+                "trial_hours": trial_hours(chosen),
             }
         )
     return pd.DataFrame(rows, columns=list(SATURATION_COLUMNS))
 
 
+def trial_hours(trials: list[optuna.trial.FrozenTrial]) -> float:
+    """The summed wall-clock hours of ``trials`` (start to completion; each trial is one 1-thread
+    process, so on an otherwise idle core this is its CPU time)."""
+    seconds = sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.datetime_start is not None and t.datetime_complete is not None
+    )
+    return seconds / 3600.0
+
+
 def saturation_markdown(table: pd.DataFrame) -> str:
     """``table`` (from :func:`saturation_table`) as a markdown table."""
     header = ["study", "trials", "diverged", "pruned", "best", "2nd-half gain", "verdict"]
+    hours = "trial_hours" in table.columns
+    header += ["trial hours"] if hours else []
     rows = []
     for row in table.itertuples(index=False):
         gain = "—" if pd.isna(row.second_half_gain) else f"{row.second_half_gain:.1%}"
         best = "—" if pd.isna(row.best_value) else f"{row.best_value:.4g}"
-        rows.append([row.study, row.trials, row.diverged, row.pruned, best, gain, row.verdict])
+        cells = [row.study, row.trials, row.diverged, row.pruned, best, gain, row.verdict]
+        cells += [f"{row.trial_hours:.2f}"] if hours else []
+        rows.append(cells)
     return markdown_table(header, rows, style="compact") + "\n"
 
 
