@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import UsageError
 from harness.overrides import parse_overrides
-from harness.typed_config import at_least
+from harness.settings.validate import at_least
 
 if TYPE_CHECKING:
     from harness.tuning.tuner import TuneSettings

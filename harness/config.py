@@ -36,9 +36,9 @@ from harness.defaults import LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
 from harness.meta.config import MetaTrainConfig
 from harness.registry import OPTIMIZERS, TASKS, task_arguments
+from harness.settings.validate import at_least
 from harness.tuning.storage import DEFAULT_STORAGE
 from harness.tuning.tuner import TuneSettings
-from harness.typed_config import at_least
 
 CONFIG_MODULE = "harness.conf"
 

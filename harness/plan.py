@@ -39,7 +39,7 @@ from harness.registry import OPTIMIZERS, TASKS, create_optimizer, create_task
 from harness.results.io import check_results_path, read_results, write_results
 from harness.results.schema import canonical_json
 from harness.runner import RunResult, RunSpec, execute_run, run_spec
-from harness.typed_config import at_least
+from harness.settings.validate import at_least
 from optimizers.base import Optimizer
 from tasks.base import Task, task_config
 

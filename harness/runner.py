@@ -48,8 +48,8 @@ from harness.results.schema import (
     canonical_json,
     provenance,
 )
+from harness.settings.validate import at_least, positive_int
 from harness.timing import Stopwatch
-from harness.typed_config import at_least, positive_int
 from optimizers.base import Optimizer, OptState
 from tasks.base import SPLITS, Batch, Params, Task, task_config
 

@@ -1,4 +1,4 @@
-"""harness/typed_config.py: typing a config by its dataclass's fields, and the validators every
+"""harness/settings/validate.py: typing a config by its dataclass's fields, and the validators every
 command's settings are checked with (one-line UsageErrors naming what is allowed)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from harness.errors import UsageError
 from harness.meta.config import MetaTrainConfig
 from harness.pathology.config import PathologyConfig
-from harness.typed_config import at_least, fraction, integer, number, one_of, typed_fields
+from harness.settings.validate import at_least, fraction, integer, number, one_of, typed_fields
 
 
 def test_typed_fields_converts_losslessly_by_the_declared_types() -> None:

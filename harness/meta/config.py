@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from harness.errors import UsageError
-from harness.typed_config import (
+from harness.settings.validate import (
     config_data,
     fraction,
     integer,

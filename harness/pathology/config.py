@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from harness.errors import UsageError
-from harness.typed_config import config_data, finite, integer, number, one_of, typed_fields
+from harness.settings.validate import config_data, finite, integer, number, one_of, typed_fields
 
 STUDIES = ("landscape", "variance", "training", "truncation")
 ESTIMATORS = ("rp", "es", "merged")

@@ -40,6 +40,7 @@ from harness.plan import RunPlan, execute
 from harness.registry import OPTIMIZERS, TASKS, create_task
 from harness.results.io import read_results
 from harness.results.schema import canonical_json
+from harness.settings.validate import at_least, one_of
 from harness.tuning.export import (
     plot_best_so_far,
     plot_objective_vs_lr,
@@ -78,7 +79,6 @@ from harness.tuning.study import (
     study_name,
     worker_id,
 )
-from harness.typed_config import at_least, one_of
 from optimizers.base import resolve_hparams
 from tasks.base import task_config
 
