@@ -48,8 +48,8 @@ import pandas as pd
 import torch
 
 from harness.meta.command import meta_train
-from harness.meta.config import coerce_config
 from harness.meta.trainer import LOG_FILE, MetaTrainer
+from harness.settings.meta import coerce_config
 
 LIMIT = 3.0
 

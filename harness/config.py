@@ -34,8 +34,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.defaults import LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
-from harness.meta.config import MetaTrainConfig
 from harness.registry import OPTIMIZERS, TASKS, task_arguments
+from harness.settings.meta import MetaTrainConfig
 from harness.settings.validate import at_least
 from harness.tuning.storage import DEFAULT_STORAGE
 from harness.tuning.tuner import TuneSettings

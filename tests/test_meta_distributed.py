@@ -13,9 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from harness.meta import meta_train
-from harness.meta.config import coerce_config
 from harness.meta.distributed import TorchDistributedWorld
 from harness.meta.trainer import build_trainer
+from harness.settings.meta import coerce_config
 from optimizers.checkpoint import load_lopt_checkpoint
 
 SETTINGS = {

@@ -19,11 +19,11 @@ import torch
 from harness.errors import UsageError
 from harness.meta import MetaTrainConfig, meta_train
 from harness.meta.checkpoint import load_trainer_state
-from harness.meta.config import coerce_config
 from harness.meta.estimators import ESTIMATORS
 from harness.meta.trainer import LOG_COLUMNS, METRICS, build_trainer
 from harness.meta.truncation import ConstantSchedule, InnerProblems, LinearSchedule
 from harness.registry import create_optimizer, create_task
+from harness.settings.meta import coerce_config
 from optimizers.checkpoint import load_lopt_checkpoint
 from optimizers.learned import LOptArchitecture, MLPLearner, init_theta
 

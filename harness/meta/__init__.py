@@ -5,7 +5,8 @@
 checkpoint that the optimizer registry serves as ``optimizer=lopt optimizer.checkpoint=PATH``.
 One job per module, in the style of learned_optimization:
 
-* :mod:`~harness.meta.config`: :class:`MetaTrainConfig`, every option and its default;
+* :mod:`harness.settings.meta` (re-exported as :mod:`~harness.meta.config`):
+  :class:`MetaTrainConfig`, every option, its default and its check;
 * :mod:`~harness.meta.truncation`: inner problems, their persistent state, truncated unrolls,
   resets, unroll-length schedules and outer objectives (the TruncatedStep);
 * :mod:`~harness.meta.estimators`: ES, rp, the inverse-variance merge and PES as
@@ -22,10 +23,12 @@ One job per module, in the style of learned_optimization:
 docs/meta-training.md describes the choices and the measurements behind them.
 """
 
-from harness.meta.config import MetaTrainConfig
-
 
 def __getattr__(name: str):  # meta_train pulls in the trainer (pandas, tasks): import on use
+    if name == "MetaTrainConfig":  # harness.settings.meta imports the estimators to check
+        from harness.settings.meta import MetaTrainConfig
+
+        return MetaTrainConfig
     if name == "meta_train":
         from harness.meta.command import meta_train
 

@@ -18,7 +18,6 @@ import torch
 
 from harness.errors import UsageError
 from harness.meta.checkpoint import load_trainer_state
-from harness.meta.config import MetaTrainConfig, coerce_config
 from harness.meta.distributed import in_torchrun, init_world, launch
 from harness.meta.trainer import (
     CONFIG_FILE,
@@ -30,6 +29,7 @@ from harness.meta.trainer import (
 )
 from harness.meta.world import World
 from harness.registry import create_task, load_plugin_modules
+from harness.settings.meta import MetaTrainConfig, coerce_config
 from harness.util import write_atomically
 from tasks.base import resolve_device
 

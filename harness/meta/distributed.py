@@ -16,7 +16,7 @@ The same code runs 2 processes on a laptop and many machines::
     torchrun --nnodes=4 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 \\
         -m harness.meta.distributed config.json
 
-The config file is a JSON :class:`harness.meta.config.MetaTrainConfig` (``meta_train`` writes
+The config file is a JSON :class:`harness.settings.meta.MetaTrainConfig` (``meta_train`` writes
 it to ``out/config.json``); only rank 0 needs to see the output folder.
 """
 
@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 from harness.errors import HarnessError, UsageError
-from harness.meta.config import coerce_config
 from harness.meta.trainer import run_meta_training
 from harness.meta.world import TorchDistributedWorld, World
 from harness.registry import load_plugin_modules
+from harness.settings.meta import coerce_config
 
 __all__ = ["TorchDistributedWorld", "World", "in_torchrun", "init_world", "launch", "main"]
 

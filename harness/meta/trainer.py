@@ -40,7 +40,6 @@ import torch
 
 from harness.errors import UsageError
 from harness.meta.checkpoint import load_trainer_state, save_trainer_state
-from harness.meta.config import MetaTrainConfig
 from harness.meta.estimators import GradientEstimator, MergeResult, PairSample, SampleSums
 from harness.meta.truncation import (
     LOSS_CLIP,
@@ -53,6 +52,7 @@ from harness.meta.truncation import (
 from harness.meta.world import World
 from harness.registry import create_task
 from harness.results.schema import canonical_json, provenance
+from harness.settings.meta import MetaTrainConfig
 from harness.util import write_atomically
 from optimizers.base import MetaLearnable
 from optimizers.checkpoint import save_lopt_checkpoint

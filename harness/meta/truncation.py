@@ -506,7 +506,7 @@ def outer_loss_at(
 
 
 def schedule_from_config(cfg: Any, outer_steps: int) -> TruncationSchedule:
-    """The schedule a :class:`harness.meta.config.MetaTrainConfig` describes."""
+    """The schedule a :class:`harness.settings.meta.MetaTrainConfig` describes."""
     if cfg.schedule == "constant":
         return ConstantSchedule(cfg.unroll_length)
     return LinearSchedule(

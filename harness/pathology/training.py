@@ -40,7 +40,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.meta.config import coerce_config
 from harness.meta.estimators import create_estimator
 from harness.meta.trainer import MetaTrainer
 from harness.meta.truncation import STREAM_THETA, InnerProblems, derive_seed
@@ -53,6 +52,7 @@ from harness.pathology.common import (
 )
 from harness.pathology.config import ESTIMATORS, PathologyConfig
 from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, save
+from harness.settings.meta import coerce_config
 from optimizers.learned import LOptArchitecture, MLPLearner, wire_feature
 from optimizers.learned_hparams import LearnedHParams
 from tasks.base import Task
@@ -79,7 +79,7 @@ def large_step_theta(
 
 
 def meta_config(cfg: PathologyConfig, estimator: str, seed: int, optimizer: str) -> Any:
-    """The :class:`harness.meta.config.MetaTrainConfig` of one run."""
+    """The :class:`harness.settings.meta.MetaTrainConfig` of one run."""
     lopt = optimizer == "lopt"
     return coerce_config(
         task=cfg.task,

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.meta.config import coerce_config
 from harness.meta.trainer import build_trainer
 from harness.meta.truncation import InnerProblems
 from harness.pathology.common import Progress, prefix_outer_losses, row
 from harness.pathology.config import PathologyConfig
 from harness.pathology.report import figure, save
+from harness.settings.meta import coerce_config
 from tasks.base import Task
 
 STUDY = "truncation"
@@ -37,7 +37,7 @@ EVAL_SEED_OFFSET = 2_000_003
 
 
 def meta_config(cfg: PathologyConfig, variant: str) -> Any:
-    """The :class:`harness.meta.config.MetaTrainConfig` of the ``short`` or ``schedule`` run."""
+    """The :class:`harness.settings.meta.MetaTrainConfig` of the ``short`` or ``schedule`` run."""
     schedule = {
         "short": {"schedule": "constant", "unroll_length": cfg.truncation.short_unroll},
         "schedule": {
