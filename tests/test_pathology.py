@@ -13,12 +13,12 @@ import torch
 
 from harness.cli import main
 from harness.pathology.common import fit_growth, roughness
-from harness.pathology.config import ESTIMATORS, coerce_pathology_config
 from harness.pathology.landscape import landscape_table, run_landscape
 from harness.pathology.training import large_step_theta, run_training, training_table
 from harness.pathology.truncation import run_truncation, truncation_table
 from harness.pathology.variance import growth_table, run_variance, variance_summary
 from harness.registry import create_task
+from harness.settings.pathology import ESTIMATORS, coerce_pathology_config
 from optimizers.learned import LearnedOptimizer, LOptArchitecture, init_theta, unpack_theta
 from optimizers.learned_hparams import HParamArchitecture, LearnedHParams, encode_theta
 
@@ -194,7 +194,7 @@ def test_each_study_reads_its_flat_keys_nested() -> None:
     settings (``cfg.training.unroll``); every prefixed key belongs to exactly one study."""
     import dataclasses
 
-    from harness.pathology.config import SETTINGS, STUDIES
+    from harness.settings.pathology import SETTINGS, STUDIES
 
     cfg = coerce_pathology_config(quick=True, training_unroll=7).sized()
     assert cfg.training.unroll == cfg.training_unroll == 32  # quick sizes replace it

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import UsageError
-from harness.pathology.config import PathologyConfig
 from harness.settings.meta import MetaTrainConfig
+from harness.settings.pathology import PathologyConfig
 from harness.settings.validate import at_least, fraction, integer, number, one_of, typed_fields
 
 

@@ -24,9 +24,9 @@ from omegaconf import OmegaConf
 from harness.errors import UsageError
 from harness.overrides import parse_overrides
 from harness.pathology.common import tidy_frame, write_csv
-from harness.pathology.config import PathologyConfig, coerce_pathology_config
 from harness.pathology.report import frame_table, write_markdown
 from harness.results.schema import provenance
+from harness.settings.pathology import PathologyConfig, coerce_pathology_config
 from harness.util import to_plain
 
 SUMMARY_FILE = "summary.md"

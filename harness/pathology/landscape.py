@@ -28,8 +28,8 @@ from harness.pathology.common import (
     row,
     sgd_problems,
 )
-from harness.pathology.config import PathologyConfig
 from harness.pathology.report import figure, length_colours, save
+from harness.settings.pathology import PathologyConfig
 from optimizers.learned import LOptArchitecture, MLPLearner, init_theta
 from tasks.base import Task
 

@@ -50,9 +50,9 @@ from harness.pathology.common import (
     row,
     sgd_problems,
 )
-from harness.pathology.config import ESTIMATORS, PathologyConfig
 from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, save
 from harness.settings.meta import coerce_config
+from harness.settings.pathology import ESTIMATORS, PathologyConfig
 from optimizers.learned import LOptArchitecture, MLPLearner, wire_feature
 from optimizers.learned_hparams import LearnedHParams
 from tasks.base import Task

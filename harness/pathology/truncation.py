@@ -25,9 +25,9 @@ import torch
 from harness.meta.trainer import build_trainer
 from harness.meta.truncation import InnerProblems
 from harness.pathology.common import Progress, prefix_outer_losses, row
-from harness.pathology.config import PathologyConfig
 from harness.pathology.report import figure, save
 from harness.settings.meta import coerce_config
+from harness.settings.pathology import PathologyConfig
 from tasks.base import Task
 
 STUDY = "truncation"

@@ -31,8 +31,8 @@ from harness.pathology.common import (
     row,
     sgd_problems,
 )
-from harness.pathology.config import ESTIMATORS, PathologyConfig
 from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, save
+from harness.settings.pathology import ESTIMATORS, PathologyConfig
 from tasks.base import Task
 
 STUDY = "variance"
