@@ -42,7 +42,7 @@ from harness.overrides import parse_overrides
 from harness.settings.validate import at_least
 
 if TYPE_CHECKING:
-    from harness.tuning.tuner import TuneSettings
+    from harness.settings.tune import TuneSettings
 
 ALWAYS_SWEPT = {"bench": ("task", "optimizer"), "tune": ("task", "optimizer")}
 INCOMPLETE = 3  # the exit code of a suite that could not run some of its tasks
@@ -556,14 +556,14 @@ def tune_command(overrides: list[str], *, multirun: bool, show_help: bool) -> in
 
 
 def tune_settings(cfg: DictConfig, **given: Any) -> TuneSettings:
-    """The :class:`~harness.tuning.tuner.TuneSettings` of a composed ``lopt tune`` config: the
+    """The :class:`~harness.settings.tune.TuneSettings` of a composed ``lopt tune`` config: the
     task and optimizer groups' names, every other field the two share by name (so a key is
     added to ``TuneConfig`` and ``TuneSettings`` and reaches the tuner without a copy written
     here), then ``given`` (what the command line says outside the config: ``until``,
     ``task_cfg``, ``fixed``, ``search``)."""
     import dataclasses
 
-    from harness.tuning.tuner import TuneSettings
+    from harness.settings.tune import TuneSettings
 
     names = {f.name for f in dataclasses.fields(TuneSettings)} - {"task", "optimizer", *given}
     shared = {name: cfg[name] for name in sorted(names) if name in cfg}

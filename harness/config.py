@@ -36,9 +36,8 @@ from harness.defaults import LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, TASKS, task_arguments
 from harness.settings.meta import MetaTrainConfig
+from harness.settings.tune import DEFAULT_STORAGE, TuneSettings
 from harness.settings.validate import at_least
-from harness.tuning.storage import DEFAULT_STORAGE
-from harness.tuning.tuner import TuneSettings
 
 CONFIG_MODULE = "harness.conf"
 
@@ -91,7 +90,7 @@ class BenchConfig:
     plugins: list[str] = field(default_factory=list)
 
 
-#: the defaults of ``lopt tune``'s settings: :class:`~harness.tuning.tuner.TuneSettings`'s
+#: the defaults of ``lopt tune``'s settings: :class:`~harness.settings.tune.TuneSettings`'s
 _TUNE: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(TuneSettings) if f.default is not MISSING_FIELD
 }
@@ -100,7 +99,7 @@ _TUNE: dict[str, Any] = {
 @dataclass
 class TuneConfig:
     """``lopt tune``: an Optuna study of one optimizer on one task (see harness.tuning); every
-    setting :class:`~harness.tuning.tuner.TuneSettings` has takes its default from there."""
+    setting :class:`~harness.settings.tune.TuneSettings` has takes its default from there."""
 
     defaults: list[Any] = field(
         default_factory=lambda: [{"task": "mnist5k_cnn16"}, {"optimizer": "adam"}, "_self_"]

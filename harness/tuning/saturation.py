@@ -30,6 +30,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import UsageError
+from harness.settings.tune import SATURATION_MIN_TRIALS
 from harness.tuning.storage import open_storage
 from harness.tuning.study import ATTR_TRIALS, count_trials, counted_trials, is_diverged
 
@@ -38,7 +39,7 @@ from harness.tuning.study import ATTR_TRIALS, count_trials, counted_trials, is_d
 class SaturationRule:
     """At least ``min_trials`` trials, and a second-half gain below the objective's tolerance."""
 
-    min_trials: int = 32
+    min_trials: int = SATURATION_MIN_TRIALS
     valid_tolerance: float = 0.02
     train_tolerance: float = 0.10
 

@@ -26,7 +26,6 @@ import optuna
 
 from harness.errors import UsageError
 
-DEFAULT_STORAGE = "sqlite:///results/tuning/optuna.db"
 JOURNAL_PREFIX = "journal:"
 
 

@@ -37,14 +37,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import UsageError
+from harness.settings.tune import OBJECTIVES
 from harness.tuning.space import SearchSpace
 
 #: 2: diverged trials complete with a penalty value (1: they failed); ``until=saturated``.
 PROTOCOL_VERSION = 2
-OBJECTIVES = {"valid_loss": "valid", "train_loss": "train"}
-OBJECTIVE_AT = ("final", "best")
-SAMPLERS = ("tpe", "random", "grid", "qmc")
-PRUNERS = ("median", "none")
 
 ATTR_PROTOCOL = "protocol"
 ATTR_DEFAULTS_QUEUED = "defaults_queued"

@@ -28,7 +28,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from harness.plan import RunPlan, execute
 from harness.registry import OPTIMIZERS, TASKS, create_task
 from harness.results.io import read_results
 from harness.results.schema import canonical_json
-from harness.settings.validate import at_least, one_of
+from harness.settings.tune import DEFAULT_STORAGE, TuneSettings
 from harness.tuning.export import (
     plot_best_so_far,
     plot_objective_vs_lr,
@@ -49,24 +49,19 @@ from harness.tuning.export import (
 )
 from harness.tuning.objective import TrialDiverged, evaluate_configuration
 from harness.tuning.saturation import (
-    DEFAULT_RULE,
     Saturation,
     saturation_verdict,
     study_saturation,
     trial_values,
 )
 from harness.tuning.space import SearchSpace, grid_points_total, search_space
-from harness.tuning.storage import DEFAULT_STORAGE, OpenedStorage, open_storage
+from harness.tuning.storage import OpenedStorage, open_storage
 from harness.tuning.study import (
     ATTR_DEFAULTS_QUEUED,
     ATTR_DIVERGED,
     ATTR_TRIALS,
     ATTR_UNTIL,
-    OBJECTIVE_AT,
-    OBJECTIVES,
     PROTOCOL_VERSION,
-    PRUNERS,
-    SAMPLERS,
     Protocol,
     best_trial,
     count_trials,
@@ -83,52 +78,7 @@ from optimizers.base import resolve_hparams
 from tasks.base import task_config
 
 EVAL_SEED_OFFSET = 1000
-UNTIL = ("trials", "saturated")
 Log = Callable[[str], None]
-
-
-@dataclass
-class TuneSettings:
-    """What ``lopt tune`` asks for (the CLI's keys, with the same names and defaults)."""
-
-    task: str
-    optimizer: str
-    trials: int = 20
-    until: str = "trials"
-    objective: str = "valid_loss"
-    objective_at: str = "final"
-    budget_steps: int | None = None
-    seeds: int = 1
-    eval_seeds: int = 5
-    sampler: str = "tpe"
-    sampler_seed: int = 0
-    grid_points: int = 13
-    pruner: str = "median"
-    storage: str = DEFAULT_STORAGE
-    tag: str = ""
-    eval_every: int | None = None
-    device: str = "cpu"
-    out: str = "results/tuning"
-    task_cfg: dict[str, Any] = field(default_factory=dict)
-    fixed: dict[str, Any] = field(default_factory=dict)
-    search: dict[str, Any] = field(default_factory=dict)
-
-    def check(self) -> None:
-        """``UsageError`` for the first setting that is out of its allowed values."""
-        one_of("sampler", self.sampler, SAMPLERS)
-        one_of("pruner", self.pruner, PRUNERS)
-        one_of("objective", self.objective, tuple(OBJECTIVES))
-        one_of("objective_at", self.objective_at, OBJECTIVE_AT)
-        one_of("until", self.until, UNTIL)
-        for key in ("trials", "seeds", "budget_steps", "eval_every"):
-            at_least(key, getattr(self, key), 0, strict=True)
-        at_least("eval_seeds", self.eval_seeds, 0)
-        at_least("grid_points", self.grid_points, 2)
-        if self.until == "saturated" and self.trials < DEFAULT_RULE.min_trials:
-            raise UsageError(
-                f"until=saturated: trials is the cap and must be >= {DEFAULT_RULE.min_trials} "
-                f"(the saturation rule's minimum), got {self.trials}"
-            )
 
 
 @dataclass
