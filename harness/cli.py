@@ -235,13 +235,11 @@ def command_keys(command: str) -> set[str]:
     """The top-level keys of a command's config."""
     import dataclasses
 
-    from harness.config import (
-        BenchConfig,
-        MetaTrainCommandConfig,
-        StudiesConfig,
-        SuiteConfig,
-        TuneConfig,
-    )
+    from harness.settings.bench import BenchConfig
+    from harness.settings.meta import MetaTrainCommandConfig
+    from harness.settings.report import StudiesConfig
+    from harness.settings.suite import SuiteConfig
+    from harness.settings.tune import TuneConfig
 
     schema = {
         "bench": BenchConfig,
@@ -414,11 +412,11 @@ def explicit_hparams(parsed: list[Any]) -> dict[str, Any]:
 
 
 def _check_run_settings(cfg: DictConfig, warmup: bool = True) -> None:
-    """Check the run settings (:func:`harness.config.check_run_settings`) and apply the thread
-    count."""
+    """Check the run settings (:func:`harness.settings.bench.check_run_settings`) and apply the
+    thread count."""
     import torch
 
-    from harness.config import check_run_settings
+    from harness.settings.bench import check_run_settings
 
     check_run_settings(cfg, warmup=warmup)
     if cfg.threads is not None:
@@ -479,17 +477,12 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
 def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
     from harness.results.io import read_results
     from harness.results.report import build_report
+    from harness.settings.report import check_report
 
     if show_help:
         return _print_help("report")
     (cfg,) = composed("report", parse_overrides(overrides), multirun=False)
-    missing = [key for key in ("in", "out") if OmegaConf.is_missing(cfg, key)]
-    if missing:
-        raise UsageError(f"lopt report needs {' and '.join(f'{k}=...' for k in missing)}")
-    if cfg.target_split not in ("train", "valid", "test"):
-        raise UsageError(f"target_split must be train, valid or test, got {cfg.target_split!r}")
-    if cfg.kind not in ("standard", "comparison"):
-        raise UsageError(f"kind must be standard or comparison, got {cfg.kind!r}")
+    check_report(cfg)
     frame = read_results(str(cfg["in"]))
     if cfg.kind == "comparison":
         from harness.results.comparison import build_comparison_report

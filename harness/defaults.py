@@ -1,7 +1,7 @@
 """The defaults of the run settings, written once.
 
 The runner's keyword defaults, :class:`harness.plan.RunPlan`'s fields, the ``lopt bench`` and
-``lopt suite`` configs (:mod:`harness.config`) and :class:`harness.suite.SuiteRun` all read
+``lopt suite`` configs (:mod:`harness.settings`) and :class:`harness.suite.SuiteRun` all read
 them from here, so a run gets the same settings whichever entrance it comes through. (A suite
 file's ``log_every`` is the suite's own choice; the tuner's trials use their own budgets.)
 """

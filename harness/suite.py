@@ -1,7 +1,7 @@
 """Suites: a file of (task, optimizer) pairs with budgets, seeds and settings, run as one.
 
-A suite file (``harness/conf/suite/NAME.yaml``, typed by :class:`harness.config.SuiteFile`) lists
-its runs; each entry may
+A suite file (``harness/conf/suite/NAME.yaml``, typed by
+:class:`harness.settings.suite.SuiteFile`) lists its runs; each entry may
 
 * set ``hparams`` (else the optimizer's defaults), or ``tuned: true``: take them from the best
   trial of the entry's tuning study (the suite's ``tuning`` block, updated by the entry's own
@@ -37,7 +37,6 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import SuiteEntry, TuningRef, suite_entries
 from harness.defaults import WARMUP_STEPS
 from harness.errors import DatasetUnavailableError, UsageError
 from harness.plan import RunPlan, execute, resolve_plans
@@ -45,6 +44,8 @@ from harness.registry import TASKS, create_task
 from harness.results.io import read_results, write_results
 from harness.results.report import NOT_REPRODUCED_TAG
 from harness.results.schema import canonical_json
+from harness.settings.bench import TuningRef
+from harness.settings.suite import SuiteEntry, suite_entries
 from harness.util import to_plain
 
 Log = Callable[[str], None]
@@ -53,7 +54,8 @@ REPORTS = ("standard", "comparison")
 
 @dataclass
 class SuiteRun:
-    """How to run a suite: the command's settings (see :class:`harness.config.SuiteConfig`)."""
+    """How to run a suite: the command's settings (see
+    :class:`harness.settings.suite.SuiteConfig`)."""
 
     suite: DictConfig
     seeds: int

@@ -351,7 +351,7 @@ def test_bench_writes_parquet_when_asked(tmp_path) -> None:
 def test_tune_config_and_tune_settings_agree_field_by_field() -> None:
     import dataclasses
 
-    from harness.config import TuneConfig
+    from harness.settings.tune import TuneConfig
     from harness.tuning.tuner import TuneSettings
 
     config = {f.name: f for f in dataclasses.fields(TuneConfig)}

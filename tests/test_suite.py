@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from harness.config import SuiteFile, suite_entries
 from harness.errors import DatasetUnavailableError, UsageError
 from harness.results.schema import canonical_json
+from harness.settings.suite import SuiteFile, suite_entries
 from harness.suite import SuiteRun, run_suite
 from harness.tuning.tuner import TuneSettings, tune
 from optimizers.checkpoint import load_lopt_checkpoint

@@ -67,3 +67,34 @@ def test_validators_pass_good_values_and_unset_ones() -> None:
     number("lr", 1e-3, 0.0, strict=True)
     fraction("beta1", 0.0)
     at_least("max_seconds", None, 0, strict=True)
+
+
+def test_the_settings_missing_marker_is_omegaconfs() -> None:
+    """harness.settings marks required values without importing OmegaConf; the marker is its."""
+    import omegaconf
+
+    from harness.settings.validate import MISSING
+
+    assert MISSING == omegaconf.MISSING
+
+
+def test_the_settings_load_without_hydra_optuna_or_torch() -> None:
+    """torchrun workers and Python callers check their settings without the CLI's libraries."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)  # this checkout's harness
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    modules = ("bench", "meta", "pathology", "report", "suite", "tune", "validate")
+    code = (
+        "import sys\n"
+        + "".join(f"import harness.settings.{m}\n" for m in modules)
+        + "print(sorted(m for m in ('hydra', 'optuna', 'omegaconf', 'torch', 'harness.config')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == "[]"

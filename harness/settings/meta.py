@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from harness.errors import UsageError
 from harness.settings.validate import (
+    MISSING,
     config_data,
     fraction,
     integer,
@@ -283,3 +284,12 @@ def coerce_config(cfg: Any = None, **overrides: Any) -> MetaTrainConfig:
 
     load_plugin_modules(typed.get("plugins", []))  # plugin learners and tasks, before the check
     return MetaTrainConfig(**typed).check()
+
+
+@dataclass
+class MetaTrainCommandConfig(MetaTrainConfig):
+    """``lopt meta-train``: MetaTrainConfig with the task as a config group (``task=NAME``,
+    ``task.SETTING=VALUE``)."""
+
+    defaults: list[Any] = field(default_factory=lambda: [{"task": "mnist5k_cnn16"}, "_self_"])
+    task: Any = MISSING

@@ -1,4 +1,5 @@
-"""``TuneSettings``: what ``lopt tune`` (and ``tune(...)`` from Python) asks for, and its check.
+"""``TuneSettings``: what ``lopt tune`` (and ``tune(...)`` from Python) asks for, and its check;
+:class:`TuneConfig`, the command's Hydra structured config, takes its defaults from it.
 
 The choices of a study's settings are here too (the study, storage and saturation modules of
 :mod:`harness.tuning` import them), so checking the settings needs neither Optuna nor the
@@ -7,11 +8,13 @@ registry.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from harness.errors import UsageError
-from harness.settings.validate import at_least, one_of
+from harness.settings.validate import MISSING, at_least, one_of
 
 OBJECTIVES = {"valid_loss": "valid", "train_loss": "train"}  # objective -> the split it reads
 OBJECTIVE_AT = ("final", "best")
@@ -65,3 +68,38 @@ class TuneSettings:
                 f"until=saturated: trials is the cap and must be >= {SATURATION_MIN_TRIALS} "
                 f"(the saturation rule's minimum), got {self.trials}"
             )
+
+
+#: the defaults of ``lopt tune``'s settings: :class:`~harness.settings.tune.TuneSettings`'s
+_TUNE: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(TuneSettings) if f.default is not MISSING_FIELD
+}
+
+
+@dataclass
+class TuneConfig:
+    """``lopt tune``: an Optuna study of one optimizer on one task (see harness.tuning); every
+    setting :class:`~harness.settings.tune.TuneSettings` has takes its default from there."""
+
+    defaults: list[Any] = field(
+        default_factory=lambda: [{"task": "mnist5k_cnn16"}, {"optimizer": "adam"}, "_self_"]
+    )
+    task: Any = MISSING
+    optimizer: Any = MISSING
+    trials: int = _TUNE["trials"]
+    objective: str = _TUNE["objective"]
+    objective_at: str = _TUNE["objective_at"]
+    budget_steps: Optional[int] = _TUNE["budget_steps"]  # noqa: UP045  (None: the task's steps)
+    seeds: int = _TUNE["seeds"]
+    eval_seeds: int = _TUNE["eval_seeds"]
+    sampler: str = _TUNE["sampler"]
+    sampler_seed: int = _TUNE["sampler_seed"]
+    grid_points: int = _TUNE["grid_points"]
+    pruner: str = _TUNE["pruner"]
+    storage: str = _TUNE["storage"]
+    tag: str = _TUNE["tag"]
+    eval_every: Optional[int] = _TUNE["eval_every"]  # noqa: UP045  (None: budget_steps // 10)
+    device: str = _TUNE["device"]
+    threads: Optional[int] = 1  # noqa: UP045  (None: torch's default, all cores)
+    out: str = _TUNE["out"]
+    plugins: list[str] = field(default_factory=list)

@@ -24,6 +24,9 @@ from typing import Any
 
 from harness.errors import UsageError
 
+#: OmegaConf's marker of a required value (``omegaconf.MISSING``), without importing OmegaConf
+MISSING = "???"
+
 
 def config_data(cfg: Any, cls: type, what: str) -> dict[str, Any]:
     """``cfg`` (None, an instance of the dataclass ``cls``, a mapping or an OmegaConf node) as a
@@ -140,3 +143,9 @@ def at_least(name: str, value: Any, minimum: float, strict: bool = False) -> Non
     ``minimum`` when ``strict``); ``None`` (unset) passes."""
     if value is not None and not (value > minimum if strict else value >= minimum):
         raise UsageError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__

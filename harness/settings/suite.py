@@ -1,0 +1,89 @@
+"""``lopt suite``'s settings: the command (:class:`SuiteConfig`), the schema of a suite file
+(:class:`SuiteFile`, ``harness/conf/suite/*.yaml``) and of each of its runs (:class:`SuiteEntry`,
+checked by :func:`suite_entries`)."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from harness.defaults import LOG_EVERY, WARMUP_STEPS
+from harness.errors import UsageError
+from harness.settings.bench import TuningRef
+from harness.settings.validate import MISSING, first_line
+
+# Hydra's structured configs need typing.Optional/List/Dict (PEP 604 unions are not understood
+# by OmegaConf 2.3), hence the UP-rule exemptions below.
+
+
+@dataclass
+class SuiteEntry:
+    """One (task, optimizer) pair of a suite, with its budget and settings."""
+
+    task: str = MISSING
+    optimizer: str = MISSING
+    steps: Optional[int] = None  # noqa: UP045  (None: the task's default)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    task_cfg: dict[str, Any] = field(default_factory=dict)
+    tuned: bool = False  # take hparams from the suite's tuning study instead
+    tuning: dict[str, Any] = field(default_factory=dict)  # this entry's changes to the suite's
+    tags: dict[str, Any] = field(default_factory=dict)  # added to every row of the entry
+    meta_train: dict[str, Any] = field(default_factory=dict)  # how fresh=true makes a checkpoint
+
+
+@dataclass
+class SuiteFile:
+    """The schema of ``harness/conf/suite/*.yaml``."""
+
+    name: str = MISSING
+    description: str = ""
+    seeds: int = 1
+    first_seed: int = 0
+    eval_every: Optional[int] = None  # noqa: UP045
+    log_every: int = LOG_EVERY
+    report: str = "standard"  # or "comparison" (harness.results.comparison)
+    optional_tasks: list[str] = field(default_factory=list)  # skipped if their data is missing
+    tuning: TuningRef = field(default_factory=TuningRef)
+    runs: list[Any] = field(default_factory=list)  # SuiteEntry each, checked by suite_entries()
+
+
+@dataclass
+class SuiteConfig:
+    """``lopt suite name=NAME``: run a suite file, write its tidy CSV and its report."""
+
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"suite": "small"}])
+    suite: SuiteFile = field(default_factory=SuiteFile)
+    seeds: Optional[int] = None  # noqa: UP045  (None: the suite file's)
+    device: str = "cpu"
+    threads: Optional[int] = 1  # noqa: UP045  (None: torch's default, all cores)
+    workers: int = 1  # runs at a time, each in its own 1-thread process
+    warmup_steps: int = WARMUP_STEPS
+    out: Optional[str] = None  # noqa: UP045  (None: results/<suite name>/results.csv)
+    report: bool = True
+    reference: Optional[str] = None  # noqa: UP045  (None: the report's default)
+    resume: bool = True
+    fresh: bool = False  # redo the suite's tuning studies and meta-training from scratch
+    plugins: list[str] = field(default_factory=list)
+
+
+def suite_entries(suite: Any) -> list[SuiteEntry]:
+    """The suite file's ``runs``, each checked against :class:`SuiteEntry`."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    entries = []
+    for index, raw in enumerate(suite.runs):
+        try:
+            node = OmegaConf.merge(OmegaConf.structured(SuiteEntry), raw)
+            entry = typing.cast(SuiteEntry, OmegaConf.to_object(node))
+        except OmegaConfBaseException as exc:
+            raise UsageError(
+                f"suite {suite.name!r}, runs[{index}]: {first_line(exc)} "
+                "(each run needs task and optimizer; may set steps, hparams, task_cfg, tuned, "
+                "tuning, tags, meta_train)"
+            ) from exc
+        entries.append(entry)
+    if not entries:
+        raise UsageError(f"suite {suite.name!r} has no runs")
+    return entries
