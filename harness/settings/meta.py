@@ -1,4 +1,5 @@
-"""``MetaTrainConfig``: every option of ``lopt meta-train``, with its default.
+"""``MetaTrainConfig``: every option of ``lopt meta-train``, with its default and its check;
+:class:`MetaTrainCommandConfig`, the command's Hydra form (the task as a config group).
 
 A plain dataclass (``Optional[...]`` for nullable fields, lists for sequences), so it is also a
 Hydra structured config. :func:`coerce_config` turns a Hydra/OmegaConf node or a dict into a

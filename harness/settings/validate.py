@@ -7,10 +7,10 @@ its field's declared type (read with :func:`typing.get_type_hints`) where that i
 int for a float field, a list of ints for ``list[int]``), raising a one-line ``UsageError``
 naming the field otherwise.
 
-The validators below are the one set every command's settings are checked with (the
-``check`` methods of ``MetaTrainConfig``, ``PathologyConfig`` and ``TuneSettings``, the run
-settings of ``lopt bench`` and ``lopt suite``, ``harness.runner.run_spec``): each raises a
-one-line ``UsageError`` naming the setting, what is allowed and the value given.
+The validators below are the one set every command's settings are checked with (the checks of
+the other modules of :mod:`harness.settings`, and the argument checks of the Python entrance
+``harness.runner.run_spec``): each raises a one-line ``UsageError`` naming the setting, what is
+allowed and the value given.
 """
 
 from __future__ import annotations
