@@ -45,11 +45,10 @@ from harness.results.io import read_results, write_results
 from harness.results.report import NOT_REPRODUCED_TAG
 from harness.results.schema import canonical_json
 from harness.settings.bench import TuningRef
-from harness.settings.suite import SuiteEntry, suite_entries
+from harness.settings.suite import SuiteEntry, check_suite_file, suite_entries
 from harness.util import to_plain
 
 Log = Callable[[str], None]
-REPORTS = ("standard", "comparison")
 
 
 @dataclass
@@ -116,8 +115,7 @@ class SuiteOutcome:
 def run_suite(settings: SuiteRun, log: Log) -> SuiteOutcome:
     """Run the suite (see the module docstring)."""
     suite = settings.suite
-    if suite.report not in REPORTS:
-        raise UsageError(f"suite {suite.name!r}: report must be one of {', '.join(REPORTS)}")
+    check_suite_file(suite)
     entries, unavailable = available_entries(suite, log)
     if settings.fresh:
         prepare_fresh(settings, entries, log)

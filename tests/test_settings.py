@@ -98,3 +98,13 @@ def test_the_settings_load_without_hydra_optuna_or_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_suite_file_with_an_unknown_report_kind_is_refused() -> None:
+    from omegaconf import OmegaConf
+
+    from harness.settings.suite import check_suite_file
+
+    check_suite_file(OmegaConf.create({"name": "s", "report": "comparison"}))
+    with pytest.raises(UsageError, match=r"^suite 's': report must be one of standard, compar"):
+        check_suite_file(OmegaConf.create({"name": "s", "report": "bogus"}))

@@ -13,6 +13,8 @@ from harness.errors import UsageError
 from harness.settings.bench import TuningRef
 from harness.settings.validate import MISSING, first_line
 
+REPORTS = ("standard", "comparison")  # a suite file's report kinds
+
 # Hydra's structured configs need typing.Optional/List/Dict (PEP 604 unions are not understood
 # by OmegaConf 2.3), hence the UP-rule exemptions below.
 
@@ -87,3 +89,9 @@ def suite_entries(suite: Any) -> list[SuiteEntry]:
     if not entries:
         raise UsageError(f"suite {suite.name!r} has no runs")
     return entries
+
+
+def check_suite_file(suite: Any) -> None:
+    """The value checks of a composed :class:`SuiteFile` (its runs: :func:`suite_entries`)."""
+    if suite.report not in REPORTS:
+        raise UsageError(f"suite {suite.name!r}: report must be one of {', '.join(REPORTS)}")
