@@ -210,8 +210,9 @@ def test_mlp_learner_of_an_architecture() -> None:
 
 def test_the_config_names_every_estimator_and_objective() -> None:
     """The configuration's choices (kept free of torch imports) are the implementations'."""
-    from harness.meta import config, truncation
+    from harness.meta import truncation
     from harness.meta.estimators import ESTIMATORS
+    from harness.settings import meta as config
 
     assert tuple(ESTIMATORS) == config.ESTIMATORS
     assert truncation.LOSS_KINDS == config.LOSSES and truncation.OUTER_DATA == config.OUTER_DATA

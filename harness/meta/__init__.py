@@ -5,7 +5,7 @@
 checkpoint that the optimizer registry serves as ``optimizer=lopt optimizer.checkpoint=PATH``.
 One job per module, in the style of learned_optimization:
 
-* :mod:`harness.settings.meta` (re-exported as :mod:`~harness.meta.config`):
+* :mod:`harness.settings.meta` (every command's settings live in :mod:`harness.settings`):
   :class:`MetaTrainConfig`, every option, its default and its check;
 * :mod:`~harness.meta.truncation`: inner problems, their persistent state, truncated unrolls,
   resets, unroll-length schedules and outer objectives (the TruncatedStep);
