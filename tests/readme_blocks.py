@@ -12,7 +12,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-QUOTED = ("results/paper/summary.md", "results/small/summary.md")
+QUOTED = (
+    "results/paper/summary.md",
+    "results/small/summary.md",
+    "results/learned_schedule/summary.md",
+)
 
 
 def quoted_section(summary: str, folder: str = "") -> str:
