@@ -284,15 +284,13 @@ def trial_hours(trials: list[optuna.trial.FrozenTrial]) -> float:
 def saturation_markdown(table: pd.DataFrame) -> str:
     """``table`` (from :func:`saturation_table`) as a markdown table."""
     header = ["study", "trials", "diverged", "pruned", "best", "2nd-half gain", "verdict"]
-    hours = "trial_hours" in table.columns
-    header += ["trial hours"] if hours else []
+    header += ["trial hours"]
     rows = []
     for row in table.itertuples(index=False):
         gain = "—" if pd.isna(row.second_half_gain) else f"{row.second_half_gain:.1%}"
         best = "—" if pd.isna(row.best_value) else f"{row.best_value:.4g}"
         cells = [row.study, row.trials, row.diverged, row.pruned, best, gain, row.verdict]
-        cells += [f"{row.trial_hours:.2f}"] if hours else []
-        rows.append(cells)
+        rows.append([*cells, f"{row.trial_hours:.2f}"])
     return markdown_table(header, rows, style="compact") + "\n"
 
 
