@@ -335,18 +335,38 @@ def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> No
 
 
 def check_fair_tuning(suite: str, plans: list[RunPlan]) -> None:
-    """Tuned baselines of one task must come from studies with the same trial count and step
-    budget: otherwise the comparison favours the optimizer that was tuned harder."""
-    budgets: dict[str, set[tuple[int, int]]] = {}
+    """Tuned baselines of one task must come from studies tuned under the same rule: the same
+    step budget, and either the same trial count or saturated with fewer.
+
+    A study that met the saturation rule (``harness.tuning.saturation``) stopped because more
+    trials stopped paying, so it is not tuned less than one that needed more trials to get there,
+    or that reached the cap without saturating; comparing a baseline saturated at 44 trials with
+    one stopped at a cap of 128 is therefore fair, while one stopped at 16 trials without the
+    rule against one at 128 is not. So per task: every study with fewer trials than the task's
+    largest count must be saturated (the ``saturated`` tag of :func:`tuned_configuration`)."""
+    by_task: dict[str, dict[str, dict[str, Any]]] = {}
     for plan in plans:
         if "study" in plan.tags:
-            budget = (plan.tags["trials"], plan.tags["tuning_budget_steps"])
-            budgets.setdefault(plan.task, set()).add(budget)
-    for task, found in budgets.items():
-        if len(found) > 1:
-            shown = ", ".join(f"{t} trials x {b} steps" for t, b in sorted(found))
+            by_task.setdefault(plan.task, {})[plan.tags["study"]] = plan.tags
+    for task, studies in by_task.items():
+        steps = sorted({int(tags["tuning_budget_steps"]) for tags in studies.values()})
+        if len(steps) > 1:
+            shown = ", ".join(f"{b} steps" for b in steps)
             raise UsageError(
                 f"suite {suite!r}: the tuned runs on {task} come from studies with different "
-                f"tuning budgets ({shown}); tune every baseline with the same trials and "
-                "budget_steps"
+                f"tuning budgets ({shown}); tune every baseline with the same budget_steps"
+            )
+        largest = max(int(tags["trials"]) for tags in studies.values())
+        short = sorted(
+            (int(tags["trials"]), name)
+            for name, tags in studies.items()
+            if int(tags["trials"]) < largest and tags.get("saturated") is not True
+        )
+        if short:
+            trials, name = short[0]
+            raise UsageError(
+                f"suite {suite!r}: the tuned runs on {task} come from studies with different "
+                f"tuning budgets: {name} has {trials} trials and is not saturated, others have "
+                f"{largest}; tune it until=saturated trials={largest}, or every baseline with "
+                "the same trials"
             )

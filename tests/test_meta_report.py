@@ -34,6 +34,19 @@ def synthetic_log(losses: list[float], loss: str = "mean") -> pd.DataFrame:
         ([-5.0 - 0.0001 * i for i in range(100)], "log", "flattened"),
         ([-5.0 - 0.01 * i for i in range(100)], "log", "still falling"),
         ([1.0] * 10, "mean", "too short"),
+        # Noise of +-0.1 around a constant 1.0: a 10% change between the tenths is no trend.
+        (
+            [1.0 + 0.1 * (-1) ** i + (0.1 if i >= 95 else 0.0) for i in range(100)],
+            "mean",
+            "flattened within noise",
+        ),
+        # The same change in tenths of 3 steps: too few to judge the noise by.
+        ([1.0 + 0.1 * (-1) ** i + (0.1 if i >= 27 else 0.0) for i in range(30)], "mean", "rising"),
+        (
+            [1.0 + 0.01 * (-1) ** i + (0.1 if i >= 90 else 0.0) for i in range(100)],
+            "mean",
+            "rising",
+        ),
     ],
 )
 def test_the_verdict_compares_the_last_tenth_with_the_tenth_before(

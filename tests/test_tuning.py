@@ -22,22 +22,29 @@ from harness.errors import UsageError
 from harness.plan import RunPlan
 from harness.registry import OPTIMIZERS
 from harness.results.io import read_results
+from harness.results.schema import canonical_json
 from harness.suite import check_fair_tuning
 from harness.tuning import objective as objective_module
 from harness.tuning.campaign import Campaign, StudySpec, run_campaign, suite_studies, with_extra
 from harness.tuning.saturation import (
+    CONFIRM_SEED_OFFSET,
+    Confirmation,
     SaturationRule,
     best_so_far,
+    confirmed_verdict,
     saturation_of,
     saturation_verdict,
 )
 from harness.tuning.space import search_space
 from harness.tuning.storage import open_storage
 from harness.tuning.study import (
+    ATTR_DEFAULTS_QUEUED,
     ATTR_TRIALS,
+    ATTR_UNTIL,
     count_trials,
     is_diverged,
     load_existing,
+    load_or_create,
     recover_interrupted,
     study_name,
 )
@@ -45,6 +52,9 @@ from harness.tuning.tuner import (
     EVAL_SEED_OFFSET,
     TuneSettings,
     TuningStopped,
+    make_pruner,
+    make_sampler,
+    prepare,
     tune,
     tuned_configuration,
 )
@@ -204,6 +214,74 @@ def test_the_saturation_verdict_follows_the_rule() -> None:
     assert np.isnan(running[0]) and list(running[1:]) == [3.0, 3.0, 1.0, 1.0]
 
 
+def test_the_confirmed_verdict_asks_for_a_measurable_gain() -> None:
+    failing = saturation_verdict([1.0] * 16 + [0.5] + [1.0] * 15, "train_loss")
+    assert not failing.saturated and failing.gain == pytest.approx(0.5)
+
+    def confirm(first: list[float], second: list[float]):
+        seeds = [CONFIRM_SEED_OFFSET + k for k in range(len(first))]
+        return confirmed_verdict(failing, Confirmation(32, 3, 20, seeds, first, second))
+
+    same = confirm([1.0, 1.2, 0.9, 1.1], [1.0, 1.2, 0.9, 1.1])  # a lucky draw of one config
+    assert same.saturated and same.gain == 0.0 and "trial 20" in same.verdict
+    small = confirm([1.0, 1.2, 0.9, 1.1], [0.95, 1.14, 0.86, 1.04])  # 5% < 10%
+    assert small.saturated and "(< 10%)" in small.verdict
+    noisy = confirm([1.0, 2.0, 0.5, 1.5], [0.4, 2.2, 0.2, 1.2])  # 20%, but the noise is larger
+    assert noisy.saturated and "within twice its standard error" in noisy.verdict
+    real = confirm([1.0, 1.2, 0.9, 1.1], [0.5, 0.62, 0.44, 0.56])  # 50%, on every seed
+    assert not real.saturated and real.gain == pytest.approx(0.4952, abs=1e-3)
+    assert real.first_half_best == pytest.approx(1.05) and real.trials == 32
+
+
+def test_a_lucky_best_is_rerun_and_a_real_one_is_kept(tmp_path) -> None:
+    """At the cap, the values alone fail the rule; re-running the halves' bests on fresh seeds
+    decides: the same configuration drawn luckily is no gain, a better one is."""
+
+    def study_with(tmp: Path, first_lr: float, second_lr: float) -> TuneSettings:
+        asked = settings(
+            tmp,
+            trials=32,
+            until="saturated",
+            objective="train_loss",
+            search={"lr": [0.001, 1.9]},
+            confirm_seeds=3,
+        )
+        protocol, space, base = prepare(asked)
+        name = study_name("quadratic", "sgd", "train_loss", 60, "tpe")
+        storage = open_storage(asked.storage).storage
+        study = load_or_create(
+            storage, name, protocol, make_sampler(protocol, space), make_pruner(protocol)
+        )
+        for attr, value in ((ATTR_TRIALS, 32), (ATTR_UNTIL, "saturated")):
+            study.set_user_attr(attr, value)
+        study.set_user_attr(ATTR_DEFAULTS_QUEUED, True)
+        distributions = {n: dim.distribution() for n, dim in space.items()}
+        for number in range(32):
+            lr, value = (second_lr, 0.5) if number == 20 else (first_lr, 1.0)
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"lr": lr},
+                    distributions=distributions,
+                    value=value,
+                    user_attrs={"hparams": canonical_json({**base, "lr": lr})},
+                )
+            )
+        return asked
+
+    lucky = study_with(tmp_path / "lucky", 0.3, 0.3)
+    outcome = tune(lucky, log=quiet)
+    assert outcome.ran == 0 and outcome.counted == 32
+    assert outcome.saturation.saturated and "re-run on 3 fresh seeds" in outcome.saturation.verdict
+    assert saturation_of(lucky.storage, outcome.study) == outcome.saturation  # stored
+    assert tune(lucky, log=quiet).saturation == outcome.saturation  # not re-run again
+    real = study_with(tmp_path / "real", 0.003, 0.3)
+    outcome = tune(real, log=quiet)
+    assert not outcome.saturation.saturated and outcome.saturation.gain > 0.5
+    assert "trial 20" in outcome.saturation.verdict
+    with pytest.raises(UsageError, match="confirm_seeds must be 0"):
+        tune(settings(tmp_path, confirm_seeds=1), log=quiet)
+
+
 def test_until_saturated_stops_when_the_rule_holds(tmp_path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     asked = settings(
@@ -249,7 +327,7 @@ def test_a_campaign_takes_the_suite_studies_and_adds_baselines() -> None:
     assert all(s.fixed == {"decay_steps": 2000} for s in added if s.optimizer == "adamw_cosine")
 
 
-def test_a_campaign_ends_with_saturated_studies_of_equal_trial_counts(tmp_path) -> None:
+def test_a_campaign_ends_with_every_study_saturated_or_at_the_last_cap(tmp_path) -> None:
     specs = [
         StudySpec("quadratic", name, "train_loss", 60, search={"lr": [0.01, 1.0]})
         for name in ("sgd", "adam")
@@ -258,9 +336,25 @@ def test_a_campaign_ends_with_saturated_studies_of_equal_trial_counts(tmp_path) 
         specs=specs, tag="", storage=f"sqlite:///{tmp_path}/o.db", out=str(tmp_path), caps=(32, 48)
     )
     outcomes = run_campaign(campaign, log=quiet)
-    counts = {outcome.counted for outcome in outcomes}
-    assert len(counts) == 1  # equal trial counts: check_fair_tuning accepts them
-    assert all(o.saturation.saturated for o in outcomes) or counts == {48}
+    assert all(o.saturation.saturated or o.counted == 48 for o in outcomes)
+    # The same rule and cap for both: check_fair_tuning accepts them, whatever the counts.
+    plans = [
+        RunPlan(
+            task="quadratic",
+            optimizer=spec.optimizer,
+            seed=0,
+            tags={
+                "study": o.study,
+                "trials": o.counted,
+                "tuning_budget_steps": 60,
+                "saturated": o.saturation.saturated,
+            },
+        )
+        for spec, o in zip(specs, outcomes, strict=True)
+    ]
+    check_fair_tuning("campaign", plans)
+    # Rerunning a finished campaign runs no trial.
+    assert all(o.ran == 0 for o in run_campaign(campaign, log=quiet))
 
 
 def test_a_stop_request_ends_tuning_between_trials(tmp_path) -> None:
@@ -526,18 +620,27 @@ def test_two_processes_tune_one_study_without_lost_or_duplicated_trials(
 
 
 def test_a_suite_refuses_baselines_tuned_with_different_budgets() -> None:
-    plans = [
-        RunPlan(
-            task="quadratic",
-            optimizer=name,
-            seed=0,
-            tags={"study": name, "trials": trials, "tuning_budget_steps": 60},
-        )
-        for name, trials in (("sgd", 3), ("adam", 4))
-    ]
-    with pytest.raises(UsageError, match="different tuning budgets"):
-        check_fair_tuning("tuned", plans)
-    check_fair_tuning("tuned", plans[:1])  # one study: nothing to compare
+    def plan(name: str, trials: int, steps: int = 60, saturated: bool | None = None) -> RunPlan:
+        tags = {"study": name, "trials": trials, "tuning_budget_steps": steps}
+        if saturated is not None:
+            tags["saturated"] = saturated
+        return RunPlan(task="quadratic", optimizer=name, seed=0, tags=tags)
+
+    # Fewer trials without the saturation rule (or failing it): the harder-tuned one is favoured.
+    for short in (plan("sgd", 3), plan("sgd", 3, saturated=False)):
+        with pytest.raises(UsageError, match="sgd has 3 trials and is not saturated"):
+            check_fair_tuning("tuned", [short, plan("adam", 4)])
+    with pytest.raises(UsageError, match="different tuning budgets \\(60 steps, 90 steps\\)"):
+        check_fair_tuning("tuned", [plan("sgd", 4), plan("adam", 4, steps=90)])
+    check_fair_tuning("tuned", [plan("sgd", 3)])  # one study: nothing to compare
+    check_fair_tuning("tuned", [plan("sgd", 4), plan("adam", 4)])  # equal counts
+    # Saturated with fewer trials, against one at the cap (saturated or not): fair.
+    check_fair_tuning(
+        "tuned", [plan("sgd", 44, saturated=True), plan("adam", 128, saturated=False)]
+    )
+    # Tasks are compared separately.
+    other = RunPlan(task="other", optimizer="sgd", seed=0, tags=plan("x", 9).tags)
+    check_fair_tuning("tuned", [plan("sgd", 4), other])
 
 
 def test_a_trial_asked_by_a_process_killed_before_it_recorded_itself_is_redone() -> None:

@@ -8,8 +8,12 @@ seeds, against CPU-hours) and ``out/meta_summary.md`` (:func:`convergence` as a 
 The verdict compares the mean outer loss of the last tenth of the outer steps with the tenth
 before it: *flattened* when it improved by less than 2 % of the loss (for ``loss=log``, whose
 values are logs: by less than 0.02, a 2 % change of the loss itself), else *still falling*
-(or *rising*). It is a statement about the outer loss only; the held-out rows say whether what
-meta-training optimises still helps whole runs.
+(or *rising*). Each outer step draws new inner problems, so the outer loss moves from step to
+step by more than its trend; when both tenths hold at least :data:`NOISE_MIN_STEPS` steps and
+the change lies within twice its standard error (Welch's, from the two tenths' spreads) the
+verdict is *flattened within noise*: no measurable change, which is all a noisy curve can show.
+It is a statement about the outer loss only; the held-out rows say whether what meta-training
+optimises still helps whole runs.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from harness.errors import UsageError
 #: improvement of the last tenth over the one before below which a run has flattened
 FLAT_RELATIVE = 0.02
 FLAT_LOG = 0.02
+#: the fewest outer steps per tenth for a standard error to judge by
+NOISE_MIN_STEPS = 5
 SUMMARY_FILE = "meta_summary.md"
 CURVES_FILE = "meta_curves.png"
 
@@ -56,13 +62,22 @@ def convergence(log: pd.DataFrame) -> dict[str, Any]:
     losses = wide.loc[steps, "outer_loss"] if "outer_loss" in wide else pd.Series(dtype=float)
     verdict = "too short"
     if len(losses) >= 2 * tenth and len(steps) >= 20:
-        last, before = losses.iloc[-tenth:].mean(), losses.iloc[-2 * tenth : -tenth].mean()
+        last_tenth, tenth_before = losses.iloc[-tenth:], losses.iloc[-2 * tenth : -tenth]
+        last, before = last_tenth.mean(), tenth_before.mean()
         gain = before - last
         threshold = FLAT_LOG if loss_kind == "log" else FLAT_RELATIVE * abs(before)
-        verdict = (
-            "flattened" if abs(gain) < threshold else "still falling" if gain > 0 else "rising"
-        )
+        noise = math.inf
+        if tenth >= NOISE_MIN_STEPS:
+            noise = 2 * math.sqrt((last_tenth.var() + tenth_before.var()) / tenth)
+        if abs(gain) < threshold:
+            verdict = "flattened"
+        elif math.isfinite(noise) and abs(gain) <= noise:
+            verdict = "flattened within noise"
+        else:
+            verdict = "still falling" if gain > 0 else "rising"
         out.update(outer_loss_last_tenth=last, outer_loss_tenth_before=before, gain=gain)
+        if math.isfinite(noise):
+            out["gain_noise"] = noise
     out["verdict"] = verdict
     for name in (f"heldout_{s}_loss{m}" for m in ("", "_mean") for s in ("train", "valid")):
         if name in wide:

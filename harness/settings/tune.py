@@ -39,6 +39,7 @@ class TuneSettings:
     budget_steps: int | None = None
     seeds: int = 1
     eval_seeds: int = 5
+    confirm_seeds: int = 4
     sampler: str = "tpe"
     sampler_seed: int = 0
     grid_points: int = 13
@@ -62,6 +63,11 @@ class TuneSettings:
         for key in ("trials", "seeds", "budget_steps", "eval_every"):
             at_least(key, getattr(self, key), 0, strict=True)
         at_least("eval_seeds", self.eval_seeds, 0)
+        if self.confirm_seeds != 0 and self.confirm_seeds < 2:
+            raise UsageError(
+                f"confirm_seeds must be 0 (no confirmation) or >= 2 (a paired comparison needs "
+                f"a standard error), got {self.confirm_seeds}"
+            )
         at_least("grid_points", self.grid_points, 2)
         if self.until == "saturated" and self.trials < SATURATION_MIN_TRIALS:
             raise UsageError(
@@ -92,6 +98,7 @@ class TuneConfig:
     budget_steps: Optional[int] = _TUNE["budget_steps"]  # noqa: UP045  (None: the task's steps)
     seeds: int = _TUNE["seeds"]
     eval_seeds: int = _TUNE["eval_seeds"]
+    confirm_seeds: int = _TUNE["confirm_seeds"]
     sampler: str = _TUNE["sampler"]
     sampler_seed: int = _TUNE["sampler_seed"]
     grid_points: int = _TUNE["grid_points"]

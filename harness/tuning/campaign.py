@@ -1,15 +1,16 @@
-"""Retune a suite's baselines until every study is saturated, with equal trial counts per task.
+"""Retune a suite's baselines until every study is saturated or at the last cap.
 
 A *campaign* takes the tuned runs of a suite file (``harness/conf/suite/<suite>.yaml``: task,
 task settings, optimizer, objective, step budget, fixed and searched hyperparameters), optionally
 adds baselines the suite does not have yet (``extra``: each cloned from the suite's ``adam``
-entry of the same task and objective), and tunes every study with ``until=saturated``:
-
-1. in rounds of growing caps (``caps``, default 32, 48, 64, 96, 128), one study after the other,
-   so that all studies progress together and an interruption leaves them all about as far;
-2. then, per task, every study is brought to the largest trial count among that task's studies
-   (``check_fair_tuning`` compares baselines tuned with the same number of trials) and tuned on
-   until it is saturated again at that count, until all agree or all reach the last cap.
+entry of the same task and objective), and tunes every study with ``until=saturated`` in rounds
+of growing caps (``caps``, default 32, 48, 64, 96, 128), one study after the other, so that all
+studies progress together and an interruption leaves them all about as far. A study stops at
+the first trial count that meets the saturation rule; one that never does stops at the last
+cap. That is the fairness ``check_fair_tuning`` asks for: the same rule and cap for every
+baseline of a task, so a study saturated at 44 trials is compared with one stopped at 128
+(more trials stopped paying for the first; bringing it to 128 would spend CPU-hours to change
+nothing the rule can see).
 
 Tuning seeds follow the objective (``seeds``: 1 for ``train_loss``, 2 for ``valid_loss``, from
 ``benchmarks/tuning_seeds.py``). Pruning is off by default (``pruner="none"``): the median
@@ -156,25 +157,6 @@ def run_campaign(
         for i, spec in enumerate(specs):
             log(f"== {spec.label()}: until saturated, at most {cap} trials")
             outcomes[i] = tune(campaign.settings(spec, cap, "saturated"), log=log, stop=stop)
-    last = max(campaign.caps)
-    for task in sorted({spec.task for spec in specs}):
-        mine = [i for i, spec in enumerate(specs) if spec.task == task]
-        while True:
-            counts = {i: outcomes[i].counted for i in mine}
-            target = max(counts.values())
-            done = all(counts[i] == target and outcomes[i].saturation.saturated for i in mine)
-            at_cap = target >= last and all(n == target for n in counts.values())
-            if done or at_cap:
-                verdict = "all saturated" if done else "the cap, not all saturated"
-                log(f"== {task}: {target} trials per study, {verdict}")
-                break
-            for i in mine:
-                if counts[i] < target:
-                    log(f"== {specs[i].label()}: to {target} trials (the task's largest count)")
-                    tune(campaign.settings(specs[i], target, "trials"), log=log, stop=stop)
-                outcomes[i] = tune(
-                    campaign.settings(specs[i], last, "saturated"), log=log, stop=stop
-                )
     return [outcomes[i] for i in range(len(specs))]
 
 

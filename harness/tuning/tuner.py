@@ -23,6 +23,7 @@ are kept as they were).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -49,8 +50,13 @@ from harness.tuning.export import (
 )
 from harness.tuning.objective import TrialDiverged, evaluate_configuration
 from harness.tuning.saturation import (
+    ATTR_CONFIRMATION,
+    CONFIRM_SEED_OFFSET,
+    Confirmation,
     Saturation,
+    halves_best,
     saturation_verdict,
+    stored_confirmation,
     study_saturation,
     trial_values,
 )
@@ -221,6 +227,8 @@ def tune(
     best_runs = None
     best = best_trial(study, trials)
     complete = len(counts.counted) >= trials
+    if settings.until == "saturated" and complete and settings.confirm_seeds:
+        confirm_saturation(study, task, protocol, base, trials, settings.confirm_seeds, opened, log)
     if best is not None and complete and settings.eval_seeds:
         with opened.claim():
             best_runs = evaluate_best(study, name, best, protocol, settings, trials, log)
@@ -244,8 +252,7 @@ def _target(study: optuna.Study, settings: TuneSettings) -> int:
     stored = int(study.user_attrs.get(ATTR_TRIALS, 0))
     if settings.until == "saturated" and stored and study.user_attrs.get(ATTR_UNTIL) == "saturated":
         first = counted_trials(study, stored)
-        objective = stored_protocol(study)["objective"]
-        if len(first) == stored and saturation_verdict(trial_values(first), objective).saturated:
+        if len(first) == stored and study_saturation(study, stored).saturated:
             return stored
     return max(settings.trials, stored)
 
@@ -262,6 +269,63 @@ def _saturated_now(study: optuna.Study, protocol: Protocol, log: Log) -> bool:
         study.set_user_attr(ATTR_TRIALS, len(counted))
         log(f"{study.study_name}: {verdict.verdict}, after {len(counted)} trials")
     return True
+
+
+def confirm_saturation(
+    study: optuna.Study,
+    task: Any,
+    protocol: Protocol,
+    base: dict[str, Any],
+    trials: int,
+    seeds: int,
+    opened: OpenedStorage,
+    log: Log,
+) -> Saturation:
+    """The study's verdict at ``trials`` counted trials; when the values alone fail the rule,
+    first re-run the halves' best configurations on ``seeds`` fresh seeds and store them as the
+    study's :class:`~harness.tuning.saturation.Confirmation` (kept when it already holds one of
+    these trials). See :mod:`harness.tuning.saturation`."""
+    counted = counted_trials(study, trials)
+    verdict = study_saturation(study, trials)
+    first, second = halves_best(counted)
+    if (
+        verdict.saturated
+        or len(counted) < verdict.min_trials
+        or first is None
+        or second is None
+        or stored_confirmation(study, counted) is not None
+    ):
+        return verdict
+    fresh = [CONFIRM_SEED_OFFSET + k for k in range(seeds)]
+    log(
+        f"{study.study_name}: {verdict.verdict}; re-running trials {first.number} and "
+        f"{second.number} (the halves' bests) on seeds {fresh[0]}..{fresh[-1]}"
+    )
+
+    def rerun(trial: optuna.trial.FrozenTrial) -> list[float]:
+        hparams = json.loads(trial.user_attrs["hparams"])
+        values = []
+        for seed in fresh:
+            one_seed = dataclasses.replace(protocol, seeds=[seed])
+            try:
+                values.append(evaluate_configuration(task, one_seed, hparams))
+            except TrialDiverged as exc:
+                values.append(exc.penalty)
+        return values
+
+    confirmation = Confirmation(
+        trials=len(counted),
+        first_trial=first.number,
+        second_trial=second.number,
+        seeds=fresh,
+        first_values=rerun(first),
+        second_values=rerun(second),
+    )
+    with opened.claim():
+        study.set_user_attr(ATTR_CONFIRMATION, confirmation.as_dict())
+    verdict = study_saturation(study, trials)
+    log(f"{study.study_name}: {verdict.verdict}")
+    return verdict
 
 
 def _queue_defaults(
