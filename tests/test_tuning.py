@@ -26,6 +26,7 @@ from harness.results.schema import canonical_json
 from harness.suite import check_fair_tuning
 from harness.tuning import objective as objective_module
 from harness.tuning.campaign import Campaign, StudySpec, run_campaign, suite_studies, with_extra
+from harness.tuning.export import saturation_table
 from harness.tuning.saturation import (
     CONFIRM_SEED_OFFSET,
     Confirmation,
@@ -274,6 +275,9 @@ def test_a_lucky_best_is_rerun_and_a_real_one_is_kept(tmp_path) -> None:
     assert outcome.saturation.saturated and "re-run on 3 fresh seeds" in outcome.saturation.verdict
     assert saturation_of(lucky.storage, outcome.study) == outcome.saturation  # stored
     assert tune(lucky, log=quiet).saturation == outcome.saturation  # not re-run again
+    row = saturation_table([load_existing(open_storage(lucky.storage).storage, outcome.study)])
+    assert row.saturated.item() and row.second_half_gain.item() == pytest.approx(0.5)
+    assert row.verdict.item() == outcome.saturation.verdict
     real = study_with(tmp_path / "real", 0.003, 0.3)
     outcome = tune(real, log=quiet)
     assert not outcome.saturation.saturated and outcome.saturation.gain > 0.5

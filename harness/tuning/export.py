@@ -34,6 +34,7 @@ from harness.tuning.saturation import (
     SaturationRule,
     best_so_far,
     saturation_verdict,
+    study_saturation,
     trial_values,
 )
 from harness.tuning.study import (
@@ -176,7 +177,7 @@ def plot_best_so_far(
     chosen = counted_trials(study, trials) if trials is not None else study_result(study)
     objective = stored_protocol(study)["objective"]
     values = np.asarray(trial_values(chosen), dtype=float)
-    verdict = saturation_verdict(values, objective, rule)
+    verdict = study_saturation(study, len(chosen), rule)  # the confirmed verdict, if any
     x = np.arange(1, len(values) + 1)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
@@ -235,13 +236,17 @@ SATURATION_COLUMNS = (
 def saturation_table(
     studies: list[optuna.Study], rule: SaturationRule = DEFAULT_RULE
 ) -> pd.DataFrame:
-    """One row per study (``SATURATION_COLUMNS``), on each study's result so far."""
+    """One row per study (``SATURATION_COLUMNS``), on each study's result so far: the halves'
+    bests and the gain are those of the trial values; ``saturated`` and ``verdict`` are the
+    study's verdict (:func:`~harness.tuning.saturation.study_saturation`: confirmed by re-runs
+    where the study holds a confirmation of these trials)."""
     rows = []
     for study in studies:
         protocol = stored_protocol(study)
         chosen = study_result(study)
         states = [_state(t, set()) for t in chosen]
-        verdict = saturation_verdict(trial_values(chosen), protocol["objective"], rule)
+        values = saturation_verdict(trial_values(chosen), protocol["objective"], rule)
+        verdict = study_saturation(study, len(chosen), rule)  # confirmed, where re-run
         rows.append(
             {
                 "study": study.study_name,
@@ -257,11 +262,11 @@ def saturation_table(
                 "failed": sum(
                     s == "fail" and not is_diverged(t) for s, t in zip(states, chosen, strict=True)
                 ),
-                "best_value": verdict.best,
-                "first_half_best": verdict.first_half_best,
-                "second_half_best": verdict.second_half_best,
-                "second_half_gain": verdict.gain,
-                "tolerance": verdict.tolerance,
+                "best_value": values.best,
+                "first_half_best": values.first_half_best,
+                "second_half_best": values.second_half_best,
+                "second_half_gain": values.gain,
+                "tolerance": values.tolerance,
                 "saturated": verdict.saturated,
                 "verdict": verdict.verdict,
                 "trial_hours": trial_hours(chosen),
