@@ -196,12 +196,11 @@ def halves_best(trials: Sequence[FrozenTrial]) -> tuple[FrozenTrial | None, Froz
     return best(0, half), best(half, len(trials))
 
 
-def confirmed_verdict(
-    values_verdict: Saturation, confirmation: Confirmation, rule: SaturationRule = DEFAULT_RULE
-) -> Saturation:
+def confirmed_verdict(values_verdict: Saturation, confirmation: Confirmation) -> Saturation:
     """The verdict once the halves' bests were re-run (see the module docstring): saturated
     unless the second's mean is lower by ``>= tolerance`` of the first's mean *and* by more than
-    twice the standard error of the paired differences. ``gain`` becomes the re-run gain."""
+    twice the standard error of the paired differences (the tolerance is ``values_verdict``'s).
+    ``gain`` becomes the re-run gain."""
     first = np.asarray(confirmation.first_values, dtype=float)
     second = np.asarray(confirmation.second_values, dtype=float)
     k = len(first)
@@ -275,7 +274,7 @@ def study_saturation(
     if verdict.saturated or len(chosen) < rule.min_trials:
         return verdict
     confirmation = stored_confirmation(study, chosen)
-    return verdict if confirmation is None else confirmed_verdict(verdict, confirmation, rule)
+    return verdict if confirmation is None else confirmed_verdict(verdict, confirmation)
 
 
 def saturation_of(storage: str, study: str, rule: SaturationRule = DEFAULT_RULE) -> Saturation:
