@@ -17,10 +17,10 @@ kept in the new file, their ``tags`` marked ``not_reproduced``; rows of the task
 of this suite would make are written aside to ``<out stem>.not-rerun<suffix>``. The report says
 which tasks were not rerun and why, the run's last lines say it again, and
 :attr:`SuiteOutcome.complete` is False (``lopt suite`` then exits with code 3). ``fresh=true``
-redoes everything a suite
-normally takes from the repository: every tuning study (in ``<out>/fresh/optuna.db``, with the
-suite's ``tuning.trials``) and every meta-training (in ``<out>/fresh/meta/<optimizer>``); the
-runs then use those.
+redoes everything a suite normally takes from the repository: every tuning study (in
+``<out>/fresh/optuna.db``, by the retuning protocol of :mod:`harness.tuning.campaign`, capped at
+the suite's ``tuning.trials``) and every meta-training (in ``<out>/fresh/meta/<optimizer>``);
+the runs then use those.
 
 :func:`run_suite` returns a :class:`SuiteOutcome`: the tidy table it wrote and the tasks it
 skipped; the report (``report: standard`` or ``comparison``) is written next to it.
@@ -288,39 +288,51 @@ def fresh_checkpoint(settings: SuiteRun, entry: SuiteEntry) -> Path:
 
 def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> None:
     """Run every tuning study and meta-training the suite's runs need, from scratch (each is
-    resumable: rerunning continues what an interrupted ``fresh=true`` run left)."""
+    resumable: rerunning continues what an interrupted ``fresh=true`` run left). The studies
+    follow the retuning protocol of :mod:`harness.tuning.campaign` (until saturated, in rounds
+    of growing caps up to the suite's ``tuning.trials``, the seeds per objective), one campaign
+    per tuning tag."""
     from harness.meta.command import meta_train
-    from harness.tuning.tuner import TuneSettings, tune
+    from harness.tuning.campaign import Campaign, StudySpec, caps_up_to, run_campaign
 
     suite = settings.suite
+    campaigns: dict[tuple[str, str, int], list[StudySpec]] = {}
     for entry in entries:
-        if entry.tuned:
-            tuning = tuning_for(suite, entry)
-            if tuning.trials is None:
-                raise UsageError(
-                    f"suite {suite.name!r}: fresh=true needs tuning.trials (how many trials "
-                    "every baseline gets)"
-                )
-            tune(
-                TuneSettings(
-                    task=entry.task,
-                    optimizer=entry.optimizer,
-                    trials=tuning.trials,
-                    objective=tuning.objective,
-                    budget_steps=tuning.budget_steps or entry.steps,
-                    sampler=tuning.sampler,
-                    tag=tuning.tag,
-                    storage=fresh_storage(settings),
-                    eval_seeds=0,
-                    device=settings.device,
-                    out=str(settings.fresh_dir / "tuning"),
-                    task_cfg=dict(entry.task_cfg),
-                    fixed=dict(tuning.fixed),
-                    search={k: to_plain(v) for k, v in tuning.search.items()},
-                ),
-                log=log,
+        if not entry.tuned:
+            continue
+        tuning = tuning_for(suite, entry)
+        if tuning.trials is None:
+            raise UsageError(
+                f"suite {suite.name!r}: fresh=true needs tuning.trials (the hard cap of every "
+                "baseline's study)"
             )
-        elif entry.meta_train:
+        spec = StudySpec(
+            task=entry.task,
+            optimizer=entry.optimizer,
+            objective=tuning.objective,
+            budget_steps=int(tuning.budget_steps or entry.steps),
+            task_cfg=dict(entry.task_cfg),
+            fixed=dict(tuning.fixed),
+            search={k: to_plain(v) for k, v in tuning.search.items()},
+        )
+        specs = campaigns.setdefault((tuning.tag, tuning.sampler, int(tuning.trials)), [])
+        if spec not in specs:
+            specs.append(spec)
+    for (tag, sampler, cap), specs in campaigns.items():
+        run_campaign(
+            Campaign(
+                specs=specs,
+                tag=tag,
+                storage=fresh_storage(settings),
+                out=str(settings.fresh_dir / "tuning"),
+                caps=caps_up_to(cap),
+                sampler=sampler,
+                device=settings.device,
+            ),
+            log=log,
+        )
+    for entry in entries:
+        if entry.meta_train and not entry.tuned:
             out = fresh_checkpoint(settings, entry).parent
             log(f"meta-training {entry.optimizer} into {out}")
             meta_train(

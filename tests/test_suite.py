@@ -221,6 +221,7 @@ def test_fresh_redoes_the_tuning_and_the_meta_training(tmp_path) -> None:
     }
     runs = [
         {**r, "task_cfg": {"dim": 8}}
+        | ({"tuning": {**r["tuning"], "trials": 32}} if "tuning" in r else {})
         for r in comparison_runs(learned)
         if r["tags"]["comparison"] == "train"
     ]

@@ -225,6 +225,8 @@ def test_the_confirmed_verdict_asks_for_a_measurable_gain() -> None:
 
     same = confirm([1.0, 1.2, 0.9, 1.1], [1.0, 1.2, 0.9, 1.1])  # a lucky draw of one config
     assert same.saturated and same.gain == 0.0 and "trial 20" in same.verdict
+    worse = confirm([1.0, 1.2, 0.9, 1.1], [1.1, 1.32, 0.99, 1.21])  # the second is 10% worse
+    assert worse.saturated and worse.gain == 0.0 and "was 10.0% worse than" in worse.verdict
     small = confirm([1.0, 1.2, 0.9, 1.1], [0.95, 1.14, 0.86, 1.04])  # 5% < 10%
     assert small.saturated and "(< 10%)" in small.verdict
     noisy = confirm([1.0, 2.0, 0.5, 1.5], [0.4, 2.2, 0.2, 1.2])  # 20%, but the noise is larger

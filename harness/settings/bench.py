@@ -31,7 +31,7 @@ class TuningRef:
     tag: str = ""
     storage: str = DEFAULT_STORAGE
     # Used only when a suite runs its studies itself (``lopt suite ... fresh=true``):
-    trials: Optional[int] = None  # noqa: UP045
+    trials: Optional[int] = None  # noqa: UP045  (the hard cap; until saturated, as a campaign)
     fixed: dict[str, Any] = field(default_factory=dict)  # optimizer.NAME=VALUE of lopt tune
     search: dict[str, Any] = field(default_factory=dict)  # search.NAME=... of lopt tune
 

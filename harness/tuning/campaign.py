@@ -121,6 +121,7 @@ class Campaign:
     seeds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SEEDS))
     sampler: str = "tpe"
     pruner: str = "none"
+    device: str = "cpu"
 
     def settings(self, spec: StudySpec, trials: int, until: str) -> TuneSettings:
         return TuneSettings(
@@ -140,7 +141,13 @@ class Campaign:
             task_cfg=dict(spec.task_cfg),
             fixed=dict(spec.fixed),
             search=dict(spec.search),
+            device=self.device,
         )
+
+
+def caps_up_to(cap: int) -> tuple[int, ...]:
+    """The rounds of a campaign whose hard cap is ``cap``: the default caps below it, then it."""
+    return (*(c for c in DEFAULT_CAPS if c < cap), cap)
 
 
 def run_campaign(

@@ -200,22 +200,25 @@ def confirmed_verdict(values_verdict: Saturation, confirmation: Confirmation) ->
     """The verdict once the halves' bests were re-run (see the module docstring): saturated
     unless the second's mean is lower by ``>= tolerance`` of the first's mean *and* by more than
     twice the standard error of the paired differences (the tolerance is ``values_verdict``'s).
-    ``gain`` becomes the re-run gain."""
+    ``gain`` becomes the re-run gain (0 when the second did worse: the verdict says by how much)."""
     first = np.asarray(confirmation.first_values, dtype=float)
     second = np.asarray(confirmation.second_values, dtype=float)
     k = len(first)
     first_mean, second_mean = float(first.mean()), float(second.mean())
     if not (math.isfinite(first_mean) and math.isfinite(second_mean)):
         gain, noise = (math.inf if math.isfinite(second_mean) else 0.0), 0.0
+        change = gain
     else:
-        gain = max(0.0, (first_mean - second_mean) / max(abs(first_mean), 1e-300))
+        change = (first_mean - second_mean) / max(abs(first_mean), 1e-300)
+        gain = max(0.0, change)
         diff = first - second
         se = float(diff.std(ddof=1) / math.sqrt(k)) if k > 1 else math.inf
         noise = 2 * se / max(abs(first_mean), 1e-300)
     tolerance = values_verdict.tolerance
+    moved = f"gained {gain:.1%} on" if change >= 0 else f"was {-change:.1%} worse than"
     measured = (
         f"re-run on {k} fresh seeds, the second half's best (trial {confirmation.second_trial}) "
-        f"gained {gain:.1%} on the first half's (trial {confirmation.first_trial})"
+        f"{moved} the first half's (trial {confirmation.first_trial})"
     )
     if gain < tolerance:
         saturated, verdict = True, f"saturated: {measured} (< {tolerance:.0%})"
