@@ -10,11 +10,14 @@ Celo, Moudgil et al. 2025, and of the nominal terms of Harrison et al. 2022)::
     x      = [u, g, m_hat, w] per parameter, each normalised by its RMS over the tensor
     f(x)   = W2 relu(W1 x + Wt phi_t + b1)                          (a small per-parameter MLP)
     d      = f(x) - f(-x)                                           (odd in x)
-    w     <- w - lr0 * exp(a . phi_t) * (u + d)
+    w     <- w - lr0 * exp(a . phi_t) * (u + d + wd0 * exp(c . phi_t) * w)
 
 ``a`` (the learned schedule: a log-learning-rate multiplier as a function of the fraction of the
 run done) and the last layer ``W2`` start at zero, so ``exp(a . phi) = 1`` and ``d = 0``: the
-update is exactly Adam's (a test checks 100 steps against ``adam`` to 1e-6). The hidden layer
+update is exactly Adam's (a test checks 100 steps against ``adam`` to 1e-6); with a base weight
+decay ``wd0 > 0`` it is exactly AdamW's (``torch.optim.AdamW(lr=lr0, weight_decay=wd0)``), and
+theta gains ``c``, the learned log-multiplier of the decay (a decoupled weight-decay schedule,
+zero at the start). The hidden layer
 starts random (``N(0, 1/fan_in)``), so the gradient with respect to ``W2`` is not zero. The
 correction is odd in the features (flipping the signs of the gradient, the moments and the
 weight flips it), so it can never add the same drift to every weight: a first version with a
@@ -23,7 +26,8 @@ rewarded and whole 2,000-step runs paid for (held-out training loss 4e-6 -> 2e-3
 
 Settings (recorded in the checkpoint): ``lr0`` (the tuned Adam learning rate of the task),
 ``horizon`` (T), ``hidden`` (width of the MLP; 0: no correction, theta is the schedule ``a``
-alone, ``len(centres) + 1`` values), ``beta1``, ``beta2``, ``eps``, ``centres``.
+alone, ``len(centres) + 1`` values), ``wd0`` (AdamW's decoupled weight decay at the start; 0:
+none, and no ``c``), ``beta1``, ``beta2``, ``eps``, ``centres``.
 State: ``{"step": t, "moments": (2, N)}`` (m and v over the flat parameters).
 
 Cost: Adam's arithmetic on one flat vector plus a 4 -> ``hidden`` -> 1 MLP per parameter
@@ -54,6 +58,7 @@ class AdamResidualSettings:
     lr0: float = 1e-3
     horizon: int = 2000
     hidden: int = 8
+    wd0: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
@@ -64,6 +69,7 @@ class AdamResidualSettings:
             "lr0": isinstance(self.lr0, (int, float)) and math.isfinite(self.lr0) and self.lr0 > 0,
             "horizon": isinstance(self.horizon, int) and self.horizon >= 1,
             "hidden": isinstance(self.hidden, int) and self.hidden >= 0,
+            "wd0": isinstance(self.wd0, (int, float)) and math.isfinite(self.wd0) and self.wd0 >= 0,
             "beta1": 0 <= self.beta1 < 1,
             "beta2": 0 <= self.beta2 < 1,
             "eps": self.eps > 0,
@@ -73,6 +79,7 @@ class AdamResidualSettings:
                 raise UsageError(f"adam_residual: invalid {name} {getattr(self, name)!r}")
         object.__setattr__(self, "centres", tuple(float(c) for c in self.centres))
         object.__setattr__(self, "lr0", float(self.lr0))
+        object.__setattr__(self, "wd0", float(self.wd0))
 
     @property
     def num_time(self) -> int:
@@ -81,9 +88,11 @@ class AdamResidualSettings:
 
     @property
     def shapes(self) -> tuple[tuple[int, ...], ...]:
-        """theta's blocks: ``a (S,)``, ``W1 (H, F)``, ``Wt (H, S)``, ``b1 (H,)``, ``W2 (1, H)``."""
+        """theta's blocks: ``a (S,)``, ``W1 (H, F)``, ``Wt (H, S)``, ``b1 (H,)``, ``W2 (1, H)``,
+        and ``c (S,)`` when ``wd0 > 0``."""
         h, s = self.hidden, self.num_time
-        return ((s,), (h, NUM_FEATURES), (h, s), (h,), (1, h))
+        decay = ((s,),) if self.wd0 > 0 else ()
+        return ((s,), (h, NUM_FEATURES), (h, s), (h,), (1, h), *decay)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -114,7 +123,8 @@ class AdamResidual:
         return self.settings.to_dict()
 
     def init_theta(self, seed: int) -> torch.Tensor:
-        """Zero schedule and zero last layer (the update is Adam's); the hidden layer random."""
+        """Zero schedules and zero last layer (the update is Adam's, or AdamW's); the hidden
+        layer random."""
         generator = torch.Generator().manual_seed(seed)
         blocks = []
         for index, shape in enumerate(self.settings.shapes):
@@ -156,6 +166,14 @@ class AdamResidual:
         a = self.unpack(theta.detach().cpu())[0]
         return self.settings.lr0 * math.exp(float(a @ self.time_features(step - 1, a)))
 
+    def weight_decay(self, theta: torch.Tensor, step: int) -> float:
+        """The learned decoupled weight decay ``wd0 * exp(c . phi)`` of update number ``step``
+        (AdamW's ``weight_decay``: each update shrinks ``w`` by ``learning_rate * this``)."""
+        if self.settings.wd0 == 0:
+            return 0.0
+        c = self.unpack(theta.detach().cpu())[5]
+        return self.settings.wd0 * math.exp(float(c @ self.time_features(step - 1, c)))
+
     def apply(
         self,
         theta: torch.Tensor,
@@ -168,7 +186,7 @@ class AdamResidual:
         """One update (pure, differentiable, vmap-safe; ``reuse_buffers`` has no effect)."""
         del reuse_buffers
         s = self.settings
-        a, w1, wt, b1, w2 = self.unpack(theta)
+        a, w1, wt, b1, w2, *decay = self.unpack(theta)
         layout = param_layout(params)
         g = layout.flatten(grads)
         w = layout.flatten(params)
@@ -184,8 +202,11 @@ class AdamResidual:
         u = m_hat / (v.sqrt() / root_bias2 + s.eps)  # Adam's direction, as torch.optim.Adam
         phi = self.time_features(state["step"], g)
         scale = s.lr0 * torch.exp(a @ phi)
-        if s.hidden == 0:  # the learned schedule alone
-            new_w = w - scale * u
+        step_dir = u  # Adam's direction, plus AdamW's decoupled decay of the current weights
+        if decay:
+            step_dir = u + s.wd0 * torch.exp(decay[0] @ phi) * w
+        if s.hidden == 0:  # the learned schedules alone
+            new_w = w - scale * step_dir
             return layout.unflatten(new_w), {"step": step, "moments": torch.stack([m, v])}
         rows = torch.stack([u, g, m_hat, w])  # (F, N)
         chunks = rows.split(layout.lengths, -1)
@@ -195,5 +216,5 @@ class AdamResidual:
         linear = w1 @ features  # (H, N)
         shift = (wt @ phi + b1).unsqueeze(-1)
         correction = (w2 @ (torch.relu(linear + shift) - torch.relu(shift - linear)))[0]
-        new_w = w - scale * (u + correction)
+        new_w = w - scale * (step_dir + correction)
         return layout.unflatten(new_w), {"step": step, "moments": torch.stack([m, v])}

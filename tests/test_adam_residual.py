@@ -3,6 +3,7 @@ it meta-trains, is served from its checkpoint, and works as a torch.optim optimi
 
 from __future__ import annotations
 
+import math
 from itertools import islice
 from pathlib import Path
 
@@ -114,3 +115,31 @@ def test_hidden_zero_is_adam_with_a_learned_schedule() -> None:
     expected = params[0] - 0.01 * torch.exp(theta @ phi) * adam_first_step
     torch.testing.assert_close(new[0], expected)
     assert state["step"] == 1
+
+
+def test_with_a_base_weight_decay_it_is_adamw_and_learns_the_decay_schedule() -> None:
+    """``wd0 > 0``: at its initial theta, 100 steps equal torch.optim.AdamW(lr0, wd0) to 1e-6;
+    theta gains the decay schedule ``c``, which scales the decay by exp(c . phi_t)."""
+    task = create_task("digits_mlp")
+    learner = create_learner("adam_residual", lr0=3e-3, wd0=0.5, horizon=100)
+    plain = create_learner("adam_residual", lr0=3e-3, horizon=100)
+    assert learner.num_theta == plain.num_theta + learner.settings.num_time
+    theta = learner.init_theta(5)
+    ours = LearnedOptimizer.from_theta(theta, learner)
+    params = task.init_params(0)
+    state = ours.init(params)
+    reference = [p.detach().clone().requires_grad_(True) for p in params]
+    adamw = torch.optim.AdamW(reference, lr=3e-3, weight_decay=0.5)
+    step = make_train_step(task, ours)
+    for batch in islice(task.batches("train", 0), 100):
+        adamw.zero_grad()
+        task.loss(tuple(reference), batch).backward()
+        adamw.step()
+        params, state = step(params, state, batch)[:2]
+    for a, b in zip(params, reference, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
+    assert learner.weight_decay(theta, 1) == pytest.approx(0.5)
+    shifted = theta.clone()
+    shifted[-1] = 1.0  # the constant feature of c: the decay times e at every step
+    assert learner.weight_decay(shifted, 50) == pytest.approx(0.5 * math.e)
+    assert plain.weight_decay(plain.init_theta(0), 1) == 0.0
