@@ -221,7 +221,8 @@ def confirmed_verdict(values_verdict: Saturation, confirmation: Confirmation) ->
         f"{moved} the first half's (trial {confirmation.first_trial})"
     )
     if gain < tolerance:
-        saturated, verdict = True, f"saturated: {measured} (< {tolerance:.0%})"
+        below = f" (< {tolerance:.0%})" if change >= 0 else ""
+        saturated, verdict = True, f"saturated: {measured}{below}"
     elif gain <= noise:
         saturated = True
         verdict = f"saturated: {measured}, within twice its standard error ({noise:.1%})"
