@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.errors import UsageError
 from harness.meta import meta_train
 from harness.registry import create_learner, create_optimizer, create_task
 from harness.runner import make_train_step
@@ -143,3 +144,19 @@ def test_with_a_base_weight_decay_it_is_adamw_and_learns_the_decay_schedule() ->
     shifted[-1] = 1.0  # the constant feature of c: the decay times e at every step
     assert learner.weight_decay(shifted, 50) == pytest.approx(0.5 * math.e)
     assert plain.weight_decay(plain.init_theta(0), 1) == 0.0
+
+
+def test_a_start_schedule_fits_a_tuned_cosine_decay() -> None:
+    """``start_final_fraction``: the initial ``a`` follows adam_cosine's decay to its floor
+    (within 13% at every step), and the rest of theta starts as by default."""
+    from optimizers.adam import cosine_factor
+
+    learner = create_learner("adam_residual", hidden=0, lr0=0.01, start_final_fraction=0.08)
+    theta = learner.init_theta(0)
+    for step in range(1, 2001, 37):
+        expected = 0.01 * cosine_factor(step - 1, 2000, 0, 0.08)
+        assert learner.learning_rate(theta, step) == pytest.approx(expected, rel=0.13)
+    plain = create_learner("adam_residual", hidden=0, lr0=0.01)
+    assert torch.count_nonzero(plain.init_theta(0)) == 0
+    with pytest.raises(UsageError, match="start_final_fraction"):
+        create_learner("adam_residual", start_final_fraction=0.0)
