@@ -25,7 +25,14 @@ from harness.results.io import read_results
 from harness.results.schema import canonical_json
 from harness.suite import check_fair_tuning
 from harness.tuning import objective as objective_module
-from harness.tuning.campaign import Campaign, StudySpec, run_campaign, suite_studies, with_extra
+from harness.tuning.campaign import (
+    Campaign,
+    StudySpec,
+    parse_seeds,
+    run_campaign,
+    suite_studies,
+    with_extra,
+)
 from harness.tuning.export import saturation_table
 from harness.tuning.saturation import (
     CONFIRM_SEED_OFFSET,
@@ -337,6 +344,13 @@ def test_a_campaign_takes_the_suite_studies_and_adds_baselines() -> None:
     added = with_extra(older, ["adamw_cosine", "nesterov"])[len(older) :]
     assert len(added) == 8 and {s.optimizer for s in added} == {"adamw_cosine", "nesterov"}
     assert all(s in specs for s in added)  # the clones are the suite's own entries
+
+
+def test_a_campaign_takes_tuning_seeds_per_objective() -> None:
+    assert parse_seeds("") == {} and parse_seeds("train_loss=2") == {"train_loss": 2}
+    for bad in ("train_loss=0", "test_loss=2", "train_loss"):
+        with pytest.raises(UsageError, match="--seeds: bad item"):
+            parse_seeds(bad)
 
 
 def test_a_campaign_ends_with_every_study_saturated_or_at_the_last_cap(tmp_path) -> None:

@@ -13,16 +13,18 @@ baseline of a task, so a study saturated at 44 trials is compared with one stopp
 nothing the rule can see).
 
 Tuning seeds follow the objective (``seeds``: 1 for ``train_loss``, 2 for ``valid_loss``, from
-``benchmarks/tuning_seeds.py``). Pruning is off by default (``pruner="none"``): the median
-pruner judges a trial by its loss part-way, and the validation loss is not monotone in
-training (fast-starting learning rates overfit later), so it stopped exactly the trials near
-the valid-loss optimum, and a study "saturated" only because its promising trials never
-finished (docs/tuning.md has the figures). Everything is resumable: each study is an Optuna study in
-``storage``, so rerunning the same campaign continues where it stopped; two processes running
-the same campaign share the trials of each study.
+``benchmarks/tuning_seeds.py``; ``--seeds train_loss=2`` changes them, into new studies: use a
+new ``--tag``, since a study refuses a change of its seeds). Pruning is off by default
+(``pruner="none"``): the median pruner judges a trial by its loss part-way, and the validation
+loss is not monotone in training (fast-starting learning rates overfit later), so it stopped
+exactly the trials near the valid-loss optimum, and a study "saturated" only because its
+promising trials never finished (docs/tuning.md has the figures). Everything is resumable: each
+study is an Optuna study in ``storage``, so rerunning the same campaign continues where it
+stopped; two processes running the same campaign share the trials of each study.
 
     python -m harness.tuning.campaign --suite paper --tag paper [--optimizers adam]
         [--extra adamw_cosine,nesterov] [--tasks mnist5k_cnn16] [--caps 32,48,64,96,128]
+        [--seeds train_loss=2,valid_loss=2]
 
 ``kill -TERM`` (or Ctrl-C) stops it after the trial in flight, so the storage can be copied or
 committed; a second signal stops it at once.
@@ -150,6 +152,20 @@ def caps_up_to(cap: int) -> tuple[int, ...]:
     return (*(c for c in DEFAULT_CAPS if c < cap), cap)
 
 
+def parse_seeds(text: str) -> dict[str, int]:
+    """``"train_loss=2,valid_loss=3"`` -> ``{"train_loss": 2, "valid_loss": 3}`` (``""``: none)."""
+    seeds = {}
+    for item in (part for part in text.split(",") if part):
+        objective, _, count = item.partition("=")
+        if objective not in DEFAULT_SEEDS or not count.isdigit() or int(count) < 1:
+            raise UsageError(
+                f"--seeds: bad item {item!r}; allowed: OBJECTIVE=N with N >= 1 and OBJECTIVE "
+                f"one of {', '.join(DEFAULT_SEEDS)}"
+            )
+        seeds[objective] = int(count)
+    return seeds
+
+
 def run_campaign(
     campaign: Campaign, log: Log = print, stop: Callable[[], bool] | None = None
 ) -> list[TuneOutcome]:
@@ -179,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", default="", help="baselines to add, cloned from adam's")
     parser.add_argument("--caps", default=",".join(map(str, DEFAULT_CAPS)))
     parser.add_argument("--pruner", default="none", choices=("none", "median"))
+    parser.add_argument("--seeds", default="", help="tuning seeds per objective: OBJ=N,...")
     args = parser.parse_args(argv)
     try:
         specs, common = suite_studies(args.suite)
@@ -199,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or str(Path(storage.removeprefix("sqlite:///")).parent / "tuning")
         caps = tuple(int(c) for c in args.caps.split(","))
         campaign = Campaign(
-            specs=specs, tag=args.tag, storage=storage, out=out, caps=caps, pruner=args.pruner
+            specs=specs,
+            tag=args.tag,
+            storage=storage,
+            out=out,
+            caps=caps,
+            pruner=args.pruner,
+            seeds={**DEFAULT_SEEDS, **parse_seeds(args.seeds)},
         )
         outcomes = run_campaign(
             campaign, log=lambda m: print(m, file=sys.stderr, flush=True), stop=_stop_on_signal()
