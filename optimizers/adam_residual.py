@@ -46,6 +46,7 @@ import torch
 
 from harness.errors import UsageError
 from harness.registry import register_learner
+from optimizers.adam import cosine_factor
 from optimizers.base import OptState, Params
 from optimizers.learned import param_layout
 
@@ -156,8 +157,6 @@ class AdamResidual:
         s = self.settings
         if s.start_warmup == 0 and s.start_final_fraction == 1.0:
             return torch.zeros(s.num_time)
-        from optimizers.adam import cosine_factor
-
         steps = range(s.horizon)
         target = torch.tensor(
             [
