@@ -46,7 +46,6 @@ from harness.results.report import NOT_REPRODUCED_TAG
 from harness.results.schema import canonical_json
 from harness.settings.bench import TuningRef
 from harness.settings.suite import SuiteEntry, check_suite_file, suite_entries
-from harness.util import to_plain
 
 Log = Callable[[str], None]
 
@@ -306,15 +305,7 @@ def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> No
                 f"suite {suite.name!r}: fresh=true needs tuning.trials (the hard cap of every "
                 "baseline's study)"
             )
-        spec = StudySpec(
-            task=entry.task,
-            optimizer=entry.optimizer,
-            objective=tuning.objective,
-            budget_steps=int(tuning.budget_steps or entry.steps),
-            task_cfg=dict(entry.task_cfg),
-            fixed=dict(tuning.fixed),
-            search={k: to_plain(v) for k, v in tuning.search.items()},
-        )
+        spec = StudySpec.of_run(entry.task, entry.optimizer, entry.steps, entry.task_cfg, tuning)
         specs = campaigns.setdefault((tuning.tag, tuning.sampler, int(tuning.trials)), [])
         if spec not in specs:
             specs.append(spec)

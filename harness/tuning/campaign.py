@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from omegaconf import OmegaConf
 from harness.errors import UsageError
 from harness.tuning.saturation import DEFAULT_RULE
 from harness.tuning.tuner import TuneOutcome, TuneSettings, TuningStopped, tune
+from harness.util import to_plain
 
 SUITES = Path(__file__).resolve().parent.parent / "conf" / "suite"
 DEFAULT_CAPS = (32, 48, 64, 96, 128)
@@ -67,6 +68,22 @@ class StudySpec:
     def label(self) -> str:
         return f"{self.task} {self.optimizer} {self.objective}"
 
+    @classmethod
+    def of_run(
+        cls, task: str, optimizer: str, steps: int, task_cfg: Any, tuning: Mapping[str, Any]
+    ) -> StudySpec:
+        """The study behind a suite's tuned run (``tuning``: the suite's block updated by the
+        run's own; a dict or an OmegaConf node)."""
+        return cls(
+            task=task,
+            optimizer=optimizer,
+            objective=tuning.get("objective") or "valid_loss",
+            budget_steps=int(tuning.get("budget_steps") or steps),
+            task_cfg=to_plain(task_cfg or {}),
+            fixed=to_plain(tuning.get("fixed") or {}),
+            search=to_plain(tuning.get("search") or {}),
+        )
+
 
 def suite_studies(suite: str) -> tuple[list[StudySpec], dict[str, Any]]:
     """The studies behind the tuned runs of ``suite``, and its ``tuning`` block."""
@@ -81,14 +98,8 @@ def suite_studies(suite: str) -> tuple[list[StudySpec], dict[str, Any]]:
         if not run.get("tuned"):
             continue
         tuning = {**common, **(run.get("tuning") or {})}
-        spec = StudySpec(
-            task=run["task"],
-            optimizer=run["optimizer"],
-            objective=tuning.get("objective", "valid_loss"),
-            budget_steps=int(tuning.get("budget_steps") or run["steps"]),
-            task_cfg=dict(run.get("task_cfg") or {}),
-            fixed=dict(tuning.get("fixed") or {}),
-            search=dict(tuning.get("search") or {}),
+        spec = StudySpec.of_run(
+            run["task"], run["optimizer"], run["steps"], run.get("task_cfg"), tuning
         )
         if spec not in specs:
             specs.append(spec)
