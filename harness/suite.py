@@ -289,13 +289,13 @@ def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> No
     """Run every tuning study and meta-training the suite's runs need, from scratch (each is
     resumable: rerunning continues what an interrupted ``fresh=true`` run left). The studies
     follow the retuning protocol of :mod:`harness.tuning.campaign` (until saturated, in rounds
-    of growing caps up to the suite's ``tuning.trials``, the seeds per objective), one campaign
-    per tuning tag."""
+    of growing caps up to the suite's ``tuning.trials``, each study with its own tag and tuning
+    seeds), one campaign per sampler and cap."""
     from harness.meta.command import meta_train
     from harness.tuning.campaign import Campaign, StudySpec, caps_up_to, run_campaign
 
     suite = settings.suite
-    campaigns: dict[tuple[str, str, int], list[StudySpec]] = {}
+    campaigns: dict[tuple[str, int], list[StudySpec]] = {}
     for entry in entries:
         if not entry.tuned:
             continue
@@ -306,14 +306,14 @@ def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> No
                 "baseline's study)"
             )
         spec = StudySpec.of_run(entry.task, entry.optimizer, entry.steps, entry.task_cfg, tuning)
-        specs = campaigns.setdefault((tuning.tag, tuning.sampler, int(tuning.trials)), [])
+        specs = campaigns.setdefault((tuning.sampler, int(tuning.trials)), [])
         if spec not in specs:
             specs.append(spec)
-    for (tag, sampler, cap), specs in campaigns.items():
+    for (sampler, cap), specs in campaigns.items():
         run_campaign(
             Campaign(
                 specs=specs,
-                tag=tag,
+                tag=None,
                 storage=fresh_storage(settings),
                 out=str(settings.fresh_dir / "tuning"),
                 caps=caps_up_to(cap),
@@ -346,7 +346,9 @@ def check_fair_tuning(suite: str, plans: list[RunPlan]) -> None:
     or that reached the cap without saturating; comparing a baseline saturated at 44 trials with
     one stopped at a cap of 128 is therefore fair, while one stopped at 16 trials without the
     rule against one at 128 is not. So per task: every study with fewer trials than the task's
-    largest count must be saturated (the ``saturated`` tag of :func:`tuned_configuration`)."""
+    largest count must be saturated (the ``saturated`` tag of :func:`tuned_configuration`).
+    And per task and objective (one comparison): every study averaged its objective over the
+    same number of tuning seeds (``tuning_seeds``), since more seeds choose with less noise."""
     by_task: dict[str, dict[str, dict[str, Any]]] = {}
     for plan in plans:
         if "study" in plan.tags:
@@ -372,4 +374,22 @@ def check_fair_tuning(suite: str, plans: list[RunPlan]) -> None:
                 f"tuning budgets: {name} has {trials} trials and is not saturated, others have "
                 f"{largest}; tune it until=saturated trials={largest}, or every baseline with "
                 "the same trials"
+            )
+        check_equal_tuning_seeds(suite, task, studies)
+
+
+def check_equal_tuning_seeds(suite: str, task: str, studies: dict[str, dict[str, Any]]) -> None:
+    """The studies of one task and objective (``studies``: name -> tags) used the same number of
+    tuning seeds; studies tagged before ``tuning_seeds`` existed are not compared."""
+    by_objective: dict[str, dict[int, str]] = {}
+    for name, tags in sorted(studies.items()):
+        if "tuning_seeds" in tags:
+            seeds = by_objective.setdefault(str(tags.get("objective")), {})
+            seeds[int(tags["tuning_seeds"])] = name
+    for objective, names in by_objective.items():
+        if len(names) > 1:
+            shown = ", ".join(f"{name} {n}" for n, name in sorted(names.items()))
+            raise UsageError(
+                f"suite {suite!r}: the {objective} baselines on {task} were tuned with different "
+                f"numbers of tuning seeds ({shown}); tune them all with the same seeds="
             )

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -339,6 +340,11 @@ def test_a_campaign_takes_the_suite_studies_and_adds_baselines() -> None:
     cosine = [s for s in specs if s.optimizer in ("adam_cosine", "adamw_cosine")]
     assert all(s.fixed == {"decay_steps": 2000} and s.budget_steps == 2000 for s in cosine)
     assert {s.task_cfg.get("train_size") for s in specs if s.task == "fmnist_cnn16"} == {10000}
+    # Two tuning seeds for both objectives: the train-loss studies under their own tag.
+    assert {(s.objective, s.tag, s.seeds) for s in specs} == {
+        ("train_loss", "paper-s2", 2),
+        ("valid_loss", "paper", None),  # the suite's tag; the objective's default: 2 seeds
+    }
     assert with_extra(specs, ["adamw_cosine", "nesterov"]) == specs  # already in the suite
     older = [s for s in specs if s.optimizer not in ("adamw_cosine", "nesterov")]
     added = with_extra(older, ["adamw_cosine", "nesterov"])[len(older) :]
@@ -351,6 +357,20 @@ def test_a_campaign_takes_tuning_seeds_per_objective() -> None:
     for bad in ("train_loss=0", "test_loss=2", "train_loss"):
         with pytest.raises(UsageError, match="--seeds: bad item"):
             parse_seeds(bad)
+
+
+def test_a_study_takes_its_tag_and_tuning_seeds_from_the_suite_unless_overridden() -> None:
+    tuning = {"objective": "train_loss", "tag": "s2", "seeds": 2}
+    spec = StudySpec.of_run("quadratic", "sgd", 60, {}, tuning)
+    other = StudySpec.of_run("quadratic", "adam", 60, {}, {"objective": "train_loss"})
+    assert (spec.tag, spec.seeds, other.tag, other.seeds) == ("s2", 2, "", None)
+    own = Campaign(specs=[spec, other], tag=None, storage="sqlite:///x.db", out="x")
+    settings = [own.settings(s, 1, "saturated") for s in own.specs]
+    assert [(s.tag, s.seeds) for s in settings] == [("s2", 2), ("", 1)]  # 1: train_loss's default
+    forced = replace(own, tag="new")
+    assert {forced.settings(s, 1, "saturated").tag for s in forced.specs} == {"new"}
+    with pytest.raises(UsageError, match=r"tuning\.seeds=0; allowed: an integer >= 1"):
+        StudySpec.of_run("quadratic", "sgd", 60, {}, {**tuning, "seeds": 0})
 
 
 def test_a_campaign_ends_with_every_study_saturated_or_at_the_last_cap(tmp_path) -> None:
@@ -667,6 +687,20 @@ def test_a_suite_refuses_baselines_tuned_with_different_budgets() -> None:
     # Tasks are compared separately.
     other = RunPlan(task="other", optimizer="sgd", seed=0, tags=plan("x", 9).tags)
     check_fair_tuning("tuned", [plan("sgd", 4), other])
+
+    # One objective's baselines averaged the same number of tuning seeds; objectives differ.
+    def seeded(name: str, objective: str, seeds: int) -> RunPlan:
+        tags = {**plan(name, 4).tags, "objective": objective, "tuning_seeds": seeds}
+        return RunPlan(task="quadratic", optimizer=name, seed=0, tags=tags)
+
+    mixed = [seeded("sgd", "train_loss", 1), seeded("adam", "train_loss", 2)]
+    with pytest.raises(
+        UsageError,
+        match="train_loss baselines on quadratic were tuned with "
+        "different numbers of tuning seeds \\(sgd 1, adam 2\\)",
+    ):
+        check_fair_tuning("tuned", mixed)
+    check_fair_tuning("tuned", [seeded("sgd", "train_loss", 2), seeded("adam", "valid_loss", 1)])
 
 
 def test_a_trial_asked_by_a_process_killed_before_it_recorded_itself_is_redone() -> None:

@@ -32,6 +32,7 @@ class TuningRef:
     storage: str = DEFAULT_STORAGE
     # Used only when a suite runs its studies itself (``lopt suite ... fresh=true``):
     trials: Optional[int] = None  # noqa: UP045  (the hard cap; until saturated, as a campaign)
+    seeds: Optional[int] = None  # noqa: UP045  (tuning seeds; None: the campaign's default)
     fixed: dict[str, Any] = field(default_factory=dict)  # optimizer.NAME=VALUE of lopt tune
     search: dict[str, Any] = field(default_factory=dict)  # search.NAME=... of lopt tune
 

@@ -12,9 +12,11 @@ baseline of a task, so a study saturated at 44 trials is compared with one stopp
 (more trials stopped paying for the first; bringing it to 128 would spend CPU-hours to change
 nothing the rule can see).
 
-Tuning seeds follow the objective (``seeds``: 1 for ``train_loss``, 2 for ``valid_loss``, from
-``benchmarks/tuning_seeds.py``; ``--seeds train_loss=2`` changes them, into new studies: use a
-new ``--tag``, since a study refuses a change of its seeds). Pruning is off by default
+Each study takes its tag and tuning seeds from the suite (the run's ``tuning.tag`` and
+``tuning.seeds``); without ``tuning.seeds`` they follow the objective (1 for ``train_loss``, 2
+for ``valid_loss``, from ``benchmarks/tuning_seeds.py``). ``--tag`` and ``--seeds
+train_loss=2`` override them, into new studies: a study refuses a change of its seeds, so a
+change of seeds needs a new tag. Pruning is off by default
 (``pruner="none"``): the median pruner judges a trial by its loss part-way, and the validation
 loss is not monotone in training (fast-starting learning rates overfit later), so it stopped
 exactly the trials near the valid-loss optimum, and a study "saturated" only because its
@@ -22,7 +24,7 @@ promising trials never finished (docs/tuning.md has the figures). Everything is 
 study is an Optuna study in ``storage``, so rerunning the same campaign continues where it
 stopped; two processes running the same campaign share the trials of each study.
 
-    python -m harness.tuning.campaign --suite paper --tag paper [--optimizers adam]
+    python -m harness.tuning.campaign --suite paper [--tag paper] [--optimizers adam]
         [--extra adamw_cosine,nesterov] [--tasks mnist5k_cnn16] [--caps 32,48,64,96,128]
         [--seeds train_loss=2,valid_loss=2]
 
@@ -64,6 +66,8 @@ class StudySpec:
     task_cfg: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
+    tag: str = ""
+    seeds: int | None = None  # tuning seeds; None: the campaign's default for the objective
 
     def label(self) -> str:
         return f"{self.task} {self.optimizer} {self.objective}"
@@ -74,6 +78,12 @@ class StudySpec:
     ) -> StudySpec:
         """The study behind a suite's tuned run (``tuning``: the suite's block updated by the
         run's own; a dict or an OmegaConf node)."""
+        seeds = tuning.get("seeds")
+        if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
+            raise UsageError(
+                f"{task}/{optimizer}: tuning.seeds={seeds!r}; allowed: an integer >= 1 (or none: "
+                "the default of the objective)"
+            )
         return cls(
             task=task,
             optimizer=optimizer,
@@ -82,6 +92,8 @@ class StudySpec:
             task_cfg=to_plain(task_cfg or {}),
             fixed=to_plain(tuning.get("fixed") or {}),
             search=to_plain(tuning.get("search") or {}),
+            tag=str(tuning.get("tag") or ""),
+            seeds=seeds,
         )
 
 
@@ -124,10 +136,11 @@ def with_extra(specs: list[StudySpec], extra: Sequence[str]) -> list[StudySpec]:
 
 @dataclass
 class Campaign:
-    """The settings every study of a campaign shares."""
+    """The settings every study of a campaign shares. ``tag``: None keeps each study's own;
+    ``seeds``: the tuning seeds per objective of the studies that name none."""
 
     specs: list[StudySpec]
-    tag: str
+    tag: str | None
     storage: str
     out: str
     caps: tuple[int, ...] = DEFAULT_CAPS
@@ -144,12 +157,12 @@ class Campaign:
             until=until,
             objective=spec.objective,
             budget_steps=spec.budget_steps,
-            seeds=self.seeds[spec.objective],
+            seeds=spec.seeds or self.seeds[spec.objective],
             eval_seeds=0,
             sampler=self.sampler,
             pruner=self.pruner,
             storage=self.storage,
-            tag=self.tag,
+            tag=spec.tag if self.tag is None else self.tag,
             out=self.out,
             task_cfg=dict(spec.task_cfg),
             fixed=dict(spec.fixed),
@@ -197,7 +210,7 @@ def run_campaign(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", default="paper")
-    parser.add_argument("--tag", default="")
+    parser.add_argument("--tag", default=None, help="default: each run's tuning.tag")
     parser.add_argument("--storage", default=None, help="default: the suite's tuning.storage")
     parser.add_argument("--out", default=None, help="default: next to the storage, tuning/")
     parser.add_argument("--optimizers", default="", help="only these (comma list)")
@@ -206,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", default="", help="baselines to add, cloned from adam's")
     parser.add_argument("--caps", default=",".join(map(str, DEFAULT_CAPS)))
     parser.add_argument("--pruner", default="none", choices=("none", "median"))
-    parser.add_argument("--seeds", default="", help="tuning seeds per objective: OBJ=N,...")
+    parser.add_argument(
+        "--seeds", default="", help="tuning seeds per objective: OBJ=N,... (default: the suite's)"
+    )
     args = parser.parse_args(argv)
     try:
         specs, common = suite_studies(args.suite)
@@ -226,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"suite {args.suite!r} names no tuning.storage: give --storage")
         out = args.out or str(Path(storage.removeprefix("sqlite:///")).parent / "tuning")
         caps = tuple(int(c) for c in args.caps.split(","))
+        seeds = parse_seeds(args.seeds)
+        specs = [
+            replace(spec, seeds=seeds[spec.objective]) if spec.objective in seeds else spec
+            for spec in specs
+        ]
         campaign = Campaign(
             specs=specs,
             tag=args.tag,
@@ -233,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             out=out,
             caps=caps,
             pruner=args.pruner,
-            seeds={**DEFAULT_SEEDS, **parse_seeds(args.seeds)},
+            seeds=dict(DEFAULT_SEEDS),
         )
         outcomes = run_campaign(
             campaign, log=lambda m: print(m, file=sys.stderr, flush=True), stop=_stop_on_signal()

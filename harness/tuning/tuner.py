@@ -446,6 +446,7 @@ def tuning_tags(
         "tuning_budget_steps": protocol.budget_steps,
         "objective": protocol.objective,
         "objective_value": best.value,
+        "tuning_seeds": len(protocol.seeds),
         "sampler": protocol.sampler,
     }
     if saturation is not None:
