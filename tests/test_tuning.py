@@ -34,7 +34,7 @@ from harness.tuning.campaign import (
     suite_studies,
     with_extra,
 )
-from harness.tuning.export import saturation_table
+from harness.tuning.export import saturation_markdown, saturation_table
 from harness.tuning.saturation import (
     CONFIRM_SEED_OFFSET,
     Confirmation,
@@ -296,6 +296,26 @@ def test_a_lucky_best_is_rerun_and_a_real_one_is_kept(tmp_path) -> None:
     outcome = tune(real, log=quiet)
     assert not outcome.saturation.saturated and outcome.saturation.gain > 0.5
     assert "trial 20" in outcome.saturation.verdict
+    assert outcome.best_number == 20  # the better value and the better re-runs agree
+    # The best value is a lucky draw of a worse rate: the re-runs choose the first half's best.
+    misled = study_with(tmp_path / "misled", 0.3, 0.003)
+    outcome = tune(misled, log=quiet)
+    assert (
+        outcome.saturation.saturated and "worse than the first half's" in outcome.saturation.verdict
+    )
+    assert outcome.best_number == 0 and outcome.best_hparams["lr"] == 0.3
+    hparams, tags = tuned_configuration(
+        task="quadratic",
+        optimizer="sgd",
+        objective="train_loss",
+        budget_steps=60,
+        storage=misled.storage,
+    )
+    assert hparams["lr"] == 0.3 and tags["trial"] == 0 and tags["selected_by"] == "fresh seeds"
+    assert tags["objective_value"] == 1.0 and tags["fresh_seed_mean"] < 0.5
+    table = saturation_table([load_existing(open_storage(misled.storage).storage, outcome.study)])
+    assert table.chosen_trial.item() == 0 and table.chosen_value.item() == 1.0
+    assert "0: fresh-seed mean" in saturation_markdown(table)
     with pytest.raises(UsageError, match="confirm_seeds must be 0"):
         tune(settings(tmp_path, confirm_seeds=1), log=quiet)
 

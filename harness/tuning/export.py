@@ -1,27 +1,30 @@
 """Tuning studies as tidy tables and plots.
 
 :func:`trials_frame` has one row per trial: ``study, task, optimizer, objective, budget_steps,
-sampler, trials, trial, state, counted, value, hparams`` (JSON), ``fail_reason``,
+sampler, trials, trial, state, counted, chosen, value, hparams`` (JSON), ``fail_reason``,
 ``duration_s``, ``default`` (the optimizer's defaults, queued first), ``retry_of``, and one
 ``param_<name>`` column per searched hyperparameter. ``counted`` marks the trials that form the
-study's result (its first ``trials`` counted trials; see :mod:`harness.tuning.study`). ``state``
+study's result (its first ``trials`` counted trials; see :mod:`harness.tuning.study`), ``chosen``
+the one whose configuration is tuned (:func:`~harness.tuning.saturation.chosen_trial`). ``state``
 is Optuna's, lower-case, except ``diverged`` (a completed trial whose value is the divergence
 penalty) and ``interrupted``.
 
 :func:`plot_objective_vs_lr` draws the objective against the learning rate on a log axis, one
 colour per optimizer, failed and diverged trials as crosses at the top and pruned ones as hollow
-circles, each study's best trial as a star, so a reader sees the optimum is not at an edge.
+circles, each study's chosen trial as a star, so a reader sees the optimum is not at an edge.
 
 :func:`plot_best_so_far` draws a study's best value after each trial, with every trial's value
 (diverged and pruned ones at the top), the halves the saturation rule compares and its
 verdict; :func:`saturation_table` has one row per study: trial count, states, best value, the
-halves' bests, the second half's gain and the verdict (:mod:`harness.tuning.saturation`).
+halves' bests, the second half's gain, the verdict (:mod:`harness.tuning.saturation`) and the
+chosen trial.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -33,6 +36,8 @@ from harness.tuning.saturation import (
     DEFAULT_RULE,
     SaturationRule,
     best_so_far,
+    chosen_trial,
+    fresh_seed_mean,
     saturation_verdict,
     study_saturation,
     trial_values,
@@ -58,6 +63,7 @@ COLUMNS = (
     "trial",
     "state",
     "counted",
+    "chosen",
     "value",
     "hparams",
     "fail_reason",
@@ -72,6 +78,7 @@ def trials_frame(study: optuna.Study, trials: int) -> pd.DataFrame:
     protocol = stored_protocol(study)
     counted = {t.number for t in counted_trials(study, trials)}
     interrupted = {t.number for t in count_trials(study).interrupted}
+    chosen = chosen_trial(study, trials)
     rows = []
     for t in study.get_trials(deepcopy=False):
         duration = (
@@ -90,6 +97,7 @@ def trials_frame(study: optuna.Study, trials: int) -> pd.DataFrame:
             "trial": t.number,
             "state": _state(t, interrupted),
             "counted": t.number in counted,
+            "chosen": chosen is not None and t.number == chosen.number,
             "value": t.value if t.value is not None else np.nan,
             "hparams": t.user_attrs.get("hparams", json.dumps(t.params, sort_keys=True)),
             "fail_reason": t.user_attrs.get("fail_reason", ""),
@@ -138,7 +146,8 @@ def plot_objective_vs_lr(frame: pd.DataFrame, path: Path, title: str) -> Path:
         failed = trials[trials["state"].isin(["fail", "diverged"])]
         axes.scatter(failed["param_lr"], [ceiling] * len(failed), color=colour, marker="x", s=30)
         if len(done):
-            best = done.loc[done["value"].idxmin()]
+            marked = done[done["chosen"]] if "chosen" in done else done.iloc[:0]
+            best = marked.iloc[0] if len(marked) else done.loc[done["value"].idxmin()]
             axes.scatter(
                 [best["param_lr"]],
                 [best["value"]],
@@ -155,7 +164,8 @@ def plot_objective_vs_lr(frame: pd.DataFrame, path: Path, title: str) -> Path:
     axes.set_xlabel("learning rate (log scale)")
     axes.set_ylabel(f"{objective} at the end of the budget")
     axes.set_title(
-        f"{title}\n(star: best; x at the top: diverged; hollow at the top: pruned)", fontsize=9
+        f"{title}\n(star: the chosen trial; x at the top: diverged; hollow at the top: pruned)",
+        fontsize=9,
     )
     axes.grid(True, which="both", alpha=0.3)
     if len(colours) > 0:
@@ -230,6 +240,9 @@ SATURATION_COLUMNS = (
     "saturated",
     "verdict",
     "trial_hours",
+    "chosen_trial",
+    "chosen_value",
+    "chosen_fresh_seed_mean",
 )
 
 
@@ -239,14 +252,17 @@ def saturation_table(
     """One row per study (``SATURATION_COLUMNS``), on each study's result so far: the halves'
     bests and the gain are those of the trial values; ``saturated`` and ``verdict`` are the
     study's verdict (:func:`~harness.tuning.saturation.study_saturation`: confirmed by re-runs
-    where the study holds a confirmation of these trials)."""
+    where the study holds a confirmation of these trials); ``chosen_*``: the trial whose
+    configuration is tuned, its value and, where it was re-run, its fresh-seed mean."""
     rows = []
     for study in studies:
         protocol = stored_protocol(study)
-        chosen = study_result(study)
-        states = [_state(t, set()) for t in chosen]
-        values = saturation_verdict(trial_values(chosen), protocol["objective"], rule)
-        verdict = study_saturation(study, len(chosen), rule)  # confirmed, where re-run
+        result = study_result(study)
+        states = [_state(t, set()) for t in result]
+        values = saturation_verdict(trial_values(result), protocol["objective"], rule)
+        verdict = study_saturation(study, len(result), rule)  # confirmed, where re-run
+        chosen = chosen_trial(study, len(result))
+        fresh = None if chosen is None else fresh_seed_mean(study, len(result), chosen.number)
         rows.append(
             {
                 "study": study.study_name,
@@ -257,10 +273,10 @@ def saturation_table(
                 "until": study.user_attrs.get(ATTR_UNTIL, "trials"),
                 "trials": verdict.trials,
                 "complete": states.count("complete"),
-                "diverged": sum(is_diverged(t) for t in chosen),
+                "diverged": sum(is_diverged(t) for t in result),
                 "pruned": states.count("pruned"),
                 "failed": sum(
-                    s == "fail" and not is_diverged(t) for s, t in zip(states, chosen, strict=True)
+                    s == "fail" and not is_diverged(t) for s, t in zip(states, result, strict=True)
                 ),
                 "best_value": values.best,
                 "first_half_best": values.first_half_best,
@@ -269,7 +285,10 @@ def saturation_table(
                 "tolerance": values.tolerance,
                 "saturated": verdict.saturated,
                 "verdict": verdict.verdict,
-                "trial_hours": trial_hours(chosen),
+                "trial_hours": trial_hours(result),
+                "chosen_trial": None if chosen is None else chosen.number,
+                "chosen_value": None if chosen is None else chosen.value,
+                "chosen_fresh_seed_mean": fresh,
             }
         )
     return pd.DataFrame(rows, columns=list(SATURATION_COLUMNS))
@@ -289,14 +308,23 @@ def trial_hours(trials: list[optuna.trial.FrozenTrial]) -> float:
 def saturation_markdown(table: pd.DataFrame) -> str:
     """``table`` (from :func:`saturation_table`) as a markdown table."""
     header = ["study", "trials", "diverged", "pruned", "best", "2nd-half gain", "verdict"]
-    header += ["trial hours"]
+    header += ["chosen trial", "trial hours"]
     rows = []
     for row in table.itertuples(index=False):
         gain = "—" if pd.isna(row.second_half_gain) else f"{row.second_half_gain:.1%}"
         best = "—" if pd.isna(row.best_value) else f"{row.best_value:.4g}"
         cells = [row.study, row.trials, row.diverged, row.pruned, best, gain, row.verdict]
-        rows.append([*cells, f"{row.trial_hours:.2f}"])
+        rows.append([*cells, _chosen_cell(row), f"{row.trial_hours:.2f}"])
     return markdown_table(header, rows, style="compact") + "\n"
+
+
+def _chosen_cell(row: Any) -> str:
+    """``N`` (chosen by its value), ``N: fresh-seed mean M`` (chosen by the re-runs), or —."""
+    if pd.isna(row.chosen_trial):
+        return "—"
+    if pd.isna(row.chosen_fresh_seed_mean):
+        return f"{int(row.chosen_trial)}"
+    return f"{int(row.chosen_trial)}: fresh-seed mean {row.chosen_fresh_seed_mean:.4g}"
 
 
 def _palette() -> list[str]:

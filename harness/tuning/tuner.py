@@ -54,6 +54,8 @@ from harness.tuning.saturation import (
     CONFIRM_SEED_OFFSET,
     Confirmation,
     Saturation,
+    chosen_trial,
+    fresh_seed_mean,
     halves_best,
     saturation_verdict,
     stored_confirmation,
@@ -69,7 +71,6 @@ from harness.tuning.study import (
     ATTR_UNTIL,
     PROTOCOL_VERSION,
     Protocol,
-    best_trial,
     count_trials,
     counted_trials,
     load_existing,
@@ -225,10 +226,10 @@ def tune(
         log(f"{name}: {len(counts.in_flight)} trial(s) still running in other processes")
     trials = int(study.user_attrs[ATTR_TRIALS])
     best_runs = None
-    best = best_trial(study, trials)
     complete = len(counts.counted) >= trials
     if settings.until == "saturated" and complete and settings.confirm_seeds:
         confirm_saturation(study, task, protocol, base, trials, settings.confirm_seeds, opened, log)
+    best = chosen_trial(study, trials)
     if best is not None and complete and settings.eval_seeds:
         with opened.claim():
             best_runs = evaluate_best(study, name, best, protocol, settings, trials, log)
@@ -399,7 +400,8 @@ def evaluate_best(
     Skipped (the file is kept) when it already holds this trial's re-evaluation.
     """
     out = Path(settings.out) / name / "best_runs.csv"
-    tags = tuning_tags(name, best, trials, protocol)
+    fresh_mean = fresh_seed_mean(study, trials, best.number)
+    tags = tuning_tags(name, best, trials, protocol, fresh_mean=fresh_mean)
     if out.is_file():
         existing = read_results(out)
         if (
@@ -435,10 +437,13 @@ def tuning_tags(
     trials: int,
     protocol: Protocol,
     saturation: Saturation | None = None,
+    fresh_mean: float | None = None,
 ) -> dict[str, Any]:
     """The provenance every row produced from a tuned configuration carries (``saturated`` and
     ``saturation``: the study's verdict under the saturation rule, so every report that uses the
-    study can flag it when it is not saturated)."""
+    study can flag it when it is not saturated; ``selected_by``: ``"value"``, or
+    ``"fresh seeds"`` where ``best`` was chosen by the confirmation's re-runs, whose mean is then
+    ``fresh_seed_mean``; see :func:`~harness.tuning.saturation.chosen_trial`)."""
     tags: dict[str, Any] = {
         "study": name,
         "trial": best.number,
@@ -449,6 +454,9 @@ def tuning_tags(
         "tuning_seeds": len(protocol.seeds),
         "sampler": protocol.sampler,
     }
+    if fresh_mean is not None:
+        tags["selected_by"] = "fresh seeds"
+        tags["fresh_seed_mean"] = fresh_mean
     if saturation is not None:
         tags["saturated"] = saturation.saturated
         tags["saturation"] = saturation.verdict
@@ -477,7 +485,9 @@ def tuned_configuration(
     storage: str = DEFAULT_STORAGE,
     task_cfg: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(hparams, tags)`` of the best trial of a complete study, for ``lopt bench tuned=true``.
+    """``(hparams, tags)`` of the chosen trial of a complete study (the best value, or the
+    better of the confirmation's re-runs: :func:`~harness.tuning.saturation.chosen_trial`), for
+    ``lopt bench tuned=true``.
 
     The study is the one of the newest protocol version that ``storage`` holds (so studies made
     under an earlier protocol, e.g. ``...-p1``, stay usable until they are redone; the tags name
@@ -512,7 +522,7 @@ def tuned_configuration(
             f"tuning study {name!r} has {counted} of its {trials} trials: finish it with "
             f"`{command}{until} trials={trials}`"
         )
-    best = best_trial(study, trials)
+    best = chosen_trial(study, trials)
     if best is None:
         raise UsageError(f"tuning study {name!r} has no completed trial: every trial failed")
     protocol = Protocol(**stored_protocol(study))
@@ -531,7 +541,9 @@ def tuned_configuration(
                 f"for these (a tag= keeps both studies)"
             )
     saturation = study_saturation(study, trials)
-    tags = tuning_tags(name, best, trials, protocol, saturation)
+    tags = tuning_tags(
+        name, best, trials, protocol, saturation, fresh_seed_mean(study, trials, best.number)
+    )
     return json.loads(best.user_attrs["hparams"]), tags
 
 
