@@ -112,9 +112,14 @@ def quadratic_problems(**objective) -> InnerProblems:
 
 
 def test_evaluated_steps() -> None:
-    """every=k counts back from the truncation's last step; final only at the horizon."""
+    """every=k counts back from the truncation's last step; start=s drops the steps up to s;
+    final only at the horizon."""
     every = OuterObjective(every=3)
     assert every.evaluated(0, 7, 100) == [True, False, False, True, False, False, True]
+    late = OuterObjective(every=3, start=4)  # only after steps later than 4
+    assert late.evaluated(0, 7, 100) == [False] * 6 + [True]
+    assert late.evaluated(3, 7, 100) == [False, False, False, True, False, False, True]
+    assert late.evaluated(0, 3, 100) == [False] * 3
     final = OuterObjective(loss="final")
     assert final.evaluated(6, 4, 10) == [False, False, False, True]
     assert final.evaluated(2, 4, 10) == [False] * 4
@@ -151,8 +156,9 @@ def manual_outer(problems: InnerProblems, theta, state, data, value) -> float:
         {"outer_data": "inner"},
         {"outer_data": "inner", "outer_every": 3, "loss": "log"},
         {"loss": "log_mean", "outer_every": 2},
+        {"loss": "log", "outer_every": 2, "outer_from": 3},
     ],
-    ids=["mean", "log", "every2", "inner", "inner-every3-log", "log_mean-every2"],
+    ids=["mean", "log", "every2", "inner", "inner-every3-log", "log_mean-every2", "log-from3"],
 )
 def test_the_outer_loss_is_what_the_objective_says(objective: dict) -> None:
     problems = quadratic_problems(**objective)

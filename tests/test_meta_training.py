@@ -363,6 +363,8 @@ def test_exploding_unrolls_are_dropped_and_never_reach_theta(tmp_path: Path) -> 
         ({"outer_data": "inner", "objective": "valid"}, "outer_data=inner reuses the training"),
         ({"estimator": "pes", "parallel": "vmap"}, "estimator=pes runs loop or processes"),
         ({"outer_every": 0}, "outer_every must be an integer >= 1"),
+        ({"outer_from": -1}, "outer_from must be an integer >= 0"),
+        ({"outer_from": 40, "horizon": 40}, "outer_from (40) must be below the horizon (40)"),
         ({"objective": "test"}, "objective must be one of train, valid"),
         ({"problems": 1}, "problems must be an integer >= 2"),
         ({"workers": 9, "problems": 8}, "workers (9) must be <= problems (8)"),

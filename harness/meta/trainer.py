@@ -192,6 +192,7 @@ class MetaTrainer:
             loss=cfg.loss,
             outer_every=cfg.outer_every,
             outer_data=cfg.outer_data,
+            outer_from=cfg.outer_from,
         )
         self.schedule = schedule_from_config(cfg, cfg.outer_steps)
         self.adam = ThetaAdam(

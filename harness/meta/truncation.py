@@ -137,6 +137,7 @@ class OuterObjective:
             clipped loss after the last step of the inner run; truncations that do not end the
             run have no outer loss: 0, and they are not counted in the logged mean).
         every: evaluate after the truncation's last step and every ``every`` steps before it.
+        start: evaluate only after inner steps later than this one (0: every step qualifies).
         data: ``fresh`` (K outer batches per evaluation) or ``inner`` (train split only: the
             loss of the next inner training batch, computed by the next inner step anyway; one
             extra forward pass per truncation, for its last step).
@@ -148,9 +149,15 @@ class OuterObjective:
     every: int = 1
     data: str = "fresh"
     batches: int = 1
+    start: int = 0
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSS_KINDS or self.data not in OUTER_DATA or self.every < 1:
+        if (
+            self.loss not in LOSS_KINDS
+            or self.data not in OUTER_DATA
+            or self.every < 1
+            or self.start < 0
+        ):
             raise ValueError(f"invalid outer objective {self}")
         if self.data == "inner" and self.split != "train":
             raise ValueError("the inner batches are training batches: data=inner needs train")
@@ -160,7 +167,9 @@ class OuterObjective:
         whether the outer loss is evaluated after it."""
         if self.loss == "final":
             return [start + j + 1 >= horizon for j in range(length)]
-        return [(length - 1 - j) % self.every == 0 for j in range(length)]
+        return [
+            (length - 1 - j) % self.every == 0 and start + j + 1 > self.start for j in range(length)
+        ]
 
     def value(self, loss: torch.Tensor) -> torch.Tensor:
         """The per-step value of an already clipped loss (or of K of them, averaged)."""
@@ -254,7 +263,7 @@ class InnerProblems:
         outer_batches: K.
         objective: the outer loss's split, ``train`` or ``valid``.
         seed: the meta-training seed (see :func:`derive_seed`).
-        loss, outer_every, outer_data: the rest of the :class:`OuterObjective`.
+        loss, outer_every, outer_from, outer_data: the rest of the :class:`OuterObjective`.
     """
 
     def __init__(
@@ -270,13 +279,19 @@ class InnerProblems:
         loss: str = "mean",
         outer_every: int = 1,
         outer_data: str = "fresh",
+        outer_from: int = 0,
     ) -> None:
         self.task = task
         self.learner = learner
         self.num_problems = num_problems
         self.horizon = horizon
         self.outer = OuterObjective(
-            split=objective, loss=loss, every=outer_every, data=outer_data, batches=outer_batches
+            split=objective,
+            loss=loss,
+            every=outer_every,
+            data=outer_data,
+            batches=outer_batches,
+            start=outer_from,
         )
         self.seed = seed
 
@@ -402,7 +417,8 @@ class InnerProblems:
         are left alone). With ``grad_mode`` ``second`` or ``first`` the gradient of each outer
         loss in its theta comes back too (``(M, P)``, by ``torch.func.grad``; ``first`` detaches
         the inner gradients); with ``none``, None. Needs an objective evaluated after every
-        step on fresh batches (``every=1``, ``data=fresh``, loss ``mean`` or ``log``).
+        step on fresh batches (``every=1``, ``start=0``, ``data=fresh``, loss ``mean`` or
+        ``log``).
 
         Returns ``(outer_losses (M,), grads or None, final_states)``.
         """
@@ -411,8 +427,13 @@ class InnerProblems:
         if grad_mode not in ("second", "first", "none"):
             raise ValueError(f"grad_mode must be second, first or none, got {grad_mode!r}")
         objective = self.outer
-        if objective.every != 1 or objective.data != "fresh" or objective.loss == "final":
-            raise ValueError("vmap unrolls need every=1, data=fresh and loss mean or log")
+        if (
+            objective.every != 1
+            or objective.start != 0
+            or objective.data != "fresh"
+            or objective.loss == "final"
+        ):
+            raise ValueError("vmap unrolls need every=1, start=0, data=fresh and loss mean or log")
         task, learner = self.task, self.learner
         lengths = [d.length for d in datas]
         longest = max(lengths)

@@ -92,6 +92,10 @@ class MetaTrainConfig:
             run only).
         outer_every: evaluate the outer loss after the truncation's last step and every this
             many steps before it (1: after every step, the paper's).
+        outer_from: evaluate the outer loss only after inner steps later than this one (0: the
+            whole run; 1000 of a 2,000-step horizon: its second half, for an objective on how
+            low the loss is late in the run, which a speed target asks for). A truncation with
+            no step past it has no outer loss and is not counted. Must be below the horizon.
         outer_data: ``fresh`` (K fresh outer batches per evaluation, the paper's) or ``inner``
             (objective train only: the loss of the next inner batch, which the next inner step
             computes anyway).
@@ -140,6 +144,7 @@ class MetaTrainConfig:
     objective: str = "train"
     loss: str = "mean"
     outer_every: int = 1
+    outer_from: int = 0
     outer_data: str = "fresh"
     outer_steps: int = 1000
     out: str = "results/meta"
@@ -185,6 +190,7 @@ class MetaTrainConfig:
         for name in ("workers", "checkpoint_every", "outer_every", "eval_seeds"):
             positive_int(name, getattr(self, name))
         integer("seed", self.seed, 0)
+        integer("outer_from", self.outer_from, 0)
         integer("problems", self.problems, 2)
         for name in ("horizon", "ramp_steps", "threads"):
             if getattr(self, name) is not None:
@@ -203,9 +209,15 @@ class MetaTrainConfig:
                 raise UsageError(
                     f"estimator={self.estimator} runs loop or processes, not parallel=vmap"
                 )
-            if self.outer_every != 1 or self.outer_data != "fresh" or self.loss == "final":
+            if (
+                self.outer_every != 1
+                or self.outer_from != 0
+                or self.outer_data != "fresh"
+                or self.loss == "final"
+            ):
                 raise UsageError(
-                    "parallel=vmap needs outer_every=1, outer_data=fresh and loss mean or log; "
+                    "parallel=vmap needs outer_every=1, outer_from=0, outer_data=fresh and loss "
+                    "mean or log; "
                     "use parallel=loop or processes"
                 )
         if self.min_unroll > self.max_unroll:
@@ -231,6 +243,14 @@ class MetaTrainConfig:
         if not isinstance(self.learner_cfg, dict):
             raise UsageError(f"learner_cfg must be a mapping, got {self.learner_cfg!r}")
         self.build_learner()  # an unknown family or a bad setting fails here, in one line
+        from harness.registry import TASKS
+
+        horizon = self.horizon or TASKS.get(self.task).factory.default_steps
+        if self.outer_from >= horizon:
+            raise UsageError(
+                f"outer_from ({self.outer_from}) must be below the horizon ({horizon}): "
+                "no step would be evaluated"
+            )
         if not str(self.out):
             raise UsageError("out must name a folder")
         return self
@@ -254,7 +274,10 @@ class MetaTrainConfig:
         settings with their defaults filled in)."""
         data = self.to_dict()
         data["learner_cfg"] = to_plain(self.build_learner().record())
-        return {name: data[name] for name in IDENTITY_FIELDS}
+        identity = {name: data[name] for name in IDENTITY_FIELDS}
+        if self.outer_from:  # only when set: runs from before the field keep their identity
+            identity["outer_from"] = self.outer_from
+        return identity
 
 
 def coerce_config(cfg: Any = None, **overrides: Any) -> MetaTrainConfig:
