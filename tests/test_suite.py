@@ -274,3 +274,30 @@ def test_the_paper_suite_resolves_with_the_shipped_studies_and_checkpoints() -> 
         factory = TASKS.get(entry.task).factory
         assert task_config(factory, meta["task_cfg"]) == task_config(factory, entry.task_cfg)
         assert meta["estimator"] == "merged"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in __import__("harness.config", fromlist=["list_suites"]).list_suites()
+        if "results/paper/optuna.db" in (Path("harness/conf/suite") / f"{n}.yaml").read_text()
+    ],
+)
+def test_every_suite_on_the_shipped_studies_resolves(name: str) -> None:
+    """A suite that takes its tuned baselines from the committed `results/paper/optuna.db`
+    finds every study it names (a study moved out of the database breaks `lopt suite`), and
+    its checkpoints exist."""
+    from harness.cli import composed
+    from harness.overrides import parse_overrides
+    from harness.plan import resolve_plans
+    from harness.suite import check_fair_tuning, entry_plans
+
+    (cfg,) = composed("suite", parse_overrides([f"suite={name}"]), multirun=False)
+    settings = SuiteRun(suite=cfg.suite, seeds=cfg.suite.seeds)
+    plans = [plan for entry in suite_entries(cfg.suite) for plan in entry_plans(settings, entry)]
+    resolve_plans(plans)
+    check_fair_tuning(name, plans)
+    for plan in plans:
+        if "checkpoint" in plan.hparams:
+            assert Path(plan.hparams["checkpoint"]).is_file()
