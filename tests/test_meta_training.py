@@ -209,6 +209,35 @@ def test_resume_refuses_a_different_run_and_resume_false_restarts(tmp_path: Path
     assert sorted(p.name for p in Path(out).glob("lopt_step*.pt")) == ["lopt_step000001.pt"]
 
 
+def test_init_from_continues_a_checkpoint_and_refuses_another_learner(tmp_path: Path) -> None:
+    """init_from starts theta at a checkpoint's (a curriculum: one estimator after another);
+    a checkpoint of another learner is a one-line UsageError, before anything is written."""
+    first = meta_train(
+        **QUICK, parallel="loop", estimator="es", outer_steps=2, out=str(tmp_path / "a")
+    )
+    theta = load_lopt_checkpoint(first).theta
+    cfg = coerce_config(
+        {**QUICK, "parallel": "loop", "outer_steps": 1, "out": str(tmp_path / "b")},
+        init_from=str(first),
+    )
+    assert torch.equal(build_trainer(cfg).theta, theta)
+    assert (
+        cfg.identity()["init_from"] == str(first)
+        and "init_from" not in coerce_config(QUICK).identity()
+    )
+    path = meta_train(cfg)
+    assert not torch.equal(load_lopt_checkpoint(path).theta, theta)  # it trained on from there
+    with pytest.raises(UsageError, match=r"holds a mlp learner, hidden_sizes=\[32, 32\]") as info:
+        meta_train(
+            **QUICK,
+            parallel="loop",
+            learner_cfg={"hidden_sizes": [8]},
+            init_from=str(first),
+            out=str(tmp_path / "c"),
+        )
+    assert "\n" not in str(info.value) and not (tmp_path / "c").exists()
+
+
 def test_meta_train_builds_its_task_once(tmp_path: Path, monkeypatch) -> None:
     """The task meta_train builds when it checks the configuration is the one the trainer
     trains: one build per run."""

@@ -557,7 +557,9 @@ def build_trainer(
 
     learner = create_learner(cfg.learner, **cfg.learner_cfg)
     estimator = create_estimator(cfg.estimator, sigma=cfg.sigma, first_order=cfg.first_order)
-    return MetaTrainer(cfg, learner, estimator, world, device=device, task=task)
+    return MetaTrainer(
+        cfg, learner, estimator, world, device=device, task=task, initial_theta=cfg.initial_theta()
+    )
 
 
 def run_meta_training(

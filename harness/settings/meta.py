@@ -134,6 +134,10 @@ class MetaTrainConfig:
         progress: show a progress bar (None: when stderr is a terminal).
         plugins: local modules to import first (tasks registered by plugins; each worker
             process imports them too).
+        init_from: a learned-optimizer checkpoint (path or shipped name) whose theta starts
+            the run instead of the family's initialisation (None); its learner family and
+            settings must be this run's. For a curriculum: continue what one estimator learned
+            with another (truncated ES, then whole-run ES).
     """
 
     task: str = "mnist5k_cnn16"
@@ -176,6 +180,7 @@ class MetaTrainConfig:
     max_seconds: Optional[float] = None  # noqa: UP045
     progress: Optional[bool] = None  # noqa: UP045
     plugins: list[str] = field(default_factory=list)
+    init_from: Optional[str] = None  # noqa: UP045
 
     def check(self) -> MetaTrainConfig:
         """Raise a one-line ``UsageError`` for the first invalid value; returns ``self``."""
@@ -243,6 +248,7 @@ class MetaTrainConfig:
         if not isinstance(self.learner_cfg, dict):
             raise UsageError(f"learner_cfg must be a mapping, got {self.learner_cfg!r}")
         self.build_learner()  # an unknown family or a bad setting fails here, in one line
+        self.initial_theta()  # a missing or incompatible checkpoint fails here, in one line
         from harness.registry import TASKS
 
         horizon = self.horizon or TASKS.get(self.task).factory.default_steps
@@ -261,6 +267,26 @@ class MetaTrainConfig:
 
         return create_learner(self.learner, **self.learner_cfg)
 
+    def initial_theta(self) -> Any:
+        """theta at outer step 0 from ``init_from`` (a ``torch.Tensor``), or None without it;
+        ``UsageError`` if the checkpoint's learner is not this run's."""
+        if self.init_from is None:
+            return None
+        from optimizers.checkpoint import load_lopt_checkpoint
+
+        loaded = load_lopt_checkpoint(self.init_from)
+        mine, theirs = to_plain(self.build_learner().record()), to_plain(loaded.learner.record())
+        if loaded.family != self.learner or mine != theirs:
+            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            detail = f", {differ[0]}={theirs.get(differ[0])!r}" if differ else ""
+            raise UsageError(
+                f"init_from={self.init_from!r} holds a {loaded.family} learner{detail}; this run "
+                f"trains {self.learner}"
+                + (f" with {differ[0]}={mine.get(differ[0])!r}" if differ else "")
+                + ": give the checkpoint's learner settings"
+            )
+        return loaded.theta
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-able)."""
         data = dataclasses.asdict(self)
@@ -275,8 +301,11 @@ class MetaTrainConfig:
         data = self.to_dict()
         data["learner_cfg"] = to_plain(self.build_learner().record())
         identity = {name: data[name] for name in IDENTITY_FIELDS}
-        if self.outer_from:  # only when set: runs from before the field keep their identity
+        # only when set: runs from before these fields keep their identity
+        if self.outer_from:
             identity["outer_from"] = self.outer_from
+        if self.init_from is not None:
+            identity["init_from"] = str(self.init_from)
         return identity
 
 
