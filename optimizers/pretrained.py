@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, Registry
 from optimizers.checkpoint import PRETRAINED_DIR
 from optimizers.learned import LearnedOptimizer
@@ -64,7 +65,8 @@ def publish(
 
     The sidecar records the description, the command that produced the checkpoint and, read
     from the checkpoint (which is checked to load), its meta-training config, outer steps,
-    meta-training wall-clock seconds, git commit and creation time. Both files are written
+    meta-training wall-clock seconds, git commit and creation time, and, for a run that started
+    at an earlier checkpoint (``init_from``), that chain (``curriculum``). Both files are written
     atomically. Returns the ``.pt`` path; the optimizer ``NAME`` serves it on the next import.
     """
     from harness.util import write_atomically
@@ -85,6 +87,9 @@ def publish(
         "created": loaded.created,
         "meta_training": meta,
     }
+    curriculum = _curriculum(meta)
+    if curriculum:
+        info["curriculum"] = curriculum
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.pt"
     write_atomically(target, lambda tmp: shutil.copyfile(checkpoint, tmp))
@@ -93,6 +98,32 @@ def publish(
         lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n"),
     )
     return target
+
+
+def _curriculum(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs before this one, newest first, where it started at an earlier checkpoint
+    (``init_from``): each one's checkpoint path, outer steps, seconds and meta-training
+    config, followed as far as the checkpoints are still there."""
+    from optimizers.checkpoint import load_lopt_checkpoint
+
+    chain: list[dict[str, Any]] = []
+    source = meta.get("init_from")
+    while source and len(chain) < 10:
+        try:
+            earlier = dict(load_lopt_checkpoint(source).meta_training)
+        except UsageError:
+            chain.append({"checkpoint": str(source), "missing": True})
+            break
+        chain.append(
+            {
+                "checkpoint": str(source),
+                "outer_steps": earlier.get("outer_step"),
+                "meta_training_seconds": earlier.get("seconds"),
+                "meta_training": earlier,
+            }
+        )
+        source = earlier.get("init_from")
+    return chain
 
 
 def _info(path: Path) -> dict[str, Any]:

@@ -66,6 +66,20 @@ def test_publish_ships_a_checkpoint_with_its_provenance(tmp_path) -> None:
     registry = Registry("optimizer", "lopt_harness.test_group", "optimizers")
     assert register_pretrained(tmp_path / "shipped", registry) == ["lopt_toy_valid"]
     assert torch.equal(registry.get("lopt_toy_valid").factory().theta, theta)
+    assert "curriculum" not in info
+    # a run that started at the shipped checkpoint records where it started, and its steps
+    later = save_lopt_checkpoint(
+        tmp_path / "run2" / "lopt.pt",
+        theta,
+        MLPLearner.of(architecture),
+        {**meta, "outer_step": 5, "init_from": str(source)},
+    )
+    info = json.loads(
+        publish(later, "lopt_toy2", description="", command="", folder=tmp_path / "shipped")
+        .with_suffix(".json")
+        .read_text()
+    )
+    assert [(c["checkpoint"], c["outer_steps"]) for c in info["curriculum"]] == [(str(source), 12)]
 
 
 def test_publish_refuses_a_file_that_is_not_a_checkpoint(tmp_path) -> None:
