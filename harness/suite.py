@@ -8,7 +8,9 @@ A suite file (``harness/conf/suite/NAME.yaml``, typed by
   ``tuning``), whose provenance then tags every row;
 * add ``tags`` (e.g. ``comparison: train`` for a comparison report);
 * for a learned optimizer, give ``meta_train`` (a ``lopt meta-train`` configuration): how its
-  checkpoint is made when the suite is run with ``fresh=true``.
+  checkpoint is made when the suite is run with ``fresh=true``; a curriculum lists its earlier
+  stages under ``meta_train.before`` (each a configuration; every stage starts at the previous
+  stage's checkpoint, ``init_from``, and the last stage is the rest of ``meta_train``).
 
 ``optional_tasks`` are skipped, with a notice, when their data is not on the machine (a
 Fashion-MNIST suite still runs its MNIST part). A skipped task's results are never lost: the
@@ -29,7 +31,7 @@ skipped; the report (``report: standard`` or ``comparison``) is written next to 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from harness.results.report import NOT_REPRODUCED_TAG
 from harness.results.schema import canonical_json
 from harness.settings.bench import TuningRef
 from harness.settings.suite import SuiteEntry, check_suite_file, suite_entries
+from harness.util import to_plain
 
 Log = Callable[[str], None]
 
@@ -324,17 +327,36 @@ def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> No
         )
     for entry in entries:
         if entry.meta_train and not entry.tuned:
-            out = fresh_checkpoint(settings, entry).parent
-            log(f"meta-training {entry.optimizer} into {out}")
-            meta_train(
-                {
-                    **dict(entry.meta_train),
-                    "task": entry.task,
-                    "task_cfg": dict(entry.task_cfg),
-                    "out": str(out),
-                    "resume": True,
-                }
-            )
+            final = fresh_checkpoint(settings, entry).parent
+            stages = meta_train_stages(entry.meta_train)
+            previous: Path | None = None
+            for k, stage in enumerate(stages):
+                out = final if k == len(stages) - 1 else final / f"stage{k}"
+                log(f"meta-training {entry.optimizer} into {out}")
+                start = {"init_from": str(previous)} if previous is not None else {}
+                meta_train(
+                    {
+                        **stage,
+                        **start,
+                        "task": entry.task,
+                        "task_cfg": dict(entry.task_cfg),
+                        "out": str(out),
+                        "resume": True,
+                    }
+                )
+                previous = out / "lopt.pt"
+
+
+def meta_train_stages(meta_train: Any) -> list[dict[str, Any]]:
+    """The meta-training configurations of a suite entry's ``meta_train``, in order: those
+    listed under ``before``, then the rest of it (see the module docstring)."""
+    plain = dict(to_plain(meta_train))
+    before = plain.pop("before", None) or []
+    if not isinstance(before, list | tuple) or not all(
+        isinstance(stage, Mapping) for stage in before
+    ):
+        raise UsageError("meta_train.before must be a list of meta-training configurations")
+    return [*(dict(stage) for stage in before), plain]
 
 
 def check_fair_tuning(suite: str, plans: list[RunPlan]) -> None:

@@ -217,6 +217,19 @@ def test_fresh_redoes_the_tuning_and_the_meta_training(tmp_path) -> None:
             "outer_batches": 1,
             "min_unroll": 3,
             "max_unroll": 5,
+            # a curriculum: one whole-run ES step first, whose checkpoint the stage above starts at
+            "before": [
+                {
+                    "outer_steps": 1,
+                    "problems": 2,
+                    "parallel": "loop",
+                    "horizon": 20,
+                    "outer_batches": 1,
+                    "estimator": "es",
+                    "schedule": "constant",
+                    "unroll_length": 20,
+                }
+            ],
         },
     }
     runs = [
@@ -235,6 +248,9 @@ def test_fresh_redoes_the_tuning_and_the_meta_training(tmp_path) -> None:
     checkpoint = fresh / "meta" / "lopt_quadratic" / "lopt.pt"
     assert checkpoint.is_file()
     assert load_lopt_checkpoint(checkpoint).meta_training["task_cfg"] == {"dim": 8}
+    first = fresh / "meta" / "lopt_quadratic" / "stage0" / "lopt.pt"
+    assert load_lopt_checkpoint(first).meta_training["estimator"] == "es"
+    assert load_lopt_checkpoint(checkpoint).meta_training["init_from"] == str(first)
     assert set(frame.task_cfg.map(lambda text: json.loads(text)["dim"])) == {8}
     learned_rows = frame[frame.optimizer == "lopt"]
     assert set(learned_rows.hparams) == {canonical_json({"checkpoint": str(checkpoint)})}
