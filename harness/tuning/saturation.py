@@ -79,6 +79,11 @@ class SaturationRule:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def mean_of(self, number: int) -> float | None:
+        """Trial ``number``'s mean over the fresh seeds, or ``None`` if it was not re-run."""
+        values = {self.first_trial: self.first_values, self.second_trial: self.second_values}
+        return float(np.mean(values[number])) if number in values else None
+
 
 DEFAULT_RULE = SaturationRule()
 
@@ -104,6 +109,11 @@ class Saturation:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def mean_of(self, number: int) -> float | None:
+        """Trial ``number``'s mean over the fresh seeds, or ``None`` if it was not re-run."""
+        values = {self.first_trial: self.first_values, self.second_trial: self.second_values}
+        return float(np.mean(values[number])) if number in values else None
 
 
 def saturation_verdict(
@@ -184,6 +194,11 @@ class Confirmation:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def mean_of(self, number: int) -> float | None:
+        """Trial ``number``'s mean over the fresh seeds, or ``None`` if it was not re-run."""
+        values = {self.first_trial: self.first_values, self.second_trial: self.second_values}
+        return float(np.mean(values[number])) if number in values else None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Confirmation:
@@ -280,14 +295,13 @@ def chosen_trial(study: optuna.Study, trials: int) -> FrozenTrial | None:
     confirmation = stored_confirmation(study, counted_trials(study, trials))
     if best is None or confirmation is None:
         return best
-    if best.number not in (confirmation.first_trial, confirmation.second_trial):
+    mine = confirmation.mean_of(best.number)
+    if mine is None:
         return best
-    means = {
-        confirmation.first_trial: float(np.mean(confirmation.first_values)),
-        confirmation.second_trial: float(np.mean(confirmation.second_values)),
-    }
-    other = next(number for number in means if number != best.number)
-    if not math.isfinite(means[other]) or not means[other] < means[best.number]:
+    first, second = confirmation.first_trial, confirmation.second_trial
+    other = second if best.number == first else first
+    theirs = confirmation.mean_of(other)
+    if theirs is None or not math.isfinite(theirs) or not theirs < mine:
         return best
     return next(t for t in study.get_trials(deepcopy=False) if t.number == other)
 
@@ -298,13 +312,7 @@ def fresh_seed_mean(study: optuna.Study, trials: int, number: int) -> float | No
     from harness.tuning.study import counted_trials
 
     confirmation = stored_confirmation(study, counted_trials(study, trials))
-    if confirmation is None:
-        return None
-    if number == confirmation.first_trial:
-        return float(np.mean(confirmation.first_values))
-    if number == confirmation.second_trial:
-        return float(np.mean(confirmation.second_values))
-    return None
+    return None if confirmation is None else confirmation.mean_of(number)
 
 
 def study_saturation(
