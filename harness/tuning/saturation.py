@@ -79,11 +79,6 @@ class SaturationRule:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def mean_of(self, number: int) -> float | None:
-        """Trial ``number``'s mean over the fresh seeds, or ``None`` if it was not re-run."""
-        values = {self.first_trial: self.first_values, self.second_trial: self.second_values}
-        return float(np.mean(values[number])) if number in values else None
-
 
 DEFAULT_RULE = SaturationRule()
 
@@ -109,11 +104,6 @@ class Saturation:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def mean_of(self, number: int) -> float | None:
-        """Trial ``number``'s mean over the fresh seeds, or ``None`` if it was not re-run."""
-        values = {self.first_trial: self.first_values, self.second_trial: self.second_values}
-        return float(np.mean(values[number])) if number in values else None
 
 
 def saturation_verdict(

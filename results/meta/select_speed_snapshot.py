@@ -13,6 +13,7 @@ the squared element of the estimate (``grad_norm^2 / P``); about 1 means the est
 large as its own noise.
 
     python results/meta/select_speed_snapshot.py [--workers 2]
+    python results/meta/select_speed_snapshot.py --run <run> --noise-only  # the ratio only
 
 Runs are saved as they finish (``--out``, default ``<run>/selection.csv``); a rerun only reports.
 About 35 runs of 10-15 s each on one thread.
@@ -40,8 +41,12 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--noise-only", action="store_true", help="print the ES noise ratio only")
     args = parser.parse_args()
     run = Path(args.run)
+    if args.noise_only:
+        print(es_noise_line(run))
+        return
     config = json.loads((run / "config.json").read_text())
     adam, _ = tuned_configuration(
         task="mnist5k_cnn16",
@@ -78,13 +83,21 @@ def main() -> None:
     frame = frame[frame.run_id.isin(ids)].copy()
     frame["candidate"] = frame.tags.map(lambda t: json.loads(t)["candidate"])
     print(selection_table(frame, list(candidates)).to_string(float_format=lambda v: f"{v:.3g}"))
+    print(es_noise_line(run))
+
+
+def es_noise_line(run: Path) -> str:
+    """Per outer step of ``run``, the variance of the B-sample ES mean over the squared estimate,
+    per element of theta (``(var_es / B) / (grad_norm^2 / P)``): its range and median."""
+    config = json.loads((run / "config.json").read_text())
     log = pd.read_csv(run / "meta_log.csv")
     wide = log.pivot_table(index="outer_step", columns="metric", values="value")
     problems, size = int(config["problems"]), int(theta_size(config))
     ratio = ((wide["var_es"] / problems) / (wide["grad_norm"] ** 2 / size)).dropna()
-    print(
+    return (
         f"ES noise over signal per element, {len(ratio)} outer steps: "
-        f"{ratio.min():.2f} .. {ratio.max():.2f} (B = {problems}, P = {size})"
+        f"{ratio.min():.2f} .. {ratio.max():.2f}, median {ratio.median():.2f} "
+        f"(B = {problems}, P = {size})"
     )
 
 
