@@ -371,6 +371,33 @@ def test_the_comparison_marks_kept_rows_in_its_tables_and_verdicts():
     assert "not_reproduced" not in comparison_summary(frame[~kept]).columns
 
 
+def test_the_comparison_names_the_task_a_transferred_optimizer_was_meta_trained_on():
+    from harness.results.comparison import comparison_summary, verdicts
+
+    runs = [
+        tidy_run(f"{optimizer}{seed}", optimizer, seed, losses, task="t")
+        for optimizer, losses in (
+            ("sgd", [4.0, 1.0]),
+            ("lopt_mnist5k_train", [4.0, 2.0]),
+            ("lopt_fmnist_train", [4.0, 0.5]),
+        )
+        for seed in (0, 1)
+    ]
+    frame = pd.concat(runs, ignore_index=True).assign(tags='{"comparison":"train"}')
+    moved = frame["optimizer"] == "lopt_fmnist_train"
+    frame.loc[moved, "tags"] = '{"comparison":"train","transfer":"fmnist_cnn16"}'
+    summary = comparison_summary(frame)
+    assert dict(zip(summary.optimizer, summary.transfer_from, strict=True)) == {
+        "lopt_fmnist_train": "fmnist_cnn16",
+        "lopt_mnist5k_train": "",
+        "sgd": "",
+    }
+    assert [line.split(":")[0] for line in verdicts(summary)] == [
+        "Speed (t, lopt_fmnist_train, transfer from fmnist_cnn16)",
+        "Speed (t, lopt_mnist5k_train)",
+    ]
+
+
 def test_the_tuning_section_flags_studies_that_are_not_saturated() -> None:
     def rows(tags: dict) -> pd.DataFrame:
         frame = tidy_run(f"r-{len(tags)}", "adam", 0, [1.0, 0.5])

@@ -14,6 +14,8 @@ loss on the comparison's split (``train`` or ``valid``, whole-split evaluations)
   evaluation at or below it; the mean over the seeds that reach it, ``fraction_reached`` says
   how many). NaN when the optimizer never reaches it. ``speedup_steps``: the same in steps.
 * Final (and best) train/valid/test losses and the test accuracy, mean and std over seeds.
+* ``transfer_from``: for a learned optimizer run on a task it was not meta-trained on (the
+  run's ``transfer`` tag), that task; its table rows and verdicts say so.
 
 The two targets of the paper, checked and stated with their numbers in ``summary.md``:
 
@@ -66,13 +68,18 @@ STAT_SUFFIXES = {
 MARKDOWN_FILE = "summary.md"
 
 
-def comparison_of(tags: str) -> str:
-    """The ``comparison`` tag of a run's ``tags`` JSON (``""`` if none)."""
+def tag_of(tags: str, key: str) -> str:
+    """The ``key`` tag of a run's ``tags`` JSON (``""`` if none)."""
     try:
         data = json.loads(tags) if isinstance(tags, str) and tags else {}
     except ValueError:
         return ""
-    return str(data.get("comparison", "")) if isinstance(data, dict) else ""
+    return str(data.get(key, "")) if isinstance(data, dict) else ""
+
+
+def comparison_of(tags: str) -> str:
+    """The ``comparison`` tag of a run's ``tags`` JSON (``""`` if none)."""
+    return tag_of(tags, "comparison")
 
 
 def is_learned(optimizer: str) -> bool:
@@ -128,11 +135,14 @@ def comparison_summary(frame: pd.DataFrame) -> pd.DataFrame:
         )
         for (task, optimizer), speed in speeds.groupby(["task", "optimizer"], sort=True):
             speed = speed.iloc[0]
+            own = sub[(sub["task"] == task) & (sub["optimizer"] == optimizer)]["tags"]
             row = {
                 "comparison": comparison,
                 "task": task,
                 "optimizer": optimizer,
                 "role": "learned" if is_learned(optimizer) else "baseline",
+                # the task a learned optimizer was meta-trained on, when not this one
+                "transfer_from": own.map(lambda t: tag_of(t, "transfer")).max() if len(own) else "",
                 "best_baseline": best[task],
                 "target_split": split,
                 "target_loss": speed["target"],
@@ -166,11 +176,18 @@ def comparison_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return table[leading + [c for c in table.columns if c not in leading]]
 
 
+def transfer_text(row: Mapping) -> str:
+    """``", transfer from TASK"`` for a learned optimizer run on a task it was not meta-trained
+    on (the run's ``transfer`` tag), else ``""``."""
+    source = row.get("transfer_from")
+    return f", transfer from {source}" if isinstance(source, str) and source else ""
+
+
 def verdicts(summary: pd.DataFrame) -> list[str]:
     """One line per learned optimizer and target, saying whether it is met, with the numbers."""
     lines = []
     for _, row in summary[summary["role"] == "learned"].iterrows():
-        where = f"{row['task']}, {row['optimizer']}"
+        where = f"{row['task']}, {row['optimizer']}" + transfer_text(row)
         if isinstance(row.get("not_reproduced"), str) and row["not_reproduced"]:
             where += ", NOT rerun: kept from an earlier run"
         if row["comparison"] == "train":
@@ -293,7 +310,9 @@ def summary_markdown(
             ]
             body = []
             for _, row in rows.sort_values(["role", "optimizer"]).iterrows():
-                name = row["optimizer"] + (" (learned)" if row["role"] == "learned" else "")
+                name = row["optimizer"] + (
+                    f" (learned{transfer_text(row)})" if row["role"] == "learned" else ""
+                )
                 body.append(
                     [
                         name,
