@@ -1,21 +1,21 @@
 """Which snapshot of a meta-training run to ship (issue 11), and how noisy its ES was.
 
-Trains mnist5k_cnn16 for 2,000 steps on the selection seeds 200-204 (not the paper suite's
-100-104) with the strongest tuned baseline of the run's objective and with each snapshot of
-``--run`` (``--snapshots``; 0 is the theta the run started at: its ``init_from`` checkpoint, or
-else the learner's initial theta, written to ``<run>/lopt_step000000.pt``), evaluated on the
-whole splits every 100 steps, and prints one row per candidate. The rule is fixed by the
-objective, before the suite's seeds are looked at:
+Trains the run's task for 2,000 steps on the selection seeds 200-204 (not the paper suite's
+100-104) with a tuned baseline of the run's objective and with each snapshot of ``--run``
+(``--snapshots``; 0 is the theta the run started at: its ``init_from`` checkpoint, or else the
+learner's initial theta, written to ``<run>/lopt_step000000.pt``), evaluated on the whole splits
+every 100 steps, and prints one row per candidate. The rule is fixed by the objective, before
+the suite's seeds are looked at:
 
-* ``train`` (the speed target; baseline: tuned Adam, the train-loss study of tag paper-s2): the
-  seeds that reach Adam's median final training loss, the mean first step at which they do, the
-  median and the maximum final training loss, the median over seeds of the largest training
-  loss after step 1,000 (late spikes) and the mean final test loss. Ship the snapshot that
-  reaches the target on all seeds in the fewest steps.
-* ``valid`` (the generalisation target; baseline: tuned AdamW with warm-up and cosine decay, the
-  valid-loss study of tag paper): the mean and std over seeds of the final validation and test
-  losses and the mean final training loss. Ship the snapshot with the lowest mean final
-  validation loss (the test split stays unseen by the choice).
+* ``train`` (the speed target; baseline: tuned Adam, or ``--baseline``, from the train-loss
+  study of tag paper-s2): the seeds that reach the baseline's median final training loss, the
+  mean first step at which they do, the median and the maximum final training loss, the median
+  over seeds of the largest training loss after step 1,000 (late spikes) and the mean final
+  test loss. Ship the snapshot that reaches the target on all seeds in the fewest steps.
+* ``valid`` (the generalisation target; baseline: tuned AdamW with warm-up and cosine decay, or
+  ``--baseline``, from the valid-loss study of tag paper): the mean and std over seeds of the
+  final validation and test losses and the mean final training loss. Ship the snapshot with the
+  lowest mean final validation loss (the test split stays unseen by the choice).
 
 Then, from the run's ``meta_log.csv``, the ES noise per outer step: per element of theta, the
 variance of the B-sample mean (``var_es / B``) over the squared element of the estimate
@@ -42,12 +42,10 @@ from harness.plan import RunPlan, execute
 from harness.results.io import read_results
 from harness.tuning.tuner import tuned_configuration
 
-#: per objective: the baseline's (name, optimizer, tuning objective, study tag) and the runs'
-#: suite name (part of their ids, so a rerun finds the runs saved before)
-BASELINES = {
-    "train": ("tuned adam", "adam", "train_loss", "paper-s2"),
-    "valid": ("tuned adamw_cosine", "adamw_cosine", "valid_loss", "paper"),
-}
+#: per objective: the default baseline, the tuning objective and study tag of the paper suite's
+#: studies, and the runs' suite name (part of their ids, so a rerun finds the runs saved before)
+BASELINES = {"train": "adam", "valid": "adamw_cosine"}
+STUDIES = {"train": ("train_loss", "paper-s2"), "valid": ("valid_loss", "paper")}
 SUITES = {"train": "select-speed-snapshot", "valid": "select-valid-snapshot"}
 
 
@@ -59,6 +57,9 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--baseline", default=None, help="tuned baseline (default: adam for train, adamw_cosine)"
+    )
     parser.add_argument("--noise-only", action="store_true", help="print the ES noise ratio only")
     args = parser.parse_args()
     run = Path(args.run)
@@ -68,7 +69,9 @@ def main() -> None:
     torch.set_num_threads(1)  # the runs of --workers 1 run here: one thread, as in the suite
     config = json.loads((run / "config.json").read_text())
     objective = config["objective"]
-    baseline, optimizer, tuning_objective, tag = BASELINES[objective]
+    optimizer = args.baseline or BASELINES[objective]
+    tuning_objective, tag = STUDIES[objective]
+    task_cfg = {k: v for k, v in config["task_cfg"].items() if k == "train_size"}
     hparams, _ = tuned_configuration(
         task=config["task"],
         optimizer=optimizer,
@@ -76,8 +79,9 @@ def main() -> None:
         budget_steps=2000,
         tag=tag,
         storage="sqlite:///results/paper/optuna.db",
+        task_cfg=task_cfg or None,
     )
-    candidates = {baseline: (optimizer, hparams)}
+    candidates = {f"tuned {optimizer}": (optimizer, hparams)}
     for step in (int(s) for s in args.snapshots.split(",")):
         path = run / f"lopt_step{step:06d}.pt"
         if step == 0:
@@ -86,6 +90,7 @@ def main() -> None:
     plans = [
         RunPlan(
             task=config["task"],
+            task_cfg=task_cfg,
             optimizer=name,
             seed=args.first_seed + k,
             suite=SUITES[objective],
