@@ -76,7 +76,17 @@ def test_list_all_sorted() -> None:
 @pytest.mark.parametrize(
     ("pattern", "expected"),
     [
-        ("adam*", ["adam", "adam_cosine", "adam_residual_mnist5k_train", "adamw", "adamw_cosine"]),
+        (
+            "adam*",
+            [
+                "adam",
+                "adam_cosine",
+                "adam_residual_mnist5k_train",
+                "adam_residual_mnist5k_valid",
+                "adamw",
+                "adamw_cosine",
+            ],
+        ),
         ("*prop", ["rmsprop"]),
         ("?gd", ["sgd"]),
         ("[ms]*", None),
