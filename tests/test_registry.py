@@ -81,6 +81,7 @@ def test_list_all_sorted() -> None:
             [
                 "adam",
                 "adam_cosine",
+                "adam_residual_fmnist_train",
                 "adam_residual_mnist5k_train",
                 "adam_residual_mnist5k_valid",
                 "adamw",
