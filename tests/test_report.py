@@ -346,16 +346,21 @@ def test_the_report_lists_what_was_not_reproduced(tmp_path: Path, monkeypatch):
     assert "Not reproduced" not in (tmp_path / "summary.md").read_text()
 
 
+def train_comparison(tasks: tuple[str, ...], losses: dict[str, list[float]]) -> pd.DataFrame:
+    """Two seeds of each optimizer's ``losses`` on each task, tagged ``comparison: train``."""
+    runs = [
+        tidy_run(f"{task}{optimizer}{seed}", optimizer, seed, values, task=task)
+        for task in tasks
+        for optimizer, values in losses.items()
+        for seed in (0, 1)
+    ]
+    return pd.concat(runs, ignore_index=True).assign(tags='{"comparison":"train"}')
+
+
 def test_the_comparison_marks_kept_rows_in_its_tables_and_verdicts():
     from harness.results.comparison import comparison_summary, verdicts
 
-    runs = [
-        tidy_run(f"{task}{optimizer}{seed}", optimizer, seed, losses, task=task)
-        for task in ("t", "u")
-        for optimizer, losses in (("sgd", [4.0, 1.0]), ("lopt_mnist5k_train", [4.0, 2.0]))
-        for seed in (0, 1)
-    ]
-    frame = pd.concat(runs, ignore_index=True).assign(tags='{"comparison":"train"}')
+    frame = train_comparison(("t", "u"), {"sgd": [4.0, 1.0], "lopt_mnist5k_train": [4.0, 2.0]})
     kept = frame["task"] == "u"
     frame.loc[kept, "tags"] = '{"comparison":"train","not_reproduced":"data unavailable"}'
     summary = comparison_summary(frame)
@@ -374,16 +379,10 @@ def test_the_comparison_marks_kept_rows_in_its_tables_and_verdicts():
 def test_the_comparison_names_the_task_a_transferred_optimizer_was_meta_trained_on():
     from harness.results.comparison import comparison_summary, verdicts
 
-    runs = [
-        tidy_run(f"{optimizer}{seed}", optimizer, seed, losses, task="t")
-        for optimizer, losses in (
-            ("sgd", [4.0, 1.0]),
-            ("lopt_mnist5k_train", [4.0, 2.0]),
-            ("lopt_fmnist_train", [4.0, 0.5]),
-        )
-        for seed in (0, 1)
-    ]
-    frame = pd.concat(runs, ignore_index=True).assign(tags='{"comparison":"train"}')
+    frame = train_comparison(
+        ("t",),
+        {"sgd": [4.0, 1.0], "lopt_mnist5k_train": [4.0, 2.0], "lopt_fmnist_train": [4.0, 0.5]},
+    )
     moved = frame["optimizer"] == "lopt_fmnist_train"
     frame.loc[moved, "tags"] = '{"comparison":"train","transfer":"fmnist_cnn16"}'
     summary = comparison_summary(frame)
