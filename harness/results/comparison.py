@@ -135,14 +135,14 @@ def comparison_summary(frame: pd.DataFrame) -> pd.DataFrame:
         )
         for (task, optimizer), speed in speeds.groupby(["task", "optimizer"], sort=True):
             speed = speed.iloc[0]
-            own = sub[(sub["task"] == task) & (sub["optimizer"] == optimizer)]["tags"]
+            tags = sub[(sub["task"] == task) & (sub["optimizer"] == optimizer)]["tags"].iloc[0]
             row = {
                 "comparison": comparison,
                 "task": task,
                 "optimizer": optimizer,
                 "role": "learned" if is_learned(optimizer) else "baseline",
                 # the task a learned optimizer was meta-trained on, when not this one
-                "transfer_from": own.map(lambda t: tag_of(t, "transfer")).max() if len(own) else "",
+                "transfer_from": tag_of(tags, "transfer"),
                 "best_baseline": best[task],
                 "target_split": split,
                 "target_loss": speed["target"],

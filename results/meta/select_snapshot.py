@@ -85,8 +85,10 @@ def main() -> None:
     candidates = {f"tuned {optimizer}": (optimizer, hparams)}
     for step in (int(s) for s in args.snapshots.split(",")):
         path = run / f"lopt_step{step:06d}.pt"
-        if step == 0:
-            path = Path(config["init_from"]) if config.get("init_from") else start_snapshot(run)
+        if step == 0 and config.get("init_from"):
+            path = Path(config["init_from"])
+        elif step == 0:
+            path = start_snapshot(run, config)
         candidates[f"snapshot {step}"] = ("lopt", {"checkpoint": str(path)})
     plans = [
         RunPlan(
@@ -129,16 +131,15 @@ def chosen(snapshots: pd.DataFrame, objective: str, seeds: int) -> str:
     return str(snapshots["final train median"].idxmin())
 
 
-def start_snapshot(run: Path) -> Path:
+def start_snapshot(run: Path, config: dict) -> Path:
     """``<run>/lopt_step000000.pt``: the learner's initial theta as the run drew it (written
-    once), for a run that did not start at a checkpoint."""
+    once), for a run (its ``config.json`` as ``config``) that did not start at a checkpoint."""
     from harness.meta.truncation import STREAM_THETA, derive_seed
     from harness.registry import create_learner
     from optimizers.checkpoint import save_lopt_checkpoint
 
     path = run / "lopt_step000000.pt"
     if not path.is_file():
-        config = json.loads((run / "config.json").read_text())
         learner = create_learner(config["learner"], **config["learner_cfg"])
         theta = learner.init_theta(derive_seed(int(config["seed"]), STREAM_THETA))
         save_lopt_checkpoint(path, theta, learner, {**config, "outer_step": 0})
