@@ -62,8 +62,11 @@ def init_world(device: str) -> tuple[TorchDistributedWorld, torch.device]:
     return TorchDistributedWorld(rank_device), rank_device
 
 
-def launch(config_path: Path, workers: int, threads: int) -> None:
-    """Run ``workers`` ranks of :func:`main` on this machine with torchrun and wait for them.
+def launch(
+    config_path: Path, workers: int, threads: int, module: str = "harness.meta.distributed"
+) -> None:
+    """Run ``workers`` ranks of ``module``'s ``main`` (default :func:`main`) on this machine with
+    torchrun and wait for them.
 
     Raises ``HarnessError`` when a rank fails (its own messages are on stderr above).
     """
@@ -75,7 +78,7 @@ def launch(config_path: Path, workers: int, threads: int) -> None:
         f"--nproc-per-node={workers}",
         "--max-restarts=0",
         "-m",
-        "harness.meta.distributed",
+        module,
         str(config_path),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

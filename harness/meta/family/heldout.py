@@ -1,0 +1,86 @@
+"""The held-out judge: a fixed set of tasks sampled from the family on seeds no training draw
+uses (the family's own held-out sample, member seeds ``HELD_OUT_SEEDS + k``, which ``lopt bench``
+can run too), each run for its whole horizon from a fresh initialisation with the current theta.
+
+Why: the pairs of an outer step are staggered, so the outer loss falls as the problems age
+even with a frozen theta; the held-out meta-loss does not move unless theta does. The set
+(tasks, initialisations, horizons) is the same at every evaluation of a run, so its values are
+comparable along the run.
+
+Logged (means over the set): ``heldout_loss`` (the whole run's mean of the log of the clipped
+minibatch loss: the outer loss over the whole horizon), ``heldout_final_train`` and
+``heldout_final_valid`` (the log of the whole-split loss at the end of the run). Untimed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness.meta.family.pairs import PairSchedule
+from harness.meta.family.problems import (
+    Rows,
+    advance,
+    family_task,
+    initial_rows,
+    outer_loss,
+    whole_split_losses,
+)
+from harness.meta.truncation import derive_seed
+from harness.meta.world import World
+
+STREAM_HELDOUT_INIT = 27
+STREAM_HELDOUT_HORIZON = 28
+HELDOUT_METRICS = ("heldout_loss", "heldout_final_train", "heldout_final_valid")
+
+
+@dataclass(frozen=True)
+class HeldOutSet:
+    """``count`` tasks of ``schedule.family`` with their initialisation seeds and horizons."""
+
+    schedule: PairSchedule
+    count: int
+
+    def member(self, k: int) -> tuple[Any, int, int]:
+        """Task, initialisation seed and horizon of member ``k``."""
+        from tasks.families import HELD_OUT_SEEDS
+
+        task = family_task(self.schedule.family, HELD_OUT_SEEDS + k)
+        init = derive_seed(self.schedule.seed, STREAM_HELDOUT_INIT, k)
+        return task, init, self.schedule.horizon(k, 0, stream=STREAM_HELDOUT_HORIZON)
+
+    def evaluate(self, learner: Any, theta: torch.Tensor, world: World | None = None) -> dict:
+        """Run this rank's members (``k = rank, rank + size, ...``) with ``theta`` for their whole
+        horizons; returns the means over the whole set (all-reduced)."""
+        world = world or World()
+        mine = list(range(world.rank, self.count, world.size))
+        members = [self.member(k) for k in mine]
+        tasks = [m[0] for m in members]
+        inits = [m[1] for m in members]
+        ws, states = initial_rows(learner, tasks, inits)
+        rows = Rows(tasks, inits, ws, states, [0] * len(mine), [m[2] for m in members])
+        totals = torch.zeros(len(HELDOUT_METRICS), dtype=torch.float64)
+        loss_sum = torch.zeros(len(mine), dtype=torch.float64)
+        active = list(range(len(mine)))
+        truncation = self.schedule.truncation
+        with torch.no_grad():
+            while active:
+                part = rows.subset(active)
+                part, losses = advance(learner, part, theta.expand(len(active), -1), truncation)
+                loss_sum[active] += outer_loss(losses) * truncation
+                for n, j in enumerate(active):
+                    rows.w[j], rows.state[j], rows.step[j] = part.w[n], part.state[n], part.step[n]
+                done = [j for j in active if rows.step[j] >= rows.horizon[j]]
+                if done:
+                    finished = rows.subset(done)
+                    train = whole_split_losses(finished, "train").clamp_min(1e-8).log()
+                    valid = whole_split_losses(finished, "valid").clamp_min(1e-8).log()
+                    for n, j in enumerate(done):
+                        totals[0] += loss_sum[j] / rows.horizon[j]
+                        totals[1] += train[n]
+                        totals[2] += valid[n]
+                active = [j for j in active if rows.step[j] < rows.horizon[j]]
+        totals = world.all_reduce_sum(totals) / self.count
+        return {name: float(v) for name, v in zip(HELDOUT_METRICS, totals, strict=True)}

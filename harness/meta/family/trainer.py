@@ -1,0 +1,358 @@
+"""The family meta-training loop: pairs -> samples -> sums -> all-reduce -> meters, Adam on
+theta; held-out judge, tidy log, progress lines, chunks that resume.
+
+One outer step (:meth:`FamilyTrainer.step`): every pair this rank owns (``rank, rank + W, ...``)
+draws its direction ``n`` (a pure function of seed, outer step and pair), runs one truncation
+of both rows on the batched engine, and gives one sample (the estimator's); the samples and
+their controls enter a :class:`SampleSums` by half (:mod:`harness.meta.family.meters`), one
+``all_reduce`` sums them over the ranks, and every rank takes the same clipped Adam step
+(:class:`harness.meta.trainer.ThetaAdam`) with their mean. Every ``eval_every`` outer steps (and
+at the start and end of each chunk) theta is judged on the held-out set
+(:mod:`harness.meta.family.heldout`).
+
+Files in ``out`` (written atomically by rank 0 every ``checkpoint_every`` outer steps and at the
+end of a chunk): ``family_state.pt`` (theta, Adam's moments, the outer step, the counters, the
+log: a few hundred kB, small enough to commit), ``inner_state.pt`` (every pair's two
+trajectories: what an exact resume needs, too large to commit), ``lopt.pt`` (the learned
+optimizer, served by ``optimizer=lopt optimizer.checkpoint=PATH``) and ``meta_log.csv`` (tidy:
+one row per outer step and metric). Resuming with both state files repeats nothing and gives
+what one uninterrupted run gives; with ``family_state.pt`` alone (a committed run continued on
+another machine) the pairs start afresh, staggered, and the run says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from harness.errors import UsageError
+from harness.meta.checkpoint import load_trainer_state, save_trainer_state
+from harness.meta.estimators import SampleSums
+from harness.meta.family import meters
+from harness.meta.family.estimators import create_family_estimator
+from harness.meta.family.heldout import HeldOutSet
+from harness.meta.family.pairs import PairSchedule, PairState, fresh_pairs, stagger
+from harness.meta.trainer import ThetaAdam
+from harness.meta.truncation import STREAM_PERTURBATION, STREAM_THETA, derive_seed
+from harness.meta.world import World
+from harness.results.schema import canonical_json, provenance
+from harness.settings.family import FamilyMetaTrainConfig
+from harness.util import write_atomically
+
+STATE_FILE = "family_state.pt"
+INNER_FILE = "inner_state.pt"
+LOPT_FILE = "lopt.pt"
+LOG_FILE = "meta_log.csv"
+CONFIG_FILE = "config.json"
+LOG_COLUMNS = (
+    "run_id",
+    "family",
+    "learner",
+    "estimator",
+    "seed",
+    "outer_step",
+    "wall_time_s",
+    "metric",
+    "value",
+)
+
+
+def run_id(cfg: FamilyMetaTrainConfig) -> str:
+    """``meta-family-<family>-<estimator>-s<seed>-<hash of the identity fields>``."""
+    digest = hashlib.sha256(canonical_json(cfg.identity()).encode()).hexdigest()[:10]
+    return f"meta-family-{cfg.family}-{cfg.estimator}-s{cfg.seed}-{digest}"
+
+
+class FamilyTrainer:
+    """Meta-trains ``cfg.learner`` on ``cfg.family`` (module docstring).
+
+    Args:
+        cfg: a checked :class:`FamilyMetaTrainConfig`.
+        world: the ranks (:class:`World` for one process).
+        log_stream: where progress lines go (rank 0; default stderr).
+    """
+
+    def __init__(
+        self, cfg: FamilyMetaTrainConfig, world: World | None = None, log_stream: Any = None
+    ) -> None:
+        self.cfg = cfg
+        self.world = world or World()
+        self.stream = log_stream if log_stream is not None else sys.stderr
+        self.learner = cfg.build_learner()
+        self.estimator = create_family_estimator(cfg.estimator, cfg.sigma)
+        self.schedule = PairSchedule(
+            cfg.family,
+            cfg.seed,
+            cfg.truncation,
+            cfg.min_horizon,
+            cfg.max_horizon,
+            arch_groups=cfg.arch_groups or None,
+        )
+        self.heldout_set = HeldOutSet(self.schedule, cfg.heldout_tasks)
+        self.num_theta = int(self.learner.num_theta)
+        theta = self.learner.init_theta(derive_seed(cfg.seed, STREAM_THETA))
+        self.theta = theta.detach().clone().float()
+        self.adam = ThetaAdam(
+            self.num_theta, cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps, torch.device("cpu")
+        )
+        self.local = self.world.local_problems(cfg.pairs)
+        self.pairs: list[PairState] = []
+        self.outer_step = 0
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        self.problem_steps = 0  # inner steps of every row (both sides), all ranks
+        self.log: list[list[Any]] = []  # [outer_step, wall_time_s, metric, value]
+        self.meter_rows: list[dict[str, float]] = []
+        self.last: dict[str, float] = {}
+        self.started_at = 0.0
+
+    # -- pairs ----------------------------------------------------------------------------------
+    def start_pairs(self) -> None:
+        """This rank's pairs, new and staggered with the current theta."""
+        new = fresh_pairs(
+            self.schedule,
+            self.learner,
+            [(p, 0) for p in self.local],
+            self.num_theta,
+            self.estimator.two_trajectories,
+        )
+        with torch.no_grad():
+            self.pairs = stagger(self.schedule, self.learner, self.theta, new)
+
+    def noises(self) -> torch.Tensor:
+        """The directions ``[P_local, D]`` of this rank's pairs at this outer step."""
+        rows = []
+        for p in self.local:
+            seed = derive_seed(self.cfg.seed, STREAM_PERTURBATION, self.outer_step, p)
+            rows.append(torch.randn(self.num_theta, generator=torch.Generator().manual_seed(seed)))
+        return torch.stack(rows)
+
+    # -- one outer step -------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        """One outer step; returns its logged metrics."""
+        cfg = self.cfg
+        start, cpu_start = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            samples, result, self.pairs, resets = self.estimator.step(
+                self.schedule, self.learner, self.theta, self.noises(), self.pairs, self.outer_step
+            )
+        sums = meters.new_sums(self.num_theta)
+        for j, p in enumerate(self.local):
+            control = meters.control_direction(samples[j], cfg.seed, self.outer_step, p)
+            meters.add_sample(sums, p, samples[j], control)
+        sums.stats["loss_sum"] = float((result.loss_plus + result.loss_minus).sum() / 2)
+        sums.stats["loss_count"] = float(len(self.local))
+        sums.stats["resets"] = float(sum(resets))
+        sums.stats["problems"] = float(len(self.local))
+        total = self.world.all_reduce_sum(sums.to_vector())
+        merged = SampleSums.from_vector(total, self.num_theta, meters.METER_SLOTS)
+        grad = meters.gradient(merged)
+        if grad is not None:
+            clipped = grad.float().clamp(-cfg.clip, cfg.clip)
+            self.theta = self.adam.step(self.theta, clipped)
+        seconds = time.perf_counter() - start
+        cpu = float(self.world.all_reduce_sum(torch.tensor([time.process_time() - cpu_start]))[0])
+        self.seconds += seconds
+        self.cpu_seconds += cpu
+        self.outer_step += 1
+        stats = merged.stats
+        self.problem_steps += int(2 * cfg.truncation * stats["problems"])
+        step_meters = meters.meters(merged)
+        self.meter_rows.append(step_meters)
+        metrics = {
+            "outer_loss": stats["loss_sum"] / max(1.0, stats["loss_count"]),
+            "grad_norm": float(grad.norm()) if grad is not None else math.nan,
+            **step_meters,
+            "resets": stats["resets"],
+            "dropped": stats["dropped_half_a"] + stats["dropped_half_b"],
+            "seconds": seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "problem_steps": float(self.problem_steps),
+        }
+        self.record(metrics)
+        return metrics
+
+    def record(self, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.log.append([self.outer_step, self.seconds, name, float(value)])
+        self.last.update(metrics)
+
+    def heldout(self) -> dict[str, float]:
+        """Judge the current theta on the held-out set (logged, untimed)."""
+        values = self.heldout_set.evaluate(self.learner, self.theta, self.world)
+        self.record(values)
+        return values
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Outer steps until ``outer_steps`` or this chunk's ``max_seconds``; returns
+        ``out/lopt.pt``."""
+        cfg = self.cfg
+        if not self.pairs:
+            self.start_pairs()
+        if cfg.eval_every and not any(
+            r[2] == "heldout_loss" and r[0] == self.outer_step for r in self.log
+        ):
+            self.heldout()
+            self.show()
+        self.started_at = self.seconds
+        while self.outer_step < cfg.outer_steps:
+            self.step()
+            out_of_time = False
+            if cfg.max_seconds is not None:  # rank 0's clock decides for every rank
+                spent = self.seconds - self.started_at
+                out_of_time = self.world.broadcast_from_main(spent >= cfg.max_seconds)
+            done = out_of_time or self.outer_step >= cfg.outer_steps
+            if cfg.eval_every and (self.outer_step % cfg.eval_every == 0 or done):
+                self.heldout()
+            if self.outer_step % cfg.checkpoint_every == 0 or done:
+                self.show()
+                self.save()
+            if out_of_time:
+                break
+        return Path(cfg.out) / LOPT_FILE
+
+    # -- progress ---------------------------------------------------------------------------------
+    def progress_line(self) -> str:
+        """``[meta-train mlp_mix 40/1000 123s] outer_loss=... heldout=... cos=... ...``."""
+        cfg = self.cfg
+        last = self.last
+        median = meters.medians(self.meter_rows)
+        parts = []
+        if "outer_loss" in last:
+            parts.append(f"outer_loss={last['outer_loss']:.4g}")
+        if "heldout_loss" in last:
+            parts.append(f"heldout_loss={last['heldout_loss']:.4g}")
+            parts.append(f"heldout_final_valid={last['heldout_final_valid']:.4g}")
+        if self.meter_rows:
+            parts.append(
+                f"median cos={median['split_cosine']:.3f} (control "
+                f"{median['control_split_cosine']:.3f}) snr={median['snr']:.3f} (control "
+                f"{median['control_snr']:.3f})"
+            )
+        parts.append(f"cpu_h={self.cpu_seconds / 3600:.3f}")
+        parts.append(f"problem_steps={self.problem_steps:,}")
+        words = meters.verdict(median)
+        head = f"[meta-train {cfg.family} {cfg.estimator} {self.outer_step}/{cfg.outer_steps}"
+        line = f"{head} {self.seconds:.0f}s] " + " ".join(parts)
+        return f"{line} -- {words}" if words else line
+
+    def show(self) -> None:
+        if self.cfg.progress and self.world.is_main:
+            print(self.progress_line(), file=self.stream, flush=True)
+
+    # -- state ------------------------------------------------------------------------------------
+    def small_state(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "identity": self.cfg.identity(),
+            "outer_step": self.outer_step,
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "problem_steps": self.problem_steps,
+            "theta": self.theta.detach().cpu(),
+            "adam": self.adam.state_dict(),
+            "log": self.log,
+            "meter_rows": [[r[n] for n in meters.METER_NAMES] for r in self.meter_rows],
+        }
+
+    def save(self) -> None:
+        """Write both state files, ``lopt.pt`` and the log (rank 0; the pairs gathered)."""
+        gathered = self.world.gather_to_main([p.to_dict() for p in self.pairs])
+        if gathered is None:
+            return
+        pairs = sorted((p for part in gathered for p in part), key=lambda p: p["pair"])
+        out = Path(self.cfg.out)
+        save_trainer_state(out / INNER_FILE, {"outer_step": self.outer_step, "pairs": pairs})
+        save_trainer_state(out / STATE_FILE, self.small_state())
+        from optimizers.checkpoint import save_lopt_checkpoint
+
+        meta = {
+            **self.cfg.to_dict(),
+            "outer_step": self.outer_step,
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "problem_steps": self.problem_steps,
+            "run_id": run_id(self.cfg),
+        }
+        save_lopt_checkpoint(out / LOPT_FILE, self.theta, self.learner, meta)
+        frame = self.log_frame()
+        write_atomically(out / LOG_FILE, lambda tmp: frame.to_csv(tmp, index=False))
+
+    def load(self, small: dict[str, Any], inner: dict[str, Any] | None) -> None:
+        """Continue from :meth:`small_state` (and the pairs, when ``inner`` is the same outer
+        step's; otherwise the pairs start afresh, staggered, with the loaded theta)."""
+        check_identity(self.cfg, small)
+        self.outer_step = int(small["outer_step"])
+        self.seconds = float(small["seconds"])
+        self.cpu_seconds = float(small["cpu_seconds"])
+        self.problem_steps = int(small["problem_steps"])
+        self.theta = small["theta"].float()
+        self.adam.load_state_dict(small["adam"])
+        self.log = [list(row) for row in small["log"]]
+        self.meter_rows = [
+            dict(zip(meters.METER_NAMES, r, strict=True)) for r in small["meter_rows"]
+        ]
+        if inner is not None and int(inner["outer_step"]) == self.outer_step:
+            mine = set(self.local)
+            self.pairs = [PairState.from_dict(p) for p in inner["pairs"] if p["pair"] in mine]
+        else:
+            if self.world.is_main:
+                print(
+                    f"{self.cfg.out}: no inner state of outer step {self.outer_step}; the pairs "
+                    "start afresh (staggered) with the saved theta",
+                    file=self.stream,
+                    flush=True,
+                )
+            self.start_pairs()
+
+    def log_frame(self) -> pd.DataFrame:
+        """The tidy log with the run's provenance."""
+        frame = pd.DataFrame(self.log, columns=["outer_step", "wall_time_s", "metric", "value"])
+        constants = {
+            "run_id": run_id(self.cfg),
+            "family": self.cfg.family,
+            "learner": self.cfg.learner,
+            "estimator": self.cfg.estimator,
+            "seed": self.cfg.seed,
+            **provenance("cpu"),
+        }
+        for column, value in constants.items():
+            frame[column] = value
+        return frame[[*LOG_COLUMNS, *provenance("cpu")]]
+
+
+def check_identity(cfg: FamilyMetaTrainConfig, state: dict[str, Any]) -> None:
+    """``UsageError`` naming the first identity field where ``cfg`` and the saved run differ."""
+    saved = state.get("identity", {})
+    for name, value in cfg.identity().items():
+        if saved.get(name) != value:
+            raise UsageError(
+                f"{cfg.out} holds a different family meta-training run ({name}="
+                f"{saved.get(name)!r}, now {value!r}): use another out, or resume=false"
+            )
+
+
+def run_family_training(
+    cfg: FamilyMetaTrainConfig, world: World | None = None, log_stream: Any = None
+) -> Path:
+    """Build the trainer, resume from ``out`` when it holds this run, run one chunk."""
+    world = world or World()
+    trainer = FamilyTrainer(cfg, world, log_stream)
+    out = Path(cfg.out)
+    small = inner = None
+    if world.is_main and (out / STATE_FILE).is_file():
+        small = load_trainer_state(out / STATE_FILE)
+        if (out / INNER_FILE).is_file():
+            inner = load_trainer_state(out / INNER_FILE)
+    small, inner = world.broadcast_from_main((small, inner))
+    if small is not None:
+        trainer.load(small, inner)
+    return trainer.run()
