@@ -106,7 +106,13 @@ def groups(tasks: Sequence[Any]) -> list[list[int]]:
 
 
 def batch_of(tasks: Sequence[Any], init_seeds: Sequence[int]) -> Any:
-    """The engine's ProblemBatch of these rows (one group)."""
+    """The engine's ProblemBatch of these rows (one group; built once for the same rows: the
+    rows of a pair's truncations stay the same until a reset)."""
+    return _cached_batch(tuple(tasks), tuple(int(s) for s in init_seeds))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_batch(tasks: tuple[Any, ...], init_seeds: tuple[int, ...]) -> Any:
     from harness.meta.batched import ProblemBatch
 
     return ProblemBatch(list(tasks), list(init_seeds))
