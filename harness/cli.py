@@ -10,6 +10,7 @@
               [pruner=median|none] [storage=URL] [search.lr=[LOW,HIGH]] ...
     lopt studies [storage=URL] [out=DIR]
     lopt meta-train task=NAME estimator=merged|rp|es objective=train|valid outer_steps=N out=DIR
+    lopt meta-train family=NAME [learner=nominal_mlp] [estimator=pes|tes] [pairs=32] [out=DIR]
     lopt pathology [study=all|landscape|variance|training|truncation] [out=DIR] [quick=true]
 
 Overrides are Hydra's ``key=value``. Optimizer hyperparameters are ``optimizer.NAME=VALUE``
@@ -610,9 +611,14 @@ def meta_train_command(overrides: list[str], *, multirun: bool, show_help: bool)
     from harness.meta.command import meta_train, summary_line
     from harness.meta.report import build_meta_report
 
+    parsed = parse_overrides(overrides)
+    if any(o.key_or_group == "family" for o in parsed):  # task families, the batched engine
+        from harness.meta.family.command import family_command
+
+        return family_command(parsed, show_help=show_help)
     if show_help:
         return _print_help("meta-train")
-    (cfg,) = composed("meta-train", parse_overrides(overrides), multirun=False)
+    (cfg,) = composed("meta-train", parsed, multirun=False)
     path = meta_train(cfg)  # the task group node becomes task + task_cfg
     build_meta_report(path.parent)  # meta_curves.png, meta_summary.md: converged yet?
     print(summary_line(path.parent))

@@ -75,6 +75,22 @@ def prepare_out(cfg: FamilyMetaTrainConfig) -> Path:
     return out
 
 
+def family_command(overrides: Sequence[Any], *, show_help: bool = False) -> int:
+    """The ``lopt meta-train family=...`` entry of :mod:`harness.cli` (parsed overrides)."""
+    if show_help:
+        import dataclasses
+
+        print((__doc__ or "").strip())
+        print("\n`lopt meta-train family=...` keys and their defaults:\n")
+        for f in dataclasses.fields(FamilyMetaTrainConfig):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            print(f"  {f.name}={json.dumps(to_plain(default))}")
+        return 0
+    path = meta_train_family(settings_from_overrides(overrides))
+    print(summary_line(path.parent))
+    return 0
+
+
 def settings_from_overrides(overrides: Sequence[Any]) -> dict[str, Any]:
     """Parsed ``key=value`` overrides as a mapping (``learner_cfg.NAME=VALUE`` nests); comma
     sweeps and ``+``/``~`` prefixes are refused in one line."""
