@@ -115,7 +115,7 @@ class FamilyMetaTrainConfig:
     adam_eps: float = 1e-8
     clip: float = 0.1
     heldout_tasks: int = 32
-    eval_every: int = 10
+    eval_every: int = 25
     checkpoint_every: int = 10
     parallel: str = "processes"
     workers: int = 2
