@@ -123,3 +123,24 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, args
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_two_torchrun_workers_train_like_one_process(tmp_path):
+    """``parallel=processes`` (2 gloo ranks, each owning every other pair and half the
+    held-out set) gives the single process's theta and meters (up to the order of float
+    sums: the ranks batch fewer rows together)."""
+    run(tmp_path / "single", outer_steps=2)
+    run(tmp_path / "processes", outer_steps=2, parallel="processes", workers=2)
+    single = load_trainer_state(tmp_path / "single" / STATE_FILE)
+    processes = load_trainer_state(tmp_path / "processes" / STATE_FILE)
+    torch.testing.assert_close(processes["theta"], single["theta"], rtol=0, atol=1e-5)
+    a = numbers(pd.read_csv(tmp_path / "single" / LOG_FILE))
+    b = numbers(pd.read_csv(tmp_path / "processes" / LOG_FILE))
+    assert list(a["metric"]) == list(b["metric"])
+    torch.testing.assert_close(
+        torch.tensor(b["value"].to_numpy()),
+        torch.tensor(a["value"].to_numpy()),
+        rtol=1e-3,
+        atol=1e-4,
+    )

@@ -104,8 +104,9 @@ def verdict(median: dict[str, float]) -> str:
     value = median.get("split_cosine", math.nan)
     if math.isfinite(value) and value < NOISE_COSINE:
         return (
-            f"THE ESTIMATE IS NOISE (median split-half cosine {value:.3f} < {NOISE_COSINE}; "
-            "more pairs, or fewer theta)"
+            f"THE ESTIMATE IS NOISE (median split-half cosine {value:.3f} < {NOISE_COSINE}): "
+            "one outer step's estimate is mostly noise; judge the run by the held-out loss, or "
+            "use more pairs or fewer theta"
         )
     return ""
 
