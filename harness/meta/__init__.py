@@ -18,7 +18,9 @@ One job per module, in the style of learned_optimization:
 * :mod:`~harness.meta.distributed`: torch.distributed workers (torchrun; gloo or NCCL);
 * :mod:`~harness.meta.checkpoint`: the trainer's state file (the learned-optimizer checkpoints
   are :mod:`optimizers.checkpoint`'s);
-* :mod:`~harness.meta.report`: a run's curves and convergence verdict.
+* :mod:`~harness.meta.report`: a run's curves and convergence verdict;
+* :mod:`~harness.meta.family`: meta-training on task families with the batched engine (PES,
+  truncated ES, the estimate's meters, the held-out judge): ``lopt meta-train family=NAME``.
 
 docs/meta-training.md describes the choices and the measurements behind them.
 """
