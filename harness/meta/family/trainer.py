@@ -195,7 +195,14 @@ class FamilyTrainer:
         """Outer steps until ``outer_steps`` or this chunk's ``max_seconds``; returns
         ``out/lopt.pt``."""
         cfg = self.cfg
-        if not self.pairs:
+        if not self.pairs and self.outer_step < cfg.outer_steps:
+            if cfg.progress and self.world.is_main:
+                print(
+                    f"[meta-train {cfg.family} {cfg.estimator}] starting {cfg.pairs} pairs, "
+                    "each advanced with theta to its staggered first step",
+                    file=self.stream,
+                    flush=True,
+                )
             self.start_pairs()
         if cfg.eval_every and not any(
             r[2] == "heldout_loss" and r[0] == self.outer_step for r in self.log
@@ -311,7 +318,7 @@ class FamilyTrainer:
                     file=self.stream,
                     flush=True,
                 )
-            self.start_pairs()
+            self.pairs = []  # run() starts them
 
     def log_frame(self) -> pd.DataFrame:
         """The tidy log with the run's provenance."""
