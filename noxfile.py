@@ -29,8 +29,8 @@ def install(session: nox.Session, extras: str = "") -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite: about 6 minutes of pytest on a loaded 2-core machine (README,
-    Development), plus installing."""
+    """The test suite: about 6 minutes of pytest on a loaded 2-core machine
+    (docs/development.md), plus installing."""
     install(session, "dev")
     session.run("pytest", "-q", *session.posargs)
 
