@@ -162,7 +162,8 @@ def test_resume_reproduces_an_uninterrupted_run(
         load_lopt_checkpoint(resumed / "lopt.pt").theta,
     )
     pd.testing.assert_frame_equal(log_values(whole), log_values(resumed))
-    assert (resumed / "lopt_step000003.pt").is_file() and (resumed / "lopt_step000006.pt").is_file()
+    assert (resumed / "lopt_step000003.safetensors").is_file()
+    assert (resumed / "lopt_step000006.safetensors").is_file()
     state = load_trainer_state(resumed / "trainer_state.pt")
     assert state["outer_step"] == 6 and len(state["problems"]) == 4
 
@@ -181,7 +182,7 @@ def test_resume_after_a_kill(tmp_path: Path, estimator: str) -> None:
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            snapshots = list(out.glob("lopt_step*.pt"))
+            snapshots = list(out.glob("lopt_step*.safetensors"))
             if len(snapshots) >= 3:
                 break
             time.sleep(0.2)
@@ -206,7 +207,8 @@ def test_resume_refuses_a_different_run_and_resume_false_restarts(tmp_path: Path
         meta_train(**QUICK, parallel="loop", outer_steps=3, seed=1, out=out)
     assert "\n" not in str(info.value)
     meta_train(**QUICK, parallel="loop", outer_steps=1, seed=1, resume=False, out=out)
-    assert sorted(p.name for p in Path(out).glob("lopt_step*.pt")) == ["lopt_step000001.pt"]
+    snapshots = sorted(p.name for p in Path(out).glob("lopt_step*"))
+    assert snapshots == ["lopt_step000001.safetensors"]
 
 
 def test_init_from_continues_a_checkpoint_and_refuses_another_learner(tmp_path: Path) -> None:

@@ -245,10 +245,10 @@ def test_fresh_redoes_the_tuning_and_the_meta_training(tmp_path) -> None:
     ).frame
     fresh = tmp_path / "fresh-run" / "fresh"
     assert (fresh / "optuna.db").is_file()
-    checkpoint = fresh / "meta" / "lopt_quadratic" / "lopt.pt"
+    checkpoint = fresh / "meta" / "lopt_quadratic" / "lopt.safetensors"
     assert checkpoint.is_file()
     assert load_lopt_checkpoint(checkpoint).meta_training["task_cfg"] == {"dim": 8}
-    first = fresh / "meta" / "lopt_quadratic" / "stage0" / "lopt.pt"
+    first = fresh / "meta" / "lopt_quadratic" / "stage0" / "lopt.safetensors"
     assert load_lopt_checkpoint(first).meta_training["estimator"] == "es"
     assert load_lopt_checkpoint(checkpoint).meta_training["init_from"] == str(first)
     assert set(frame.task_cfg.map(lambda text: json.loads(text)["dim"])) == {8}
@@ -322,6 +322,8 @@ def test_every_suite_on_the_shipped_studies_resolves(name: str) -> None:
     plans = [plan for entry in suite_entries(cfg.suite) for plan in entry_plans(settings, entry)]
     resolve_plans(plans)
     check_fair_tuning(name, plans)
+    from optimizers.checkpoint import resolve_checkpoint
+
     for plan in plans:
-        if "checkpoint" in plan.hparams:
-            assert Path(plan.hparams["checkpoint"]).is_file()
+        if "checkpoint" in plan.hparams:  # a file or a shipped name
+            assert resolve_checkpoint(plan.hparams["checkpoint"]).is_file()
