@@ -41,6 +41,7 @@ def test_the_builtin_families_follow_the_contract() -> None:
         assert learner.init_theta(3).shape == (learner.num_theta,)
 
 
+@pytest.mark.slow
 def test_the_readme_learner_plugin_trains_and_is_served_from_its_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -65,6 +66,7 @@ def test_the_readme_learner_plugin_trains_and_is_served_from_its_checkpoint(
     assert set(frame.status) == {"completed"}
 
 
+@pytest.mark.slow
 def test_shipped_names_work_wherever_a_checkpoint_is_accepted() -> None:
     """`LOpt(..., checkpoint=NAME)`, `optimizer.checkpoint=NAME` and the loader take a shipped
     name; an unknown one is a one-line error naming the shipped ones."""

@@ -91,6 +91,7 @@ def adam_outer_loss(task, steps: int, problems: int = 8) -> float:
     return total / problems
 
 
+@pytest.mark.slow
 def test_meta_training_beats_the_untrained_optimizer_and_adam(tmp_path: Path) -> None:
     """100 outer steps (merged estimator, vmap, ~10 s) on the quadratic task: on fresh problems
     the learned optimizer's outer loss over a 50-step unroll falls below the untrained one's and
@@ -168,6 +169,7 @@ def test_resume_reproduces_an_uninterrupted_run(
     assert state["outer_step"] == 6 and len(state["problems"]) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["merged", "pes"])
 def test_resume_after_a_kill(tmp_path: Path, estimator: str) -> None:
     """A meta-training process killed (SIGKILL) at an arbitrary point resumes from its last
@@ -279,6 +281,7 @@ def live_tensors() -> int:
     return sum(1 for obj in gc.get_objects() if issubclass(type(obj), torch.Tensor))
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_50_truncations(tmp_path: Path) -> None:
     """The number of live tensors after each of 50 outer steps (each a truncation of every
     problem, with resets) does not grow: no autograd history survives a truncation."""

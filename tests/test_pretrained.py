@@ -106,6 +106,7 @@ def test_the_shipped_safetensors_files_hold_the_pt_files_theta_and_record() -> N
         assert json.loads(json.dumps(a)) == b, old.name
 
 
+@pytest.mark.slow
 def test_a_plain_safetensors_reader_loads_the_shipped_files_without_this_package() -> None:
     """safetensors.torch.load_file and the JSON metadata are all a user elsewhere needs (the
     harness, optimizers and tasks packages are made unimportable in that process)."""

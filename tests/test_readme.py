@@ -32,6 +32,7 @@ def test_the_first_two_commands_are_the_whole_set_up() -> None:
     assert "pip install nox && nox -s tests" in ci
 
 
+@pytest.mark.slow
 def test_the_plugin_example_runs_from_a_local_file(tmp_path) -> None:
     blocks = examples(TEXT)
     (tmp_path / "my_optimizer.py").write_text(blocks["my_optimizer.py"])
@@ -52,6 +53,7 @@ def test_the_plugin_example_runs_from_a_local_file(tmp_path) -> None:
     assert "signsgd" in listed.stdout and "SignSGD: w <- w - lr * sign(g)." in listed.stdout
 
 
+@pytest.mark.slow
 def test_the_plugin_example_is_found_through_its_entry_point(tmp_path) -> None:
     blocks = examples(TEXT)
     site = tmp_path / "site"

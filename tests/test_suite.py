@@ -50,6 +50,7 @@ def comparison_runs(learned: dict) -> list[dict]:
     return runs
 
 
+@pytest.mark.slow
 def test_a_comparison_suite_reports_both_targets(tmp_path) -> None:
     for objective in ("train_loss", "valid_loss"):
         for optimizer in ("sgd", "adam"):
@@ -130,6 +131,7 @@ TWO_TASKS = [
 ]
 
 
+@pytest.mark.slow
 def test_a_skipped_task_keeps_its_earlier_results_and_says_so(tmp_path, monkeypatch) -> None:
     suite = suite_config(tmp_path, TWO_TASKS, optional_tasks=["digits_mlp"])
     out = tmp_path / "suite" / "results.csv"
@@ -173,6 +175,7 @@ def test_a_skipped_task_keeps_its_earlier_results_and_says_so(tmp_path, monkeypa
     assert len(pd.read_csv(out)[lambda f: f.task == "digits_mlp"]) + len(aside) == len(old)
 
 
+@pytest.mark.slow
 def test_a_skipped_task_without_earlier_results_is_reported_missing(tmp_path, monkeypatch):
     make_unavailable(monkeypatch, "digits_mlp")
     notices: list[str] = []
@@ -188,6 +191,7 @@ def test_a_skipped_task_without_earlier_results_is_reported_missing(tmp_path, mo
         run_suite(SuiteRun(suite=only_missing, seeds=1, out=tmp_path / "s.csv"), log=print)
 
 
+@pytest.mark.slow
 def test_lopt_suite_exits_3_when_a_task_was_not_rerun(tmp_path, monkeypatch, capsys) -> None:
     from harness.cli import main
 
@@ -204,6 +208,7 @@ def test_lopt_suite_exits_3_when_a_task_was_not_rerun(tmp_path, monkeypatch, cap
     assert len(pd.read_csv(out)) == rows
 
 
+@pytest.mark.slow
 def test_fresh_redoes_the_tuning_and_the_meta_training(tmp_path) -> None:
     learned = {
         "task": "quadratic",
@@ -264,6 +269,7 @@ def test_fresh_needs_a_trial_count(tmp_path) -> None:
         run_suite(SuiteRun(suite=suite, seeds=1, out=tmp_path / "x.csv", fresh=True), log=print)
 
 
+@pytest.mark.slow
 def test_the_paper_suite_resolves_with_the_shipped_studies_and_checkpoints() -> None:
     """Every run of `lopt suite name=paper` finds its tuned hyperparameters in the committed
     studies (the same trials and budget for every baseline of a task) and its learned
@@ -300,6 +306,7 @@ def test_the_paper_suite_resolves_with_the_shipped_studies_and_checkpoints() -> 
         assert {k: made[k] for k in wanted} == wanted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [
