@@ -108,7 +108,8 @@ def prepare_out(cfg: MetaTrainConfig) -> Path:
         if cfg.resume:
             check_identity(cfg, load_trainer_state(state_path))
         else:
-            for old in [state_path, out / LOG_FILE, out / LOPT_FILE, *out.glob("lopt_step*.*")]:
+            lopt = [out / LOPT_FILE, out / "lopt.pt", *out.glob("lopt_step*.*")]  # .pt: older runs
+            for old in [state_path, out / LOG_FILE, *lopt]:
                 old.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
