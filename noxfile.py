@@ -30,7 +30,8 @@ def install(session: nox.Session, extras: str = "") -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite: about 6 minutes of pytest on a loaded 2-core machine
-    (docs/development.md), plus installing."""
+    (docs/development.md), plus installing. Everything runs here (CI);
+    ``nox -s tests -- -m "not slow"`` is the fast subset for development."""
     install(session, "dev")
     session.run("pytest", "-q", *session.posargs)
 

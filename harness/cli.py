@@ -11,6 +11,7 @@
     lopt studies [storage=URL] [out=DIR]
     lopt meta-train task=NAME estimator=merged|rp|es objective=train|valid outer_steps=N out=DIR
     lopt pathology [study=all|landscape|variance|training|truncation] [out=DIR] [quick=true]
+    lopt select-snapshot run=DIR [snapshots=[0,5,10]] [seeds=5] [first_seed=200] [workers=2]
 
 Overrides are Hydra's ``key=value``. Optimizer hyperparameters are ``optimizer.NAME=VALUE``
 (``optimizer.lr=0.01``); task settings are ``task.NAME=VALUE``. In ``bench``, comma lists of
@@ -46,7 +47,17 @@ if TYPE_CHECKING:
 
 ALWAYS_SWEPT = {"bench": ("task", "optimizer"), "tune": ("task", "optimizer")}
 INCOMPLETE = 3  # the exit code of a suite that could not run some of its tasks
-COMMANDS = ("list", "bench", "suite", "report", "tune", "studies", "meta-train", "pathology")
+COMMANDS = (
+    "list",
+    "bench",
+    "suite",
+    "report",
+    "tune",
+    "studies",
+    "meta-train",
+    "pathology",
+    "select-snapshot",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,6 +107,7 @@ def dispatch(args: list[str]) -> int:
         "studies": studies_command,
         "meta-train": meta_train_command,
         "pathology": pathology_command,
+        "select-snapshot": select_snapshot_command,
     }
     return handlers[command](overrides, multirun=multirun, show_help=show_help)
 
@@ -621,6 +633,12 @@ def meta_train_command(overrides: list[str], *, multirun: bool, show_help: bool)
 
 def pathology_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
     from harness.pathology.command import pathology_command as run
+
+    return run(overrides, multirun=multirun, show_help=show_help)
+
+
+def select_snapshot_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.meta.selection import select_snapshot_command as run
 
     return run(overrides, multirun=multirun, show_help=show_help)
 

@@ -41,6 +41,7 @@ def test_the_builtin_families_follow_the_contract() -> None:
         assert learner.init_theta(3).shape == (learner.num_theta,)
 
 
+@pytest.mark.slow
 def test_the_documented_learner_plugin_trains_and_is_served_from_its_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -55,7 +56,7 @@ def test_the_documented_learner_plugin_trains_and_is_served_from_its_checkpoint(
     commands = [line for line in blocks["learner-commands"].splitlines() if line.strip()]
     assert main(shlex.split(commands[0])[1:]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "meta/sign/lopt.pt: 20 outer steps" in summary and "CPU-hours" in summary
+    assert "meta/sign/lopt.safetensors: 20 outer steps" in summary and "CPU-hours" in summary
     assert (tmp_path / "meta/sign/meta_curves.png").is_file()  # the convergence report
     loaded = load_lopt_checkpoint(tmp_path / "meta/sign/lopt.pt")
     assert loaded.family == "sign_sgd" and loaded.theta.shape == (1,)
@@ -65,11 +66,12 @@ def test_the_documented_learner_plugin_trains_and_is_served_from_its_checkpoint(
     assert set(frame.status) == {"completed"}
 
 
+@pytest.mark.slow
 def test_shipped_names_work_wherever_a_checkpoint_is_accepted() -> None:
     """`LOpt(..., checkpoint=NAME)`, `optimizer.checkpoint=NAME` and the loader take a shipped
     name; an unknown one is a one-line error naming the shipped ones."""
     name = shipped_names()[0]
-    assert resolve_checkpoint(name).name == f"{name}.pt"
+    assert resolve_checkpoint(name).name == f"{name}.safetensors"
     model = torch.nn.Linear(3, 2)
     opt = LOpt(model.parameters(), checkpoint=name)
     model(torch.randn(4, 3)).pow(2).mean().backward()

@@ -262,6 +262,7 @@ def test_the_readme_optimizer_example_is_the_one_documented() -> None:
         assert readme[name] == documented[name], name
 
 
+@pytest.mark.slow
 def test_the_plugin_example_runs_from_a_local_file(tmp_path) -> None:
     blocks = examples(TEXT)
     (tmp_path / "my_optimizer.py").write_text(blocks["my_optimizer.py"])
@@ -282,6 +283,7 @@ def test_the_plugin_example_runs_from_a_local_file(tmp_path) -> None:
     assert "signsgd" in listed.stdout and "SignSGD: w <- w - lr * sign(g)." in listed.stdout
 
 
+@pytest.mark.slow
 def test_the_plugin_example_is_found_through_its_entry_point(tmp_path) -> None:
     blocks = examples(TEXT)
     site = tmp_path / "site"

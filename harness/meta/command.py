@@ -4,7 +4,7 @@ It checks the configuration (one-line ``UsageError``s, before anything is writte
 the output folder (``resume=false`` removes a previous run's files; ``resume=true`` checks that
 the saved run is the same run), writes ``out/config.json``, then either runs in this process
 (``parallel=loop`` or ``vmap``, or one worker) or launches ``workers`` ranks with torchrun
-(``parallel=processes``) and waits. It returns the path of ``out/lopt.pt``, which
+(``parallel=processes``) and waits. It returns the path of ``out/lopt.safetensors``, which
 ``lopt bench ... optimizer=lopt optimizer.checkpoint=PATH`` evaluates.
 """
 
@@ -35,7 +35,7 @@ from tasks.base import resolve_device
 
 
 def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
-    """Meta-train a learned optimizer as ``cfg`` says; returns the path of ``out/lopt.pt``.
+    """Meta-train a learned optimizer as ``cfg`` says; returns the path of ``out/lopt.safetensors``.
 
     Args:
         cfg: a :class:`MetaTrainConfig`, a mapping or an OmegaConf node (a Hydra task group node
@@ -108,7 +108,8 @@ def prepare_out(cfg: MetaTrainConfig) -> Path:
         if cfg.resume:
             check_identity(cfg, load_trainer_state(state_path))
         else:
-            for old in [state_path, out / LOG_FILE, out / LOPT_FILE, *out.glob("lopt_step*.pt")]:
+            lopt = [out / LOPT_FILE, out / "lopt.pt", *out.glob("lopt_step*.*")]  # .pt: older runs
+            for old in [state_path, out / LOG_FILE, *lopt]:
                 old.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"

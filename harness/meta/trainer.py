@@ -19,11 +19,12 @@ Every ``eval_every`` outer steps the current theta is run for the whole horizon 
 (as ``lopt bench`` would; split over the ranks) and its final whole-split losses are logged
 (``heldout_train_loss``, ``heldout_valid_loss``). Every ``checkpoint_every`` outer steps (and at
 the end) rank 0 writes, atomically, ``trainer_state.pt`` (theta, Adam's moments, every
-problem's estimator state, the outer step, the counters, the log so far), ``lopt.pt`` (what
-``optimizer.checkpoint`` loads), a snapshot ``lopt_stepNNNNNN.pt`` and ``meta_log.csv``. Nothing
-else carries state between outer steps (randomness is derived, not drawn from a stream), so
-resuming from ``trainer_state.pt`` reproduces an uninterrupted run bit for bit with the same
-parallel mode and thread count, however many times it is stopped.
+problem's estimator state, the outer step, the counters, the log so far),
+``lopt.safetensors`` (what ``optimizer.checkpoint`` loads), a snapshot
+``lopt_stepNNNNNN.safetensors`` and ``meta_log.csv``. Nothing else carries state between outer
+steps (randomness is derived, not drawn from a stream), so resuming
+from ``trainer_state.pt`` reproduces an uninterrupted run bit for bit with the same parallel
+mode and thread count, however many times it is stopped.
 """
 
 from __future__ import annotations
@@ -58,8 +59,15 @@ from optimizers.base import MetaLearnable
 from optimizers.checkpoint import save_lopt_checkpoint
 from tasks.base import Task
 
-LOPT_FILE = "lopt.pt"
+LOPT_FILE = "lopt.safetensors"
 STATE_FILE = "trainer_state.pt"
+
+
+def snapshot_name(outer_step: int) -> str:
+    """The file name of the snapshot after ``outer_step`` (``lopt_step000025.safetensors``)."""
+    return f"lopt_step{outer_step:06d}.safetensors"
+
+
 LOG_FILE = "meta_log.csv"
 CONFIG_FILE = "config.json"
 #: the random stream of the held-out evaluation seeds
@@ -337,7 +345,8 @@ class MetaTrainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> Path:
-        """Outer steps until ``outer_steps`` (or ``max_seconds``); returns ``out/lopt.pt``."""
+        """Outer steps until ``outer_steps`` (or ``max_seconds``); returns
+        ``out/lopt.safetensors``."""
         cfg = self.cfg
         out = Path(cfg.out)
         progress = Progress(self) if self.world.is_main else None
@@ -438,9 +447,7 @@ class MetaTrainer:
             "run_id": run_id(self.cfg),
         }
         save_lopt_checkpoint(out / LOPT_FILE, self.theta, self.learner, meta)
-        save_lopt_checkpoint(
-            out / f"lopt_step{self.outer_step:06d}.pt", self.theta, self.learner, meta
-        )
+        save_lopt_checkpoint(out / snapshot_name(self.outer_step), self.theta, self.learner, meta)
         frame = self.log_frame()
         write_atomically(out / LOG_FILE, lambda tmp: frame.to_csv(tmp, index=False))
 
@@ -570,7 +577,8 @@ def run_meta_training(
     task: Task | None = None,
 ) -> Path:
     """Build the trainer, resume from ``out/trainer_state.pt`` if it exists, run; returns the
-    path of ``lopt.pt``. (``meta_train`` prepares ``out`` and the processes; this runs in each.)
+    path of ``lopt.safetensors``. (``meta_train`` prepares ``out`` and the processes; this runs
+    in each.)
     ``task`` is the task instance ``meta_train`` built when it checked the configuration
     (default: built from ``cfg``)."""
     world = world or World()

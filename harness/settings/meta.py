@@ -100,8 +100,8 @@ class MetaTrainConfig:
             (objective train only: the loss of the next inner batch, which the next inner step
             computes anyway).
         outer_steps: the number of outer steps (Adam steps on theta) to reach.
-        out: the folder for ``lopt.pt``, ``lopt_stepNNNNNN.pt``, ``trainer_state.pt``,
-            ``meta_log.csv`` and ``config.json``.
+        out: the folder for ``lopt.safetensors``, ``lopt_stepNNNNNN.safetensors``,
+            ``trainer_state.pt``, ``meta_log.csv`` and ``config.json``.
         seed: fixes theta's initialisation and every random draw (inits, batches, perturbations,
             unroll lengths), per (outer step, problem), independently of the parallelism.
         problems: B, the inner problems (meta-examples) per outer step.
