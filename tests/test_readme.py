@@ -30,7 +30,6 @@ PENDING_PAGES = {
     "docs/tuning-across-machines.md",
     "docs/using-learned-optimizers.md",
     "docs/workloads.md",
-    "docs/meta-training-runs.md",
 }
 
 
