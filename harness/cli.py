@@ -57,11 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"lopt: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            "lopt: interrupted; finished runs are saved: rerun the same command to resume",
-            file=sys.stderr,
+    except KeyboardInterrupt as exc:
+        message = getattr(exc, "message", None) or (
+            "finished runs are saved: rerun the same command to resume"
         )
+        print(f"lopt: interrupted; {message}", file=sys.stderr)
         return 130
 
 
@@ -355,9 +355,10 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
     parsed = parse_overrides(overrides)
     configs = composed("bench", parsed, multirun)
     plans: list[RunPlan] = []
-    outs = {cfg.out for cfg in configs}
+    outs = {(cfg.out, cfg.mode) for cfg in configs}
     if len(outs) != 1:
-        raise UsageError("out cannot be swept: one bench writes one results file")
+        raise UsageError("out and mode cannot be swept: one bench writes one results file")
+    check_out_file(configs[0].out, configs[0].mode)
     explicit = explicit_hparams(parsed)
     for cfg in configs:
         _check_run_settings(cfg)
@@ -392,14 +393,47 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
                     tags=tags,
                 )
             )
+    keep = None
+    if configs[0].mode == "append" and Path(configs[0].out).exists():
+        plans, keep = runs_to_append(plans, Path(configs[0].out))
+        if not plans:
+            return 0
     execute(
         plans,
         configs[0].out,
         resume=configs[0].resume,
         workers=configs[0].workers,
         plugin_modules=list(configs[0].plugins),
+        keep=keep,
     )
     return 0
+
+
+def runs_to_append(plans: list[Any], out: Path) -> tuple[list[Any], Any]:
+    """``mode=append``: the resolved plans whose runs ``out`` lacks, and ``out``'s rows (kept)."""
+    from harness.plan import resolve_plans
+    from harness.results.io import read_results
+
+    existing = read_results(out)
+    planned = resolve_plans(plans)
+    have = set(existing["run_id"])
+    todo = [p for p in planned if p.run_id not in have]
+    if len(todo) < len(planned):
+        _log(
+            f"mode=append: {len(planned) - len(todo)} of {len(planned)} runs are already in "
+            f"{out}; {'nothing to run' if not todo else f'running the other {len(todo)}'}"
+        )
+    return todo, existing
+
+
+def check_out_file(out: str, mode: str) -> None:
+    """Before any work: ``out`` is a results file that can be written, and an existing one is
+    refused unless ``mode`` says how to treat it (:mod:`harness.outputs`)."""
+    from harness.outputs import check_existing
+    from harness.results.io import check_results_target
+
+    check_existing(out, mode)
+    check_results_target(out)
 
 
 def explicit_hparams(parsed: list[Any]) -> dict[str, Any]:
@@ -426,6 +460,7 @@ def _check_run_settings(cfg: DictConfig, warmup: bool = True) -> None:
 # -- lopt suite ------------------------------------------------------------------------------------
 def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
     from harness.config import list_suites
+    from harness.results.io import check_results_target
     from harness.suite import SuiteRun, run_suite
 
     # `name=X` selects the suite file: it is the `suite` config group.
@@ -446,22 +481,21 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
     _check_run_settings(cfg)
     seeds = cfg.seeds if cfg.seeds is not None else cfg.suite.seeds
     at_least("seeds", seeds, 1)
-    outcome = run_suite(
-        SuiteRun(
-            suite=cfg.suite,
-            seeds=seeds,
-            device=cfg.device,
-            warmup_steps=cfg.warmup_steps,
-            out=Path(cfg.out) if cfg.out else None,
-            report=cfg.report,
-            reference=cfg.reference,
-            resume=cfg.resume,
-            fresh=cfg.fresh,
-            workers=cfg.workers,
-            plugin_modules=list(cfg.plugins),
-        ),
-        log=_log,
+    settings = SuiteRun(
+        suite=cfg.suite,
+        seeds=seeds,
+        device=cfg.device,
+        warmup_steps=cfg.warmup_steps,
+        out=Path(cfg.out) if cfg.out else None,
+        report=cfg.report,
+        reference=cfg.reference,
+        resume=cfg.resume,
+        fresh=cfg.fresh,
+        workers=cfg.workers,
+        plugin_modules=list(cfg.plugins),
     )
+    check_results_target(settings.results_path)  # before any work (the suite updates it)
+    outcome = run_suite(settings, log=_log)
     if not outcome.complete:
         tasks = ", ".join(item.task for item in outcome.skipped)
         print(
@@ -475,6 +509,7 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
 
 # -- lopt report -----------------------------------------------------------------------------------
 def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.outputs import check_writable
     from harness.results.io import read_results
     from harness.results.report import build_report
     from harness.settings.report import check_report
@@ -483,6 +518,7 @@ def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> 
         return _print_help("report")
     (cfg,) = composed("report", parse_overrides(overrides), multirun=False)
     check_report(cfg)
+    check_writable(str(cfg.out))  # before any work
     frame = read_results(str(cfg["in"]))
     if cfg.kind == "comparison":
         from harness.results.comparison import build_comparison_report
@@ -568,6 +604,7 @@ def _log(message: str) -> None:
 
 
 def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.outputs import check_writable
     from harness.tuning.export import (
         plot_best_so_far,
         plot_objective_vs_lr,
@@ -581,6 +618,7 @@ def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) ->
     if show_help:
         return _print_help("studies")
     (cfg,) = composed("studies", parse_overrides(overrides), multirun=False)
+    check_writable(cfg.out)
     frame = studies_frame(cfg.storage)
     studies = load_studies(cfg.storage)
     out = Path(cfg.out)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from harness.defaults import LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, TASKS, create_optimizer, create_task
-from harness.results.io import check_results_path, read_results, write_results
+from harness.results.io import check_results_target, read_results, write_results
 from harness.results.schema import canonical_json
 from harness.runner import RunResult, RunSpec, execute_run, run_spec
 from harness.settings.validate import at_least
@@ -158,7 +158,7 @@ def execute(
     """
     out = Path(out)
     at_least("workers", workers, 1)
-    check_results_path(out)
+    check_results_target(out)  # before any work: the format, its engine, a writable folder
     planned = resolve_plans(plans)
     log = log or _stderr
     unique = {p.run_id: p for p in planned}

@@ -58,7 +58,8 @@ class BenchConfig:
     threads: Optional[int] = 1  # noqa: UP045
     workers: int = 1  # runs at a time, each in its own 1-thread process
     max_seconds: Optional[float] = None  # noqa: UP045
-    out: str = "results/bench.csv"
+    out: str = "outputs/bench.csv"  # outputs/ is gitignored: nothing lands in the repo's root
+    mode: str = "new"  # out exists: new refuses, append adds the runs it lacks, replace rewrites
     suite: str = "bench"
     resume: bool = True
     tuned: bool = False
