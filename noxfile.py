@@ -61,27 +61,37 @@ def paper(session: nox.Session) -> None:
 
 @nox.session
 def benchmarks(session: nox.Session) -> None:
-    """Optimizer-update microbenchmarks, the harness-vs-bare-loop overhead ratio, and TPE
-    against a dense grid for Adam's learning rate."""
+    """Optimizer-update microbenchmarks, the harness-vs-bare-loop overhead ratio, TPE against a
+    dense grid for Adam's learning rate, and the learned optimizers' costs. Each script exits 0
+    when its target is met and 3 (``benchmarks/verdict.py``) when it ran and missed it; a miss
+    of the learned optimizers' cost targets, which this 2-core CPU misses, does not fail the
+    session; a crash (1) or bad arguments (2) always does."""
     install(session, "dev")
+    ran = [0, 3]  # met, or ran to the end and missed (the verdict line says which)
     session.run("pytest", "benchmarks", "-q", "--benchmark-columns=min,median,mean,stddev,rounds")
+    # targets this project meets: a miss (3) fails the session, as a crash does
     session.run("python", "benchmarks/harness_overhead.py", *session.posargs)
     session.run("python", "benchmarks/tuning_grid_vs_tpe.py")
-    # These two print a verdict against targets this 2-core CPU misses (docs/meta-training.md):
-    # exit code 1 reports the miss without failing the session.
-    session.run("python", "benchmarks/lopt_step_vs_adam.py", success_codes=[0, 1])
+    # These print a verdict against targets this 2-core CPU misses (docs/meta-training.md).
+    session.run("python", "benchmarks/lopt_step_vs_adam.py", success_codes=ran)
     session.run(
-        "python", "benchmarks/lopt_step_vs_adam.py", "--learner", "adam_residual", "--threads", "1"
+        "python",
+        "benchmarks/lopt_step_vs_adam.py",
+        "--learner",
+        "adam_residual",
+        "--threads",
+        "1",
+        success_codes=ran,
     )
-    # ES/PES inner step against an Adam step; the paper's learner misses 1.5x per side (exit 1)
-    session.run("python", "benchmarks/es_step_vs_adam.py", success_codes=[0, 1])
+    # ES/PES inner step against an Adam step; the paper's learner misses 1.5x per side
+    session.run("python", "benchmarks/es_step_vs_adam.py", success_codes=ran)
     for k in ("1", "5"):
         session.run(
             "python",
             "benchmarks/meta_step_overhead.py",
             "--outer-batches",
             k,
-            success_codes=[0, 1],
+            success_codes=ran,
         )
 
 
