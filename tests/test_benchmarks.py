@@ -110,13 +110,13 @@ def test_benchmark_runs_to_its_verdict(
     """The script's ``main(argv)``, in this process (a crash raises here, with its traceback),
     returns 0 or 3; with a target, its last line is the verdict."""
     args, has_verdict = TINY[script]
+    monkeypatch.chdir(tmp_path)  # what a script or `lopt tune` writes by default lands here
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     if "{storage}" in args:
         tune = ["tune", "task=quadratic", "optimizer=sgd", "trials=2", "objective=train_loss"]
         assert main([*tune, "budget_steps=5", f"storage={storage}", "seeds=1"]) == 0
     args = [a.replace("{tmp}", str(tmp_path)).replace("{storage}", storage) for a in args]
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as `python benchmarks/X.py` has
-    monkeypatch.chdir(tmp_path)
     spec = importlib.util.spec_from_file_location(
         f"benchmark_{script[:-3]}", ROOT / "benchmarks" / script
     )
