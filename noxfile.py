@@ -1,6 +1,8 @@
 """Sessions: ``nox -s paper`` (the main job: the paper's comparison into results/paper/),
-``tests`` (the test suite), ``lint``, ``suite`` (the small suite at default hyperparameters),
-``pathology`` (the pathology study), ``benchmarks`` (speed checks that print ratios).
+``dev`` (a ``.venv/`` with the package installed editable: ``lopt`` on the PATH once it is
+activated), ``tests`` (the test suite), ``lint``, ``suite`` (the small suite at default
+hyperparameters), ``pathology`` (the pathology study), ``benchmarks`` (speed checks that print
+ratios).
 
 torch is installed first, from ``$LOPT_TORCH`` (default ``torch==2.13.0``, the CPU build on the
 machines this project runs on). Elsewhere pick the build for your platform, for example
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
+from pathlib import Path
 
 import nox
 
@@ -33,6 +37,23 @@ def tests(session: nox.Session) -> None:
     Development), plus installing."""
     install(session, "dev")
     session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def dev(session: nox.Session) -> None:
+    """A development environment you keep: ``.venv/`` (gitignored) with torch from
+    ``$LOPT_TORCH`` and this package installed editable with its dev extras, so ``lopt`` is on
+    the PATH once it is activated (``source .venv/bin/activate``; on Windows
+    ``.venv\\Scripts\\activate``). Rerunning it updates the same ``.venv``."""
+    venv = Path(".venv")
+    if not (venv / "pyvenv.cfg").is_file():
+        session.run(sys.executable, "-m", "venv", str(venv))
+    bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    python = str(bin_dir / "python")
+    session.run(python, "-m", "pip", "install", *shlex.split(TORCH))
+    session.run(python, "-m", "pip", "install", "-e", ".[dev]")
+    activate = bin_dir / "activate"
+    session.log(f"ready: activate it with `source {activate}`, then `lopt --help`")
 
 
 @nox.session

@@ -1,15 +1,17 @@
 """``lopt``: the command line, a thin entrance to Hydra-composed configs.
 
-    lopt list tasks|optimizers|suites [PATTERN] [plugins=MODULE,...]
+    lopt list tasks|optimizers|learners|suites [PATTERN] [plugins=MODULE,...]
     lopt bench [-m] task=NAME[,NAME...] optimizer=NAME[,NAME...] [optimizer.lr=0.01] [steps=N]
-               [seeds=N] [workers=N] [out=PATH.csv] [device=cpu|cuda] [threads=N] ...
+               [seeds=N] [workers=N] [out=PATH.csv] [mode=new|append|replace]
+               [device=cpu|cuda] [threads=N] ...
     lopt suite name=SUITE [seeds=N] [workers=N] [out=PATH.csv] [report=true] [fresh=true] ...
     lopt report in=PATH.csv out=DIR [reference=OPTIMIZER] [target_split=train] [kind=comparison]
     lopt tune task=NAME optimizer=NAME[,NAME...] trials=N objective=valid_loss|train_loss
               budget_steps=S [until=trials|saturated] [sampler=tpe|random|grid|qmc]
               [pruner=median|none] [storage=URL] [search.lr=[LOW,HIGH]] ...
     lopt studies [storage=URL] [out=DIR]
-    lopt meta-train task=NAME estimator=merged|rp|es objective=train|valid outer_steps=N out=DIR
+    lopt meta-train task=NAME learner=mlp|hparams|adam_residual|... estimator=merged|rp|es|pes
+                    objective=train|valid loss=mean|log|log_mean|final outer_steps=N out=DIR
     lopt pathology [study=all|landscape|variance|training|truncation] [out=DIR] [quick=true]
 
 Overrides are Hydra's ``key=value``. Optimizer hyperparameters are ``optimizer.NAME=VALUE``
@@ -20,7 +22,9 @@ hyperparameter and ``search.NAME=[LOW,HIGH]`` (or ``true``/``false``) changes th
 ``until=saturated`` tunes until the study meets the saturation rule, ``trials`` being the cap.
 ``lopt bench ... tuned=true`` takes the hyperparameters from the stored tuning study
 (``tuning.objective``, ``tuning.budget_steps``, ``tuning.sampler``, ``tuning.storage`` select it).
-``lopt COMMAND --help`` prints the command's keys and defaults.
+``lopt COMMAND --help`` prints the command's keys, their defaults and what each means.
+Default outputs land under ``outputs/`` (git ignores it). A results file that exists is kept:
+``mode=append`` adds a bench's runs to it, ``mode=replace`` replaces it.
 
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 3 a suite finished
 without some of its tasks (their data is not here: the last lines say which; their earlier
@@ -338,7 +342,37 @@ def _print_help(command: str) -> int:
     print(_usage())
     print(f"\n`lopt {command}` keys and their defaults:\n")
     print(OmegaConf.to_yaml(cfg))
+    print(f"What the keys of `lopt {command}` mean:\n")
+    print("\n".join(command_help(command, [str(k) for k in cfg])))
     return 0
+
+
+def command_help(command: str, keys: list[str]) -> list[str]:
+    """One line per key, its meaning as its settings declare it
+    (:mod:`harness.settings.help`)."""
+    import dataclasses
+
+    from harness.settings import report as report_settings
+    from harness.settings.bench import BenchConfig
+    from harness.settings.help import dict_key_docs, help_lines, key_docs
+    from harness.settings.meta import MetaTrainCommandConfig
+    from harness.settings.suite import SuiteConfig
+    from harness.settings.tune import TuneConfig
+
+    schemas = {
+        "bench": BenchConfig,
+        "suite": SuiteConfig,
+        "tune": TuneConfig,
+        "studies": report_settings.StudiesConfig,
+        "meta-train": MetaTrainCommandConfig,
+    }
+    if command == "report":
+        docs = dict_key_docs(report_settings, "REPORT_DEFAULTS")
+    else:
+        schema = schemas[command]
+        docs = key_docs(schema)
+        keys = [f.name for f in dataclasses.fields(schema)]
+    return help_lines(docs, keys)
 
 
 def _usage() -> str:
