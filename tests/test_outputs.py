@@ -80,6 +80,7 @@ def test_an_existing_results_file_is_kept_unless_mode_says(tmp_path: Path, capsy
         ["report", "in=IN", "out=/proc/report"],
         ["meta-train", *META, "out=/proc/meta"],
         ["suite", "name=smoke", "out=/proc/smoke.csv"],
+        ["pathology", "quick=true", "out=/proc/pathology"],
     ],
 )
 def test_an_unwritable_out_is_one_line_before_any_work(
