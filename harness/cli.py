@@ -6,6 +6,7 @@
                [device=cpu|cuda] [threads=N] ...
     lopt suite name=SUITE [seeds=N] [workers=N] [out=PATH.csv] [report=true] [fresh=true] ...
     lopt report in=PATH.csv out=DIR [reference=OPTIMIZER] [target_split=train] [kind=comparison]
+                [mode=new|replace]
     lopt tune task=NAME optimizer=NAME[,NAME...] trials=N objective=valid_loss|train_loss
               budget_steps=S [until=trials|saturated] [sampler=tpe|random|grid|qmc]
               [pruner=median|none] [storage=URL] [search.lr=[LOW,HIGH]] ...
@@ -24,7 +25,8 @@ hyperparameter and ``search.NAME=[LOW,HIGH]`` (or ``true``/``false``) changes th
 (``tuning.objective``, ``tuning.budget_steps``, ``tuning.sampler``, ``tuning.storage`` select it).
 ``lopt COMMAND --help`` prints the command's keys, their defaults and what each means.
 Default outputs land under ``outputs/`` (git ignores it). A results file that exists is kept:
-``mode=append`` adds a bench's runs to it, ``mode=replace`` replaces it.
+``mode=append`` adds a bench's runs to it, ``mode=replace`` replaces it (a report's folder that
+holds files: ``mode=replace`` writes into it).
 
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 3 a suite finished
 without some of its tasks (their data is not here: the last lines say which; their earlier
@@ -543,7 +545,7 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
 
 # -- lopt report -----------------------------------------------------------------------------------
 def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
-    from harness.outputs import check_writable
+    from harness.outputs import check_existing_folder, check_writable
     from harness.results.io import read_results
     from harness.results.report import build_report
     from harness.settings.report import check_report
@@ -552,6 +554,7 @@ def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> 
         return _print_help("report")
     (cfg,) = composed("report", parse_overrides(overrides), multirun=False)
     check_report(cfg)
+    check_existing_folder(str(cfg.out), str(cfg.mode))
     check_writable(str(cfg.out))  # before any work
     frame = read_results(str(cfg["in"]))
     if cfg.kind == "comparison":

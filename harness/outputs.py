@@ -6,7 +6,12 @@
   system, ``/proc``, a missing permission and a path under a file.
 * :func:`check_existing`: the one scheme every command that writes a results file follows for an
   ``out`` that already exists: ``mode=new`` (the default) refuses it, ``mode=append`` adds the
-  command's runs to it (runs already in it are kept, not rerun), ``mode=replace`` replaces it.
+  command's runs to it (runs already in it are kept, not rerun), ``mode=replace`` replaces it;
+  :func:`check_existing_folder` the same for a folder of files (``lopt report``).
+
+``lopt meta-train`` continues the run saved in its ``out`` (``resume=false`` starts again) and
+``lopt suite`` updates its own results file (keeping the rows of runs it could not rerun): their
+``out`` is theirs by design.
 
 Imports only the standard library and :mod:`harness.errors`.
 """
@@ -63,6 +68,22 @@ def check_existing(path: str | Path, mode: str, what: str = "out") -> None:
         )
     if path.exists() and not path.is_file():
         raise UsageError(f"{what}={str(path)!r} is a folder; a results file is written there")
+
+
+def check_existing_folder(path: str | Path, mode: str, what: str = "out") -> None:
+    """The folder form of :func:`check_existing`, for commands that write several files into
+    ``path`` (``lopt report``): ``mode=new`` refuses a folder that holds files, ``replace``
+    writes into it (its files of the same names are replaced); ``append`` means nothing here."""
+    if mode not in ("new", "replace"):
+        raise UsageError(f"mode must be new or replace for a folder of files, got {mode!r}")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what}={str(path)!r} is a file; a folder is written there")
+    if mode == "new" and path.is_dir() and any(path.iterdir()):
+        raise UsageError(
+            f"{what}={str(path)!r} exists and holds files, which are kept: add mode=replace to "
+            f"write into it (files of the same names are replaced), or choose another {what}="
+        )
 
 
 def nearest_existing(path: str | Path) -> Path:

@@ -123,3 +123,23 @@ def test_parquet_without_pyarrow_is_refused_before_any_run(
     assert main(["bench", *FAST, "optimizer=sgd", f"out={out}"]) == 2
     assert "pyarrow" in only_line(capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_folder_that_holds_files_is_kept_unless_mode_replace(
+    tmp_path: Path, capsys
+) -> None:
+    """``lopt report`` into a folder holding files: refused (the files untouched) unless
+    ``mode=replace``."""
+    source = tmp_path / "in.csv"
+    assert main(["bench", *FAST, "optimizer=sgd", f"out={source}"]) == 0
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["report", f"in={source}", f"out={report}"]) == 2
+    line = only_line(capsys.readouterr().err)
+    assert "holds files" in line and "mode=replace" in line
+    assert [p.name for p in report.iterdir()] == ["notes.txt"]
+    assert main(["report", f"in={source}", f"out={report}", "mode=replace"]) == 0
+    assert (report / "notes.txt").read_text() == "mine" and len(list(report.iterdir())) > 1
+    assert main(["report", f"in={source}", f"out={report}", "mode=append"]) == 2

@@ -15,6 +15,7 @@ REPORT_DEFAULTS: dict[str, Any] = {
     "out": MISSING,  # the folder the tables and plots are written to
     "reference": None,  # the optimizer speedups are measured against (None: the default)
     "target_split": "train",  # the split of the target loss: train, valid or test
+    "mode": "new",  # out holds files: new refuses, replace writes into it
     "kind": "standard",  # standard, or comparison: the paper's comparison report (tags.comparison)
 }
 
