@@ -21,6 +21,10 @@ MISSED = 3
 #: the test's own; ``{storage}`` a study made by ``lopt tune`` for the grid cross-check.
 TINY: dict[str, tuple[list[str], bool]] = {
     "lopt_step_vs_adam.py": (["--task", "quadratic", "--steps", "2", "--rounds", "1"], True),
+    "lopt_torch_step_by_size.py": (
+        ["--widths", "8,16", "--steps", "2", "--rounds", "1", "--checkpoint", "lopt_mnist5k_train"],
+        False,
+    ),
     "es_step_vs_adam.py": (["--task", "quadratic", "--unroll", "2", "--rounds", "1"], True),
     "meta_step_overhead.py": (
         [
