@@ -33,8 +33,8 @@ def install(session: nox.Session, extras: str = "") -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite: 3 to 9 minutes of pytest on a 2-core machine, by its load (README,
-    Development; 8 min 8 s on a loaded one in issue 27), plus installing."""
+    """The test suite: 3 to 9 minutes of pytest on a 2-core machine, by its load
+    (docs/development.md; 8 min 8 s on a loaded one in issue 27), plus installing."""
     install(session, "dev")
     session.run("pytest", "-q", *session.posargs)
 

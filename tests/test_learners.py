@@ -1,6 +1,6 @@
 """Learner families and outer objectives: a plugin family trains and is served from its
-checkpoint (the README example), shipped names work wherever a checkpoint is accepted, and the
-outer loss evaluates exactly the steps and data its objective says."""
+checkpoint (the example of docs/extending.md), shipped names work wherever a checkpoint is
+accepted, and the outer loss evaluates exactly the steps and data its objective says."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from optimizers.learned_hparams import LearnedHParams, encode_theta
 from tasks.quadratic import Quadratic
 
 sys.path.insert(0, str(Path(__file__).parent))
-from readme_blocks import README, examples
+from readme_blocks import EXTENDING, examples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,13 +41,13 @@ def test_the_builtin_families_follow_the_contract() -> None:
         assert learner.init_theta(3).shape == (learner.num_theta,)
 
 
-def test_the_readme_learner_plugin_trains_and_is_served_from_its_checkpoint(
+def test_the_documented_learner_plugin_trains_and_is_served_from_its_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """The README's local learner family: `lopt list learners` shows it, `lopt meta-train`
+    """docs/extending.md's local learner family: `lopt list learners` shows it, `lopt meta-train`
     trains it and ends with a summary line, its checkpoint records the family, and
     `lopt bench optimizer=lopt optimizer.checkpoint=...` evaluates it."""
-    blocks = examples(README.read_text())
+    blocks = examples(EXTENDING.read_text())
     (tmp_path / "my_learner.py").write_text(blocks["my_learner.py"])
     monkeypatch.chdir(tmp_path)
     assert main(["list", "learners", "plugins=my_learner"]) == 0

@@ -76,7 +76,7 @@ class BenchConfig:
     log_every: int = LOG_EVERY
     warmup_steps: int = WARMUP_STEPS
     device: str = "cpu"
-    # torch threads: 1 gives stable timings on a shared machine (README, Using it);
+    # torch threads: 1 gives stable timings on a shared machine (docs/usage.md, Configuration);
     # None (threads=null): torch's default, all cores
     threads: Optional[int] = 1  # noqa: UP045
     workers: int = 1  # runs at a time, each in its own 1-thread process
