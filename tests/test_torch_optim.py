@@ -132,7 +132,7 @@ def test_lr_schedulers_drive_the_step(name: str) -> None:
     opt = LOpt(model.parameters(), theta=theta, learner=learner)
     sgd = torch.optim.SGD(sgd_model.parameters(), lr=1.0)
     schedule, sgd_schedule = SCHEDULERS[name](opt), SCHEDULERS[name](sgd)
-    for epoch in range(6):
+    for _ in range(6):
         lr = opt.param_groups[0]["lr"]
         assert lr == pytest.approx(sgd.param_groups[0]["lr"])
         shadow, shadow_opt = copy.deepcopy((model, opt))
@@ -147,7 +147,6 @@ def test_lr_schedulers_drive_the_step(name: str) -> None:
         is_plateau = isinstance(schedule, lr_scheduler.ReduceLROnPlateau)
         for s in (schedule, sgd_schedule):
             s.step(metric) if is_plateau else s.step()
-        del epoch
 
 
 def test_state_dict_round_trip_with_groups_and_a_scheduler() -> None:
