@@ -27,7 +27,9 @@ from harness.meta.trainer import (
     check_identity,
     run_meta_training,
 )
+from harness.meta.truncation import LOSS_CLIP
 from harness.meta.world import World
+from harness.outputs import check_writable
 from harness.registry import create_task, load_plugin_modules
 from harness.settings.meta import MetaTrainConfig, coerce_config
 from harness.util import write_atomically
@@ -45,6 +47,7 @@ def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
     Raises ``UsageError`` (one line) for bad input, before anything is written.
     """
     cfg = coerce_config(cfg, **overrides)
+    check_writable(cfg.out)  # before any work: a read-only or missing place fails in one line
     load_plugin_modules(cfg.plugins)
     resolve_device(cfg.device)
     # the one build of the task: unknown settings and bad values fail here, in one line, before
@@ -89,7 +92,8 @@ def summary_line(out: str | Path) -> str:
     for split in ("train", "valid"):
         name = f"heldout_{split}_loss"
         if name in last:
-            parts.append(f"held-out {split} loss {last[name]:.4g}")
+            clip = " (the loss clip: its runs diverged)" if last[name] >= LOSS_CLIP else ""
+            parts.append(f"held-out {split} loss {last[name]:.4g}{clip}")
     seconds = float(log.loc[log["metric"] == "seconds", "value"].sum())
     parts.append(f"{seconds:.0f} s")
     if "cpu_seconds" in last:

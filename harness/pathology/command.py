@@ -11,6 +11,7 @@ summary) and ``NAME.png``; then ``summary.md`` with every table of the studies f
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -21,11 +22,13 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.errors import UsageError
+from harness.outputs import check_writable
 from harness.overrides import parse_overrides
 from harness.pathology.common import tidy_frame, write_csv
 from harness.pathology.report import write_markdown
 from harness.pathology.study import studies
 from harness.results.schema import provenance
+from harness.settings.help import help_lines, key_docs
 from harness.settings.pathology import PathologyConfig, coerce_pathology_config
 from harness.util import to_plain
 
@@ -38,10 +41,14 @@ def pathology_command(overrides: list[str], *, multirun: bool, show_help: bool) 
         print((__doc__ or "").strip())
         print("\n`lopt pathology` keys and their defaults:\n")
         print(OmegaConf.to_yaml(OmegaConf.structured(PathologyConfig)))
+        print("What the keys of `lopt pathology` mean:\n")
+        keys = [f.name for f in dataclasses.fields(PathologyConfig)]
+        print("\n".join(help_lines(key_docs(PathologyConfig), keys)))
         return 0
     if multirun:
         raise UsageError("-m (multirun) is supported by `lopt bench`, not by `lopt pathology`")
     cfg = coerce_pathology_config(settings_from_overrides(overrides))
+    check_writable(cfg.out)  # before any work
     for path in run_pathology(cfg):
         print(path)
     return 0

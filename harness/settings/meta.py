@@ -151,7 +151,7 @@ class MetaTrainConfig:
     outer_from: int = 0
     outer_data: str = "fresh"
     outer_steps: int = 1000
-    out: str = "results/meta"
+    out: str = "outputs/meta"
     seed: int = 0
     problems: int = 8
     horizon: Optional[int] = None  # noqa: UP045
