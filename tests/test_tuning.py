@@ -622,6 +622,7 @@ TUNE = [
     "eval_seeds=0",
     "pruner=none",
     "search.lr=[1e-5,1.0]",  # below 2 / lambda_max: every trial completes (none diverges)
+    "heartbeat=1",  # a killed worker's trial is stale after 3 s
 ]
 
 
@@ -729,7 +730,7 @@ def test_a_trial_asked_by_a_process_killed_before_it_recorded_itself_is_redone()
     rerun still completes the study (the kill-and-rerun test hit this window once in CI)."""
     study = optuna.create_study()
     orphan = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)})
-    assert recover_interrupted(study) == 1
+    assert recover_interrupted(study, None) == 1
     counts = count_trials(study)
     assert [t.number for t in counts.interrupted] == [orphan.number] and len(counts.waiting) == 1
     assert counts.waiting[0].user_attrs["retry_of"] == orphan.number
