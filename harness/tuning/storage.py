@@ -43,13 +43,16 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import UsageError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 JOURNAL_PREFIX = "journal:"
 SQLITE_PREFIX = "sqlite:///"
@@ -69,21 +72,22 @@ StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 class OpenedStorage:
     """An Optuna storage, how claims are locked, and its heartbeat.
 
-    ``lock_path``: the claim lock file beside a local storage file; ``advisory``: claims take a
-    PostgreSQL advisory lock; neither: claims are not exclusive (:attr:`exclusive` is False).
+    ``lock_path``: the claim lock file beside a local storage file; ``advisory``: the engine
+    whose connection takes the PostgreSQL advisory lock of claims; neither: claims are not
+    exclusive (:attr:`exclusive` is False).
     ``heartbeat``: seconds between heartbeats of a running trial (None: no heartbeats).
     """
 
     url: str
     storage: optuna.storages.BaseStorage
     lock_path: Path | None = None
-    advisory: bool = False
+    advisory: Engine | None = None
     heartbeat: int | None = None
 
     @property
     def exclusive(self) -> bool:
         """Whether :meth:`claim` excludes every other worker of this storage."""
-        return self.lock_path is not None or self.advisory
+        return self.lock_path is not None or self.advisory is not None
 
     @property
     def grace_s(self) -> float | None:
@@ -93,11 +97,10 @@ class OpenedStorage:
     @contextlib.contextmanager
     def claim(self) -> Iterator[None]:
         """Exclusive across every worker of the storage (see the module docstring)."""
-        if self.advisory:
-            engine = self.storage.engine  # type: ignore[attr-defined]
+        if self.advisory is not None:
             from sqlalchemy import text
 
-            with engine.connect() as connection:
+            with self.advisory.connect() as connection:
                 connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _CLAIM_KEY})
                 connection.commit()
                 try:
@@ -189,7 +192,7 @@ def open_storage(
         if url.startswith(SQLITE_PREFIX):
             path = Path(url[len(SQLITE_PREFIX) :]).expanduser()
             _make_parent(path, url, create)
-            opened = OpenedStorage(url, None, _lock_for(path), False, heartbeat)  # type: ignore[arg-type]
+            opened = OpenedStorage(url, None, _lock_for(path), None, heartbeat)  # type: ignore[arg-type]
             if not create:
                 opened.lock_path = None
                 opened.storage = _rdb(url, None, None, {"timeout": 120}, read_only=True)
@@ -203,9 +206,18 @@ def open_storage(
                 "URL such as postgresql://user@host/db"
             )
         engine_url = driver_url(url)
-        storage = _rdb(engine_url, heartbeat, stale_callback, None, read_only=not create)
-        advisory = engine_url.split(":", 1)[0].split("+", 1)[0] == "postgresql"
-        return OpenedStorage(url, storage, None, advisory, heartbeat)
+        opened = OpenedStorage(url, None, None, None, heartbeat)  # type: ignore[arg-type]
+        if engine_url.split(":", 1)[0].split("+", 1)[0] == "postgresql":
+            import sqlalchemy
+            from sqlalchemy.pool import NullPool
+
+            opened.advisory = sqlalchemy.create_engine(engine_url, poolclass=NullPool)
+        if not create:
+            opened.storage = _rdb(engine_url, None, None, None, read_only=True)
+            return opened
+        with opened.claim():  # two workers creating the schema at once would collide
+            opened.storage = _rdb(engine_url, heartbeat, stale_callback, None)
+        return opened
     except UsageError:
         raise
     except ImportError as exc:
