@@ -31,7 +31,7 @@ def install(session: nox.Session, extras: str = "") -> None:
 def tests(session: nox.Session) -> None:
     """The test suite: about 6 minutes of pytest on a loaded 2-core machine (README,
     Development), plus installing."""
-    install(session, "dev")
+    install(session, "dev,postgres")  # postgres: the driver of the PostgreSQL tuning tests
     session.run("pytest", "-q", *session.posargs)
 
 
