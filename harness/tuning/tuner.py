@@ -656,7 +656,7 @@ def existing_studies(task: str, optimizer: str, storage: str) -> str:
     for url in urls:
         try:
             opened = open_storage(url, create=False)
-            studies = optuna.get_all_studies(opened.storage)
+            studies = opened.storage.get_all_studies()
         except Exception:  # a storage that cannot be read has nothing to suggest
             continue
         for study in studies:
