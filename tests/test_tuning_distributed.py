@@ -14,8 +14,18 @@ from pathlib import Path
 import optuna
 import pytest
 
+from harness.results.schema import canonical_json
+from harness.tuning.saturation import ATTR_CONFIRMATION
 from harness.tuning.storage import open_storage
-from harness.tuning.study import count_trials, load_existing, study_name
+from harness.tuning.study import (
+    ATTR_DEFAULTS_QUEUED,
+    ATTR_FINISHER,
+    count_trials,
+    load_existing,
+    load_or_create,
+    study_name,
+)
+from harness.tuning.tuner import TuneSettings, make_pruner, make_sampler, prepare
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +45,8 @@ TUNE = [
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _study(storage: str, budget: int) -> optuna.Study | None:
-    name = study_name("quadratic", "sgd", "valid_loss", budget, "tpe")
+def _study(storage: str, budget: int, objective: str = "valid_loss") -> optuna.Study | None:
+    name = study_name("quadratic", "sgd", objective, budget, "tpe")
     return load_existing(open_storage(storage, create=False).storage, name)
 
 
@@ -152,3 +162,60 @@ def test_eight_workers_on_postgresql_lose_and_repeat_nothing(postgres_server, tm
         f"\npostgresql load: 64 trials of {budget} steps, 8 workers {seconds[8]:.1f} s, "
         f"1 worker {seconds[1]:.1f} s ({os.cpu_count()} cores)"
     )
+
+
+def test_the_confirmation_runs_once_whoever_finishes_last(tmp_path) -> None:
+    """Two workers finish a study whose values fail the saturation rule at its cap: one of them
+    (under the finishing lease) re-runs the halves' bests on fresh seeds, the other does not."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    asked = TuneSettings(
+        task="quadratic",
+        optimizer="sgd",
+        trials=32,
+        until="saturated",
+        objective="train_loss",
+        budget_steps=BUDGET,
+        eval_seeds=0,
+        confirm_seeds=2,
+        pruner="none",
+        search={"lr": [0.001, 1.9]},
+        storage=storage,
+        out=str(tmp_path / "out"),
+    )
+    protocol, space, base = prepare(asked)
+    name = study_name("quadratic", "sgd", "train_loss", BUDGET, "tpe")
+    study = load_or_create(
+        open_storage(storage).storage, name, protocol, make_sampler(protocol, space),
+        make_pruner(protocol),
+    )  # fmt: skip
+    study.set_user_attr(ATTR_DEFAULTS_QUEUED, True)
+    distributions = {n: dim.distribution() for n, dim in space.items()}
+    for number in range(30):  # the second half's trial 20 is 50% better: the values fail the rule
+        lr, value = (0.3 + number / 100, 0.5 if number == 20 else 1.0)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": lr},
+                distributions=distributions,
+                value=value,
+                user_attrs={"hparams": canonical_json({**base, "lr": lr})},
+            )
+        )
+    command = [
+        *TUNE[:-2], "search.lr=[0.001,1.9]", "heartbeat=2", "trials=32", "until=saturated",
+        "objective=train_loss", f"budget_steps={BUDGET}", "confirm_seeds=2", f"storage={storage}",
+        f"out={tmp_path / 'out'}",
+    ]  # fmt: skip
+    workers = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+        for _ in range(2)
+    ]
+    logs = []
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err.decode()[-2000:]
+        logs.append(err.decode())
+    assert sum(log.count("re-running trials") for log in logs) == 1
+    study = _study(storage, BUDGET, "train_loss")
+    assert len(count_trials(study).counted) == 32
+    assert study.user_attrs[ATTR_CONFIRMATION]["trials"] == 32
+    assert not study.user_attrs[ATTR_FINISHER]  # the lease was given back
