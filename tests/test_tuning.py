@@ -734,3 +734,22 @@ def test_a_trial_asked_by_a_process_killed_before_it_recorded_itself_is_redone()
     counts = count_trials(study)
     assert [t.number for t in counts.interrupted] == [orphan.number] and len(counts.waiting) == 1
     assert counts.waiting[0].user_attrs["retry_of"] == orphan.number
+
+
+def test_a_postgresql_storage_without_a_driver_names_the_extra(monkeypatch, capsys) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("psycopg", "psycopg2") else real(name, *a),
+    )
+    args = ["tune", "task=quadratic", "optimizer=sgd", "storage=postgresql://u@127.0.0.1:1/db"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert (
+        'no PostgreSQL driver is installed; install one with pip install "lopt-harness[postgres]"'
+        in err
+    )
