@@ -186,13 +186,12 @@ def open_storage(
                 if heartbeat is None
                 else HeartbeatJournalStorage(backend, heartbeat, grace, stale_callback)  # type: ignore[arg-type]
             )
-            return OpenedStorage(
-                url, storage, _lock_for(path) if create else None, False, heartbeat
-            )
+            lock = _lock_for(path) if create else None
+            return OpenedStorage(url, storage, lock_path=lock, heartbeat=heartbeat)
         if url.startswith(SQLITE_PREFIX):
             path = Path(url[len(SQLITE_PREFIX) :]).expanduser()
             _make_parent(path, url, create)
-            opened = OpenedStorage(url, None, _lock_for(path), None, heartbeat)  # type: ignore[arg-type]
+            opened = OpenedStorage(url, None, _lock_for(path), heartbeat=heartbeat)  # type: ignore[arg-type]
             if not create:
                 opened.lock_path = None
                 opened.storage = _rdb(url, None, None, {"timeout": 120}, read_only=True)
@@ -206,7 +205,7 @@ def open_storage(
                 "URL such as postgresql://user@host/db"
             )
         engine_url = driver_url(url)
-        opened = OpenedStorage(url, None, None, None, heartbeat)  # type: ignore[arg-type]
+        opened = OpenedStorage(url, None, heartbeat=heartbeat)  # type: ignore[arg-type]
         if engine_url.split(":", 1)[0].split("+", 1)[0] == "postgresql":
             import sqlalchemy
             from sqlalchemy.pool import NullPool
