@@ -753,3 +753,26 @@ def test_a_postgresql_storage_without_a_driver_names_the_extra(monkeypatch, caps
         'no PostgreSQL driver is installed; install one with pip install "lopt-harness[postgres]"'
         in err
     )
+
+
+def test_without_a_claim_lock_a_trial_asked_beyond_the_count_is_dropped(tmp_path) -> None:
+    """On a storage whose claims are not exclusive (a database other than PostgreSQL), two
+    workers can both see one trial left and both ask: the one whose trial is not among the
+    first ``trials`` claimed by number marks it surplus and does not run it, so exactly
+    ``trials`` are counted."""
+    from harness.tuning.storage import OpenedStorage
+    from harness.tuning.tuner import _claim_trial
+
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db", heartbeat=5).storage
+    opened = OpenedStorage("sqlite:///x", storage, heartbeat=5)  # no lock: not exclusive
+    assert not opened.exclusive
+    study = optuna.create_study(storage=storage, study_name="race")
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    first = _claim_trial(study, opened, lr, 2, "me")
+    racer = study.ask(lr)  # another worker's claim, made at the same time as the next one
+    late = _claim_trial(study, opened, lr, 2, "me")
+    assert first is not None and racer.number == 1 and late is None
+    counts = count_trials(study)
+    assert [t.number for t in counts.surplus] == [2]
+    assert counts.claimed == 2
+    assert first.user_attrs["heartbeat_s"] == 5  # its first heartbeat is recorded
