@@ -36,7 +36,7 @@ def tests(session: nox.Session) -> None:
     """The test suite (everything; CI runs this): a few minutes of pytest on a 2-core machine,
     more under load (docs/development.md), plus installing. ``nox -s tests -- -m "not slow"`` is
     the fast subset for development."""
-    install(session, "dev")
+    install(session, "dev,postgres")  # postgres: the driver of the PostgreSQL tuning tests
     session.run("pytest", "-q", *session.posargs)
 
 

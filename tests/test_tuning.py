@@ -637,6 +637,7 @@ TUNE = [
     "eval_seeds=0",
     "pruner=none",
     "search.lr=[1e-5,1.0]",  # below 2 / lambda_max: every trial completes (none diverges)
+    "heartbeat=1",  # a killed worker's trial is stale after 3 s
 ]
 
 
@@ -746,7 +747,49 @@ def test_a_trial_asked_by_a_process_killed_before_it_recorded_itself_is_redone()
     rerun still completes the study (the kill-and-rerun test hit this window once in CI)."""
     study = optuna.create_study()
     orphan = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)})
-    assert recover_interrupted(study) == 1
+    assert recover_interrupted(study, None) == 1
     counts = count_trials(study)
     assert [t.number for t in counts.interrupted] == [orphan.number] and len(counts.waiting) == 1
     assert counts.waiting[0].user_attrs["retry_of"] == orphan.number
+
+
+def test_a_postgresql_storage_without_a_driver_names_the_extra(monkeypatch, capsys) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("psycopg", "psycopg2") else real(name, *a),
+    )
+    args = ["tune", "task=quadratic", "optimizer=sgd", "storage=postgresql://u@127.0.0.1:1/db"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert (
+        'no PostgreSQL driver is installed; install one with pip install "lopt-harness[postgres]"'
+        in err
+    )
+
+
+def test_without_a_claim_lock_a_trial_asked_beyond_the_count_is_dropped(tmp_path) -> None:
+    """On a storage whose claims are not exclusive (a database other than PostgreSQL), two
+    workers can both see one trial left and both ask: the one whose trial is not among the
+    first ``trials`` claimed by number marks it surplus and does not run it, so exactly
+    ``trials`` are counted."""
+    from harness.tuning.storage import OpenedStorage
+    from harness.tuning.tuner import _claim_trial
+
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db", heartbeat=5).storage
+    opened = OpenedStorage("sqlite:///x", storage, heartbeat=5)  # no lock: not exclusive
+    assert not opened.exclusive
+    study = optuna.create_study(storage=storage, study_name="race")
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    first = _claim_trial(study, opened, lr, 2, "me")
+    racer = study.ask(lr)  # another worker's claim, made at the same time as the next one
+    late = _claim_trial(study, opened, lr, 2, "me")
+    assert first is not None and racer.number == 1 and late is None
+    counts = count_trials(study)
+    assert [t.number for t in counts.surplus] == [2]
+    assert counts.claimed == 2
+    assert first.user_attrs["heartbeat_s"] == 5  # its first heartbeat is recorded
