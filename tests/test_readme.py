@@ -27,8 +27,6 @@ PENDING_PAGES = {
     "docs/nominal-mlp.md",
     "docs/batched-engine.md",
     "docs/meta-training-families.md",
-    "docs/tuning-across-machines.md",
-    "docs/using-learned-optimizers.md",
     "docs/workloads.md",
 }
 
