@@ -76,9 +76,11 @@ def test_the_datasets_of_one_group_may_differ() -> None:
     assert sorted(ProblemBatch(tasks, range(4)).describe()["datasets"]) == ["digits", "mnist5k_8"]
 
 
-@pytest.mark.parametrize("backend", ["hand", "vmap"])
-def test_eval_loss_equals_the_tasks_evaluate(backend: str) -> None:
-    tasks = rescaled_group("mlp_mix", 3, 3)
+@pytest.mark.parametrize(
+    ("family", "arch", "backend"), [("mlp_mix", 3, "hand"), ("mlp_mix", 3, "vmap"), CASES[4]]
+)
+def test_eval_loss_equals_the_tasks_evaluate(family: str, arch: int, backend: str) -> None:
+    tasks = rescaled_group(family, arch, 3)
     batch = ProblemBatch(tasks, [1, 2, 3], backend=backend)
     w = batch.init_params() * 1.5  # not the init: any parameters
     for split in ("train", "valid", "test"):
