@@ -12,6 +12,8 @@ in ``theta +- sigma * eps``), staggered over the horizon, run T steps:
 
 * **batched** (``hand`` and ``vmap`` backends): one :class:`ProblemBatch` of 2N rows, advanced by
   :func:`harness.meta.batched.unroll` (minibatch indices included);
+* **parts**: the default backend's minibatch gradients alone and the learner's
+  ``batched_step`` alone, on the same rows (where the time of a batched step goes);
 * **loop** (the baseline): today's machinery, :class:`harness.meta.truncation.InnerProblems`
   on the ordinary task of each problem (``build_task``), one problem at a time, both sides, its
   truncation's batches drawn by ``InnerProblems.data`` (timed, as meta-training does it), with
@@ -59,6 +61,8 @@ TARGET_RATIO = 15.0
 SIGMA = 0.01
 HORIZON = 1000
 EXIT_CRASHED = 3
+BATCHED = ("hand", "vmap")
+PARTS = ("grad", "learner")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -108,16 +112,44 @@ class Group:
         self.blocks: dict[str, Callable[[], Any]] = {}
         self.steps_done: dict[str, int] = {}
         backends = ("hand", "vmap") if self.spec.kind == "mlp" else ("vmap",)
-        for backend in backends:
+        for backend in reversed(backends):  # the default backend last: its parts are timed
             batch = ProblemBatch(self.tasks * 2, seeds * 2, backend=backend)
             w0 = batch.init_params()
             state0 = batched.batched_init(w0)
             self.blocks[backend] = self._batched_block(batch, w0, state0)
             self.steps_done[backend] = 2 * n * args.unroll
         self.num_params = batch.num_params
+        self._parts(batch, w0, state0, 2 * n * args.unroll)
         loop = [self._loop_pair(single, i, theta0, eps[i], starts[i]) for i in range(args.loop)]
         self.blocks["loop"] = lambda: [pair() for pair in loop]
         self.steps_done["loop"] = 2 * args.loop * args.unroll
+
+    def _parts(self, batch: ProblemBatch, w0: Any, state0: Any, steps: int) -> None:
+        """The default backend's two parts, timed alone: ``grad`` (T minibatch losses and
+        gradients, indices included) and ``learner`` (T ``batched_step`` calls)."""
+        grad0 = batch.loss_and_grad(w0, self.step)[1]
+
+        def grad_block() -> None:
+            indices = batch.batch_indices(self.step, self.unroll_steps)
+            for j in range(self.unroll_steps):
+                batch.loss_and_grad(w0, self.step, indices=indices[j])
+
+        def learner_block() -> None:
+            for _ in range(self.unroll_steps):
+                self.batched.batched_step(
+                    self.theta, w0, grad0, state0, self.step, self.horizon, batch.segments
+                )
+
+        self.blocks["grad"], self.blocks["learner"] = grad_block, learner_block
+        self.steps_done["grad"] = self.steps_done["learner"] = steps
+
+    def weight_flops(self) -> float | None:
+        """About 6 x batch x (weight elements) flops per MLP problem-step (forward 2, backward
+        4); None for conv nets."""
+        if self.spec.kind != "mlp":
+            return None
+        weights = sum(a * b for a, b in self.spec.shapes[::2])
+        return 6.0 * self.spec.batch_size * weights
 
     def _batched_block(self, batch: ProblemBatch, w0: Any, state0: Any) -> Callable[[], Any]:
         def block() -> Any:
@@ -187,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
                 seconds.setdefault((g, variant), []).append(timed(group.blocks[variant]))
         print(f"round {round_index + 1}/{args.rounds} done", flush=True)
     rates: dict[str, list[float]] = {}
+    parts: list[str] = []
     header = f"{'arch':>4} {'group (kind, image, hidden, act, batch)':<44} {'N':>6}"
     print(f"{header} {'hand/s':>8} {'vmap/s':>8} {'loop/s':>7} {'hand/vmap':>9} {'best/loop':>9}")
     for g, group in enumerate(groups):
@@ -194,14 +227,29 @@ def run(args: argparse.Namespace) -> int:
         for v, rate in row.items():
             rates.setdefault(v, []).append(rate)
         best = max(row.get("hand", 0.0), row["vmap"])
+        flops = group.weight_flops()
+        gflops = f"{row['grad'] * flops / 1e9:.1f}" if flops else "-"
+        parts.append(
+            f"{parse_seeds(args.arch_seeds)[g]:>4} {row['grad']:>8.0f} {gflops:>12} "
+            f"{1e9 / (row['learner'] * group.num_params):>17.1f} "
+            f"{row[BATCHED[0] if 'hand' in row else 'vmap'] / row['learner']:>14.0%}"
+        )
         hand_vmap = f"{row['hand'] / row['vmap']:.2f}x" if "hand" in row else "-"
         print(
             f"{parse_seeds(args.arch_seeds)[g]:>4} {group.spec.group_key!s:<44} "
             f"{group.num_params:>6} {row.get('hand', float('nan')):>8.0f} {row['vmap']:>8.0f} "
             f"{row['loop']:>7.0f} {hand_vmap:>9} {best / row['loop']:>8.1f}x"
         )
-    family = {v: len(r) / sum(1.0 / x for x in r) for v, r in rates.items()}
-    kept = max((v for v in family if v != "loop"), key=lambda v: family[v])
+    print(
+        "the default backend's parts alone: minibatch gradients (problem-steps/s, GFLOP/s of "
+        "its weight products) and the learner (ns per parameter; its share of a step)"
+    )
+    columns = ("grad/s", 8), ("grad GFLOP/s", 12), ("learner ns/param", 17), ("learner share", 14)
+    print(f"{'arch':>4} " + " ".join(f"{name:>{width}}" for name, width in columns))
+    for line in parts:
+        print(line)
+    family = {v: len(r) / sum(1.0 / x for x in r) for v, r in rates.items() if v not in PARTS}
+    kept = max((v for v in family if v in BATCHED), key=lambda v: family[v])
     per_hour = family[kept] * 3600
     ratio = family[kept] / family["loop"]
     print(

@@ -239,8 +239,9 @@ class ProblemBatch:
         if indices is None:
             indices = self.batch_indices(step, 1)[0]
         inputs, labels = self._data["train"]
-        x = inputs[indices]
-        y = labels[indices]
+        flat = indices.reshape(-1)  # index_select: ~10x faster than inputs[indices] here
+        x = inputs.index_select(0, flat).view(*indices.shape, *inputs.shape[1:])
+        y = labels.index_select(0, flat).view(indices.shape)
         w_eff = w * self._scale if self._scale is not None else w
         with torch.no_grad():
             if self._functional is not None:
