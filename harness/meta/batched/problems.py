@@ -28,7 +28,7 @@ import torch
 from harness.meta.batched.functional import FunctionalModel
 from harness.meta.batched.mlp import cross_entropy_rows, mlp_logits, mlp_loss_and_grad
 from tasks.base import SPLITS
-from tasks.families.base import FamilyTask
+from tasks.families.base import FamilyTask, group_tasks
 from tasks.families.datasets import family_splits
 from tasks.families.member import build_model
 
@@ -298,8 +298,6 @@ def problem_batches(
 ) -> list[tuple[list[int], ProblemBatch]]:
     """Problems of different architectures, grouped: ``(indices into tasks, ProblemBatch)``
     per ``group_key``, in first-seen order; ``options`` go to every :class:`ProblemBatch`."""
-    from tasks.families.base import group_tasks
-
     if len(tasks) != len(init_seeds):
         raise ValueError(f"need one init seed per task: {len(tasks)} tasks, {len(init_seeds)}")
     return [
