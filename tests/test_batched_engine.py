@@ -194,3 +194,44 @@ def test_problems_are_grouped_by_architecture() -> None:
         ProblemBatch(sample_tasks("conv_mix", [0]), [0], backend="hand")
     with pytest.raises(ValueError, match="one init seed per task"):
         ProblemBatch(sample_tasks("conv_mix", [0]), [0, 1])
+
+
+def test_float32_matches_autograd_too() -> None:
+    """The float32 path (tanh through sigmoid, GELU, ReLU) against autograd on the ordinary
+    task in float32."""
+    for arch in (3, 4, 7):  # tanh, GELU, ReLU
+        tasks = rescaled_group("mlp_mix", arch, 3)
+        batch = ProblemBatch(tasks, [1, 2, 3])
+        w = batch.init_params()
+        steps = torch.tensor([0, 5, 9])
+        loss, grad = batch.loss_and_grad(w, steps)
+        for i, spec in enumerate(tasks):
+            task = build_task(spec)
+            params = tuple(p.requires_grad_(True) for p in task.init_params(i + 1))
+            batches = task.batches("train", i + 1)
+            for _ in range(int(steps[i]) + 1):
+                minibatch = next(batches)
+            ref = task.loss(params, minibatch)
+            ref_grad = torch.cat([g.flatten() for g in torch.autograd.grad(ref, params)])
+            assert abs(float(loss[i]) - float(ref.detach())) < 1e-5
+            torch.testing.assert_close(grad[i], ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_throughput_benchmark_gives_a_verdict_and_a_crash_is_not_one(monkeypatch) -> None:
+    """benchmarks/batched_throughput.py exits 0 or 1 with a verdict, and 3 when it crashes."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "batched_throughput.py"
+    spec = importlib.util.spec_from_file_location("batched_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = ["--arch-seeds", "7", "--pairs", "2", "--unroll", "2", "--rounds", "1"]
+    assert module.main([*tiny, "--loop-problems", "1", "--learner", "adam"]) in (0, 1)
+    assert module.main([*tiny, "--learner", "adam", "--target-per-hour", "1e30"]) == 1
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(module, "unroll", broken)
+    assert module.main([*tiny, "--learner", "adam"]) == module.EXIT_CRASHED
