@@ -28,8 +28,9 @@ block, outside the clock; medians over rounds. One thread (``--threads``): one c
 
 The family rate is the harmonic mean over the groups (the rate of a mix with as many
 problem-steps in each group); the ratio is the family rate of the faster batched backend over
-the loop's. Exit code: 0 both targets met, 1 a target missed, 3 the benchmark crashed (never a
-verdict).
+the loop's. Exit code (``benchmarks/verdict.py``): 0 both targets met, 3 it ran and missed one
+(the last line, ``verdict: ...``, says which); a crash is 1 (Python's traceback), bad arguments
+2: never a verdict.
 
 Usage::
 
@@ -44,11 +45,11 @@ import gc
 import statistics
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from verdict import verdict
 
 from harness.errors import UsageError
 from harness.meta.batched import BatchedAdam, ProblemBatch, unroll
@@ -60,7 +61,6 @@ TARGET_PER_HOUR = 1e7
 TARGET_RATIO = 15.0
 SIGMA = 0.01
 HORIZON = 1000
-EXIT_CRASHED = 3
 BATCHED = ("hand", "vmap")
 PARTS = ("grad", "learner")
 
@@ -268,7 +268,11 @@ def run(args: argparse.Namespace) -> int:
         f"batched over the per-problem loop: {ratio:.1f}x against the target of "
         f"{args.target_ratio:g}x: {'met' if met_ratio else 'NOT met'}"
     )
-    return 0 if met_rate and met_ratio else 1
+    return verdict(
+        met_rate and met_ratio,
+        f"{per_hour:.3g} problem-steps per CPU-hour (target {args.target_per_hour:.3g}), "
+        f"{ratio:.1f}x the per-problem loop (target {args.target_ratio:g}x)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,13 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need 1 <= --loop-problems <= --pairs and positive --unroll and --rounds")
     try:
         return run(args)
-    except UsageError as exc:
+    except UsageError as exc:  # bad arguments: 2, never a verdict
         print(f"batched_throughput: {exc}", file=sys.stderr)
         return 2
-    except Exception:  # a crash is not a missed target
-        traceback.print_exc()
-        print("benchmark crashed: no verdict", file=sys.stderr)
-        return EXIT_CRASHED
 
 
 if __name__ == "__main__":
