@@ -115,6 +115,8 @@ def benchmarks(session: nox.Session) -> None:
             k,
             success_codes=ran,
         )
+    # the batched engine against the per-problem loop (issue 24; docs/batched-engine.md)
+    session.run("python", "benchmarks/batched_throughput.py", success_codes=ran)
 
 
 @nox.session

@@ -284,3 +284,15 @@ def load_plugin_modules(modules: Iterable[str]) -> None:
                 f"cannot import plugin module {module!r}: {exc}; give a module name importable "
                 "from the current directory or the installed packages"
             ) from exc
+
+
+# -- task families (issue 24): samplers of task configurations, each also a task plugin ----------
+FAMILY_ENTRY_POINT_GROUP = "lopt_harness.families"
+#: task families (:class:`tasks.families.base.Family`), registered with
+#: :func:`tasks.families.register_family`, which also registers each family as a task plugin
+FAMILIES = Registry("family", FAMILY_ENTRY_POINT_GROUP, "tasks")
+
+
+def list_families(pattern: str | None = None) -> list[str]:
+    """Registered task-family names matching the wildcard ``pattern`` (all if None)."""
+    return FAMILIES.names(pattern)

@@ -11,6 +11,7 @@ from optimizers import (  # noqa: F401  (registration)
     adam_residual,
     learned,
     learned_hparams,
+    nominal_mlp,
     pretrained,
     rmsprop,
     sgd,

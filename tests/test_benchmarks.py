@@ -68,6 +68,21 @@ TINY: dict[str, tuple[list[str], bool]] = {
         False,
     ),
     "tuning_trial_cost.py": (["--task", "quadratic", "--steps", "5"], False),
+    "batched_throughput.py": (
+        [
+            "--arch-seeds",
+            "7",
+            "--pairs",
+            "2",
+            "--unroll",
+            "2",
+            "--rounds",
+            "1",
+            "--learner",
+            "adam",
+        ],
+        True,
+    ),
     "tuning_grid_cross_check.py": (
         [
             "--task",

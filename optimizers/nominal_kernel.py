@@ -1,0 +1,287 @@
+"""The arithmetic of ``nominal_mlp`` (one update of flat parameters), eager and fused.
+
+One function of flat tensors serves a single problem (``w`` of shape ``(N,)``) and a batch of
+problems of one architecture (``w`` of shape ``(B, N)``, one ``theta`` row per problem): every
+per-problem scalar (time, bias corrections, learning rate) has shape ``(..., 1)`` and broadcasts
+over the ``N`` parameters. Per update, with ``t = step + 1`` and the state's four rows
+``m, m_fast, m_slow, v``::
+
+    m      <- lerp(m, g, 1 - beta1);   v <- beta2 v + (1 - beta2) g^2        (Adam's moments)
+    m_k    <- lerp(m_k, g, 1 - b_k)    for b_k in decays (2 more timescales)
+    r       = 1 / (sqrt(v) / sqrt(1 - beta2^t) + eps)                      (Adam's denominator)
+    u       = m / (1 - beta1^t) * r                                        (Adam's direction)
+    x       = [u, g r, m_fast_hat r, m_slow_hat r, w / rms_tensor(w)]     (5 features, no units)
+    phi     = [tanh(10 (step / horizon - c)) for c in centres] + [1]       (time in the run)
+    h       = relu(W1 x + Wt phi + b1) [-> relu(W2 h + b2)]                (per parameter)
+    d       = W3 . h                                                       (the learned term)
+    w      <- w - lr0 exp(a . phi) (u + d)
+
+The MLP's inputs are ratios (moments over Adam's root second moment, the weight over its
+tensor's RMS), so ``d`` has no units: the learned term is in the units of Adam's direction,
+and the step is ``lr0 exp(a . phi)`` times a unit-free direction, whatever the scale of the
+gradients or of the weights (the output normalisation that lets one ``theta`` serve tasks of
+any scale; :mod:`optimizers.nominal_mlp` states what exactly is invariant).
+
+Two implementations of the MLP give the same numbers (to rounding, 1e-6 in the tests):
+
+* :func:`update_eager`: features stacked ``(..., F, N)`` and matrix products; differentiable,
+  correct under ``torch.func.vmap``, used with autograd, under vmap, where compiling fails, or
+  when switched off;
+* :func:`fused_update`: the same update written one scalar weight at a time, elementwise, which
+  inductor (``torch.compile``) fuses with the features and the update into one loop over the
+  parameters (plus one reduction for the weights' per-tensor RMS, by segment index, so that the
+  compiled code does not depend on the architecture). It is compiled once per process for each
+  (settings, dtype, device, rank) with dynamic shapes; a failed compile falls back to eager.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+NUM_FEATURES = 5  # u, g r, m_fast r, m_slow r, w / rms(w)
+NUM_MOMENTS = 4  # m (beta1), m_fast, m_slow, v (beta2)
+RMS_EPS = 1e-12
+#: set to 0 to switch the fused (compiled) path off in every nominal_mlp learner
+COMPILE_ENV = "LOPT_NOMINAL_COMPILE"
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """The static structure of the update (hashable: the compile cache's key).
+
+    Attributes:
+        lr0: the base learning rate (Adam's, at the initial theta).
+        hidden, layers: the MLP's width and number of hidden layers (1 or 2).
+        beta1, beta2, eps: Adam's.
+        decays: the two extra momentum timescales ``(fast, slow)``.
+        centres: the centres ``c`` of the time features, as fractions of the horizon.
+    """
+
+    lr0: float
+    hidden: int
+    layers: int
+    beta1: float
+    beta2: float
+    eps: float
+    decays: tuple[float, float]
+    centres: tuple[float, ...]
+
+    @property
+    def num_time(self) -> int:
+        """Time features: one per centre, plus the constant."""
+        return len(self.centres) + 1
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """theta's blocks, in order: ``a (S,)``, ``W1 (H, F)``, ``Wt (H, S)``, ``b1 (H,)``,
+        then ``W2 (H, H)``, ``b2 (H,)`` with two layers, then ``W3 (H,)``."""
+        h, s = self.hidden, self.num_time
+        second = ((h, h), (h,)) if self.layers == 2 else ()
+        return ((s,), (h, NUM_FEATURES), (h, s), (h,), *second, (h,))
+
+    @property
+    def sizes(self) -> list[int]:
+        return [math.prod(shape) for shape in self.shapes]
+
+
+def unpack(spec: KernelSpec, theta: torch.Tensor) -> list[torch.Tensor]:
+    """Views of ``theta (..., D)`` with the shapes of :attr:`KernelSpec.shapes` (leading dims
+    kept: ``W1`` of a ``(B, D)`` theta is ``(B, H, F)``)."""
+    lead = theta.shape[:-1]
+    return [
+        block.reshape(*lead, *shape)
+        for block, shape in zip(theta.split(spec.sizes, -1), spec.shapes, strict=True)
+    ]
+
+
+def _moments_and_features(
+    spec: KernelSpec,
+    w: torch.Tensor,
+    g: torch.Tensor,
+    moments: torch.Tensor,
+    step: torch.Tensor,
+    horizon: torch.Tensor,
+    w_normalised: torch.Tensor,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``(features [u, ...], new moments (..., 4, N), phi (..., S, 1))`` (shared by both paths;
+    elementwise throughout)."""
+    dtype = w.dtype
+    t0 = step.to(dtype).unsqueeze(-1)  # (..., 1): updates applied before this one
+    t = t0 + 1.0
+    m_old, fast_old, slow_old, v_old = moments.unbind(-2)
+    fast_decay, slow_decay = spec.decays
+    m = torch.lerp(m_old, g, 1.0 - spec.beta1)
+    fast = torch.lerp(fast_old, g, 1.0 - fast_decay)
+    slow = torch.lerp(slow_old, g, 1.0 - slow_decay)
+    v = v_old * spec.beta2 + (1.0 - spec.beta2) * g * g
+    root_bias2 = torch.sqrt(1.0 - torch.pow(spec.beta2, t))
+    r = 1.0 / (torch.sqrt(v) / root_bias2 + spec.eps)
+    u = m / (1.0 - torch.pow(spec.beta1, t)) * r
+    features = [
+        u,
+        g * r,
+        fast / (1.0 - torch.pow(fast_decay, t)) * r,
+        slow / (1.0 - torch.pow(slow_decay, t)) * r,
+        w_normalised,
+    ]
+    fraction = t0 / horizon.to(dtype).unsqueeze(-1)
+    phi = [torch.tanh(10.0 * (fraction - c)) for c in spec.centres]
+    phi.append(torch.ones_like(fraction))
+    return features, torch.stack([m, fast, slow, v], -2), torch.stack(phi, -2)
+
+
+def update_eager(
+    spec: KernelSpec,
+    theta: torch.Tensor,
+    w: torch.Tensor,
+    g: torch.Tensor,
+    moments: torch.Tensor,
+    step: torch.Tensor,
+    horizon: torch.Tensor,
+    segments: tuple[int, ...],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update: ``(new w (..., N), new moments (..., 4, N))`` (see the module docstring).
+
+    Args:
+        theta: ``(..., D)``; w, g: ``(..., N)``; moments: ``(..., 4, N)``;
+        step, horizon: ``(...)`` (updates applied so far, the run's horizon);
+        segments: the lengths of the parameter tensors in the flat layout (sum N).
+
+    Pure, differentiable in everything, vmap-safe. The MLP is matrix products over the stacked
+    features.
+    """
+    chunks = w.split(segments, -1)
+    w_normalised = torch.cat(
+        [c * torch.rsqrt((c * c).mean(-1, keepdim=True) + RMS_EPS) for c in chunks], -1
+    )
+    features, new_moments, phi = _moments_and_features(
+        spec, w, g, moments, step, horizon, w_normalised
+    )
+    a, w1, wt, b1, *rest = unpack(spec, theta)
+    w3 = rest[-1]
+    x = torch.stack(features, -2)  # (..., F, N)
+    shift = wt @ phi + b1.unsqueeze(-1)  # (..., H, 1)
+    h = torch.relu(w1 @ x + shift)
+    if spec.layers == 2:
+        h = torch.relu(rest[0] @ h + rest[1].unsqueeze(-1))
+    d = (w3.unsqueeze(-2) @ h).squeeze(-2)
+    scale = spec.lr0 * torch.exp((a.unsqueeze(-2) @ phi).squeeze(-1))  # (..., 1)
+    return w - scale * (features[0] + d), new_moments
+
+
+def fused_update(
+    spec: KernelSpec,
+    theta: torch.Tensor,
+    w: torch.Tensor,
+    g: torch.Tensor,
+    moments: torch.Tensor,
+    step: torch.Tensor,
+    horizon: torch.Tensor,
+    segment_index: torch.Tensor,
+    inverse_counts: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`update_eager` written elementwise (what inductor fuses); the per-tensor RMS of
+    ``w`` is one index_add over ``segment_index (N,)`` (the tensor of each flat element) scaled
+    by ``inverse_counts (T,)`` (1 / each tensor's length), so the code is the same for every
+    architecture."""
+    lead = w.shape[:-1]
+    sums = torch.zeros(*lead, inverse_counts.shape[-1], dtype=w.dtype, device=w.device)
+    sums = sums.index_add(-1, segment_index, w * w)
+    inverse_rms = torch.rsqrt(sums * inverse_counts + RMS_EPS)
+    w_normalised = w * inverse_rms[..., segment_index]
+    features, new_moments, phi = _moments_and_features(
+        spec, w, g, moments, step, horizon, w_normalised
+    )
+    a, w1, wt, b1, *rest = unpack(spec, theta)
+    w3 = rest[-1]
+    hidden, num_time = spec.hidden, spec.num_time
+    phis = [phi[..., s, :] for s in range(num_time)]  # each (..., 1)
+
+    def col(block: torch.Tensor, *index: int) -> torch.Tensor:
+        return block[(..., *index)].unsqueeze(-1)  # (..., 1): one weight per problem
+
+    h = []
+    for k in range(hidden):
+        shift = col(b1, k)
+        for s in range(num_time):
+            shift = shift + col(wt, k, s) * phis[s]
+        pre = shift + sum(col(w1, k, j) * features[j] for j in range(NUM_FEATURES))
+        h.append(torch.relu(pre))
+    if spec.layers == 2:
+        w2, b2 = rest[0], rest[1]
+        h = [
+            torch.relu(col(b2, k) + sum(col(w2, k, j) * h[j] for j in range(hidden)))
+            for k in range(hidden)
+        ]
+    d = sum(col(w3, k) * h[k] for k in range(hidden))
+    log_scale = sum(col(a, s) * phis[s] for s in range(num_time))
+    scale = spec.lr0 * torch.exp(log_scale)
+    return w - scale * (features[0] + d), new_moments
+
+
+# -- the compile cache -----------------------------------------------------------------------------
+_COMPILED: dict[tuple[Any, ...], Callable[..., Any] | None] = {}
+_RAN: set[tuple[Any, ...]] = set()
+
+
+def compile_enabled() -> bool:
+    """False when the environment switches the fused path off (``LOPT_NOMINAL_COMPILE=0``)."""
+    return os.environ.get(COMPILE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def compiled_update(spec: KernelSpec, like: torch.Tensor) -> Callable[..., Any] | None:
+    """The compiled :func:`fused_update` for ``spec`` and tensors like ``like`` (its dtype,
+    device type and rank), built once per process; None where compiling failed before."""
+    key = (spec, like.dtype, like.device.type, like.dim())
+    if key not in _COMPILED:
+
+        def update(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return fused_update(spec, *args)
+
+        # dynamic=None (not True): Python floats (the spec's constants) stay compile-time
+        # constants; the sizes are marked dynamic below, so one graph serves every N, B, T
+        _COMPILED[key] = torch.compile(update, fullgraph=True)
+    return _COMPILED[key]
+
+
+def _mark_sizes_dynamic(args: tuple[torch.Tensor, ...]) -> None:
+    """Mark every size of the tensors dynamic except theta's last (D) and the moments' 4."""
+    theta, _, _, moments = args[:4]
+    for tensor in args:
+        for dim in range(tensor.dim()):
+            fixed = (tensor is theta and dim == tensor.dim() - 1) or (
+                tensor is moments and dim == tensor.dim() - 2
+            )
+            if not fixed:
+                torch._dynamo.maybe_mark_dynamic(tensor, dim)
+
+
+def run_fused(spec: KernelSpec, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The compiled update of ``args`` (as :func:`fused_update`'s after ``spec``), or None if it
+    cannot be compiled here (then it warns once, and later calls return None at once)."""
+    like = args[1]
+    compiled = compiled_update(spec, like)
+    if compiled is None:
+        return None
+    key = (spec, like.dtype, like.device.type, like.dim())
+    try:
+        if key not in _RAN:  # before the first compile; later shapes reuse its dynamic sizes
+            _mark_sizes_dynamic(args)
+        result = compiled(*args)
+        _RAN.add(key)
+        return result
+    except Exception as exc:  # inductor raises many kinds (no compiler, lowering errors)
+        _COMPILED[key] = None
+        warnings.warn(
+            f"nominal_mlp: torch.compile failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); using the eager update",
+            stacklevel=3,
+        )
+        return None
