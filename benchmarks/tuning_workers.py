@@ -68,14 +68,14 @@ def run(url: str, workers: int, trials: int, steps: int, out: Path) -> dict[str,
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--trials", type=int, default=64)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--storage", default="")
     parser.add_argument("--out", default="/tmp/lopt_tuning_workers")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     server = None
     if not args.storage:
         import pg_server

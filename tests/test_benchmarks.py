@@ -67,6 +67,10 @@ TINY: dict[str, tuple[list[str], bool]] = {
         ],
         False,
     ),
+    "tuning_workers.py": (
+        ["--workers", "2", "--trials", "4", "--steps", "5", "--out", "{tmp}/workers"],
+        False,
+    ),
     "tuning_trial_cost.py": (["--task", "quadratic", "--steps", "5"], False),
     "batched_throughput.py": (
         [
@@ -129,6 +133,11 @@ def test_benchmark_runs_to_its_verdict(
     """The script's ``main(argv)``, in this process (a crash raises here, with its traceback),
     returns 0 or 3; with a target, its last line is the verdict."""
     args, has_verdict = TINY[script]
+    if script == "tuning_workers.py":
+        import pg_server
+
+        if reason := pg_server.unavailable():
+            pytest.skip(f"tuning_workers.py needs a PostgreSQL server: {reason}")
     monkeypatch.chdir(tmp_path)  # what a script or `lopt tune` writes by default lands here
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     if "{storage}" in args:
