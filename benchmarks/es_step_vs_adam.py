@@ -39,6 +39,7 @@ import time
 from itertools import islice
 
 import torch
+from verdict import verdict
 
 from harness.meta.estimators import PESEstimator, PESState
 from harness.meta.truncation import InnerProblems
@@ -132,18 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         f"threads={torch.get_num_threads()}, {args.rounds} rounds; Adam step {adam_ms:.2f} ms"
     )
     print(f"{'variant':<12} {'pair ms/step':>12} {'per side':>9} {'per pair':>9}")
-    verdict = 0
+    missed = 0
     for name, values in ratios.items():
         pair = statistics.median(values)
         side = pair / 2
         print(f"{name:<12} {statistics.median(times[name]):>12.2f} {side:>8.2f}x {pair:>8.2f}x")
         if name.startswith("pes") or name == "inner":
-            verdict = max(verdict, int(side > args.limit))
-    print(
-        f"limit {args.limit} per side for the cheapest ES/PES variants (inner): "
-        f"{'met' if verdict == 0 else 'NOT met'}"
+            missed = max(missed, int(side > args.limit))
+    return verdict(
+        missed == 0, f"limit {args.limit} per side for the cheapest ES/PES variants (inner)"
     )
-    return verdict
 
 
 if __name__ == "__main__":

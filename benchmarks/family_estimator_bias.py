@@ -11,8 +11,8 @@ D = 1), theta = 0:
 
 Prints each estimator's mean and standard error, and each one's paired difference from the
 reference in standard errors. Verdict: PES within 3 standard errors and truncated ES outside.
-Exit 0 both hold, 1 not, anything else: a crash. tests/test_family_estimators.py asserts the
-same on the defaults.
+Exit 0 both hold, 3 not (``benchmarks/verdict.py``), anything else: a crash.
+tests/test_family_estimators.py asserts the same on the defaults.
 
 Usage::
 
@@ -28,6 +28,7 @@ import sys
 import time
 
 import torch
+from verdict import verdict
 
 from harness.meta.batched import BatchedAdam
 from harness.meta.family.estimators import (
@@ -41,7 +42,7 @@ from harness.meta.family.pairs import PairSchedule
 TOLERANCE = 3.0  # standard errors
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--truncation", type=int, default=5)
@@ -49,7 +50,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=26)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sigma", type=float, default=0.01)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     schedule = PairSchedule(
         "mlp_mix", args.seed, args.truncation, args.horizon, args.horizon, False, arch_groups=1
@@ -89,12 +90,11 @@ def main() -> int:
         )
     unbiased = abs(distance["pes"]) < TOLERANCE
     biased = abs(distance["tes"]) >= TOLERANCE
-    print(
-        f"verdict: PES {'within' if unbiased else 'OUTSIDE'} {TOLERANCE} standard errors of "
-        f"whole-run ES; truncated ES {'outside' if biased else 'WITHIN'}: "
-        + ("met" if unbiased and biased else "missed")
+    return verdict(
+        unbiased and biased,
+        f"PES {distance['pes']:+.2f} and truncated ES {distance['tes']:+.2f} standard errors from "
+        f"whole-run ES (PES within {TOLERANCE}, truncated ES outside)",
     )
-    return 0 if unbiased and biased else 1
 
 
 if __name__ == "__main__":

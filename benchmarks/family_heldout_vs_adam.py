@@ -1,11 +1,11 @@
 """How does a family meta-training run's theta do on its held-out set against Adam?
 
-Reads a run folder (``config.json`` and ``lopt.pt`` of ``lopt meta-train family=...``) and
+Reads a run folder (``config.json`` and ``lopt.safetensors`` of ``lopt meta-train family=...``) and
 scores on the run's own held-out set (:class:`harness.meta.family.heldout.HeldOutSet`: the same
 tasks, initialisations and horizons the run's ``heldout_*`` rows use), one thread:
 
 * the learner at its initial theta (for ``nominal_mlp``: Adam at ``lr0``);
-* the run's theta (``lopt.pt``);
+* the run's theta (``lopt.safetensors``);
 * batched Adam (the engine's ``BatchedAdam``) at each rate of ``--lrs``: a tuned constant-rate
   baseline on the same set.
 
@@ -36,17 +36,17 @@ from harness.settings.family import coerce_family_config
 from optimizers.checkpoint import load_lopt_checkpoint
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--lrs", default="0.001,0.003,0.01,0.03")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = json.loads((args.run / "config.json").read_text())
     cfg = coerce_family_config(data, parallel="single", out=str(args.run), progress=False)
     trainer = FamilyTrainer(cfg)  # builds nothing but the learner and the held-out set
     held_out = trainer.heldout_set
-    loaded = load_lopt_checkpoint(args.run / "lopt.pt")
+    loaded = load_lopt_checkpoint(args.run / "lopt.safetensors")
     step = loaded.meta_training.get("outer_step", "?")
     candidates = [
         (
@@ -54,7 +54,11 @@ def main() -> int:
             trainer.learner,
             trainer.learner.init_theta(derive_seed(cfg.seed, STREAM_THETA)),
         ),
-        (f"{cfg.learner} after {step} outer steps (lopt.pt)", loaded.learner, loaded.theta),
+        (
+            f"{cfg.learner} after {step} outer steps (lopt.safetensors)",
+            loaded.learner,
+            loaded.theta,
+        ),
     ]
     for lr in (float(x) for x in args.lrs.split(",")):
         candidates.append((f"Adam lr={lr:g}", BatchedAdam(lr=lr), torch.zeros(1)))

@@ -29,6 +29,7 @@ import time
 from itertools import islice
 
 import torch
+from verdict import verdict
 
 from harness.registry import create_learner, create_optimizer, create_task
 from harness.runner import make_train_step
@@ -97,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         f"ms/step, lopt {statistics.median(times['lopt']):.2f} ms/step; ratio median "
         f"{median:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); limit {args.limit}"
     )
-    return 0 if median <= args.limit else 1
+    return verdict(
+        median <= args.limit, f"median ratio {median:.3f} against the limit {args.limit}"
+    )
 
 
 if __name__ == "__main__":

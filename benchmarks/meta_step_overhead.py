@@ -46,9 +46,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from verdict import verdict
 
 from harness.meta.command import meta_train
-from harness.meta.trainer import LOG_FILE, MetaTrainer
+from harness.meta.trainer import LOG_FILE, build_trainer
 from harness.settings.meta import coerce_config
 
 LIMIT = 3.0
@@ -69,7 +70,7 @@ def overhead(args: argparse.Namespace) -> int:
         out=tempfile.mkdtemp(prefix="meta-overhead-"),
         progress=False,
     )
-    trainer = MetaTrainer(cfg)
+    trainer = build_trainer(cfg)
     problems = trainer.problems
 
     def plain() -> float:
@@ -115,7 +116,7 @@ def overhead(args: argparse.Namespace) -> int:
         f"plain {statistics.median(plains):.3f} s; ratio median {median:.2f} "
         f"(min {min(ratios):.2f}, max {max(ratios):.2f}); limit {args.limit}"
     )
-    return 0 if median <= args.limit else 1
+    return verdict(median <= args.limit, f"median meta/plain {median:.2f} against {args.limit}")
 
 
 def parallelism(args: argparse.Namespace) -> int:

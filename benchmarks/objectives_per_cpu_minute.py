@@ -21,8 +21,8 @@ different CPU time).
 
 Usage::
 
-    python benchmarks/objectives_per_cpu_minute.py [--seconds 180] [--out results/objectives]
-        [--only pes-log,es-mean]
+    python benchmarks/objectives_per_cpu_minute.py [--seconds 180] [--out outputs/objectives]
+        [--only pes-log,es-mean] [--horizon 2000]
 """
 
 from __future__ import annotations
@@ -88,8 +88,11 @@ def summary(folder: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=180.0)
-    parser.add_argument("--out", default="results/objectives")
+    parser.add_argument("--out", default="outputs/objectives")
     parser.add_argument("--only", default="", help="comma-separated variants")
+    parser.add_argument(
+        "--horizon", type=int, default=COMMON["horizon"], help="inner steps (2000; less: a try)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     chosen = [v for v in args.only.split(",") if v] or list(VARIANTS)
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             spent = float(log.loc[log.metric == "seconds", "value"].sum())
         if spent < args.seconds:  # the rest of the budget (a rerun continues a stopped run)
             budget = args.seconds - spent
-            meta_train(**COMMON, **VARIANTS[name], max_seconds=budget, out=str(folder))
+            settings = {**COMMON, **VARIANTS[name], "horizon": args.horizon}
+            meta_train(**settings, max_seconds=budget, out=str(folder))
         rows.append({"variant": name, **summary(folder)})
         print(f"{name}: {rows[-1]}", flush=True)
     table = pd.DataFrame(rows)

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 from tuning_common import final_losses
+from verdict import MISSED
 
 from harness.plan import RunPlan, execute
 from harness.registry import OPTIMIZERS
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         verdict, ok = cross_check(grid_runs, tuned_runs, float(hparams["lr"]), objective)
         print(f"{args.task} {args.optimizer} {objective} (study {tags['study']}): {verdict}")
         failures += not ok
-    return 1 if failures else 0
+    return MISSED if failures else 0
 
 
 def run_or_read(plans: list[RunPlan], out: Path, workers: int = 1) -> pd.DataFrame:

@@ -3,8 +3,8 @@
 Tunes Adam's learning rate on ``mnist5k_cnn16`` twice with the same protocol (objective: the
 validation loss after ``--budget-steps`` steps, one tuning seed, no pruning): once over a dense
 13-point log grid on [1e-5, 1] (DeepOBS-style), once with TPE for 20 trials (the default first
-trial is Adam's default lr, 1e-3). Prints both best objectives and their ratio; exits 1 unless
-TPE lands within ``--tolerance`` (2%) of the grid's best, or below it.
+trial is Adam's default lr, 1e-3). Prints both best objectives and their ratio; exits 3
+(``verdict.MISSED``) unless TPE lands within ``--tolerance`` (2%) of the grid's best, or below it.
 
     python benchmarks/tuning_grid_vs_tpe.py [--budget-steps 300] [--storage URL]
 
@@ -18,6 +18,8 @@ import argparse
 import sys
 import tempfile
 import time
+
+from verdict import MISSED
 
 from harness.tuning.tuner import TuneSettings, tune
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         f"TPE best / grid best = {tpe:.5f} / {grid:.5f} = {ratio:.4f}: {verdict} "
         f"(limit {1 + args.tolerance:.2f}; budget {args.budget_steps} steps)"
     )
-    return 0 if verdict == "OK" else 1
+    return 0 if verdict == "OK" else MISSED
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from harness.registry import (
     register_optimizer,
     register_task,
 )
+from harness.shadowing import check_shadowing
+
+check_shadowing()  # a local tasks.py or optimizers.py would break the harness obscurely
 
 __all__ = [
     "DatasetUnavailableError",

@@ -1,17 +1,21 @@
 """``lopt``: the command line, a thin entrance to Hydra-composed configs.
 
-    lopt list tasks|optimizers|suites [PATTERN] [plugins=MODULE,...]
+    lopt list tasks|optimizers|learners|suites [PATTERN] [plugins=MODULE,...]
     lopt bench [-m] task=NAME[,NAME...] optimizer=NAME[,NAME...] [optimizer.lr=0.01] [steps=N]
-               [seeds=N] [workers=N] [out=PATH.csv] [device=cpu|cuda] [threads=N] ...
+               [seeds=N] [workers=N] [out=PATH.csv] [mode=new|append|replace]
+               [device=cpu|cuda] [threads=N] ...
     lopt suite name=SUITE [seeds=N] [workers=N] [out=PATH.csv] [report=true] [fresh=true] ...
     lopt report in=PATH.csv out=DIR [reference=OPTIMIZER] [target_split=train] [kind=comparison]
+                [mode=new|replace]
     lopt tune task=NAME optimizer=NAME[,NAME...] trials=N objective=valid_loss|train_loss
               budget_steps=S [until=trials|saturated] [sampler=tpe|random|grid|qmc]
               [pruner=median|none] [storage=URL] [search.lr=[LOW,HIGH]] ...
     lopt studies [storage=URL] [out=DIR]
-    lopt meta-train task=NAME estimator=merged|rp|es objective=train|valid outer_steps=N out=DIR
+    lopt meta-train task=NAME learner=mlp|hparams|adam_residual|... estimator=merged|rp|es|pes
+                    objective=train|valid loss=mean|log|log_mean|final outer_steps=N out=DIR
     lopt meta-train family=NAME [learner=nominal_mlp] [estimator=pes|tes] [pairs=32] [out=DIR]
     lopt pathology [study=all|landscape|variance|training|truncation] [out=DIR] [quick=true]
+    lopt select-snapshot run=DIR [snapshots=[0,5,10]] [seeds=5] [first_seed=200] [workers=2]
 
 Overrides are Hydra's ``key=value``. Optimizer hyperparameters are ``optimizer.NAME=VALUE``
 (``optimizer.lr=0.01``); task settings are ``task.NAME=VALUE``. In ``bench``, comma lists of
@@ -21,7 +25,10 @@ hyperparameter and ``search.NAME=[LOW,HIGH]`` (or ``true``/``false``) changes th
 ``until=saturated`` tunes until the study meets the saturation rule, ``trials`` being the cap.
 ``lopt bench ... tuned=true`` takes the hyperparameters from the stored tuning study
 (``tuning.objective``, ``tuning.budget_steps``, ``tuning.sampler``, ``tuning.storage`` select it).
-``lopt COMMAND --help`` prints the command's keys and defaults.
+``lopt COMMAND --help`` prints the command's keys, their defaults and what each means.
+Default outputs land under ``outputs/`` (git ignores it). A results file that exists is kept:
+``mode=append`` adds a bench's runs to it, ``mode=replace`` replaces it (a report's folder that
+holds files: ``mode=replace`` writes into it).
 
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 3 a suite finished
 without some of its tasks (their data is not here: the last lines say which; their earlier
@@ -47,7 +54,17 @@ if TYPE_CHECKING:
 
 ALWAYS_SWEPT = {"bench": ("task", "optimizer"), "tune": ("task", "optimizer")}
 INCOMPLETE = 3  # the exit code of a suite that could not run some of its tasks
-COMMANDS = ("list", "bench", "suite", "report", "tune", "studies", "meta-train", "pathology")
+COMMANDS = (
+    "list",
+    "bench",
+    "suite",
+    "report",
+    "tune",
+    "studies",
+    "meta-train",
+    "pathology",
+    "select-snapshot",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,11 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"lopt: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            "lopt: interrupted; finished runs are saved: rerun the same command to resume",
-            file=sys.stderr,
+    except KeyboardInterrupt as exc:
+        message = getattr(exc, "message", None) or (
+            "finished runs are saved: rerun the same command to resume"
         )
+        print(f"lopt: interrupted; {message}", file=sys.stderr)
         return 130
 
 
@@ -97,6 +114,7 @@ def dispatch(args: list[str]) -> int:
         "studies": studies_command,
         "meta-train": meta_train_command,
         "pathology": pathology_command,
+        "select-snapshot": select_snapshot_command,
     }
     return handlers[command](overrides, multirun=multirun, show_help=show_help)
 
@@ -339,7 +357,37 @@ def _print_help(command: str) -> int:
     print(_usage())
     print(f"\n`lopt {command}` keys and their defaults:\n")
     print(OmegaConf.to_yaml(cfg))
+    print(f"What the keys of `lopt {command}` mean:\n")
+    print("\n".join(command_help(command, [str(k) for k in cfg])))
     return 0
+
+
+def command_help(command: str, keys: list[str]) -> list[str]:
+    """One line per key, its meaning as its settings declare it
+    (:mod:`harness.settings.help`)."""
+    import dataclasses
+
+    from harness.settings import report as report_settings
+    from harness.settings.bench import BenchConfig
+    from harness.settings.help import dict_key_docs, help_lines, key_docs
+    from harness.settings.meta import MetaTrainCommandConfig
+    from harness.settings.suite import SuiteConfig
+    from harness.settings.tune import TuneConfig
+
+    schemas = {
+        "bench": BenchConfig,
+        "suite": SuiteConfig,
+        "tune": TuneConfig,
+        "studies": report_settings.StudiesConfig,
+        "meta-train": MetaTrainCommandConfig,
+    }
+    if command == "report":
+        docs = dict_key_docs(report_settings, "REPORT_DEFAULTS")
+    else:
+        schema = schemas[command]
+        docs = key_docs(schema)
+        keys = [f.name for f in dataclasses.fields(schema)]
+    return help_lines(docs, keys)
 
 
 def _usage() -> str:
@@ -356,9 +404,10 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
     parsed = parse_overrides(overrides)
     configs = composed("bench", parsed, multirun)
     plans: list[RunPlan] = []
-    outs = {cfg.out for cfg in configs}
+    outs = {(cfg.out, cfg.mode) for cfg in configs}
     if len(outs) != 1:
-        raise UsageError("out cannot be swept: one bench writes one results file")
+        raise UsageError("out and mode cannot be swept: one bench writes one results file")
+    check_out_file(configs[0].out, configs[0].mode)
     explicit = explicit_hparams(parsed)
     for cfg in configs:
         _check_run_settings(cfg)
@@ -393,14 +442,47 @@ def bench_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
                     tags=tags,
                 )
             )
+    keep = None
+    if configs[0].mode == "append" and Path(configs[0].out).exists():
+        plans, keep = runs_to_append(plans, Path(configs[0].out))
+        if not plans:
+            return 0
     execute(
         plans,
         configs[0].out,
         resume=configs[0].resume,
         workers=configs[0].workers,
         plugin_modules=list(configs[0].plugins),
+        keep=keep,
     )
     return 0
+
+
+def runs_to_append(plans: list[Any], out: Path) -> tuple[list[Any], Any]:
+    """``mode=append``: the resolved plans whose runs ``out`` lacks, and ``out``'s rows (kept)."""
+    from harness.plan import resolve_plans
+    from harness.results.io import read_results
+
+    existing = read_results(out)
+    planned = resolve_plans(plans)
+    have = set(existing["run_id"])
+    todo = [p for p in planned if p.run_id not in have]
+    if len(todo) < len(planned):
+        _log(
+            f"mode=append: {len(planned) - len(todo)} of {len(planned)} runs are already in "
+            f"{out}; {'nothing to run' if not todo else f'running the other {len(todo)}'}"
+        )
+    return todo, existing
+
+
+def check_out_file(out: str, mode: str) -> None:
+    """Before any work: ``out`` is a results file that can be written, and an existing one is
+    refused unless ``mode`` says how to treat it (:mod:`harness.outputs`)."""
+    from harness.outputs import check_existing
+    from harness.results.io import check_results_target
+
+    check_existing(out, mode)
+    check_results_target(out)
 
 
 def explicit_hparams(parsed: list[Any]) -> dict[str, Any]:
@@ -427,6 +509,7 @@ def _check_run_settings(cfg: DictConfig, warmup: bool = True) -> None:
 # -- lopt suite ------------------------------------------------------------------------------------
 def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
     from harness.config import list_suites
+    from harness.results.io import check_results_target
     from harness.suite import SuiteRun, run_suite
 
     # `name=X` selects the suite file: it is the `suite` config group.
@@ -447,22 +530,21 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
     _check_run_settings(cfg)
     seeds = cfg.seeds if cfg.seeds is not None else cfg.suite.seeds
     at_least("seeds", seeds, 1)
-    outcome = run_suite(
-        SuiteRun(
-            suite=cfg.suite,
-            seeds=seeds,
-            device=cfg.device,
-            warmup_steps=cfg.warmup_steps,
-            out=Path(cfg.out) if cfg.out else None,
-            report=cfg.report,
-            reference=cfg.reference,
-            resume=cfg.resume,
-            fresh=cfg.fresh,
-            workers=cfg.workers,
-            plugin_modules=list(cfg.plugins),
-        ),
-        log=_log,
+    settings = SuiteRun(
+        suite=cfg.suite,
+        seeds=seeds,
+        device=cfg.device,
+        warmup_steps=cfg.warmup_steps,
+        out=Path(cfg.out) if cfg.out else None,
+        report=cfg.report,
+        reference=cfg.reference,
+        resume=cfg.resume,
+        fresh=cfg.fresh,
+        workers=cfg.workers,
+        plugin_modules=list(cfg.plugins),
     )
+    check_results_target(settings.results_path)  # before any work (the suite updates it)
+    outcome = run_suite(settings, log=_log)
     if not outcome.complete:
         tasks = ", ".join(item.task for item in outcome.skipped)
         print(
@@ -476,6 +558,7 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
 
 # -- lopt report -----------------------------------------------------------------------------------
 def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.outputs import check_existing_folder, check_writable
     from harness.results.io import read_results
     from harness.results.report import build_report
     from harness.settings.report import check_report
@@ -484,6 +567,8 @@ def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> 
         return _print_help("report")
     (cfg,) = composed("report", parse_overrides(overrides), multirun=False)
     check_report(cfg)
+    check_existing_folder(str(cfg.out), str(cfg.mode))
+    check_writable(str(cfg.out))  # before any work
     frame = read_results(str(cfg["in"]))
     if cfg.kind == "comparison":
         from harness.results.comparison import build_comparison_report
@@ -569,6 +654,7 @@ def _log(message: str) -> None:
 
 
 def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.outputs import check_writable
     from harness.tuning.export import (
         plot_best_so_far,
         plot_objective_vs_lr,
@@ -582,6 +668,7 @@ def studies_command(overrides: list[str], *, multirun: bool, show_help: bool) ->
     if show_help:
         return _print_help("studies")
     (cfg,) = composed("studies", parse_overrides(overrides), multirun=False)
+    check_writable(cfg.out)
     frame = studies_frame(cfg.storage)
     studies = load_studies(cfg.storage)
     out = Path(cfg.out)
@@ -627,6 +714,12 @@ def meta_train_command(overrides: list[str], *, multirun: bool, show_help: bool)
 
 def pathology_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
     from harness.pathology.command import pathology_command as run
+
+    return run(overrides, multirun=multirun, show_help=show_help)
+
+
+def select_snapshot_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    from harness.meta.selection import select_snapshot_command as run
 
     return run(overrides, multirun=multirun, show_help=show_help)
 

@@ -25,3 +25,11 @@ class DatasetUnavailableError(UsageError):
 
 class RegistrationError(HarnessError):
     """Two different plugins claimed the same name, or a plugin is malformed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was saved and how to go on (the CLI prints ``message``, exit 130)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from harness.defaults import LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, TASKS, create_optimizer, create_task
-from harness.results.io import check_results_path, read_results, write_results
+from harness.results.io import check_results_target, read_results, write_results
 from harness.results.schema import canonical_json
 from harness.runner import RunResult, RunSpec, execute_run, run_spec
 from harness.settings.validate import at_least
@@ -158,7 +158,7 @@ def execute(
     """
     out = Path(out)
     at_least("workers", workers, 1)
-    check_results_path(out)
+    check_results_target(out)  # before any work: the format, its engine, a writable folder
     planned = resolve_plans(plans)
     log = log or _stderr
     unique = {p.run_id: p for p in planned}
@@ -173,7 +173,8 @@ def execute(
     labels = dict(zip(unique, run_labels([p.plan for p in unique.values()]), strict=True))
     todo = [(p, labels[run_id]) for run_id, p in unique.items() if run_id not in done]
     show_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
-    progress = Progress(len(unique), len(already), log, show_bars)
+    work = {label: (run.plan.task, run.spec.steps) for run, label in todo}
+    progress = Progress(len(unique), len(already), log, show_bars, work=work, workers=workers)
     try:
         if workers == 1 or len(todo) <= 1:
             tasks: dict[tuple[str, str, str], Task] = {}  # each dataset is loaded once
@@ -263,11 +264,35 @@ def _shown(value: Any) -> str:
 
 class Progress:
     """The progress of one :func:`execute`: a line per finished run (with the elapsed time and
-    an estimate of the time left) and, when ``bars``, a tqdm bar over the runs."""
+    an estimate of the time left) and, when ``bars``, a tqdm bar over the runs.
 
-    def __init__(self, total: int, already: int, log: Log, bars: bool) -> None:
+    The estimate weighs the runs left by their cost: each run's step budget times its task's
+    measured seconds per step (the wall time between finished runs, times ``workers``, over
+    their steps, per task). While a task left has no finished run yet its cost is unknown:
+    the line says ``ETA >X`` and names the task, instead of guessing.
+
+    Args:
+        work: ``{label: (task, steps)}`` of the runs to do (None: every run counts the same).
+        workers: runs at a time.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        already: int,
+        log: Log,
+        bars: bool,
+        *,
+        work: dict[str, tuple[str, int]] | None = None,
+        workers: int = 1,
+    ) -> None:
         self.total, self.count, self.log = total, already, log
         self.started, self.finished_here = time.monotonic(), 0
+        self.last = self.started
+        self.work = dict(work or {})
+        self.workers = max(1, workers)
+        self.seconds: dict[str, float] = {}  # per task: worker-seconds of its finished runs
+        self.steps: dict[str, int] = {}  # per task: steps of its finished runs
         self.bar = (
             tqdm(total=total, initial=already, desc="runs", unit="run", file=sys.stderr)
             if bars
@@ -275,17 +300,36 @@ class Progress:
         )
 
     def finished(self, label: str, summary: str) -> None:
+        now = time.monotonic()
         self.count += 1
         self.finished_here += 1
-        elapsed = time.monotonic() - self.started
-        left = self.total - self.count
-        eta = elapsed / self.finished_here * left
+        elapsed = now - self.started
+        task, steps = self.work.pop(label, ("", 0))
+        self.seconds[task] = self.seconds.get(task, 0.0) + (now - self.last) * self.workers
+        self.steps[task] = self.steps.get(task, 0) + max(1, steps)
+        self.last = now
         self.log(
             f"[{self.count}/{self.total}] {label}: {summary}; elapsed {duration(elapsed)}, "
-            f"ETA {duration(eta)}"
+            f"{self.eta(elapsed)}"
         )
         if self.bar is not None:
             self.bar.update(1)
+
+    def eta(self, elapsed: float) -> str:
+        """``ETA 3m05s``, or ``ETA >40s (fmnist_cnn16 not timed yet)``."""
+        left = self.total - self.count
+        if not self.work:  # no costs known: each run as long as the mean so far
+            return f"ETA {duration(elapsed / max(1, self.finished_here) * left)}"
+        known, unknown = 0.0, []
+        for task, steps in self.work.values():
+            if task in self.steps:
+                known += max(1, steps) * self.seconds[task] / self.steps[task]
+            elif task not in unknown:
+                unknown.append(task)
+        eta = duration(known / self.workers)
+        if unknown:
+            return f"ETA >{eta} ({', '.join(unknown)} not timed yet)"
+        return f"ETA {eta}"
 
     def close(self) -> None:
         if self.bar is not None:

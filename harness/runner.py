@@ -21,7 +21,7 @@ What happens in a run, in order:
    ``divergence_factor * max(1, first minibatch loss)`` (``diverged``; the rows so far are kept
    and the diverged parameters are still evaluated, so the table shows what happened).
 
-The timing contract is in TIMING.md; the row schema in :mod:`harness.results.schema`.
+The timing contract is in docs/timing.md; the row schema in :mod:`harness.results.schema`.
 """
 
 from __future__ import annotations

@@ -285,7 +285,9 @@ def fresh_storage(settings: SuiteRun) -> str:
 
 
 def fresh_checkpoint(settings: SuiteRun, entry: SuiteEntry) -> Path:
-    return settings.fresh_dir / "meta" / entry.optimizer / "lopt.pt"
+    from harness.meta.trainer import LOPT_FILE
+
+    return settings.fresh_dir / "meta" / entry.optimizer / LOPT_FILE
 
 
 def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> None:
@@ -295,6 +297,7 @@ def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> No
     of growing caps up to the suite's ``tuning.trials``, each study with its own tag and tuning
     seeds), one campaign per sampler and cap."""
     from harness.meta.command import meta_train
+    from harness.meta.trainer import LOPT_FILE
     from harness.tuning.campaign import Campaign, StudySpec, caps_up_to, run_campaign
 
     suite = settings.suite
@@ -344,7 +347,7 @@ def prepare_fresh(settings: SuiteRun, entries: list[SuiteEntry], log: Log) -> No
                         "resume": True,
                     }
                 )
-                previous = out / "lopt.pt"
+                previous = out / LOPT_FILE
 
 
 def meta_train_stages(meta_train: Any) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """The timing layer: a stopwatch that only counts what is inside its timed sections.
 
-The contract (TIMING.md has the whole of it):
+The contract (docs/timing.md has the whole of it):
 
 * Every clock read is ``time.perf_counter()`` preceded by a device synchronisation
   (``torch.cuda.synchronize`` on CUDA, ``torch.mps.synchronize`` on MPS, nothing on the CPU), so

@@ -1,9 +1,20 @@
 """Learned-optimizer checkpoints: ``theta`` plus the learner family and settings it belongs to.
 
-A checkpoint is a ``torch.save`` file of plain data (tensors, numbers, strings, lists, dicts),
-written atomically and read with ``torch.load(weights_only=True)``, which never executes code
-from the file. Anything wrong with a file (missing, corrupted, another format, a newer format
-version, an unknown family, a theta that does not fit its learner) is a one-line
+A checkpoint is a safetensors file (``NAME.safetensors``, https://huggingface.co/docs/safetensors,
+what ``lopt meta-train`` and :func:`publish` write): the one tensor ``theta`` and, in the file's
+string metadata, ``format``, ``format_version`` and ``record``, the JSON of every other field
+below. Any safetensors reader loads it without this package::
+
+    from safetensors import safe_open
+    with safe_open("lopt_mnist5k_train.safetensors", "pt") as f:
+        theta, record = f.get_tensor("theta"), json.loads(f.metadata()["record"])
+
+Files written before (``NAME.pt``: a ``torch.save`` of the same fields) still load, read with
+``torch.load(weights_only=True)``, which never executes code from the file; a ``.pt`` path that
+no longer exists resolves to the ``.safetensors`` beside it (:func:`resolve_checkpoint`), so
+commands naming the old files keep working. Both containers are written atomically. Anything
+wrong with a file (missing, corrupted, another format, a newer format version, an unknown
+family, a theta that does not fit its learner) is a one-line
 :class:`~harness.errors.UsageError` that says what the file is and what to do.
 
 Format ``lopt-harness/learned-optimizer``, version 2::
@@ -28,11 +39,14 @@ Python) a shipped name such as ``lopt_mnist5k_train`` works as well as a path
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 
 from harness._version import __version__
 from harness.errors import UnknownNameError, UsageError
@@ -45,6 +59,9 @@ FORMAT_VERSION = 2
 LEGACY_FAMILY = "mlp"
 #: the folder of the shipped checkpoints (served by name, see optimizers.pretrained)
 PRETRAINED_DIR = Path(__file__).with_name("pretrained")
+#: the container new checkpoints are written in; ``LEGACY_SUFFIX`` files still load
+SUFFIX = ".safetensors"
+LEGACY_SUFFIX = ".pt"
 
 
 @dataclass(frozen=True)
@@ -67,21 +84,33 @@ class LOptCheckpoint:
         return str(self.learner.family)
 
 
+def shipped_checkpoints(folder: Path = PRETRAINED_DIR) -> dict[str, Path]:
+    """The shipped checkpoints by name: ``folder/NAME.safetensors``, else ``folder/NAME.pt``."""
+    found: dict[str, Path] = {}
+    for suffix in (LEGACY_SUFFIX, SUFFIX):  # the safetensors file wins
+        for path in sorted(folder.glob(f"*{suffix}")):
+            found[path.stem] = path
+    return dict(sorted(found.items()))
+
+
 def shipped_names() -> list[str]:
-    """The names of the shipped checkpoints (``optimizers/pretrained/NAME.pt``)."""
-    return sorted(path.stem for path in PRETRAINED_DIR.glob("*.pt"))
+    """The names of the shipped checkpoints (``optimizers/pretrained/NAME.safetensors``)."""
+    return list(shipped_checkpoints())
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
-    """The file a checkpoint argument names: an existing path, else a shipped name.
+    """The file a checkpoint argument names: an existing path, else (for a ``.pt`` path that is
+    gone) the ``.safetensors`` file beside it, else a shipped name.
 
-    Raises ``UsageError`` naming the shipped checkpoints when it is neither.
+    Raises ``UsageError`` naming the shipped checkpoints when it is none of them.
     """
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = PRETRAINED_DIR / f"{name_or_path}.pt"
-    if "/" not in str(name_or_path) and shipped.is_file():
+    if path.suffix == LEGACY_SUFFIX and path.with_suffix(SUFFIX).is_file():
+        return path.with_suffix(SUFFIX)
+    shipped = shipped_checkpoints().get(str(name_or_path))
+    if "/" not in str(name_or_path) and shipped is not None:
         return shipped
     raise UsageError(
         f"learned-optimizer checkpoint {str(name_or_path)!r} does not exist; give a file "
@@ -96,6 +125,10 @@ def save_lopt_checkpoint(
     meta_training: dict[str, Any],
 ) -> Path:
     """Write a learned-optimizer checkpoint atomically; returns its path.
+
+    A ``path`` ending in ``.safetensors`` (what the harness writes) gets a safetensors file,
+    any other a ``torch.save`` file (the older container, kept for files that must be read by
+    older versions of this package).
 
     Args:
         theta: ``(P,)`` meta-parameters (stored as float32 on the CPU).
@@ -112,7 +145,55 @@ def save_lopt_checkpoint(
         "meta_training": meta_training,
         **provenance(),
     }
-    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+    return write_payload(path, payload)
+
+
+def convert_to_safetensors(path: str | Path) -> Path:
+    """Write the ``.safetensors`` file beside a ``.pt`` checkpoint, with the same fields (theta
+    bit for bit, the record unchanged); returns its path. An existing ``.safetensors`` file is
+    never overwritten (a one-line ``UsageError``)."""
+    source = Path(path)
+    target = source.with_suffix(SUFFIX)
+    if target.exists():
+        raise UsageError(f"{str(target)!r} exists already; remove it to convert {str(source)!r}")
+    fields = load_payload(source, LOPT_FORMAT, "learned-optimizer checkpoint", remedy="")
+    return write_payload(target, fields)
+
+
+def write_payload(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a checkpoint's fields (``theta`` and plain data) atomically, as safetensors when
+    ``path`` ends in ``.safetensors`` (``theta`` the tensor, the rest the JSON ``record``),
+    else with ``torch.save``; returns the path."""
+    if Path(path).suffix != SUFFIX:
+        return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+    theta = payload["theta"].detach().to(device="cpu", dtype=torch.float32).contiguous()
+    record = {key: value for key, value in payload.items() if key != "theta"}
+    metadata = {
+        "format": str(record.pop("format")),
+        "format_version": str(record.pop("format_version")),
+        "record": json.dumps(record, sort_keys=True),
+    }
+    return write_atomically(path, lambda tmp: save_file({"theta": theta}, tmp, metadata=metadata))
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """The fields of a safetensors checkpoint, as :func:`write_payload` stored them (raises
+    ``ValueError``, ``OSError`` or ``SafetensorError`` on a file that is not one)."""
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata() or {}
+    tensors = load_file(str(path))
+    if "format" not in metadata:
+        return dict(tensors)
+    record = json.loads(metadata.get("record", "{}"))
+    if not isinstance(record, dict):
+        raise ValueError("its record is not a JSON object")
+    version = metadata.get("format_version", "")
+    return {
+        **record,
+        **tensors,
+        "format": metadata["format"],
+        "format_version": int(version) if version.isdigit() else version,
+    }
 
 
 def load_lopt_checkpoint(name_or_path: str | Path) -> LOptCheckpoint:
@@ -160,9 +241,15 @@ def load_payload(path: str | Path, expected_format: str, what: str, remedy: str)
     if not path.is_file():
         raise UsageError(f"{what} {str(path)!r} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == SUFFIX:
+            data = read_safetensors(path)
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds (pickle, zip, unpickler errors)
-        if "Unsupported global" in str(exc):  # a pickled class or function
+        if isinstance(exc, SafetensorError | ValueError) and path.suffix == SUFFIX:
+            kind = type(exc).__name__
+            reason = f"it is truncated, corrupted or not a safetensors checkpoint ({kind})"
+        elif "Unsupported global" in str(exc):  # a pickled class or function
             reason = (
                 "it holds Python objects besides tensors and plain data "
                 "(refused: loading them could run code)"

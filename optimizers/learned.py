@@ -19,8 +19,9 @@ parameter (``t`` = updates applied so far in this inner run). The MLP (default 1
 The weights of the MLP are one flat tensor ``theta`` (:func:`init_theta`, :func:`unpack_theta`).
 With ``theta`` fixed the learned optimizer is an ordinary optimizer of the harness
 (:class:`LearnedOptimizer`, registered as ``lopt``; ``optimizer.checkpoint=PATH`` loads a
-meta-trained ``theta``) and a ``torch.optim.Optimizer`` (:class:`LOpt`). Meta-training calls the
-very same function, :meth:`LearnedOptimizer.apply`, with a ``theta`` that requires gradients.
+meta-trained ``theta``) and a ``torch.optim.Optimizer`` (:class:`optimizers.torch_optim.LOpt`).
+Meta-training calls the very same function, :meth:`LearnedOptimizer.apply`, with a ``theta``
+that requires gradients.
 
 How it is computed (the per-step cost matters: the learned optimizer is timed like any other):
 all parameters are concatenated into one flat vector, the features are a ``(F, N)`` matrix (one
@@ -34,7 +35,7 @@ under ``torch.func.vmap``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -596,98 +597,12 @@ class LearnedOptimizer(Optimizer):
         return self.learner.apply(theta, grads, state, params, reuse_buffers=reuse_buffers)
 
 
-# -- torch.optim -----------------------------------------------------------------------------------
-class LOpt(torch.optim.Optimizer):
-    """A learned optimizer as a ``torch.optim.Optimizer``, for any PyTorch training loop::
+# -- torch.optim ---------------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    """``LOpt`` lives in :mod:`optimizers.torch_optim`; ``from optimizers.learned import LOpt``
+    keeps working (resolved on first access, so the two modules import no cycle)."""
+    if name == "LOpt":
+        from optimizers.torch_optim import LOpt
 
-        opt = LOpt(model.parameters(), checkpoint="lopt_mnist5k_train")  # or "meta/lopt.pt"
-        loss.backward(); opt.step(); opt.zero_grad()
-
-    It computes exactly what :class:`LearnedOptimizer` computes (the same function), over all
-    parameters that have a gradient, all groups together (the per-tensor normalisation is per
-    parameter tensor, so groups change nothing). Per-parameter state: ``step`` and one view per
-    entry of the learner's state (for the paper's MLP ``accumulators``, ``(A, numel)``), views of
-    one flat buffer per entry; the time feature's ``t`` is the number of steps this optimizer
-    has taken. ``state_dict``/``load_state_dict`` work as usual.
-
-    Args:
-        params: parameters or parameter groups (groups take no options).
-        checkpoint: a ``lopt meta-train`` checkpoint or a shipped name; None: untrained.
-        theta, learner: meta-parameters given directly instead of a checkpoint (``learner``
-            a :class:`optimizers.base.MetaLearnable` or an :class:`LOptArchitecture`; default
-            the paper's MLP).
-    """
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        checkpoint: str | None = None,
-        *,
-        theta: torch.Tensor | None = None,
-        learner: MetaLearnable | LOptArchitecture | None = None,
-    ) -> None:
-        super().__init__(params, {})
-        if theta is not None:
-            if checkpoint:
-                raise UsageError("give LOpt a checkpoint or a theta, not both")
-            self.functional = LearnedOptimizer.from_theta(theta, learner)
-        else:
-            self.functional = LearnedOptimizer(checkpoint=str(checkpoint or ""))
-        self._flat_key: tuple[int, ...] | None = None
-        self._flat_state: dict[str, torch.Tensor] = {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._flat_key = None  # loaded per-parameter tensors: rebuild the flat buffers
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        """One update of every parameter that has a ``.grad``; returns ``closure()`` if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not params:
-            return loss
-        flat = self._gather_state(params)
-        step = max(self.state[p].get("step", 0) for p in params)
-        new_params, new_state = self.functional.update(
-            tuple(p.grad for p in params), {"step": step, **flat}, tuple(params)
-        )
-        torch._foreach_copy_(params, list(new_params))
-        for name, buffer in flat.items():
-            buffer.copy_(new_state[name])
-        for p in params:
-            self.state[p]["step"] = step + 1
-        return loss
-
-    def _gather_state(self, params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The learner's flat state tensors ``(..., N)`` whose column blocks are the
-        per-parameter ``state[p][name]`` views (rebuilt when the set of parameters changes)."""
-        key = tuple(id(p) for p in params)
-        if key == self._flat_key:
-            return self._flat_state
-        fresh = self.functional.init(tuple(params))
-        flat: dict[str, torch.Tensor] = {}
-        for name, initial in fresh.items():
-            if name == "step":
-                continue
-            blocks, offset = [], 0
-            for p in params:
-                block = initial[..., offset : offset + p.numel()]
-                existing = self.state[p].get(name)
-                if existing is not None and existing.shape == block.shape:
-                    block = existing.to(device=block.device, dtype=block.dtype)
-                blocks.append(block)
-                offset += p.numel()
-            flat[name] = torch.cat(blocks, dim=-1)
-        for name, buffer in flat.items():
-            offset = 0
-            for p in params:
-                self.state[p][name] = buffer[..., offset : offset + p.numel()]
-                offset += p.numel()
-        for p in params:
-            self.state[p].setdefault("step", 0)
-        self._flat_key, self._flat_state = key, flat
-        return flat
+        return LOpt
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

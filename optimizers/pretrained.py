@@ -1,23 +1,25 @@
 """Meta-trained learned optimizers shipped with the harness, served by name.
 
-Every ``optimizers/pretrained/NAME.pt`` (a ``lopt meta-train`` checkpoint) is registered as the
-optimizer ``NAME`` (e.g. ``optimizer=lopt_mnist5k_valid``), like timm's pretrained weights: a
-:class:`~optimizers.learned.LearnedOptimizer` whose checkpoint is fixed, with no
-hyperparameters. ``NAME.json`` beside it records its provenance: ``description`` (one line, shown
-by ``lopt list optimizers``), the ``command`` that produced it, and the meta-training wall-clock
-(the checkpoint itself also holds its whole meta-training config and git commit).
+Every ``optimizers/pretrained/NAME.safetensors`` (a ``lopt meta-train`` checkpoint, readable by
+any safetensors loader: ``theta`` plus its record as JSON metadata; see
+:mod:`optimizers.checkpoint`) is registered as the optimizer ``NAME`` (e.g.
+``optimizer=lopt_mnist5k_valid``), like timm's pretrained weights: a
+:class:`~optimizers.learned.LearnedOptimizer` whose checkpoint is fixed, with no hyperparameters.
+``NAME.json`` beside it records its provenance: ``description`` (one line, shown by
+``lopt list optimizers``), the ``command`` that produced it, and the meta-training wall-clock
+(the checkpoint itself also holds its whole meta-training config and git commit). A ``NAME.pt``
+(the older ``torch.save`` container) is served where no ``NAME.safetensors`` is beside it.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, Registry
-from optimizers.checkpoint import PRETRAINED_DIR
+from optimizers.checkpoint import PRETRAINED_DIR, SUFFIX, shipped_checkpoints
 from optimizers.learned import LearnedOptimizer
 
 
@@ -45,11 +47,12 @@ def pretrained_class(path: Path) -> type[LearnedOptimizer]:
 def register_pretrained(
     folder: Path = PRETRAINED_DIR, registry: Registry = OPTIMIZERS
 ) -> list[str]:
-    """Register every checkpoint in ``folder``; returns the names."""
+    """Register every checkpoint in ``folder`` (``NAME.safetensors``, else ``NAME.pt``);
+    returns the names."""
     names = []
-    for path in sorted(folder.glob("*.pt")):
-        registry.register(path.stem, source="builtin")(pretrained_class(path))
-        names.append(path.stem)
+    for name, path in shipped_checkpoints(folder).items():
+        registry.register(name, source="builtin")(pretrained_class(path))
+        names.append(name)
     return names
 
 
@@ -61,16 +64,23 @@ def publish(
     command: str,
     folder: Path = PRETRAINED_DIR,
 ) -> Path:
-    """Ship a ``lopt meta-train`` checkpoint as ``folder/NAME.pt`` with its ``NAME.json``.
+    """Ship a ``lopt meta-train`` checkpoint as ``folder/NAME.safetensors`` with its ``NAME.json``.
 
     The sidecar records the description, the command that produced the checkpoint and, read
     from the checkpoint (which is checked to load), its meta-training config, outer steps,
     meta-training wall-clock seconds, git commit and creation time, and, for a run that started
     at an earlier checkpoint (``init_from``), that chain (``curriculum``). Both files are written
-    atomically. Returns the ``.pt`` path; the optimizer ``NAME`` serves it on the next import.
+    atomically; the checkpoint's fields are copied unchanged (from either container) into the
+    safetensors file. Returns its path; the optimizer ``NAME`` serves it on the next import.
     """
     from harness.util import write_atomically
-    from optimizers.checkpoint import load_lopt_checkpoint
+    from optimizers.checkpoint import (
+        LOPT_FORMAT,
+        load_lopt_checkpoint,
+        load_payload,
+        resolve_checkpoint,
+        write_payload,
+    )
 
     loaded = load_lopt_checkpoint(checkpoint)
     meta = dict(loaded.meta_training)
@@ -91,8 +101,10 @@ def publish(
     if curriculum:
         info["curriculum"] = curriculum
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}.pt"
-    write_atomically(target, lambda tmp: shutil.copyfile(checkpoint, tmp))
+    target = folder / f"{name}{SUFFIX}"
+    source = resolve_checkpoint(checkpoint)
+    fields = load_payload(source, LOPT_FORMAT, "learned-optimizer checkpoint", remedy="")
+    write_payload(target, fields)
     write_atomically(
         target.with_suffix(".json"),
         lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n"),

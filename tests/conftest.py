@@ -16,3 +16,22 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """A throwaway PostgreSQL server for the session (tests/postgres.py); the test skips, with
+    the reason, where none can be started."""
+    import pg_server as postgres
+
+    reason = postgres.unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = postgres.Server()
+    try:
+        server.start()
+    except Exception as exc:
+        server.stop()
+        pytest.skip(f"PostgreSQL did not start: {exc}")
+    yield server
+    server.stop()

@@ -20,6 +20,7 @@ from optimizers.learned import LearnedOptimizer, LOpt
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_at_its_initial_theta_it_is_adam_for_100_steps() -> None:
     """100 training steps of digits_mlp: the same parameters as `adam` at lr0, to 1e-6."""
     task = create_task("digits_mlp")

@@ -76,9 +76,11 @@ def test_the_datasets_of_one_group_may_differ() -> None:
     assert sorted(ProblemBatch(tasks, range(4)).describe()["datasets"]) == ["digits", "mnist5k_8"]
 
 
-@pytest.mark.parametrize("backend", ["hand", "vmap"])
-def test_eval_loss_equals_the_tasks_evaluate(backend: str) -> None:
-    tasks = rescaled_group("mlp_mix", 3, 3)
+@pytest.mark.parametrize(
+    ("family", "arch", "backend"), [("mlp_mix", 3, "hand"), ("mlp_mix", 3, "vmap"), CASES[4]]
+)
+def test_eval_loss_equals_the_tasks_evaluate(family: str, arch: int, backend: str) -> None:
+    tasks = rescaled_group(family, arch, 3)
     batch = ProblemBatch(tasks, [1, 2, 3], backend=backend)
     w = batch.init_params() * 1.5  # not the init: any parameters
     for split in ("train", "valid", "test"):
@@ -192,3 +194,24 @@ def test_problems_are_grouped_by_architecture() -> None:
         ProblemBatch(sample_tasks("conv_mix", [0]), [0], backend="hand")
     with pytest.raises(ValueError, match="one init seed per task"):
         ProblemBatch(sample_tasks("conv_mix", [0]), [0, 1])
+
+
+def test_float32_matches_autograd_too() -> None:
+    """The float32 path (tanh through sigmoid, GELU, ReLU) against autograd on the ordinary
+    task in float32."""
+    for arch in (3, 4, 7):  # tanh, GELU, ReLU
+        tasks = rescaled_group("mlp_mix", arch, 3)
+        batch = ProblemBatch(tasks, [1, 2, 3])
+        w = batch.init_params()
+        steps = torch.tensor([0, 5, 9])
+        loss, grad = batch.loss_and_grad(w, steps)
+        for i, spec in enumerate(tasks):
+            task = build_task(spec)
+            params = tuple(p.requires_grad_(True) for p in task.init_params(i + 1))
+            batches = task.batches("train", i + 1)
+            for _ in range(int(steps[i]) + 1):
+                minibatch = next(batches)
+            ref = task.loss(params, minibatch)
+            ref_grad = torch.cat([g.flatten() for g in torch.autograd.grad(ref, params)])
+            assert abs(float(loss[i]) - float(ref.detach())) < 1e-5
+            torch.testing.assert_close(grad[i], ref_grad, rtol=1e-4, atol=1e-5)

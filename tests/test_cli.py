@@ -27,6 +27,7 @@ def only_line(text: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bench_writes_one_tidy_table_for_every_optimizer_and_seed(tmp_path, capsys) -> None:
     out = tmp_path / "x.csv"
     assert lopt("bench", *FAST, "optimizer=adam,sgd,momentum", "seeds=2", f"out={out}") == 0
@@ -146,6 +147,7 @@ def test_list_commands(capsys) -> None:
     assert lopt("list", "things") == 2
 
 
+@pytest.mark.slow
 def test_suite_runs_a_suite_file_and_writes_its_report(tmp_path, capsys) -> None:
     out = tmp_path / "smoke" / "results.csv"
     assert lopt("suite", "name=smoke", f"out={out}") == 0
@@ -162,6 +164,7 @@ def test_suite_runs_a_suite_file_and_writes_its_report(tmp_path, capsys) -> None
     assert "unknown suite 'smok'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_turns_a_results_file_into_tables_and_plots(tmp_path) -> None:
     results = tmp_path / "x.csv"
     assert lopt("bench", *FAST, "optimizer=adam,sgd", "seeds=2", f"out={results}") == 0
@@ -193,6 +196,7 @@ def test_a_typo_in_a_suite_key_names_the_closest_key(capsys) -> None:
     assert "seeds" in line.split("Its keys are: ")[1]
 
 
+@pytest.mark.slow
 def test_results_with_a_garbage_value_or_cut_off_name_the_row_and_column(tmp_path, capsys):
     good = tmp_path / "good.csv"
     assert lopt("bench", *FAST, "optimizer=sgd", f"out={good}") == 0
@@ -230,6 +234,7 @@ def test_threads_default_to_one(tmp_path) -> None:
         torch.set_num_threads(previous)
 
 
+@pytest.mark.slow
 def test_help_prints_the_usage_and_every_key_with_its_default(capsys) -> None:
     assert lopt() == 0 and "Exit codes:" in capsys.readouterr().out
     for command in ("bench", "suite", "report", "tune", "studies"):
@@ -240,6 +245,7 @@ def test_help_prints_the_usage_and_every_key_with_its_default(capsys) -> None:
     assert "\nthreads: 1\n" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_list_shows_local_plugins(tmp_path) -> None:
     (tmp_path / "my_local_opt.py").write_text(
         "from harness import register_optimizer\n"
@@ -267,6 +273,7 @@ def test_list_shows_local_plugins(tmp_path) -> None:
     assert "local_signsgd" in done.stdout and "A local plugin." in done.stdout
 
 
+@pytest.mark.slow
 def test_the_console_script_exits_2_on_bad_input(tmp_path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "harness.cli", "bench", "optimizer=nope", f"out={tmp_path}/a.csv"],
@@ -300,6 +307,7 @@ def write_plugin_distribution(root: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_an_entry_point_plugin_runs_through_the_cli(tmp_path) -> None:
     site = tmp_path / "site"
     site.mkdir()
@@ -337,6 +345,7 @@ def test_an_entry_point_plugin_runs_through_the_cli(tmp_path) -> None:
     assert set(frame.optimizer) == {"thirdparty_signsgd"} and set(frame.status) == {"completed"}
 
 
+@pytest.mark.slow
 def test_bench_writes_parquet_when_asked(tmp_path) -> None:
     pytest.importorskip("pyarrow")
     out = tmp_path / "x.parquet"

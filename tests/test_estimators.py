@@ -68,6 +68,7 @@ def smoothed_directional_derivative(setting, u: torch.Tensor, samples: int, seed
     return float(values.mean()), float(values.std() / math.sqrt(samples))
 
 
+@pytest.mark.slow
 def test_es_and_rp_are_unbiased_on_the_quadratic(setting) -> None:
     """Along the gradient direction and a random one, the means of 1,000 rp samples and of
     20,000 ES samples agree with the smoothed outer loss's directional derivative computed

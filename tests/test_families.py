@@ -154,3 +154,20 @@ def test_rescaling_keeps_the_function_and_scales_the_gradient() -> None:
     g_plain = torch.autograd.grad(loss_plain, p_plain)
     for gs, gp, s in zip(g_scaled, g_plain, spec.param_scale, strict=True):
         torch.testing.assert_close(gs, gp * s, rtol=1e-4, atol=1e-6)
+
+
+def test_a_fashion_mnist_member_runs_where_the_data_is_installed() -> None:
+    from harness.errors import DatasetUnavailableError
+    from tasks.data.fashion_mnist import load_fashion_mnist
+
+    try:
+        load_fashion_mnist(download=False)
+    except DatasetUnavailableError:
+        pytest.skip("Fashion-MNIST is not installed here")
+    member = next(
+        s for s in range(100) if sample_tasks("mlp_mix_fmnist", [s])[0].dataset == "fmnist_8"
+    )
+    task = create_task("mlp_mix_fmnist", member=member)
+    assert task.split_size("train") == 5000 and task.split_size("test") == 2000
+    params = task.init_params(0)
+    assert math.isfinite(float(task.loss(params, next(task.batches("train", 0)))))

@@ -158,6 +158,7 @@ def test_unreachable_mirror_is_reported(tmp_path: Path, monkeypatch: pytest.Monk
     assert "failed" in str(info.value)
 
 
+@pytest.mark.slow
 @needs_real_data
 def test_download_into_cache_then_task_loads_from_cache(
     monkeypatch: pytest.MonkeyPatch,

@@ -209,6 +209,7 @@ class TinyNet(nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
+@pytest.mark.slow
 def test_torch_optim_and_functional_give_the_same_trajectory() -> None:
     """LOpt in a plain PyTorch loop (backward, step, zero_grad) and LearnedOptimizer through
     the functional contract visit the same parameters at each of 25 steps."""

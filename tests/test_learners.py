@@ -1,6 +1,6 @@
 """Learner families and outer objectives: a plugin family trains and is served from its
-checkpoint (the README example), shipped names work wherever a checkpoint is accepted, and the
-outer loss evaluates exactly the steps and data its objective says."""
+checkpoint (the example of docs/extending.md), shipped names work wherever a checkpoint is
+accepted, and the outer loss evaluates exactly the steps and data its objective says."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from optimizers.learned_hparams import LearnedHParams, encode_theta
 from tasks.quadratic import Quadratic
 
 sys.path.insert(0, str(Path(__file__).parent))
-from readme_blocks import README, examples
+from readme_blocks import EXTENDING, examples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,13 +41,14 @@ def test_the_builtin_families_follow_the_contract() -> None:
         assert learner.init_theta(3).shape == (learner.num_theta,)
 
 
-def test_the_readme_learner_plugin_trains_and_is_served_from_its_checkpoint(
+@pytest.mark.slow
+def test_the_documented_learner_plugin_trains_and_is_served_from_its_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """The README's local learner family: `lopt list learners` shows it, `lopt meta-train`
+    """docs/extending.md's local learner family: `lopt list learners` shows it, `lopt meta-train`
     trains it and ends with a summary line, its checkpoint records the family, and
     `lopt bench optimizer=lopt optimizer.checkpoint=...` evaluates it."""
-    blocks = examples(README.read_text())
+    blocks = examples(EXTENDING.read_text())
     (tmp_path / "my_learner.py").write_text(blocks["my_learner.py"])
     monkeypatch.chdir(tmp_path)
     assert main(["list", "learners", "plugins=my_learner"]) == 0
@@ -55,7 +56,7 @@ def test_the_readme_learner_plugin_trains_and_is_served_from_its_checkpoint(
     commands = [line for line in blocks["learner-commands"].splitlines() if line.strip()]
     assert main(shlex.split(commands[0])[1:]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "meta/sign/lopt.pt: 20 outer steps" in summary and "CPU-hours" in summary
+    assert "meta/sign/lopt.safetensors: 20 outer steps" in summary and "CPU-hours" in summary
     assert (tmp_path / "meta/sign/meta_curves.png").is_file()  # the convergence report
     loaded = load_lopt_checkpoint(tmp_path / "meta/sign/lopt.pt")
     assert loaded.family == "sign_sgd" and loaded.theta.shape == (1,)
@@ -65,11 +66,12 @@ def test_the_readme_learner_plugin_trains_and_is_served_from_its_checkpoint(
     assert set(frame.status) == {"completed"}
 
 
+@pytest.mark.slow
 def test_shipped_names_work_wherever_a_checkpoint_is_accepted() -> None:
     """`LOpt(..., checkpoint=NAME)`, `optimizer.checkpoint=NAME` and the loader take a shipped
     name; an unknown one is a one-line error naming the shipped ones."""
     name = shipped_names()[0]
-    assert resolve_checkpoint(name).name == f"{name}.pt"
+    assert resolve_checkpoint(name).name == f"{name}.safetensors"
     model = torch.nn.Linear(3, 2)
     opt = LOpt(model.parameters(), checkpoint=name)
     model(torch.randn(4, 3)).pow(2).mean().backward()

@@ -61,6 +61,7 @@ def gradient_worker(rank: int, world_size: int, port: int, out: str, estimator: 
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["merged", "pes"])
 def test_two_ranks_merge_to_the_single_process_gradient(tmp_path: Path, estimator: str) -> None:
     """Two gloo ranks, each with half the problems, all-reduce their sums; the gradient equals
@@ -84,6 +85,7 @@ def test_two_ranks_merge_to_the_single_process_gradient(tmp_path: Path, estimato
     assert float(merged.grad.abs().max()) > 0
 
 
+@pytest.mark.slow
 def test_processes_mode_trains_like_the_loop(tmp_path: Path) -> None:
     """meta_train(parallel=processes, workers=2) launches 2 torchrun ranks (gloo); after 3
     outer steps theta and the logged losses match parallel=loop."""

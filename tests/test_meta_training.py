@@ -91,6 +91,7 @@ def adam_outer_loss(task, steps: int, problems: int = 8) -> float:
     return total / problems
 
 
+@pytest.mark.slow
 def test_meta_training_beats_the_untrained_optimizer_and_adam(tmp_path: Path) -> None:
     """100 outer steps (merged estimator, vmap, ~10 s) on the quadratic task: on fresh problems
     the learned optimizer's outer loss over a 50-step unroll falls below the untrained one's and
@@ -162,11 +163,13 @@ def test_resume_reproduces_an_uninterrupted_run(
         load_lopt_checkpoint(resumed / "lopt.pt").theta,
     )
     pd.testing.assert_frame_equal(log_values(whole), log_values(resumed))
-    assert (resumed / "lopt_step000003.pt").is_file() and (resumed / "lopt_step000006.pt").is_file()
+    assert (resumed / "lopt_step000003.safetensors").is_file()
+    assert (resumed / "lopt_step000006.safetensors").is_file()
     state = load_trainer_state(resumed / "trainer_state.pt")
     assert state["outer_step"] == 6 and len(state["problems"]) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["merged", "pes"])
 def test_resume_after_a_kill(tmp_path: Path, estimator: str) -> None:
     """A meta-training process killed (SIGKILL) at an arbitrary point resumes from its last
@@ -181,7 +184,7 @@ def test_resume_after_a_kill(tmp_path: Path, estimator: str) -> None:
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            snapshots = list(out.glob("lopt_step*.pt"))
+            snapshots = list(out.glob("lopt_step*.safetensors"))
             if len(snapshots) >= 3:
                 break
             time.sleep(0.2)
@@ -206,7 +209,8 @@ def test_resume_refuses_a_different_run_and_resume_false_restarts(tmp_path: Path
         meta_train(**QUICK, parallel="loop", outer_steps=3, seed=1, out=out)
     assert "\n" not in str(info.value)
     meta_train(**QUICK, parallel="loop", outer_steps=1, seed=1, resume=False, out=out)
-    assert sorted(p.name for p in Path(out).glob("lopt_step*.pt")) == ["lopt_step000001.pt"]
+    snapshots = sorted(p.name for p in Path(out).glob("lopt_step*"))
+    assert snapshots == ["lopt_step000001.safetensors"]
 
 
 def test_init_from_continues_a_checkpoint_and_refuses_another_learner(tmp_path: Path) -> None:
@@ -277,6 +281,7 @@ def live_tensors() -> int:
     return sum(1 for obj in gc.get_objects() if issubclass(type(obj), torch.Tensor))
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_50_truncations(tmp_path: Path) -> None:
     """The number of live tensors after each of 50 outer steps (each a truncation of every
     problem, with resets) does not grow: no autograd history survives a truncation."""

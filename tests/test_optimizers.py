@@ -138,7 +138,7 @@ CASES: dict[str, tuple[str, dict[str, Any], type[torch.optim.Optimizer], dict[st
     ),
     "rmsprop": ("rmsprop", {"lr": 0.01}, torch.optim.RMSprop, {"lr": 0.01}),
     # the untrained learned optimizer against its own torch.optim form
-    "lopt": ("lopt", {}, LOpt, {}),
+    "lopt": ("lopt", {}, LOpt, {"checkpoint": "untrained"}),
     "rmsprop_centered": (
         "rmsprop",
         {"lr": 0.01, "centered": True, "alpha": 0.9},

@@ -165,6 +165,28 @@ def test_cli_quick_study_writes_tables_and_figure(tmp_path: Path) -> None:
     assert "Fitted growth" in (out / "summary.md").read_text()
 
 
+def test_every_study_follows_one_protocol_and_the_summary_is_rebuilt_from_its_tables(
+    tmp_path: Path,
+) -> None:
+    """The command iterates study objects (harness.pathology.study), one per setting's study;
+    summary.md is rebuilt from the ``*_table.csv`` files alone, each section by its study."""
+    from harness.pathology.command import write_summary
+    from harness.pathology.study import studies
+    from harness.settings.pathology import STUDIES
+
+    every = studies()
+    assert list(every) == list(STUDIES)
+    for name, study in every.items():
+        assert study.name == name and study.title
+        assert all(callable(getattr(study, m)) for m in ("run", "table", "plot", "summary"))
+    table = pd.DataFrame({"optimizer": ["lopt"], "variant": ["short"], "final_loss": [0.5]})
+    table.to_csv(tmp_path / "truncation_table.csv", index=False)
+    text = write_summary(tmp_path).read_text()
+    assert every["truncation"].title in text and "![truncation](truncation.png)" in text
+    assert every["landscape"].title not in text  # no table, no section
+    assert "| lopt" in text and "0.5" in text
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

@@ -91,6 +91,7 @@ def whole_run_gradients() -> torch.Tensor:
     return grads
 
 
+@pytest.mark.slow
 def test_pes_is_unbiased_for_the_whole_run_and_truncated_es_is_not() -> None:
     """200 inner runs of 10 truncations of SGD with theta = log lr 0.3: the mean of PES's
     whole-run sums matches the whole-run gradient (measured: -1.65 against -1.84, |z| 1.1);

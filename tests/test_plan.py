@@ -31,6 +31,7 @@ def _rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=["wall_time_s"]).sort_values(keys).reset_index(drop=True)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")  # the workers run at one thread: so does this process
 def test_worker_processes_give_the_same_rows_as_one_process(tmp_path) -> None:
     serial = execute(_plans(), tmp_path / "serial.csv", log=lambda _: None)
@@ -144,6 +145,7 @@ def failing_plugin(tmp_path, monkeypatch):
     sys.modules.pop("plan_test_plugin", None)
 
 
+@pytest.mark.slow
 def test_a_failing_worker_stops_the_invocation_and_keeps_the_finished_runs(
     tmp_path, failing_plugin
 ) -> None:
@@ -166,6 +168,7 @@ def test_a_failing_worker_stops_the_invocation_and_keeps_the_finished_runs(
     assert f"resuming: {len(saved)} of 4 runs already saved" in "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_workers_resume_the_runs_an_interrupted_invocation_left(tmp_path) -> None:
     out = tmp_path / "r.csv"
     plans = _plans()
@@ -181,6 +184,7 @@ def test_workers_resume_the_runs_an_interrupted_invocation_left(tmp_path) -> Non
     assert frame.run_id.nunique() == 4
 
 
+@pytest.mark.slow
 def test_a_failing_run_in_a_worker_is_raised_and_the_finished_runs_are_kept(tmp_path) -> None:
     out = tmp_path / "f.csv"
     broken = RunPlan(task="quadratic", optimizer="sgd", seed=9, steps=60, device="cuda:7")

@@ -84,6 +84,8 @@ def test_list_all_sorted() -> None:
                 "adam_residual_fmnist_train",
                 "adam_residual_mnist5k_train",
                 "adam_residual_mnist5k_valid",
+                "adam_schedule_mnist5k_train",
+                "adam_schedule_mnist5k_valid",
                 "adamw",
                 "adamw_cosine",
             ],

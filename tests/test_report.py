@@ -244,6 +244,7 @@ def test_plot_task_curves_writes_a_png(tmp_path: Path):
         plot_task_curves(synthetic(), "nope", tmp_path / "x.png")
 
 
+@pytest.mark.slow
 def test_report_of_real_runs(tmp_path: Path):
     from harness.runner import run
 
@@ -317,6 +318,7 @@ def test_reading_results_keeps_nan_and_inf_values(tmp_path: Path):
     assert math.isinf(read.loc[0, "value"]) and read["value"].isna().any()  # the diverged run
 
 
+@pytest.mark.slow
 def test_a_rebuilt_report_drops_figures_of_tasks_no_longer_in_the_table(tmp_path: Path):
     out = tmp_path / "report"
     build_report(synthetic(), out, reference="sgd")
@@ -417,6 +419,7 @@ def test_the_tuning_section_flags_studies_that_are_not_saturated() -> None:
     assert "NOT checked: tuned before the saturation rule" in text
 
 
+@pytest.mark.slow
 def test_the_report_draws_the_learning_rate_schedules(tmp_path: Path) -> None:
     """Adam-family settings get their schedule; SGD (no stated rate) does not."""
     frame = pd.concat(

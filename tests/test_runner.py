@@ -144,6 +144,7 @@ def test_a_converging_run_completes_with_evaluations_at_the_right_steps() -> Non
     assert row.device.startswith("cpu")
 
 
+@pytest.mark.slow
 def test_runs_are_deterministic_and_warm_up_does_not_change_them() -> None:
     task = create_task("digits_mlp")
 
@@ -156,6 +157,7 @@ def test_runs_are_deterministic_and_warm_up_does_not_change_them() -> None:
     assert not baseline.equals(values(seed=2, warmup_steps=0))
 
 
+@pytest.mark.slow
 def test_the_torch_optim_adapter_runs_in_the_runner_like_the_functional_adam() -> None:
     task = create_task("digits_mlp")
     TorchAdam = TorchOptimizer.wrap(torch.optim.Adam, learning_rate(3e-3))

@@ -61,12 +61,22 @@ def test_validators_name_what_is_allowed(check, message) -> None:  # type: ignor
         check()
 
 
-def test_validators_pass_good_values_and_unset_ones() -> None:
-    one_of("loss", "mean", ("mean", "log"))
-    integer("seed", 0, 0)
-    number("lr", 1e-3, 0.0, strict=True)
-    fraction("beta1", 0.0)
-    at_least("max_seconds", None, 0, strict=True)
+@pytest.mark.parametrize(
+    ("check", "good", "bad"),
+    [
+        (lambda v: one_of("loss", v, ("mean", "log")), "log", "median"),
+        (lambda v: integer("seed", v, 0), 0, -1),
+        (lambda v: number("lr", v, 0.0, strict=True), 1e-3, 0.0),
+        (lambda v: fraction("beta1", v), 0.0, 1.0),
+        (lambda v: at_least("workers", v, 1), 1, 0),
+        (lambda v: at_least("max_seconds", v, 0, strict=True), None, 0),
+    ],
+)
+def test_validators_pass_good_values_and_unset_ones(check, good, bad) -> None:  # type: ignore[no-untyped-def]
+    """The good value at (or next to) the boundary passes; the one across it is refused."""
+    assert check(good) is None
+    with pytest.raises(UsageError):
+        check(bad)
 
 
 def test_the_settings_missing_marker_is_omegaconfs() -> None:

@@ -50,6 +50,7 @@ def comparison_runs(learned: dict) -> list[dict]:
     return runs
 
 
+@pytest.mark.slow
 def test_a_comparison_suite_reports_both_targets(tmp_path) -> None:
     for objective in ("train_loss", "valid_loss"):
         for optimizer in ("sgd", "adam"):
@@ -130,6 +131,7 @@ TWO_TASKS = [
 ]
 
 
+@pytest.mark.slow
 def test_a_skipped_task_keeps_its_earlier_results_and_says_so(tmp_path, monkeypatch) -> None:
     suite = suite_config(tmp_path, TWO_TASKS, optional_tasks=["digits_mlp"])
     out = tmp_path / "suite" / "results.csv"
@@ -173,6 +175,7 @@ def test_a_skipped_task_keeps_its_earlier_results_and_says_so(tmp_path, monkeypa
     assert len(pd.read_csv(out)[lambda f: f.task == "digits_mlp"]) + len(aside) == len(old)
 
 
+@pytest.mark.slow
 def test_a_skipped_task_without_earlier_results_is_reported_missing(tmp_path, monkeypatch):
     make_unavailable(monkeypatch, "digits_mlp")
     notices: list[str] = []
@@ -188,6 +191,7 @@ def test_a_skipped_task_without_earlier_results_is_reported_missing(tmp_path, mo
         run_suite(SuiteRun(suite=only_missing, seeds=1, out=tmp_path / "s.csv"), log=print)
 
 
+@pytest.mark.slow
 def test_lopt_suite_exits_3_when_a_task_was_not_rerun(tmp_path, monkeypatch, capsys) -> None:
     from harness.cli import main
 
@@ -204,6 +208,7 @@ def test_lopt_suite_exits_3_when_a_task_was_not_rerun(tmp_path, monkeypatch, cap
     assert len(pd.read_csv(out)) == rows
 
 
+@pytest.mark.slow
 def test_fresh_redoes_the_tuning_and_the_meta_training(tmp_path) -> None:
     learned = {
         "task": "quadratic",
@@ -245,10 +250,10 @@ def test_fresh_redoes_the_tuning_and_the_meta_training(tmp_path) -> None:
     ).frame
     fresh = tmp_path / "fresh-run" / "fresh"
     assert (fresh / "optuna.db").is_file()
-    checkpoint = fresh / "meta" / "lopt_quadratic" / "lopt.pt"
+    checkpoint = fresh / "meta" / "lopt_quadratic" / "lopt.safetensors"
     assert checkpoint.is_file()
     assert load_lopt_checkpoint(checkpoint).meta_training["task_cfg"] == {"dim": 8}
-    first = fresh / "meta" / "lopt_quadratic" / "stage0" / "lopt.pt"
+    first = fresh / "meta" / "lopt_quadratic" / "stage0" / "lopt.safetensors"
     assert load_lopt_checkpoint(first).meta_training["estimator"] == "es"
     assert load_lopt_checkpoint(checkpoint).meta_training["init_from"] == str(first)
     assert set(frame.task_cfg.map(lambda text: json.loads(text)["dim"])) == {8}
@@ -264,6 +269,7 @@ def test_fresh_needs_a_trial_count(tmp_path) -> None:
         run_suite(SuiteRun(suite=suite, seeds=1, out=tmp_path / "x.csv", fresh=True), log=print)
 
 
+@pytest.mark.slow
 def test_the_paper_suite_resolves_with_the_shipped_studies_and_checkpoints() -> None:
     """Every run of `lopt suite name=paper` finds its tuned hyperparameters in the committed
     studies (the same trials and budget for every baseline of a task) and its learned
@@ -300,6 +306,7 @@ def test_the_paper_suite_resolves_with_the_shipped_studies_and_checkpoints() -> 
         assert {k: made[k] for k in wanted} == wanted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [
@@ -322,6 +329,8 @@ def test_every_suite_on_the_shipped_studies_resolves(name: str) -> None:
     plans = [plan for entry in suite_entries(cfg.suite) for plan in entry_plans(settings, entry)]
     resolve_plans(plans)
     check_fair_tuning(name, plans)
+    from optimizers.checkpoint import resolve_checkpoint
+
     for plan in plans:
-        if "checkpoint" in plan.hparams:
-            assert Path(plan.hparams["checkpoint"]).is_file()
+        if "checkpoint" in plan.hparams:  # a file or a shipped name
+            assert resolve_checkpoint(plan.hparams["checkpoint"]).is_file()

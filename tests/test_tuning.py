@@ -137,6 +137,7 @@ def test_bad_search_spaces_are_usage_errors(name, overrides, fixed, message) -> 
 
 
 # -- studies ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_study_runs_exactly_its_trials_and_queues_the_defaults_first(tmp_path) -> None:
     outcome = tune(settings(tmp_path), log=quiet)
     study = load_existing(open_storage(f"sqlite:///{tmp_path}/optuna.db").storage, outcome.study)
@@ -151,6 +152,7 @@ def test_a_study_runs_exactly_its_trials_and_queues_the_defaults_first(tmp_path)
     assert more.ran == 2 and len(study.get_trials()) == 8
 
 
+@pytest.mark.slow
 def test_diverged_trials_complete_with_a_penalty_and_keep_their_reason(tmp_path) -> None:
     # Gradient descent on the quadratic (lambda_max = 1) diverges for lr > 2.
     outcome = tune(
@@ -187,6 +189,7 @@ def _late_trials_deep_in_the_divergent_region(tmp_path: Path, name: str) -> floa
     return sum(t.params["lr"] >= 10.0 for t in late) / len(late)
 
 
+@pytest.mark.slow
 def test_tpe_stops_sampling_where_every_run_diverges(tmp_path, monkeypatch) -> None:
     # The prior puts a third of the samples at lr >= 10; told the penalty, TPE leaves the region.
     learned = _late_trials_deep_in_the_divergent_region(tmp_path, "penalty")
@@ -248,6 +251,7 @@ def test_the_confirmed_verdict_asks_for_a_measurable_gain() -> None:
     assert real.first_half_best == pytest.approx(1.05) and real.trials == 32
 
 
+@pytest.mark.slow
 def test_a_lucky_best_is_rerun_and_a_real_one_is_kept(tmp_path) -> None:
     """At the cap, the values alone fail the rule; re-running the halves' bests on fresh seeds
     decides: the same configuration drawn luckily is no gain, a better one is."""
@@ -320,6 +324,7 @@ def test_a_lucky_best_is_rerun_and_a_real_one_is_kept(tmp_path) -> None:
         tune(settings(tmp_path, confirm_seeds=1), log=quiet)
 
 
+@pytest.mark.slow
 def test_until_saturated_stops_when_the_rule_holds(tmp_path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     asked = settings(
@@ -393,6 +398,7 @@ def test_a_study_takes_its_tag_and_tuning_seeds_from_the_suite_unless_overridden
         StudySpec.of_run("quadratic", "sgd", 60, {}, {**tuning, "seeds": 0})
 
 
+@pytest.mark.slow
 def test_a_campaign_ends_with_every_study_saturated_or_at_the_last_cap(tmp_path) -> None:
     specs = [
         StudySpec("quadratic", name, "train_loss", 60, search={"lr": [0.01, 1.0]})
@@ -423,6 +429,7 @@ def test_a_campaign_ends_with_every_study_saturated_or_at_the_last_cap(tmp_path)
     assert all(o.ran == 0 for o in run_campaign(campaign, log=quiet))
 
 
+@pytest.mark.slow
 def test_a_stop_request_ends_tuning_between_trials(tmp_path) -> None:
     asked = []
 
@@ -446,6 +453,7 @@ def test_until_saturated_needs_a_cap_of_at_least_the_minimum(tmp_path) -> None:
         tune(settings(tmp_path, until="saturated", trials=20), log=quiet)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["random", "qmc", "grid"])
 def test_every_sampler_runs(tmp_path, sampler) -> None:
     outcome = tune(settings(tmp_path, sampler=sampler, grid_points=6, trials=6), log=quiet)
@@ -463,6 +471,7 @@ def test_a_grid_smaller_than_the_trials_is_refused(tmp_path) -> None:
         tune(settings(tmp_path, sampler="grid", grid_points=4, trials=5), log=quiet)
 
 
+@pytest.mark.slow
 def test_a_pruner_stops_hopeless_trials(tmp_path) -> None:
     outcome = tune(settings(tmp_path, trials=14, budget_steps=100), log=quiet)
     study = load_existing(open_storage(f"sqlite:///{tmp_path}/optuna.db").storage, outcome.study)
@@ -470,12 +479,14 @@ def test_a_pruner_stops_hopeless_trials(tmp_path) -> None:
     assert optuna.trial.TrialState.PRUNED in states and outcome.counted == 14
 
 
+@pytest.mark.slow
 def test_reopening_a_study_with_another_protocol_is_refused(tmp_path) -> None:
     tune(settings(tmp_path, trials=2), log=quiet)
     with pytest.raises(UsageError, match=r"already exists with another protocol.*seeds"):
         tune(settings(tmp_path, trials=2, seeds=2), log=quiet)
 
 
+@pytest.mark.slow
 def test_the_best_is_retrained_with_fresh_seeds_and_tagged(tmp_path) -> None:
     outcome = tune(settings(tmp_path, eval_seeds=3), log=quiet)
     rows = read_results(outcome.best_runs)
@@ -492,6 +503,7 @@ def test_the_best_is_retrained_with_fresh_seeds_and_tagged(tmp_path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_tuned_lookup_names_the_command_that_creates_a_missing_study(tmp_path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     with pytest.raises(UsageError) as raised:
@@ -522,6 +534,7 @@ def test_tuned_lookup_names_the_command_that_creates_a_missing_study(tmp_path) -
         )
 
 
+@pytest.mark.slow
 def test_tuned_lookup_uses_a_study_of_an_earlier_protocol_when_no_newer_one_exists(
     tmp_path,
 ) -> None:
@@ -543,6 +556,7 @@ def test_tuned_lookup_uses_a_study_of_an_earlier_protocol_when_no_newer_one_exis
 
 
 # -- the command line ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bench_tuned_takes_hparams_and_tags_from_the_study(tmp_path, capsys) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     outcome = tune(settings(tmp_path), log=quiet)
@@ -593,6 +607,7 @@ def test_tune_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message) -
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_studies_writes_the_saturation_table_and_best_so_far_curves(tmp_path, capsys) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     names = [tune(settings(tmp_path, optimizer=o), log=quiet).study for o in ("sgd", "adam")]
@@ -622,6 +637,7 @@ TUNE = [
     "eval_seeds=0",
     "pruner=none",
     "search.lr=[1e-5,1.0]",  # below 2 / lambda_max: every trial completes (none diverges)
+    "heartbeat=1",  # a killed worker's trial is stale after 3 s
 ]
 
 
@@ -630,6 +646,7 @@ def _counted(storage: str, name: str) -> int:
     return 0 if study is None else len(count_trials(study).counted)
 
 
+@pytest.mark.slow
 def test_a_killed_tuning_run_is_completed_by_rerunning_it(tmp_path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     name = study_name("quadratic", "sgd", "valid_loss", 3000, "tpe")
@@ -659,6 +676,7 @@ def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
     return int(trial.user_attrs["worker"].rsplit(":", 2)[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage_kind", ["sqlite", "journal"])
 def test_two_processes_tune_one_study_without_lost_or_duplicated_trials(
     tmp_path, storage_kind
@@ -729,7 +747,49 @@ def test_a_trial_asked_by_a_process_killed_before_it_recorded_itself_is_redone()
     rerun still completes the study (the kill-and-rerun test hit this window once in CI)."""
     study = optuna.create_study()
     orphan = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)})
-    assert recover_interrupted(study) == 1
+    assert recover_interrupted(study, None) == 1
     counts = count_trials(study)
     assert [t.number for t in counts.interrupted] == [orphan.number] and len(counts.waiting) == 1
     assert counts.waiting[0].user_attrs["retry_of"] == orphan.number
+
+
+def test_a_postgresql_storage_without_a_driver_names_the_extra(monkeypatch, capsys) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("psycopg", "psycopg2") else real(name, *a),
+    )
+    args = ["tune", "task=quadratic", "optimizer=sgd", "storage=postgresql://u@127.0.0.1:1/db"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert (
+        'no PostgreSQL driver is installed; install one with pip install "lopt-harness[postgres]"'
+        in err
+    )
+
+
+def test_without_a_claim_lock_a_trial_asked_beyond_the_count_is_dropped(tmp_path) -> None:
+    """On a storage whose claims are not exclusive (a database other than PostgreSQL), two
+    workers can both see one trial left and both ask: the one whose trial is not among the
+    first ``trials`` claimed by number marks it surplus and does not run it, so exactly
+    ``trials`` are counted."""
+    from harness.tuning.storage import OpenedStorage
+    from harness.tuning.tuner import _claim_trial
+
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db", heartbeat=5).storage
+    opened = OpenedStorage("sqlite:///x", storage, heartbeat=5)  # no lock: not exclusive
+    assert not opened.exclusive
+    study = optuna.create_study(storage=storage, study_name="race")
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    first = _claim_trial(study, opened, lr, 2, "me")
+    racer = study.ask(lr)  # another worker's claim, made at the same time as the next one
+    late = _claim_trial(study, opened, lr, 2, "me")
+    assert first is not None and racer.number == 1 and late is None
+    counts = count_trials(study)
+    assert [t.number for t in counts.surplus] == [2]
+    assert counts.claimed == 2
+    assert first.user_attrs["heartbeat_s"] == 5  # its first heartbeat is recorded

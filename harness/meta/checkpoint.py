@@ -6,7 +6,7 @@ problem with it is a one-line :class:`~harness.errors.UsageError` that names the
 what to do (``resume=false`` starts the run again). Format ``lopt-harness/meta-trainer-state``:
 what :meth:`harness.meta.trainer.MetaTrainer.state_dict` returns, plus provenance.
 
-The learned-optimizer checkpoints meta-training writes (``lopt.pt``, snapshots) are
+The learned-optimizer checkpoints meta-training writes (``lopt.safetensors``, snapshots) are
 :mod:`optimizers.checkpoint`'s: the optimizer registry serves them.
 """
 

@@ -4,7 +4,7 @@ It checks the configuration (one-line ``UsageError``s, before anything is writte
 the output folder (``resume=false`` removes a previous run's files; ``resume=true`` checks that
 the saved run is the same run), writes ``out/config.json``, then either runs in this process
 (``parallel=loop`` or ``vmap``, or one worker) or launches ``workers`` ranks with torchrun
-(``parallel=processes``) and waits. It returns the path of ``out/lopt.pt``, which
+(``parallel=processes``) and waits. It returns the path of ``out/lopt.safetensors``, which
 ``lopt bench ... optimizer=lopt optimizer.checkpoint=PATH`` evaluates.
 """
 
@@ -27,7 +27,9 @@ from harness.meta.trainer import (
     check_identity,
     run_meta_training,
 )
+from harness.meta.truncation import LOSS_CLIP
 from harness.meta.world import World
+from harness.outputs import check_writable
 from harness.registry import create_task, load_plugin_modules
 from harness.settings.meta import MetaTrainConfig, coerce_config
 from harness.util import write_atomically
@@ -35,7 +37,7 @@ from tasks.base import resolve_device
 
 
 def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
-    """Meta-train a learned optimizer as ``cfg`` says; returns the path of ``out/lopt.pt``.
+    """Meta-train a learned optimizer as ``cfg`` says; returns the path of ``out/lopt.safetensors``.
 
     Args:
         cfg: a :class:`MetaTrainConfig`, a mapping or an OmegaConf node (a Hydra task group node
@@ -45,6 +47,7 @@ def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
     Raises ``UsageError`` (one line) for bad input, before anything is written.
     """
     cfg = coerce_config(cfg, **overrides)
+    check_writable(cfg.out)  # before any work: a read-only or missing place fails in one line
     load_plugin_modules(cfg.plugins)
     resolve_device(cfg.device)
     # the one build of the task: unknown settings and bad values fail here, in one line, before
@@ -89,7 +92,8 @@ def summary_line(out: str | Path) -> str:
     for split in ("train", "valid"):
         name = f"heldout_{split}_loss"
         if name in last:
-            parts.append(f"held-out {split} loss {last[name]:.4g}")
+            clip = " (the loss clip: its runs diverged)" if last[name] >= LOSS_CLIP else ""
+            parts.append(f"held-out {split} loss {last[name]:.4g}{clip}")
     seconds = float(log.loc[log["metric"] == "seconds", "value"].sum())
     parts.append(f"{seconds:.0f} s")
     if "cpu_seconds" in last:
@@ -108,7 +112,8 @@ def prepare_out(cfg: MetaTrainConfig) -> Path:
         if cfg.resume:
             check_identity(cfg, load_trainer_state(state_path))
         else:
-            for old in [state_path, out / LOG_FILE, out / LOPT_FILE, *out.glob("lopt_step*.pt")]:
+            lopt = [out / LOPT_FILE, out / "lopt.pt", *out.glob("lopt_step*.*")]  # .pt: older runs
+            for old in [state_path, out / LOG_FILE, *lopt]:
                 old.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"

@@ -19,11 +19,12 @@ Every ``eval_every`` outer steps the current theta is run for the whole horizon 
 (as ``lopt bench`` would; split over the ranks) and its final whole-split losses are logged
 (``heldout_train_loss``, ``heldout_valid_loss``). Every ``checkpoint_every`` outer steps (and at
 the end) rank 0 writes, atomically, ``trainer_state.pt`` (theta, Adam's moments, every
-problem's estimator state, the outer step, the counters, the log so far), ``lopt.pt`` (what
-``optimizer.checkpoint`` loads), a snapshot ``lopt_stepNNNNNN.pt`` and ``meta_log.csv``. Nothing
-else carries state between outer steps (randomness is derived, not drawn from a stream), so
-resuming from ``trainer_state.pt`` reproduces an uninterrupted run bit for bit with the same
-parallel mode and thread count, however many times it is stopped.
+problem's estimator state, the outer step, the counters, the log so far),
+``lopt.safetensors`` (what ``optimizer.checkpoint`` loads), a snapshot
+``lopt_stepNNNNNN.safetensors`` and ``meta_log.csv``. Nothing else carries state between outer
+steps (randomness is derived, not drawn from a stream), so resuming
+from ``trainer_state.pt`` reproduces an uninterrupted run bit for bit with the same parallel
+mode and thread count, however many times it is stopped.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from harness.errors import UsageError
+from harness.errors import Interrupted, UsageError
 from harness.meta.checkpoint import load_trainer_state, save_trainer_state
 from harness.meta.estimators import GradientEstimator, MergeResult, PairSample, SampleSums
 from harness.meta.truncation import (
@@ -58,8 +59,15 @@ from optimizers.base import MetaLearnable
 from optimizers.checkpoint import save_lopt_checkpoint
 from tasks.base import Task
 
-LOPT_FILE = "lopt.pt"
+LOPT_FILE = "lopt.safetensors"
 STATE_FILE = "trainer_state.pt"
+
+
+def snapshot_name(outer_step: int) -> str:
+    """The file name of the snapshot after ``outer_step`` (``lopt_step000025.safetensors``)."""
+    return f"lopt_step{outer_step:06d}.safetensors"
+
+
 LOG_FILE = "meta_log.csv"
 CONFIG_FILE = "config.json"
 #: the random stream of the held-out evaluation seeds
@@ -210,6 +218,7 @@ class MetaTrainer:
         self.log: list[list[Any]] = []  # [outer_step, wall_time_s, metric, value]
         self.last: dict[str, float] = {}
         self.started_at = 0.0  # self.seconds when this call of run() started
+        self.saved_step: int | None = None  # the outer step of the last checkpoint, if any
 
     # -- one outer step -----------------------------------------------------------------------
     def noise(self, problem: int) -> torch.Tensor:
@@ -337,7 +346,8 @@ class MetaTrainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> Path:
-        """Outer steps until ``outer_steps`` (or ``max_seconds``); returns ``out/lopt.pt``."""
+        """Outer steps until ``outer_steps`` (or ``max_seconds``); returns
+        ``out/lopt.safetensors``."""
         cfg = self.cfg
         out = Path(cfg.out)
         progress = Progress(self) if self.world.is_main else None
@@ -363,12 +373,28 @@ class MetaTrainer:
                     self.save()
                 if out_of_time:
                     break
+        except KeyboardInterrupt as exc:
+            raise Interrupted(self.interrupted_message()) from exc
         finally:
             if progress is not None:
                 progress.close()
         if self.outer_step % cfg.checkpoint_every != 0:
             self.save()
         return out / LOPT_FILE
+
+    def interrupted_message(self) -> str:
+        """What Ctrl-C leaves: the last checkpoint and how to resume, or that nothing is saved."""
+        out, every = self.cfg.out, self.cfg.checkpoint_every
+        if self.saved_step is None:
+            return (
+                f"nothing was saved in {out} yet (the first checkpoint comes at outer step "
+                f"{every}, checkpoint_every={every}): a rerun starts from the beginning"
+            )
+        return (
+            f"outer steps up to {self.saved_step} are saved in {out} (interrupted at "
+            f"{self.outer_step}): rerun the same command to resume from outer step "
+            f"{self.saved_step}"
+        )
 
     def eta_seconds(self) -> float:
         """Meta-training seconds left until ``outer_steps`` or the end of this call's
@@ -420,6 +446,7 @@ class MetaTrainer:
             i: self.estimator.state_from_dict(state["problems"][i], self.device) for i in self.local
         }
         self.log = [list(row) for row in state["log"]]
+        self.saved_step = self.outer_step
 
     def save(self) -> None:
         """Write the trainer state, the learned optimizer, its snapshot and the log (rank 0)."""
@@ -438,11 +465,10 @@ class MetaTrainer:
             "run_id": run_id(self.cfg),
         }
         save_lopt_checkpoint(out / LOPT_FILE, self.theta, self.learner, meta)
-        save_lopt_checkpoint(
-            out / f"lopt_step{self.outer_step:06d}.pt", self.theta, self.learner, meta
-        )
+        save_lopt_checkpoint(out / snapshot_name(self.outer_step), self.theta, self.learner, meta)
         frame = self.log_frame()
         write_atomically(out / LOG_FILE, lambda tmp: frame.to_csv(tmp, index=False))
+        self.saved_step = self.outer_step
 
     def log_frame(self) -> pd.DataFrame:
         """The tidy log: one row per (outer step, metric), with the run's provenance (the whole
@@ -463,16 +489,22 @@ class MetaTrainer:
         return frame[[*LOG_COLUMNS, *provenance(self.device)]]
 
 
+#: without a terminal, a progress line at least this often (seconds), between checkpoints too
+LINE_SECONDS = 30.0
+
+
 class Progress:
     """What a person needs to judge a run: a tqdm bar on a terminal, else a plain line every
-    ``checkpoint_every`` outer steps (and at the end), both with the outer loss (raw and
-    smoothed), the last held-out losses, seconds, CPU-hours, inner steps and the ETA."""
+    ``checkpoint_every`` outer steps, every :data:`LINE_SECONDS` and at the end, both with the
+    outer loss (raw and smoothed), the last held-out losses (``10(=clip:diverged)`` when they
+    are the loss clip: the held-out runs diverged), seconds, CPU-hours, inner steps and the ETA."""
 
     def __init__(self, trainer: MetaTrainer) -> None:
         self.trainer = trainer
         cfg = trainer.cfg
         show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         self.lines = cfg.progress is None and not show_bar
+        self.last_line = time.monotonic()
         self.bar = None
         if show_bar:
             from tqdm import tqdm
@@ -495,7 +527,9 @@ class Progress:
         for split in ("train", "valid"):
             value = last.get(f"heldout_{split}_loss")
             if value is not None:
-                out[f"heldout_{split}"] = f"{value:.4g}"
+                clipped = value >= LOSS_CLIP  # every held-out seed diverged or ended at the clip
+                shown = f"{value:.4g}"
+                out[f"heldout_{split}"] = f"{shown}(=clip:diverged)" if clipped else shown
         if "unroll_length" in last:
             out["T"] = f"{last['unroll_length']:.0f}"
         out["cpu_h"] = f"{t.cpu_seconds / 3600:.3f}"
@@ -505,12 +539,17 @@ class Progress:
         return out
 
     def update(self) -> None:
-        """After an outer step: advance the bar, or print a line every checkpoint_every steps."""
+        """After an outer step: advance the bar, or print a line every checkpoint_every steps,
+        at the end, and whenever :data:`LINE_SECONDS` have passed since the last line."""
         t = self.trainer
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(self.summary(), refresh=False)
-        elif t.outer_step % t.cfg.checkpoint_every == 0 or t.outer_step >= t.cfg.outer_steps:
+        elif (
+            t.outer_step % t.cfg.checkpoint_every == 0
+            or t.outer_step >= t.cfg.outer_steps
+            or time.monotonic() - self.last_line >= LINE_SECONDS
+        ):
             self.show()
 
     def show(self) -> None:
@@ -518,6 +557,7 @@ class Progress:
         if not self.lines:
             return
         t = self.trainer
+        self.last_line = time.monotonic()
         fields = " ".join(f"{k}={v}" for k, v in self.summary().items())
         print(
             f"[meta-train {t.outer_step}/{t.cfg.outer_steps} {t.seconds:.0f}s] {fields}",
@@ -570,7 +610,8 @@ def run_meta_training(
     task: Task | None = None,
 ) -> Path:
     """Build the trainer, resume from ``out/trainer_state.pt`` if it exists, run; returns the
-    path of ``lopt.pt``. (``meta_train`` prepares ``out`` and the processes; this runs in each.)
+    path of ``lopt.safetensors``. (``meta_train`` prepares ``out`` and the processes; this runs
+    in each.)
     ``task`` is the task instance ``meta_train`` built when it checked the configuration
     (default: built from ``cfg``)."""
     world = world or World()
@@ -582,4 +623,13 @@ def run_meta_training(
     state = world.broadcast_from_main(state)
     if state is not None:
         trainer.load_state_dict(state)
+        if world.is_main:
+            done = trainer.outer_step >= cfg.outer_steps
+            what = "is already trained" if done else "resumes from its checkpoint"
+            print(
+                f"meta-train: {cfg.out} {what} at outer step {trainer.outer_step} of "
+                f"{cfg.outer_steps} (resume=false starts again)",
+                file=sys.stderr,
+                flush=True,
+            )
     return trainer.run()

@@ -15,6 +15,7 @@ the unroll length.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ from harness.pathology.common import (
     sgd_problems,
 )
 from harness.pathology.report import figure, length_colours, save
+from harness.pathology.study import StudyBase
 from harness.settings.pathology import PathologyConfig
 from optimizers.learned import LOptArchitecture, MLPLearner, init_theta
 from tasks.base import Task
@@ -149,3 +151,22 @@ def plot_landscape(frame: pd.DataFrame, path):  # type: ignore[no-untyped-def]
     ax.set_title("roughness against unroll length")
     ax.legend()
     return save(fig, path)
+
+
+class LandscapeStudy(StudyBase):
+    """Study 1 under the study protocol (:mod:`harness.pathology.study`)."""
+
+    name = STUDY
+    title = "1. Outer-loss landscape against unroll length (roughness)"
+
+    def run(self, cfg: PathologyConfig, task: Task) -> pd.DataFrame:
+        return run_landscape(cfg, task)
+
+    def table(self, cfg: PathologyConfig, frame: pd.DataFrame) -> pd.DataFrame:
+        return landscape_table(frame)
+
+    def plot(self, cfg: PathologyConfig, frame: pd.DataFrame, path: Path) -> Path:
+        return plot_landscape(frame, path)
+
+
+STUDY_OBJECT = LandscapeStudy()

@@ -34,6 +34,7 @@ trainer's cumulative seconds (evaluation excluded).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ from harness.pathology.common import (
     sgd_problems,
 )
 from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, save
+from harness.pathology.study import StudyBase
 from harness.settings.meta import coerce_config
 from harness.settings.pathology import ESTIMATORS, PathologyConfig
 from optimizers.learned import LOptArchitecture, MLPLearner, wire_feature
@@ -292,3 +294,22 @@ def plot_training(frame: pd.DataFrame, path):  # type: ignore[no-untyped-def]
             ax_third.set_ylabel("mean per-element sample variance")
             ax_third.set_title("var_rp (solid), var_es (dotted), as logged")
     return save(fig, path)
+
+
+class TrainingStudy(StudyBase):
+    """Study 3 under the study protocol (:mod:`harness.pathology.study`)."""
+
+    name = STUDY
+    title = "3. Outer training at equal compute: rp, ES, merged"
+
+    def run(self, cfg: PathologyConfig, task: Task) -> pd.DataFrame:
+        return run_training(cfg, task)
+
+    def table(self, cfg: PathologyConfig, frame: pd.DataFrame) -> pd.DataFrame:
+        return training_table(frame)
+
+    def plot(self, cfg: PathologyConfig, frame: pd.DataFrame, path: Path) -> Path:
+        return plot_training(frame, path)
+
+
+STUDY_OBJECT = TrainingStudy()

@@ -16,6 +16,7 @@ over problems). ``variant`` is ``short``, ``schedule`` or ``untrained``.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from harness.meta.trainer import build_trainer
 from harness.meta.truncation import InnerProblems
 from harness.pathology.common import Progress, prefix_outer_losses, row
 from harness.pathology.report import figure, save
+from harness.pathology.study import StudyBase
 from harness.settings.meta import coerce_config
 from harness.settings.pathology import PathologyConfig
 from tasks.base import Task
@@ -198,3 +200,24 @@ def plot_truncation(frame: pd.DataFrame, path):  # type: ignore[no-untyped-def]
     ax_gap.set_ylabel("short - schedule (25-step mean)")
     ax_gap.set_title("> 0: the short-unroll optimizer is behind")
     return save(fig, path)
+
+
+class TruncationStudy(StudyBase):
+    """Study 4 under the study protocol (:mod:`harness.pathology.study`)."""
+
+    name = STUDY
+    title = "4. Truncation bias: short constant unrolls against the increasing schedule"
+
+    def run(self, cfg: PathologyConfig, task: Task) -> pd.DataFrame:
+        return run_truncation(cfg, task)
+
+    def table(self, cfg: PathologyConfig, frame: pd.DataFrame) -> pd.DataFrame:
+        table = truncation_table(frame)
+        table["short_behind_from_step"] = crossover_step(frame)
+        return table
+
+    def plot(self, cfg: PathologyConfig, frame: pd.DataFrame, path: Path) -> Path:
+        return plot_truncation(frame, path)
+
+
+STUDY_OBJECT = TruncationStudy()

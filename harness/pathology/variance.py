@@ -17,6 +17,7 @@ sample (the mean of L+ and L-), and ``metric=dropped`` (non-finite samples) per 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,8 @@ from harness.pathology.common import (
     row,
     sgd_problems,
 )
-from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, save
+from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, frame_table, save
+from harness.pathology.study import StudyBase
 from harness.settings.pathology import ESTIMATORS, PathologyConfig
 from tasks.base import Task
 
@@ -192,3 +194,32 @@ def plot_variance(summary: pd.DataFrame, path):  # type: ignore[no-untyped-def]
         ax_w.set_title(f"lr={lr:g}: merged estimator's ES weight")
         ax_var.legend(fontsize=7)
     return save(fig, path)
+
+
+class VarianceStudy(StudyBase):
+    """Study 2 under the study protocol (:mod:`harness.pathology.study`)."""
+
+    name = STUDY
+    title = "2. Estimator variance against unroll length"
+
+    def run(self, cfg: PathologyConfig, task: Task) -> pd.DataFrame:
+        return run_variance(cfg, task)
+
+    def table(self, cfg: PathologyConfig, frame: pd.DataFrame) -> pd.DataFrame:
+        return variance_summary(frame, cfg.variance.batch)
+
+    def plot(self, cfg: PathologyConfig, frame: pd.DataFrame, path: Path) -> Path:
+        return plot_variance(variance_summary(frame, cfg.variance.batch), path)
+
+    def summary(self, table: pd.DataFrame) -> str:
+        """The figure, the fitted growth of the variance with T, then the table."""
+        return (
+            f"![{self.name}]({self.name}.png)\n\n"
+            "Fitted growth of the batch-estimate variance with T:\n\n"
+            + frame_table(growth_table(table))
+            + "\n\n"
+            + frame_table(table)
+        )
+
+
+STUDY_OBJECT = VarianceStudy()

@@ -4,7 +4,7 @@ Every function here is pure: it takes a tidy frame (or a table derived from one)
 it, and returns a new :class:`pandas.DataFrame` with a fixed set of columns, sorted
 deterministically. Units: ``*_step`` / ``steps_*`` columns count optimizer updates,
 ``*_wall_time_s`` / ``seconds_*`` columns are timed training seconds (evaluation excluded, see
-TIMING.md), ``*_value`` columns are in the unit of their ``metric``.
+docs/timing.md), ``*_value`` columns are in the unit of their ``metric``.
 
 Whether a smaller or a larger value is better is decided by :data:`HIGHER_IS_BETTER` (metrics
 named there are maximised, all others, ``loss`` included, are minimised).

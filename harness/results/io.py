@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import UsageError
+from harness.outputs import check_writable
 from harness.results.schema import COLUMNS, STATUSES
 from harness.util import write_atomically
 
@@ -36,14 +37,29 @@ def write_results(frame: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     check_results_path(path)
     if path.suffix == ".parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError as exc:
-            raise UsageError(
-                f"cannot write {path}: parquet needs pyarrow (pip install pyarrow); use .csv"
-            ) from exc
+        check_parquet_engine(path)
         return write_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
     return write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def check_parquet_engine(path: str | Path) -> None:
+    """``UsageError`` unless pyarrow, which parquet files need, can be imported."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(
+            f"cannot write {str(path)!r}: parquet needs pyarrow (pip install pyarrow); use .csv"
+        ) from exc
+
+
+def check_results_target(path: str | Path) -> None:
+    """Before any work: ``UsageError`` unless a results file can be written at ``path`` (it ends
+    in .csv or .parquet, pyarrow is there for parquet, and its folder can take a new file:
+    :func:`harness.outputs.check_writable`). Writes nothing."""
+    check_results_path(path)
+    if Path(path).suffix == ".parquet":
+        check_parquet_engine(path)
+    check_writable(path)
 
 
 def check_results_path(path: str | Path) -> None:

@@ -11,7 +11,7 @@ task_cfg           the task's full settings as canonical JSON (batch size, split
 hparams            the optimizer's full hyperparameters as canonical JSON (sorted keys)
 seed               seed of the initial parameters and of the training data order
 step               number of optimizer updates applied when the value was measured
-wall_time_s        timed training seconds up to ``step`` (see TIMING.md), evaluation excluded
+wall_time_s        timed training seconds up to ``step`` (see docs/timing.md), evaluation excluded
 split              ``train``, ``valid``, ``test`` (whole-split evaluations) or ``train_batch``
                    (the minibatch loss of the training step itself)
 metric             ``loss``, ``accuracy``, ...

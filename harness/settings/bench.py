@@ -39,7 +39,30 @@ class TuningRef:
 
 @dataclass
 class BenchConfig:
-    """``lopt bench``: every task x optimizer x seed, one tidy CSV."""
+    """``lopt bench``: every task x optimizer x seed, one tidy CSV.
+
+    Attributes:
+        task: the task(s) to run (``task=a,b``: each), ``task.SETTING=VALUE`` its settings.
+        optimizer: the optimizer(s) to run (``optimizer=adam,sgd``: each),
+            ``optimizer.NAME=VALUE`` a hyperparameter.
+        seeds: runs per task and optimizer, seeds first_seed, first_seed + 1, ...
+        first_seed: the first seed (fixes the initial parameters and the batch order).
+        log_every: log the minibatch loss (split ``train_batch``) every this many steps.
+        warmup_steps: untimed steps before the clock starts, from a copy of the initial state.
+        device: ``cpu`` or ``cuda``.
+        max_seconds: stop a run once its timed training reaches this many seconds (None: no
+            limit).
+        out: the results file (.csv, or .parquet with pyarrow); default under ``outputs/``,
+            which git ignores.
+        mode: what to do when ``out`` exists: ``new`` refuses it, ``append`` adds the runs it
+            lacks (those in it are kept and not rerun), ``replace`` rewrites it with this
+            command's runs.
+        suite: the ``suite`` column of the rows (a label).
+        resume: skip the runs an interrupted call already saved in ``<out>.parts/``.
+        tuned: take the hyperparameters from the stored tuning study (``tuning.*`` selects it).
+        tuning: which study ``tuned=true`` reads (objective, budget_steps, sampler, tag, storage).
+        plugins: local modules to import first (tasks and optimizers they register).
+    """
 
     defaults: list[Any] = field(
         default_factory=lambda: [{"task": "mnist5k_cnn16"}, {"optimizer": "adam"}, "_self_"]
@@ -53,12 +76,13 @@ class BenchConfig:
     log_every: int = LOG_EVERY
     warmup_steps: int = WARMUP_STEPS
     device: str = "cpu"
-    # torch threads: 1 gives stable timings on a shared machine (README, Using it);
+    # torch threads: 1 gives stable timings on a shared machine (docs/usage.md, Configuration);
     # None (threads=null): torch's default, all cores
     threads: Optional[int] = 1  # noqa: UP045
     workers: int = 1  # runs at a time, each in its own 1-thread process
     max_seconds: Optional[float] = None  # noqa: UP045
-    out: str = "results/bench.csv"
+    out: str = "outputs/bench.csv"
+    mode: str = "new"
     suite: str = "bench"
     resume: bool = True
     tuned: bool = False

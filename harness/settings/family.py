@@ -68,7 +68,7 @@ class FamilyMetaTrainConfig:
         estimator: ``pes`` (persistent ES: unbiased over the whole inner run) or ``tes``
             (antithetic ES on each truncation: biased towards short horizons).
         outer_steps: outer steps (Adam steps on theta) to reach.
-        out: the folder for ``family_state.pt``, ``inner_state.pt``, ``lopt.pt``,
+        out: the folder for ``family_state.pt``, ``inner_state.pt``, ``lopt.safetensors``,
             ``meta_log.csv`` and ``config.json``.
         seed: fixes theta's initialisation and every random draw (tasks, inits, horizons,
             perturbations, the held-out set), per (outer step, pair).

@@ -100,8 +100,8 @@ class MetaTrainConfig:
             (objective train only: the loss of the next inner batch, which the next inner step
             computes anyway).
         outer_steps: the number of outer steps (Adam steps on theta) to reach.
-        out: the folder for ``lopt.pt``, ``lopt_stepNNNNNN.pt``, ``trainer_state.pt``,
-            ``meta_log.csv`` and ``config.json``.
+        out: the folder for ``lopt.safetensors``, ``lopt_stepNNNNNN.safetensors``,
+            ``trainer_state.pt``, ``meta_log.csv`` and ``config.json``.
         seed: fixes theta's initialisation and every random draw (inits, batches, perturbations,
             unroll lengths), per (outer step, problem), independently of the parallelism.
         problems: B, the inner problems (meta-examples) per outer step.
@@ -151,7 +151,7 @@ class MetaTrainConfig:
     outer_from: int = 0
     outer_data: str = "fresh"
     outer_steps: int = 1000
-    out: str = "results/meta"
+    out: str = "outputs/meta"
     seed: int = 0
     problems: int = 8
     horizon: Optional[int] = None  # noqa: UP045

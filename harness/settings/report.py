@@ -11,17 +11,23 @@ from harness.settings.validate import MISSING
 
 # ``in`` is a Python keyword, so the report config is a plain node with a checked shape.
 REPORT_DEFAULTS: dict[str, Any] = {
-    "in": MISSING,
-    "out": MISSING,
-    "reference": None,
-    "target_split": "train",
-    "kind": "standard",  # or "comparison": the paper's comparison report (tags.comparison)
+    "in": MISSING,  # the tidy results file to report on (.csv or .parquet)
+    "out": MISSING,  # the folder the tables and plots are written to
+    "reference": None,  # the optimizer speedups are measured against (None: the default)
+    "target_split": "train",  # the split of the target loss: train, valid or test
+    "mode": "new",  # out holds files: new refuses, replace writes into it
+    "kind": "standard",  # standard, or comparison: the paper's comparison report (tags.comparison)
 }
 
 
 @dataclass
 class StudiesConfig:
-    """``lopt studies``: every study in a storage as a tidy CSV, with learning-rate plots."""
+    """``lopt studies``: every study in a storage as a tidy CSV, with learning-rate plots.
+
+    Attributes:
+        storage: the Optuna storage URL the studies are read from.
+        out: the folder the trials, saturation table and plots are written to.
+    """
 
     storage: str = DEFAULT_STORAGE
     out: str = "results/tuning"

@@ -52,7 +52,17 @@ class SuiteFile:
 
 @dataclass
 class SuiteConfig:
-    """``lopt suite name=NAME``: run a suite file, write its tidy CSV and its report."""
+    """``lopt suite name=NAME``: run a suite file, write its tidy CSV and its report.
+
+    Attributes:
+        suite: the suite file (``name=NAME``: ``lopt list suites``; its runs, seeds, report).
+        warmup_steps: untimed steps before each run's clock starts.
+        device: ``cpu`` or ``cuda``.
+        report: write the report (tables and plots) next to the results file.
+        reference: the optimizer speedups are measured against.
+        resume: skip the runs an interrupted call already saved.
+        plugins: local modules to import first (tasks and optimizers they register).
+    """
 
     defaults: list[Any] = field(default_factory=lambda: ["_self_", {"suite": "small"}])
     suite: SuiteFile = field(default_factory=SuiteFile)

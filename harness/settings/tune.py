@@ -22,6 +22,8 @@ SAMPLERS = ("tpe", "random", "grid", "qmc")
 PRUNERS = ("median", "none")
 UNTIL = ("trials", "saturated")
 DEFAULT_STORAGE = "sqlite:///results/tuning/optuna.db"
+#: seconds between heartbeats of a running trial; one silent for 3 heartbeats is re-queued
+DEFAULT_HEARTBEAT = 10
 #: the saturation rule's minimum trial count (:class:`harness.tuning.saturation.SaturationRule`)
 SATURATION_MIN_TRIALS = 32
 
@@ -45,6 +47,7 @@ class TuneSettings:
     grid_points: int = 13
     pruner: str = "median"
     storage: str = DEFAULT_STORAGE
+    heartbeat: int = DEFAULT_HEARTBEAT
     tag: str = ""
     eval_every: int | None = None
     device: str = "cpu"
@@ -63,6 +66,7 @@ class TuneSettings:
         for key in ("trials", "seeds", "budget_steps", "eval_every"):
             at_least(key, getattr(self, key), 0, strict=True)
         at_least("eval_seeds", self.eval_seeds, 0)
+        at_least("heartbeat", self.heartbeat, 1)
         if self.confirm_seeds != 0 and self.confirm_seeds < 2:
             raise UsageError(
                 f"confirm_seeds must be 0 (no confirmation) or >= 2 (a paired comparison needs "
@@ -104,6 +108,7 @@ class TuneConfig:
     grid_points: int = _TUNE["grid_points"]
     pruner: str = _TUNE["pruner"]
     storage: str = _TUNE["storage"]
+    heartbeat: int = _TUNE["heartbeat"]
     tag: str = _TUNE["tag"]
     eval_every: Optional[int] = _TUNE["eval_every"]  # noqa: UP045  (None: budget_steps // 10)
     device: str = _TUNE["device"]

@@ -212,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", default="paper")
     parser.add_argument("--tag", default=None, help="default: each run's tuning.tag")
     parser.add_argument("--storage", default=None, help="default: the suite's tuning.storage")
-    parser.add_argument("--out", default=None, help="default: next to the storage, tuning/")
+    parser.add_argument(
+        "--out", default=None, help="default: next to a SQLite storage, tuning/; results/tuning"
+    )
     parser.add_argument("--optimizers", default="", help="only these (comma list)")
     parser.add_argument("--tasks", default="", help="only these (comma list)")
     parser.add_argument("--objectives", default="", help="only these (comma list)")
@@ -239,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         storage = args.storage or common.get("storage")
         if not storage:
             raise UsageError(f"suite {args.suite!r} names no tuning.storage: give --storage")
-        out = args.out or str(Path(storage.removeprefix("sqlite:///")).parent / "tuning")
+        out = args.out or (
+            str(Path(storage.removeprefix("sqlite:///")).parent / "tuning")
+            if storage.startswith("sqlite:///")
+            else "results/tuning"  # a server's URL names no folder
+        )
         caps = tuple(int(c) for c in args.caps.split(","))
         seeds = parse_seeds(args.seeds)
         specs = [

@@ -329,7 +329,7 @@ def study_saturation(
 def saturation_of(storage: str, study: str, rule: SaturationRule = DEFAULT_RULE) -> Saturation:
     """The saturation verdict of the study named ``study`` in ``storage`` (a storage URL, as in
     ``tuning.storage``). ``UsageError`` if there is no such study."""
-    opened = open_storage(storage)
+    opened = open_storage(storage, create=False)
     names = set(optuna.get_all_study_names(opened.storage))
     if study not in names:
         raise UsageError(f"no tuning study {study!r} in {storage}")

@@ -17,20 +17,25 @@ Trial states, and what counts towards the study's ``trials``:
 * ``FAIL`` with ``fail_reason`` ``diverged ...``: counted (protocol version 1 recorded diverged
   trials so; TPE ignores failed trials).
 * ``FAIL`` marked interrupted (a study attribute ``interrupted_trial_<n>``): not counted. A
-  trial left ``RUNNING`` by a process that no longer exists (killed, even by ``kill -9``) is
-  marked so when any worker on the same machine starts, and its parameters are queued again, so
-  a rerun finishes exactly the missing trials and loses no sampled configuration.
-* ``RUNNING`` by a live process: counted as in flight (another worker is doing it).
+  trial whose worker died (killed, even by ``kill -9``, or its machine lost) is found by its
+  heartbeat, older than the storage's grace period, by any worker of the study on any machine;
+  it is failed, marked so, and its parameters are queued again (``retry_of``), once, so the
+  study finishes exactly the missing trials and loses no sampled configuration. A worker that
+  stops in the middle of a trial (Ctrl-C, an error) re-queues its own trial at once.
+* ``FAIL`` marked surplus (``surplus_trial_<n>``): not counted; asked beyond the study's count
+  in a race on a storage without a claim lock, and dropped before it ran.
+* ``RUNNING``: in flight (a worker is doing it, or it is stale and will be recovered).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -39,6 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.errors import UsageError
 from harness.settings.tune import OBJECTIVES
 from harness.tuning.space import SearchSpace
+from harness.tuning.storage import fail_once, fail_stale
 
 #: 2: diverged trials complete with a penalty value (1: they failed); ``until=saturated``.
 PROTOCOL_VERSION = 2
@@ -48,6 +54,8 @@ ATTR_DEFAULTS_QUEUED = "defaults_queued"
 ATTR_TRIALS = "trials"  # the study's result is its first ``trials`` counted trials
 ATTR_UNTIL = "until"  # the stop rule of the last tuning run: "trials" or "saturated"
 ATTR_DIVERGED = "diverged"  # trial attribute: the run diverged; its value is the penalty
+ATTR_HEARTBEAT = "heartbeat_s"  # trial attribute: its worker's heartbeat interval, once it beats
+ATTR_FINISHER = "finisher"  # the lease of the worker finishing the study: {"worker", "beat"}
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ class Counts:
     in_flight: list[FrozenTrial] = field(default_factory=list)
     waiting: list[FrozenTrial] = field(default_factory=list)
     interrupted: list[FrozenTrial] = field(default_factory=list)
+    surplus: list[FrozenTrial] = field(default_factory=list)
 
     @property
     def claimed(self) -> int:
@@ -121,6 +130,8 @@ def count_trials(study: optuna.Study) -> Counts:
         elif trial.state == TrialState.FAIL:
             if attrs.get(interrupted_key(trial.number)):
                 counts.interrupted.append(trial)
+            elif attrs.get(surplus_key(trial.number)):
+                counts.surplus.append(trial)
             else:
                 counts.counted.append(trial)
         elif trial.state == TrialState.RUNNING:
@@ -200,35 +211,18 @@ def stored_protocol(study: optuna.Study) -> dict[str, Any]:
 
 
 # -- workers and interrupted trials ----------------------------------------------------------------
+#: a trial re-queued this many times is not re-queued again (a run that kills its worker)
+MAX_RETRIES = 3
+
+
 def worker_id(pid: int | None = None) -> str:
-    """``host:pid:start-time`` of a process (the start time guards against reused pids)."""
+    """``host:pid:token`` of this process (the token tells apart reused pids and hosts that
+    share a name)."""
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    return f"{socket.gethostname()}:{pid}:{_TOKEN}"
 
 
-def _start_time(pid: int) -> str:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[19]  # field 22 of stat: start time in clock ticks since boot
-    except (OSError, IndexError):
-        return "?"
-
-
-def _worker_alive(worker: str) -> bool | None:
-    """True/False for a worker on this host; None when it runs elsewhere (unknown)."""
-    try:
-        host, pid, start = worker.rsplit(":", 2)
-    except ValueError:
-        return None
-    if host != socket.gethostname():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return start == "?" or _start_time(int(pid)) == start
+_TOKEN = uuid.uuid4().hex[:12]
 
 
 def interrupted_key(number: int) -> str:
@@ -237,20 +231,44 @@ def interrupted_key(number: int) -> str:
     return f"interrupted_trial_{number}"
 
 
-def recover_interrupted(study: optuna.Study) -> int:
-    """Fail and requeue the running trials of dead processes on this machine.
+def surplus_key(number: int) -> str:
+    """The study attribute that marks trial ``number`` as surplus: asked in a race beyond the
+    study's trial count on a storage without a claim lock, and dropped unrun."""
+    return f"surplus_trial_{number}"
 
-    Call it while holding the storage's claim lock. A running trial without a worker id is an
-    orphan too: a process asks for a trial and records its id under that same lock, so only a
-    process killed between the two leaves one. Returns how many were recovered.
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Mark the failed ``trial`` as interrupted (not counted) and queue its parameters again
+    (``retry_of``: the original trial's number), at most :data:`MAX_RETRIES` times per
+    configuration. The stale-trial callback of the tuner's storages."""
+    study.set_user_attr(interrupted_key(trial.number), True)
+    retries = int(trial.user_attrs.get("retries", 0))
+    if retries >= MAX_RETRIES:
+        return
+    original = trial.user_attrs.get("retry_of", trial.number)
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": original, "retries": retries + 1})
+
+
+def recover_interrupted(study: optuna.Study, grace_s: float | None) -> int:
+    """Fail and re-queue the running trials whose workers are gone; how many were recovered.
+
+    Call it holding the storage's claim lock. A trial is gone when its heartbeat is older than
+    the grace period (Optuna's :func:`~optuna.storages.fail_stale_trials`, whose callback is
+    :func:`requeue`), or when it has no :data:`ATTR_HEARTBEAT` and started more than
+    ``grace_s`` ago: a worker records the first heartbeat, then that attribute, right after
+    asking for a trial, so only a worker killed in between (or a harness before heartbeats)
+    leaves one. ``grace_s=None`` (no heartbeats, e.g. in memory): every such trial.
     """
-    recovered = 0
+    before = {t.number for t in count_trials(study).interrupted}
+    fail_stale(study)
     for trial in count_trials(study).in_flight:
-        worker = trial.user_attrs.get("worker")
-        if worker is not None and _worker_alive(str(worker)) is not False:
+        if trial.user_attrs.get(ATTR_HEARTBEAT) is not None:
             continue
-        study.set_user_attr(interrupted_key(trial.number), True)
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-        recovered += 1
-    return recovered
+        started = trial.datetime_start
+        if grace_s is not None and started is not None:
+            now = datetime.datetime.now(started.tzinfo)  # RDB: naive local time; journal: UTC
+            if (now - started).total_seconds() <= grace_s:
+                continue
+        if fail_once(study._storage, trial._trial_id):
+            requeue(study, study._storage.get_trial(trial._trial_id))
+    return len({t.number for t in count_trials(study).interrupted} - before)

@@ -3,11 +3,15 @@
 :func:`tune` runs a study until it holds ``trials`` counted trials (see
 :mod:`harness.tuning.study`), or, with ``until="saturated"``, until the study meets the saturation
 rule (:mod:`harness.tuning.saturation`) with ``trials`` as the cap; then the study's trial count
-becomes the count at which it saturated. It works with any other process tuning the same study
-on the same storage: each trial is claimed under the storage's lock, so together they run exactly
-the trials needed, and a rerun after a crash or ``kill -9`` runs only the missing ones. The
-optimizer's default hyperparameters are queued as the first trial (except for the grid sampler,
-whose points are the whole design). A diverged trial completes with a penalty value (see
+becomes the count at which it saturated. Any number of workers may tune the same study at once,
+on one machine or many (a PostgreSQL server: docs/tuning-across-machines.md): each trial is
+claimed under the storage's claim lock, so together they run exactly the trials needed; a running
+trial beats a heartbeat, and one whose worker died (``kill -9``, a lost machine) is re-queued by
+any other worker after the grace period, or by a rerun. A worker with nothing left to claim waits
+while other workers' trials run, so a lost one is still recovered; then one worker, under a
+lease, finishes the study (the confirmation, the re-evaluation, the files) and the others return.
+The optimizer's default hyperparameters are queued as the first trial (except for the grid
+sampler, whose points are the whole design). A diverged trial completes with a penalty value (see
 :mod:`harness.tuning.objective`), so the sampler learns to avoid where runs diverge.
 
 When the study is complete, the best configuration is trained again with ``eval_seeds`` fresh
@@ -16,9 +20,8 @@ evaluations, and written as tidy rows (``OUT/<study>/best_runs.csv``) whose ``ta
 study, the trial, the trial count and the step budget. The study's trials and an
 objective-against-learning-rate plot are written next to them.
 
-Samplers are seeded, but Optuna does not store a sampler's random state, so a resumed study
-samples differently from an uninterrupted one after the interruption (the trials already done
-are kept as they were).
+Samplers are seeded per trial (:mod:`harness.tuning.sampler`): a resumed, extended or shared
+study proposes what an uninterrupted one would, and never replays the proposals of its start.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from harness.tuning.export import (
     write_trials,
 )
 from harness.tuning.objective import TrialDiverged, evaluate_configuration
+from harness.tuning.sampler import make_sampler as build_sampler
 from harness.tuning.saturation import (
     ATTR_CONFIRMATION,
     CONFIRM_SEED_OFFSET,
@@ -63,10 +67,13 @@ from harness.tuning.saturation import (
     trial_values,
 )
 from harness.tuning.space import SearchSpace, grid_points_total, search_space
-from harness.tuning.storage import OpenedStorage, open_storage
+from harness.tuning.storage import Heartbeat, OpenedStorage, fail_once, open_storage
 from harness.tuning.study import (
     ATTR_DEFAULTS_QUEUED,
     ATTR_DIVERGED,
+    ATTR_FINISHER,
+    ATTR_HEARTBEAT,
+    ATTR_PROTOCOL,
     ATTR_TRIALS,
     ATTR_UNTIL,
     PROTOCOL_VERSION,
@@ -76,9 +83,11 @@ from harness.tuning.study import (
     load_existing,
     load_or_create,
     recover_interrupted,
+    requeue,
     space_as_data,
     stored_protocol,
     study_name,
+    surplus_key,
     worker_id,
 )
 from optimizers.base import resolve_hparams
@@ -136,27 +145,8 @@ def prepare(settings: TuneSettings) -> tuple[Protocol, SearchSpace, dict[str, An
 
 
 def make_sampler(protocol: Protocol, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    seed = protocol.sampler_seed
-    if protocol.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=len(space) > 1)
-    if protocol.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if protocol.sampler == "qmc":
-        with warnings.catch_warnings():  # "experimental" since Optuna 3; stable in practice
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.QMCSampler(
-                qmc_type="halton", scramble=True, seed=seed, warn_asynchronous_seeding=False
-            )
-    grid = {name: dim.grid(protocol.grid_points) for name, dim in space.items()}
-    return _AskTellGridSampler(grid, seed=seed)
-
-
-class _AskTellGridSampler(optuna.samplers.GridSampler):
-    """A grid sampler for the ask-and-tell loop: the loop stops at ``trials`` (at most the grid's
-    size), so the sampler must not call ``study.stop()`` (allowed only inside ``optimize``)."""
-
-    def after_trial(self, study, trial, state, values) -> None:  # type: ignore[no-untyped-def]
-        return None
+    """The study's sampler, seeded per trial (:mod:`harness.tuning.sampler`)."""
+    return build_sampler(protocol.sampler, protocol.sampler_seed, space, protocol.grid_points)
 
 
 def make_pruner(protocol: Protocol) -> optuna.pruners.BasePruner:
@@ -188,8 +178,9 @@ def tune(
         settings.sampler,
         settings.tag,
     )
-    opened = open_storage(settings.storage)
+    opened = open_storage(settings.storage, heartbeat=settings.heartbeat, stale_callback=requeue)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    me = worker_id()
     with opened.claim():
         study = load_or_create(
             opened.storage, name, protocol, make_sampler(protocol, space), make_pruner(protocol)
@@ -200,7 +191,7 @@ def tune(
         target = _target(study, settings)
         study.set_user_attr(ATTR_TRIALS, target)
         study.set_user_attr(ATTR_UNTIL, settings.until)
-        recovered = recover_interrupted(study)
+        recovered = recover_interrupted(study, opened.grace_s)
         if recovered:
             log(f"{name}: {recovered} interrupted trial(s) queued again")
         _queue_defaults(study, protocol, space, base, log)
@@ -208,33 +199,54 @@ def tune(
     goal = f"until saturated, at most {target}" if settings.until == "saturated" else str(target)
     log(f"{name}: {done} trials done ({goal}), in {settings.storage}")
     ran = 0
+    waiting = False
+    poll_s = min(2.0, settings.heartbeat / 2)
     while True:
         if stop is not None and stop():
             raise TuningStopped(f"{name}: stopped between trials, after {ran} in this run")
         with opened.claim():
+            recovered = recover_interrupted(study, opened.grace_s)
+            if recovered:
+                log(f"{name}: {recovered} trial(s) of a lost worker queued again")
             counts = count_trials(study)
             if settings.until == "saturated" and _saturated_now(study, protocol, log):
                 break
-            if counts.claimed >= target:
+            target = int(study.user_attrs[ATTR_TRIALS])
+            trial = None
+            if counts.claimed < target:
+                trial = _claim_trial(study, opened, distributions, target, me)
+            elif not counts.in_flight:
                 break
-            trial = study.ask(distributions)
-            trial.set_user_attr("worker", worker_id())
-        _run_trial(study, trial, task, protocol, base, target, log)
+        if trial is None:  # the last trials run elsewhere: wait, to recover them if lost
+            if not waiting:
+                log(f"{name}: waiting for {len(counts.in_flight)} trial(s) of other workers")
+            waiting = True
+            time.sleep(poll_s)
+            continue
+        waiting = False
+        _run_trial(study, trial, task, protocol, base, target, log, opened)
         ran += 1
     counts = count_trials(study)
-    if counts.in_flight:
-        log(f"{name}: {len(counts.in_flight)} trial(s) still running in other processes")
     trials = int(study.user_attrs[ATTR_TRIALS])
     best_runs = None
     complete = len(counts.counted) >= trials
-    if settings.until == "saturated" and complete and settings.confirm_seeds:
-        confirm_saturation(study, task, protocol, base, trials, settings.confirm_seeds, opened, log)
-    best = chosen_trial(study, trials)
-    if best is not None and complete and settings.eval_seeds:
+    holder = _take_finish(study, opened, me) if complete else None
+    if holder is not None:
+        log(f"{name}: complete; worker {holder} finishes it (confirmation, re-evaluation, files)")
+    elif complete:
+        lease = Heartbeat(lambda: _renew_finish(study, me), settings.heartbeat)
+        with lease:
+            if settings.until == "saturated" and settings.confirm_seeds:
+                confirm_saturation(
+                    study, task, protocol, base, trials, settings.confirm_seeds, opened, log
+                )
+            best = chosen_trial(study, trials)
+            if best is not None and settings.eval_seeds:
+                best_runs = evaluate_best(study, name, best, protocol, settings, trials, log)
+            export_study(study, name, trials, Path(settings.out) / name)
         with opened.claim():
-            best_runs = evaluate_best(study, name, best, protocol, settings, trials, log)
-    if complete:
-        export_study(study, name, trials, Path(settings.out) / name)
+            study.set_user_attr(ATTR_FINISHER, {})
+    best = chosen_trial(study, trials)
     return TuneOutcome(
         study=name,
         counted=min(len(counts.counted), trials),
@@ -245,6 +257,53 @@ def tune(
         best_runs=best_runs,
         saturation=study_saturation(study, min(len(counts.counted), trials)),
     )
+
+
+def _claim_trial(
+    study: optuna.Study,
+    opened: OpenedStorage,
+    distributions: dict[str, Any],
+    target: int,
+    me: str,
+) -> optuna.Trial | None:
+    """Ask for a trial (call it holding the claim lock): its first heartbeat, then its worker.
+
+    On a storage whose claims are not exclusive, two workers may both have asked for the last
+    trial: the one whose trial is not among the first ``target`` claimed ones by number drops
+    it (marked surplus, never run) and returns None, so the study counts exactly ``target``.
+    """
+    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize()
+        warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+        trial = study.ask(distributions)
+    opened.record_heartbeat(trial._trial_id)
+    trial.set_user_attr("worker", me)
+    trial.set_user_attr(ATTR_HEARTBEAT, opened.heartbeat)
+    if not opened.exclusive:
+        counts = count_trials(study)
+        first = sorted(t.number for t in counts.counted + counts.in_flight)[:target]
+        if trial.number not in first:
+            study.set_user_attr(surplus_key(trial.number), True)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return None
+    return trial
+
+
+def _take_finish(study: optuna.Study, opened: OpenedStorage, me: str) -> str | None:
+    """Take the study's finishing lease (None), unless another live worker holds it (its id).
+
+    The lease is renewed every heartbeat while its holder works (:func:`_renew_finish`); one
+    not renewed for the grace period was left by a lost worker and is taken over."""
+    with opened.claim():
+        held = study.user_attrs.get(ATTR_FINISHER) or {}
+        grace = opened.grace_s or 0.0
+        if held.get("worker") not in (None, me) and time.time() - held["beat"] <= grace:
+            return str(held["worker"])
+        _renew_finish(study, me)
+        return None
+
+
+def _renew_finish(study: optuna.Study, me: str) -> None:
+    study.set_user_attr(ATTR_FINISHER, {"worker": me, "beat": time.time()})
 
 
 def _target(study: optuna.Study, settings: TuneSettings) -> int:
@@ -356,30 +415,45 @@ def _run_trial(
     base: dict[str, Any],
     trials: int,
     log: Log,
+    opened: OpenedStorage,
 ) -> None:
+    """Run one claimed trial, its heartbeat beating, and tell its outcome. Stopped part-way
+    (Ctrl-C, an error), it re-queues its trial before the exception goes on. A trial whose
+    heartbeat was judged stale meanwhile (its retry is someone else's now) is not told."""
     hparams = {**base, **trial.params}
     trial.set_user_attr("hparams", canonical_json(hparams))
     shown = " ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
     )
     started = time.perf_counter()
+    state, value, outcome = optuna.trial.TrialState.COMPLETE, None, ""
     try:
-        value = evaluate_configuration(task, protocol, hparams, trial)
+        with Heartbeat(lambda: opened.record_heartbeat(trial._trial_id), opened.heartbeat):
+            value = evaluate_configuration(task, protocol, hparams, trial)
     except optuna.TrialPruned as exc:
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        outcome = f"pruned ({exc})"
+        state, outcome = optuna.trial.TrialState.PRUNED, f"pruned ({exc})"
     except TrialDiverged as exc:
         trial.set_user_attr("fail_reason", str(exc))  # "diverged at step ..."
         if math.isfinite(exc.penalty):
             trial.set_user_attr(ATTR_DIVERGED, True)
-            study.tell(trial, exc.penalty)
+            value = exc.penalty
             outcome = f"{exc}; penalty {protocol.objective} {exc.penalty:.5g}"
         else:  # nothing finite to tell the sampler
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            outcome = f"failed: {exc}"
+            state, outcome = optuna.trial.TrialState.FAIL, f"failed: {exc}"
+    except BaseException:
+        with opened.claim():
+            if fail_once(study._storage, trial._trial_id):
+                requeue(study, study._storage.get_trial(trial._trial_id))
+        raise
     else:
-        study.tell(trial, value)
         outcome = f"{protocol.objective} {value:.5g}"
+    try:
+        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        if not study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise
+        log(f"[trial {trial.number}] its heartbeat was lost and another worker re-queued it")
+        return
     log(
         f"[trial {trial.number}, {len(count_trials(study).counted)}/{trials} done] {shown}: "
         f"{outcome} ({time.perf_counter() - started:.1f} s)"
@@ -501,18 +575,28 @@ def tuned_configuration(
         + (f" tag={tag}" if tag else "")
         + (f" storage={storage}" if storage != DEFAULT_STORAGE else "")
     )
-    opened: OpenedStorage = open_storage(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = study_name(task, optimizer, objective, budget_steps, sampler, tag)
+    try:
+        opened: OpenedStorage = open_storage(storage, create=False)
+    except UsageError as exc:
+        raise UsageError(
+            f"{exc}; {existing_studies(task, optimizer, storage)}create the study with "
+            f"`{command} trials=N`"
+        ) from None
     study = None
     for version in range(PROTOCOL_VERSION, 0, -1):
-        name = study_name(task, optimizer, objective, budget_steps, sampler, tag, version)
-        study = load_existing(opened.storage, name)
+        study = load_existing(
+            opened.storage,
+            study_name(task, optimizer, objective, budget_steps, sampler, tag, version),
+        )
         if study is not None:
+            name = study.study_name
             break
     if study is None:
-        name = study_name(task, optimizer, objective, budget_steps, sampler, tag)
         raise UsageError(
-            f"no tuning study {name!r} in {storage}: create it with `{command} trials=N`"
+            f"no tuning study {name!r} in {storage}; "
+            f"{existing_studies(task, optimizer, storage)}create it with `{command} trials=N`"
         )
     trials = int(study.user_attrs.get(ATTR_TRIALS, 0))
     counted = len(count_trials(study).counted)
@@ -547,9 +631,56 @@ def tuned_configuration(
     return json.loads(best.user_attrs["hparams"]), tags
 
 
+#: where the studies the repository ships are looked for (from the working directory, then the
+#: checkout this package runs from), to name them when a look-up fails
+SHIPPED_STORAGES = (
+    Path("results/paper/optuna.db"),
+    Path(__file__).resolve().parents[2] / "results" / "paper" / "optuna.db",
+)
+_SHOWN = 4
+
+
+def existing_studies(task: str, optimizer: str, storage: str) -> str:
+    """The studies of ``task`` and ``optimizer`` in ``storage`` and the shipped storages, each
+    with the settings that select it (``"studies of ...: NAME (tuning.KEY=VALUE ...); "``), or
+    ``""`` when there is none. Reads only: nothing is created."""
+    urls = [storage]
+    seen = set()
+    if storage.startswith("sqlite:///"):
+        seen.add(Path(storage[len("sqlite:///") :]).expanduser().resolve())
+    for path in SHIPPED_STORAGES:
+        if path.is_file() and path.resolve() not in seen:
+            seen.add(path.resolve())
+            urls.append(f"sqlite:///{path}")
+    found = []
+    for url in urls:
+        try:
+            opened = open_storage(url, create=False)
+            studies = opened.storage.get_all_studies()
+        except Exception:  # a storage that cannot be read has nothing to suggest
+            continue
+        for study in studies:
+            protocol = json.loads(study.user_attrs.get(ATTR_PROTOCOL, "{}"))
+            if (protocol.get("task"), protocol.get("optimizer")) != (task, optimizer):
+                continue
+            keys = {
+                "objective": protocol["objective"],
+                "budget_steps": protocol["budget_steps"],
+                "sampler": protocol["sampler"],
+                "tag": protocol.get("tag") or "",
+                "storage": url,
+            }
+            shown = " ".join(f"tuning.{k}={v}" for k, v in keys.items() if v != "")
+            found.append(f"{study.study_name} ({shown})")
+    if not found:
+        return ""
+    more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
+    return f"studies of {task} {optimizer} that exist: {'; '.join(found[:_SHOWN])}{more}; or "
+
+
 def load_studies(storage: str) -> list[optuna.Study]:
-    """Every study in ``storage``, by name; ``UsageError`` if there is none."""
-    opened = open_storage(storage)
+    """Every study in ``storage``, by name; ``UsageError`` if there is none. Writes nothing."""
+    opened = open_storage(storage, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = sorted(optuna.get_all_study_names(opened.storage))
     if not names:

@@ -9,8 +9,9 @@
 * built-in families: ``mlp_mix``, ``mlp_mix_fmnist`` (:mod:`~tasks.families.mlp_mix`) and
   ``conv_mix`` (:mod:`~tasks.families.conv_mix`).
 
-A package adds a family with ``@register_family("name")`` on a :class:`Family` subclass, or an
-entry point in the group ``lopt_harness.families``.
+A package adds a family with ``@register_family("name")`` on a :class:`Family` subclass (which
+registers the task plugin too), in a module named by an entry point of the group
+``lopt_harness.families``.
 """
 
 from tasks.families import conv_mix, mlp_mix  # noqa: F401  (registration side effect)

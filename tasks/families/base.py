@@ -84,11 +84,11 @@ class FamilyTask:
     param_scale: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS or self.activation not in ACTIVATIONS:
+        if self.kind not in KINDS or self.activation not in ACTIVATIONS or not self.hidden:
             raise ValueError(f"invalid family task {self}")
         if self.dataset not in DATASETS or DATASETS[self.dataset] != self.image_size:
             raise ValueError(f"dataset {self.dataset!r} does not have {self.image_size}px images")
-        if len(self.param_scale) != len(self.shapes) or not self.hidden or self.batch_size < 1:
+        if len(self.param_scale) != len(self.shapes) or self.batch_size < 1:
             raise ValueError(f"invalid family task {self}")
 
     @property

@@ -56,6 +56,7 @@ def build_model(spec: FamilyTask) -> nn.Module:
 class SampledTask(ClassificationTask):
     """A sampled family member: its dataset, model, batch size and per-tensor rescaling."""
 
+    name = "family_member"  # the registered task of each family overrides it
     default_steps = 1000
 
     def __init__(

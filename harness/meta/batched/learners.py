@@ -9,7 +9,6 @@ multiplier, so ``theta = 0`` is plain Adam, as ``torch.optim.Adam``).
 
 from __future__ import annotations
 
-import math
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -91,8 +90,3 @@ class BatchedAdam:
 
     def describe(self) -> str:
         return f"batched Adam (lr {self.lr:g} x exp(theta), betas {self.beta1:g}/{self.beta2:g})"
-
-
-def log_lr(lr: float) -> float:
-    """The theta that makes ``BatchedAdam(lr=1)`` run at ``lr``."""
-    return math.log(lr)

@@ -28,7 +28,7 @@ import torch
 from harness.meta.batched.functional import FunctionalModel
 from harness.meta.batched.mlp import cross_entropy_rows, mlp_logits, mlp_loss_and_grad
 from tasks.base import SPLITS
-from tasks.families.base import FamilyTask
+from tasks.families.base import FamilyTask, group_tasks
 from tasks.families.datasets import family_splits
 from tasks.families.member import build_model
 
@@ -239,8 +239,9 @@ class ProblemBatch:
         if indices is None:
             indices = self.batch_indices(step, 1)[0]
         inputs, labels = self._data["train"]
-        x = inputs[indices]
-        y = labels[indices]
+        flat = indices.reshape(-1)  # index_select: ~10x faster than inputs[indices] here
+        x = inputs.index_select(0, flat).view(*indices.shape, *inputs.shape[1:])
+        y = labels.index_select(0, flat).view(indices.shape)
         w_eff = w * self._scale if self._scale is not None else w
         with torch.no_grad():
             if self._functional is not None:
@@ -297,8 +298,6 @@ def problem_batches(
 ) -> list[tuple[list[int], ProblemBatch]]:
     """Problems of different architectures, grouped: ``(indices into tasks, ProblemBatch)``
     per ``group_key``, in first-seen order; ``options`` go to every :class:`ProblemBatch`."""
-    from tasks.families.base import group_tasks
-
     if len(tasks) != len(init_seeds):
         raise ValueError(f"need one init seed per task: {len(tasks)} tasks, {len(init_seeds)}")
     return [

@@ -23,14 +23,12 @@ import torch
 from harness.errors import UsageError
 from harness.meta.checkpoint import load_trainer_state
 from harness.meta.family.trainer import (
-    CONFIG_FILE,
     INNER_FILE,
-    LOG_FILE,
-    LOPT_FILE,
     STATE_FILE,
     check_identity,
     run_family_training,
 )
+from harness.meta.trainer import CONFIG_FILE, LOG_FILE, LOPT_FILE
 from harness.meta.world import World
 from harness.settings.family import FamilyMetaTrainConfig, coerce_family_config
 from harness.util import to_plain, write_atomically
@@ -39,7 +37,7 @@ MODULE = "harness.meta.family.command"
 
 
 def meta_train_family(cfg: FamilyMetaTrainConfig | Any = None, **overrides: Any) -> Path:
-    """Meta-train on a task family as ``cfg`` says (one chunk); returns ``out/lopt.pt``."""
+    """Meta-train on a task family as ``cfg`` says (one chunk); returns ``out/lopt.safetensors``."""
     from harness.meta.distributed import in_torchrun, launch
 
     cfg = coerce_family_config(cfg, **overrides)

@@ -13,7 +13,7 @@ at the start and end of each chunk) theta is judged on the held-out set
 Files in ``out`` (written atomically by rank 0 every ``checkpoint_every`` outer steps and at the
 end of a chunk): ``family_state.pt`` (theta, Adam's moments, the outer step, the counters, the
 log: a few hundred kB, small enough to commit), ``inner_state.pt`` (every pair's two
-trajectories: what an exact resume needs, too large to commit), ``lopt.pt`` (the learned
+trajectories: what an exact resume needs, too large to commit), ``lopt.safetensors`` (the learned
 optimizer, served by ``optimizer=lopt optimizer.checkpoint=PATH``) and ``meta_log.csv`` (tidy:
 one row per outer step and metric). Resuming with both state files repeats nothing and gives
 what one uninterrupted run gives; with ``family_state.pt`` alone (a committed run continued on
@@ -39,7 +39,7 @@ from harness.meta.family import meters
 from harness.meta.family.estimators import create_family_estimator
 from harness.meta.family.heldout import HeldOutSet
 from harness.meta.family.pairs import PairSchedule, PairState, fresh_pairs, stagger
-from harness.meta.trainer import ThetaAdam
+from harness.meta.trainer import LOG_FILE, LOPT_FILE, ThetaAdam
 from harness.meta.truncation import STREAM_PERTURBATION, STREAM_THETA, derive_seed
 from harness.meta.world import World
 from harness.results.schema import canonical_json, provenance
@@ -48,9 +48,6 @@ from harness.util import write_atomically
 
 STATE_FILE = "family_state.pt"
 INNER_FILE = "inner_state.pt"
-LOPT_FILE = "lopt.pt"
-LOG_FILE = "meta_log.csv"
-CONFIG_FILE = "config.json"
 LOG_COLUMNS = (
     "run_id",
     "family",
@@ -193,7 +190,7 @@ class FamilyTrainer:
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> Path:
         """Outer steps until ``outer_steps`` or this chunk's ``max_seconds``; returns
-        ``out/lopt.pt``."""
+        ``out/lopt.safetensors``."""
         cfg = self.cfg
         if not self.pairs and self.outer_step < cfg.outer_steps:
             if cfg.progress and self.world.is_main:
@@ -271,7 +268,7 @@ class FamilyTrainer:
         }
 
     def save(self) -> None:
-        """Write both state files, ``lopt.pt`` and the log (rank 0; the pairs gathered)."""
+        """Write both state files, ``lopt.safetensors`` and the log (rank 0; the pairs gathered)."""
         gathered = self.world.gather_to_main([p.to_dict() for p in self.pairs])
         if gathered is None:
             return
