@@ -199,31 +199,28 @@ class NominalMLP:
         ``reuse_buffers`` has no effect)."""
         del reuse_buffers
         layout = param_layout(params)
-        g = torch._C._nn.flatten_dense_tensors(list(grads))  # layout.flatten, in one C++ call
-        w = torch._C._nn.flatten_dense_tensors(list(params))
         step = state["step"]
+        moments = state["moments"]
+        ref = params[0]
+        theta = theta.to(dtype=ref.dtype)
+        if self._fused_allowed(theta, moments, *params, *grads):
+            # flatten and unflatten in one C++ call each (no batching rule: not under vmap)
+            w = torch._C._nn.flatten_dense_tensors(list(params))
+            g = torch._C._nn.flatten_dense_tensors(list(grads))
+            step_t = torch.as_tensor(step, dtype=w.dtype, device=w.device)
+            horizon = self._horizon_tensor(w)
+            args = (theta, w, g, moments, step_t, horizon)
+            result = run_fused(self.spec, *args, layout.segment, layout.inverse_counts[0])
+            if result is not None:
+                new_params = tuple(torch._C._nn.unflatten_dense_tensors(result[0], list(params)))
+                return new_params, {"step": step + 1, "moments": result[1]}
+        w, g = layout.flatten(params), layout.flatten(grads)
         step_t = torch.as_tensor(step, dtype=w.dtype, device=w.device)
         horizon = self._horizon_tensor(w)
-        theta = theta.to(dtype=w.dtype)
-        moments = state["moments"]
-        result = None
-        if self._fused_allowed(theta, g, w, moments, step_t):
-            result = run_fused(
-                self.spec,
-                theta,
-                w,
-                g,
-                moments,
-                step_t,
-                horizon,
-                layout.segment,
-                layout.inverse_counts[0],
-            )
-        if result is None:
-            result = update_eager(self.spec, theta, w, g, moments, step_t, horizon, layout.lengths)
-        new_w, new_moments = result
-        new_params = tuple(torch._C._nn.unflatten_dense_tensors(new_w, list(params)))
-        return new_params, {"step": step + 1, "moments": new_moments}
+        new_w, new_moments = update_eager(
+            self.spec, theta, w, g, moments, step_t, horizon, layout.lengths
+        )
+        return layout.unflatten(new_w), {"step": step + 1, "moments": new_moments}
 
     # -- the batched interface (the meta-training engine's) --------------------------------------
     def batched_init(self, w: torch.Tensor) -> dict[str, torch.Tensor]:

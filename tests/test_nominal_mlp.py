@@ -202,9 +202,9 @@ def test_batched_init_and_bad_shapes() -> None:
 
 # -- scale -----------------------------------------------------------------------------------------
 def test_the_step_is_scale_free() -> None:
-    """What holds exactly (Adam's eps and the RMS floor aside, here 1e-30): (1) gradients (and
-    the moments) times c: the same step; (2) weights times s, gradients over s, lr0 times s (a
-    reparametrised task): s times the step. For any theta (here one far from Adam)."""
+    """What holds exactly (Adam's eps, here 1e-30, and the RMS floor 1e-12 aside): (1) the
+    gradients (and the moments) times c: the same step; (2) weights times s, gradients over s,
+    lr0 times s (a reparametrised task): s times the step. For any theta (here far from Adam)."""
     kwargs = {"horizon": 30, "eps": 1e-30, "compile": False}
     learner = create_learner("nominal_mlp", lr0=1e-2, **kwargs)
     theta = _trained_theta(learner, 11).double()
@@ -232,7 +232,7 @@ def test_the_step_is_scale_free() -> None:
             tuple(p * s for p in params),
         )
         for m, p, d in zip(moved, params, step, strict=True):
-            torch.testing.assert_close(m - p * s, d * s, rtol=1e-9, atol=1e-12 * s)
+            torch.testing.assert_close(m - p * s, d * s, rtol=1e-7, atol=1e-12 * s)
 
 
 # -- the eager path's contract ---------------------------------------------------------------------
