@@ -193,8 +193,13 @@ def update_eager(
     features.
     """
     chunks = w.split(segments, -1)
+    norms = [torch.linalg.vector_norm(c, dim=-1, keepdim=True) for c in chunks]
     w_normalised = torch.cat(
-        [c * torch.rsqrt((c * c).mean(-1, keepdim=True) + RMS_EPS) for c in chunks], -1
+        [
+            c * torch.rsqrt(n * n / c.shape[-1] + RMS_EPS)
+            for c, n in zip(chunks, norms, strict=True)
+        ],
+        -1,
     )
     coeffs = coefficients(spec, theta, step, horizon)
     features, new_moments = _moments_and_features(spec, g, moments, coeffs, w_normalised)
@@ -207,6 +212,16 @@ def update_eager(
     return w - coeffs[..., C_SCALE, None] * (features[0] + d), new_moments
 
 
+def inverse_rms(
+    norms: torch.Tensor, lengths: torch.Tensor, repeats: torch.Tensor, n: int
+) -> torch.Tensor:
+    """``(..., N)``: each element's ``1 / RMS`` of its tensor, from the tensors' L2 ``norms
+    (..., T)``, their ``lengths (T,)`` (float) and ``repeats`` (the same, int64), N = their sum
+    (the input of :func:`fused_update`; the same arithmetic as :func:`update_eager`'s)."""
+    inverse = torch.rsqrt(norms * norms / lengths + RMS_EPS)
+    return torch.repeat_interleave(inverse, repeats, dim=-1, output_size=n)
+
+
 def fused_update(
     spec: KernelSpec,
     theta: torch.Tensor,
@@ -215,21 +230,14 @@ def fused_update(
     moments: torch.Tensor,
     step: torch.Tensor,
     horizon: torch.Tensor,
-    segment_index: torch.Tensor,
-    inverse_counts: torch.Tensor,
+    w_inverse_rms: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`update_eager` written elementwise (what inductor fuses); the per-tensor RMS of
-    ``w`` is one index_add over ``segment_index (N,)`` (the tensor of each flat element) scaled
-    by ``inverse_counts (T,)`` (1 / each tensor's length), so the code is the same for every
-    architecture."""
-    lead = w.shape[:-1]
-    sums = torch.zeros(*lead, inverse_counts.shape[-1], dtype=w.dtype, device=w.device)
-    sums = sums.index_add(-1, segment_index, w * w)
-    inverse_rms = torch.rsqrt(sums * inverse_counts + RMS_EPS)
+    """:func:`update_eager` written elementwise (what inductor fuses into one loop). The
+    weights' per-tensor RMS comes in as ``w_inverse_rms (..., N)`` (:func:`inverse_rms`,
+    computed outside), so the compiled code knows nothing of the architecture (and a segmented
+    reduction in the loop, an index_add, cost more than the whole MLP)."""
     coeffs = coefficients(spec, theta, step, horizon)
-    features, new_moments = _moments_and_features(
-        spec, g, moments, coeffs, w * inverse_rms[..., segment_index]
-    )
+    features, new_moments = _moments_and_features(spec, g, moments, coeffs, w * w_inverse_rms)
     _, w1, _, _, *rest = unpack(spec, theta)
 
     def weight(block: torch.Tensor, *index: int) -> torch.Tensor:

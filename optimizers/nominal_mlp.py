@@ -53,6 +53,7 @@ from optimizers.nominal_kernel import (
     NUM_MOMENTS,
     KernelSpec,
     compile_enabled,
+    inverse_rms,
     run_fused,
     unpack,
     update_eager,
@@ -209,8 +210,10 @@ class NominalMLP:
             g = torch._C._nn.flatten_dense_tensors(list(grads))
             step_t = torch.as_tensor(step, dtype=w.dtype, device=w.device)
             horizon = self._horizon_tensor(w)
-            args = (theta, w, g, moments, step_t, horizon)
-            result = run_fused(self.spec, *args, layout.segment, layout.inverse_counts[0])
+            lengths, repeats = self._segment_lengths(layout.lengths, w)
+            norms = torch.stack(torch._foreach_norm(list(params)))
+            scale = inverse_rms(norms, lengths, repeats, w.shape[-1])
+            result = run_fused(self.spec, theta, w, g, moments, step_t, horizon, scale)
             if result is not None:
                 new_params = tuple(torch._C._nn.unflatten_dense_tensors(result[0], list(params)))
                 return new_params, {"step": step + 1, "moments": result[1]}
@@ -277,10 +280,11 @@ class NominalMLP:
         theta = theta.to(dtype=w.dtype)
         result = None
         if self._fused_allowed(theta, g, w, moments, step, horizon):
-            index, inverse_counts = self._segment_index(tuple(segments), w)
-            result = run_fused(
-                self.spec, theta, w, g, moments, step, horizon, index, inverse_counts
-            )
+            lengths, repeats = self._segment_lengths(tuple(segments), w)
+            chunks = w.split(tuple(segments), -1)
+            norms = torch.stack([torch.linalg.vector_norm(c, dim=-1) for c in chunks], -1)
+            scale = inverse_rms(norms, lengths, repeats, w.shape[-1])
+            result = run_fused(self.spec, theta, w, g, moments, step, horizon, scale)
         if result is None:
             result = update_eager(self.spec, theta, w, g, moments, step, horizon, tuple(segments))
         new_w, new_moments = result
@@ -318,19 +322,17 @@ class NominalMLP:
             )
         return found
 
-    def _segment_index(
+    def _segment_lengths(
         self, segments: tuple[int, ...], like: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(segment index (N,) int64, 1 / lengths (T,))`` of a flat layout (cached)."""
+        """``(lengths (T,) in like's dtype, the same as int64)`` of a flat layout (cached)."""
         key = (segments, like.dtype, like.device)
         found = self._segments.get(key)
         if found is None:
             if not segments or min(segments) < 1:
                 raise UsageError(f"nominal_mlp: segments must be positive lengths, got {segments}")
-            lengths = torch.tensor(segments)
-            index = torch.repeat_interleave(torch.arange(len(segments)), lengths)
-            inverse = 1.0 / lengths.to(like.dtype)
-            found = (index.to(like.device), inverse.to(like.device))
+            repeats = torch.tensor(segments, device=like.device)
+            found = (repeats.to(like.dtype), repeats)
             if len(self._segments) > 16:
                 self._segments.clear()
             self._segments[key] = found
