@@ -29,9 +29,10 @@ Two implementations of the MLP give the same numbers (to rounding, 1e-6 in the t
   when switched off;
 * :func:`fused_update`: the same update written one scalar weight at a time, elementwise, which
   inductor (``torch.compile``) fuses with the features and the update into one loop over the
-  parameters (plus one reduction for the weights' per-tensor RMS, by segment index, so that the
-  compiled code does not depend on the architecture). It is compiled once per process for each
-  (settings, dtype, device, rank) with dynamic shapes; a failed compile falls back to eager.
+  parameters, after one small kernel for the per-problem :func:`coefficients`. The weights'
+  per-tensor RMS is an input (:func:`inverse_rms`, computed outside), so the compiled code does
+  not depend on the architecture. It is compiled once per process for each (settings, dtype,
+  device, rank) with dynamic sizes; a failed compile falls back to eager (:func:`run_fused`).
 """
 
 from __future__ import annotations

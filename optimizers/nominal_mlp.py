@@ -137,8 +137,9 @@ class NominalMLPSettings:
 
 @register_learner("nominal_mlp")
 class NominalMLP:
-    """Adam plus a per-parameter MLP over unit-free features and a learned schedule (starts at
-    Adam); fused by torch.compile."""
+    """Adam at lr0 plus a per-parameter MLP and a learned schedule (fused by torch.compile).
+
+    At its initial theta it is Adam; see the module docstring."""
 
     family: ClassVar[str] = "nominal_mlp"
 
