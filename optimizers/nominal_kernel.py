@@ -30,9 +30,10 @@ Two implementations of the MLP give the same numbers (to rounding, 1e-6 in the t
 * :func:`fused_update`: the same update written one scalar weight at a time, elementwise, which
   inductor (``torch.compile``) fuses with the features and the update into one loop over the
   parameters, after one small kernel for the per-problem :func:`coefficients`. The weights'
-  per-tensor RMS is an input (:func:`inverse_rms`, computed outside), so the compiled code does
-  not depend on the architecture. It is compiled once per process for each (settings, dtype,
-  device, rank) with dynamic sizes; a failed compile falls back to eager (:func:`run_fused`).
+  per-tensor norms are an input (one foreach call outside), gathered by segment index, so the
+  compiled code does not depend on the architecture. It is compiled once per process for each
+  (settings, dtype, device, rank) with dynamic sizes; a failed compile falls back to eager
+  (:func:`run_fused`).
 """
 
 from __future__ import annotations
@@ -213,16 +214,6 @@ def update_eager(
     return w - coeffs[..., C_SCALE, None] * (features[0] + d), new_moments
 
 
-def inverse_rms(
-    norms: torch.Tensor, lengths: torch.Tensor, repeats: torch.Tensor, n: int
-) -> torch.Tensor:
-    """``(..., N)``: each element's ``1 / RMS`` of its tensor, from the tensors' L2 ``norms
-    (..., T)``, their ``lengths (T,)`` (float) and ``repeats`` (the same, int64), N = their sum
-    (the input of :func:`fused_update`; the same arithmetic as :func:`update_eager`'s)."""
-    inverse = torch.rsqrt(norms * norms / lengths + RMS_EPS)
-    return torch.repeat_interleave(inverse, repeats, dim=-1, output_size=n)
-
-
 def fused_update(
     spec: KernelSpec,
     theta: torch.Tensor,
@@ -231,12 +222,17 @@ def fused_update(
     moments: torch.Tensor,
     step: torch.Tensor,
     horizon: torch.Tensor,
-    w_inverse_rms: torch.Tensor,
+    norms: torch.Tensor,
+    lengths: torch.Tensor,
+    segment_index: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`update_eager` written elementwise (what inductor fuses into one loop). The
-    weights' per-tensor RMS comes in as ``w_inverse_rms (..., N)`` (:func:`inverse_rms`,
-    computed outside), so the compiled code knows nothing of the architecture (and a segmented
-    reduction in the loop, an index_add, cost more than the whole MLP)."""
+    weights' per-tensor RMS comes from their L2 ``norms (..., T)`` (computed outside, one
+    foreach call), ``lengths (T,)`` and ``segment_index (N,)`` (the tensor of each element),
+    so the compiled code knows nothing of the architecture (a segmented reduction inside the
+    loop, an index_add, cost more than the whole MLP)."""
+    inverse = torch.rsqrt(norms * norms / lengths + RMS_EPS)
+    w_inverse_rms = inverse[..., segment_index]
     coeffs = coefficients(spec, theta, step, horizon)
     features, new_moments = _moments_and_features(spec, g, moments, coeffs, w * w_inverse_rms)
     _, w1, _, _, *rest = unpack(spec, theta)

@@ -53,7 +53,6 @@ from optimizers.nominal_kernel import (
     NUM_MOMENTS,
     KernelSpec,
     compile_enabled,
-    inverse_rms,
     run_fused,
     unpack,
     update_eager,
@@ -211,10 +210,10 @@ class NominalMLP:
             g = torch._C._nn.flatten_dense_tensors(list(grads))
             step_t = torch.as_tensor(step, dtype=w.dtype, device=w.device)
             horizon = self._horizon_tensor(w)
-            lengths, repeats = self._segment_lengths(layout.lengths, w)
+            lengths, index = self._segment_lengths(layout.lengths, w)
             norms = torch.stack(torch._foreach_norm(list(params)))
-            scale = inverse_rms(norms, lengths, repeats, w.shape[-1])
-            result = run_fused(self.spec, theta, w, g, moments, step_t, horizon, scale)
+            args = (theta, w, g, moments, step_t, horizon, norms, lengths, index)
+            result = run_fused(self.spec, *args)
             if result is not None:
                 new_params = tuple(torch._C._nn.unflatten_dense_tensors(result[0], list(params)))
                 return new_params, {"step": step + 1, "moments": result[1]}
@@ -281,11 +280,11 @@ class NominalMLP:
         theta = theta.to(dtype=w.dtype)
         result = None
         if self._fused_allowed(theta, g, w, moments, step, horizon):
-            lengths, repeats = self._segment_lengths(tuple(segments), w)
+            lengths, index = self._segment_lengths(tuple(segments), w)
             chunks = w.split(tuple(segments), -1)
             norms = torch.stack([torch.linalg.vector_norm(c, dim=-1) for c in chunks], -1)
-            scale = inverse_rms(norms, lengths, repeats, w.shape[-1])
-            result = run_fused(self.spec, theta, w, g, moments, step, horizon, scale)
+            args = (theta, w, g, moments, step, horizon, norms, lengths, index)
+            result = run_fused(self.spec, *args)
         if result is None:
             result = update_eager(self.spec, theta, w, g, moments, step, horizon, tuple(segments))
         new_w, new_moments = result
@@ -326,14 +325,16 @@ class NominalMLP:
     def _segment_lengths(
         self, segments: tuple[int, ...], like: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(lengths (T,) in like's dtype, the same as int64)`` of a flat layout (cached)."""
+        """``(lengths (T,) in like's dtype, segment index (N,) int64)`` of a flat layout
+        (cached)."""
         key = (segments, like.dtype, like.device)
         found = self._segments.get(key)
         if found is None:
             if not segments or min(segments) < 1:
                 raise UsageError(f"nominal_mlp: segments must be positive lengths, got {segments}")
-            repeats = torch.tensor(segments, device=like.device)
-            found = (repeats.to(like.dtype), repeats)
+            repeats = torch.tensor(segments)
+            index = torch.repeat_interleave(torch.arange(len(segments)), repeats)
+            found = (repeats.to(device=like.device, dtype=like.dtype), index.to(like.device))
             if len(self._segments) > 16:
                 self._segments.clear()
             self._segments[key] = found
