@@ -29,9 +29,11 @@ Two implementations of the MLP give the same numbers (to rounding, 1e-6 in the t
   when switched off;
 * :func:`fused_update`: the same update written one scalar weight at a time, elementwise, which
   inductor (``torch.compile``) fuses with the features and the update into one loop over the
-  parameters (plus one reduction for the weights' per-tensor RMS, by segment index, so that the
-  compiled code does not depend on the architecture). It is compiled once per process for each
-  (settings, dtype, device, rank) with dynamic shapes; a failed compile falls back to eager.
+  parameters, after one small kernel for the per-problem :func:`coefficients`. The weights'
+  per-tensor norms are an input (one foreach call outside), gathered by segment index, so the
+  compiled code does not depend on the architecture. It is compiled once per process for each
+  (settings, dtype, device, rank) with dynamic sizes; a failed compile falls back to eager
+  (:func:`run_fused`).
 """
 
 from __future__ import annotations
@@ -101,40 +103,75 @@ def unpack(spec: KernelSpec, theta: torch.Tensor) -> list[torch.Tensor]:
     ]
 
 
+#: columns of :func:`coefficients` before the first-layer shifts
+C_M, C_V, C_FAST, C_SLOW, C_SCALE = range(5)
+
+
+def coefficients(
+    spec: KernelSpec, theta: torch.Tensor, step: torch.Tensor, horizon: torch.Tensor
+) -> torch.Tensor:
+    """Everything that is the same for all parameters of a problem, ``(..., 5 + H)``: the
+    bias corrections ``1 - beta1^t``, ``sqrt(1 - beta2^t)`` (divisors, as in torch's Adam),
+    ``1 / (1 - b_fast^t)``, ``1 / (1 - b_slow^t)``, the rate ``lr0 exp(a . phi)``, then the
+    first layer's shift ``Wt phi + b1`` of each hidden unit (``t = step + 1``; ``phi`` from
+    ``step / horizon``).
+
+    One tensor, computed before the loop over the parameters: in the fused update inductor
+    writes it once (a concatenation of more than 8 pieces is its own kernel) instead of
+    evaluating the powers, tanh and exp again for every parameter.
+    """
+    dtype = theta.dtype
+    # the bias corrections in float64 (1 - 0.999^t loses 4 digits in float32), as torch's Adam
+    t = step.to(torch.float64).unsqueeze(-1) + 1.0  # (..., 1): this update's number
+    fast, slow = spec.decays
+    corrections = [
+        1.0 - torch.pow(spec.beta1, t),
+        torch.sqrt(1.0 - torch.pow(spec.beta2, t)),
+        1.0 / (1.0 - torch.pow(fast, t)),
+        1.0 / (1.0 - torch.pow(slow, t)),
+    ]
+    fraction = step.to(dtype).unsqueeze(-1) / horizon.to(dtype).unsqueeze(-1)
+    phi = [torch.tanh(10.0 * (fraction - c)) for c in spec.centres]
+    phi.append(torch.ones_like(fraction))
+    a, _, wt, b1, *_ = unpack(spec, theta)
+    columns = [c.to(dtype) for c in corrections]
+    columns.append(
+        spec.lr0 * torch.exp(sum(a[..., s, None] * phi[s] for s in range(spec.num_time)))
+    )
+    for k in range(spec.hidden):
+        shift = b1[..., k, None] + sum(wt[..., k, s, None] * phi[s] for s in range(spec.num_time))
+        columns.append(shift)
+    return torch.cat(columns, -1)
+
+
 def _moments_and_features(
     spec: KernelSpec,
-    w: torch.Tensor,
     g: torch.Tensor,
     moments: torch.Tensor,
-    step: torch.Tensor,
-    horizon: torch.Tensor,
+    coeffs: torch.Tensor,
     w_normalised: torch.Tensor,
-) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """``(features [u, ...], new moments (..., 4, N), phi (..., S, 1))`` (shared by both paths;
-    elementwise throughout)."""
-    dtype = w.dtype
-    t0 = step.to(dtype).unsqueeze(-1)  # (..., 1): updates applied before this one
-    t = t0 + 1.0
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(features [u, g r, m_fast_hat r, m_slow_hat r, w / rms(w)], new moments (..., 4, N))``
+    (shared by both paths; elementwise throughout)."""
+
+    def c(index: int) -> torch.Tensor:
+        return coeffs[..., index, None]  # (..., 1)
+
     m_old, fast_old, slow_old, v_old = moments.unbind(-2)
     fast_decay, slow_decay = spec.decays
     m = torch.lerp(m_old, g, 1.0 - spec.beta1)
     fast = torch.lerp(fast_old, g, 1.0 - fast_decay)
     slow = torch.lerp(slow_old, g, 1.0 - slow_decay)
     v = v_old * spec.beta2 + (1.0 - spec.beta2) * g * g
-    root_bias2 = torch.sqrt(1.0 - torch.pow(spec.beta2, t))
-    r = 1.0 / (torch.sqrt(v) / root_bias2 + spec.eps)
-    u = m / (1.0 - torch.pow(spec.beta1, t)) * r
+    r = 1.0 / (torch.sqrt(v) / c(C_V) + spec.eps)  # Adam's 1 / (sqrt(v_hat) + eps)
     features = [
-        u,
+        m / c(C_M) * r,  # Adam's direction u
         g * r,
-        fast / (1.0 - torch.pow(fast_decay, t)) * r,
-        slow / (1.0 - torch.pow(slow_decay, t)) * r,
+        fast * c(C_FAST) * r,
+        slow * c(C_SLOW) * r,
         w_normalised,
     ]
-    fraction = t0 / horizon.to(dtype).unsqueeze(-1)
-    phi = [torch.tanh(10.0 * (fraction - c)) for c in spec.centres]
-    phi.append(torch.ones_like(fraction))
-    return features, torch.stack([m, fast, slow, v], -2), torch.stack(phi, -2)
+    return features, torch.stack([m, fast, slow, v], -2)
 
 
 def update_eager(
@@ -158,22 +195,23 @@ def update_eager(
     features.
     """
     chunks = w.split(segments, -1)
+    norms = [torch.linalg.vector_norm(c, dim=-1, keepdim=True) for c in chunks]
     w_normalised = torch.cat(
-        [c * torch.rsqrt((c * c).mean(-1, keepdim=True) + RMS_EPS) for c in chunks], -1
+        [
+            c * torch.rsqrt(n * n / c.shape[-1] + RMS_EPS)
+            for c, n in zip(chunks, norms, strict=True)
+        ],
+        -1,
     )
-    features, new_moments, phi = _moments_and_features(
-        spec, w, g, moments, step, horizon, w_normalised
-    )
-    a, w1, wt, b1, *rest = unpack(spec, theta)
-    w3 = rest[-1]
+    coeffs = coefficients(spec, theta, step, horizon)
+    features, new_moments = _moments_and_features(spec, g, moments, coeffs, w_normalised)
+    _, w1, _, _, *rest = unpack(spec, theta)
     x = torch.stack(features, -2)  # (..., F, N)
-    shift = wt @ phi + b1.unsqueeze(-1)  # (..., H, 1)
-    h = torch.relu(w1 @ x + shift)
+    h = torch.relu(w1 @ x + coeffs[..., C_SCALE + 1 :, None])  # (..., H, N)
     if spec.layers == 2:
         h = torch.relu(rest[0] @ h + rest[1].unsqueeze(-1))
-    d = (w3.unsqueeze(-2) @ h).squeeze(-2)
-    scale = spec.lr0 * torch.exp((a.unsqueeze(-2) @ phi).squeeze(-1))  # (..., 1)
-    return w - scale * (features[0] + d), new_moments
+    d = (rest[-1].unsqueeze(-2) @ h).squeeze(-2)
+    return w - coeffs[..., C_SCALE, None] * (features[0] + d), new_moments
 
 
 def fused_update(
@@ -184,46 +222,38 @@ def fused_update(
     moments: torch.Tensor,
     step: torch.Tensor,
     horizon: torch.Tensor,
+    norms: torch.Tensor,
+    lengths: torch.Tensor,
     segment_index: torch.Tensor,
-    inverse_counts: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`update_eager` written elementwise (what inductor fuses); the per-tensor RMS of
-    ``w`` is one index_add over ``segment_index (N,)`` (the tensor of each flat element) scaled
-    by ``inverse_counts (T,)`` (1 / each tensor's length), so the code is the same for every
-    architecture."""
-    lead = w.shape[:-1]
-    sums = torch.zeros(*lead, inverse_counts.shape[-1], dtype=w.dtype, device=w.device)
-    sums = sums.index_add(-1, segment_index, w * w)
-    inverse_rms = torch.rsqrt(sums * inverse_counts + RMS_EPS)
-    w_normalised = w * inverse_rms[..., segment_index]
-    features, new_moments, phi = _moments_and_features(
-        spec, w, g, moments, step, horizon, w_normalised
-    )
-    a, w1, wt, b1, *rest = unpack(spec, theta)
-    w3 = rest[-1]
-    hidden, num_time = spec.hidden, spec.num_time
-    phis = [phi[..., s, :] for s in range(num_time)]  # each (..., 1)
+    """:func:`update_eager` written elementwise (what inductor fuses into one loop). The
+    weights' per-tensor RMS comes from their L2 ``norms (..., T)`` (computed outside, one
+    foreach call), ``lengths (T,)`` and ``segment_index (N,)`` (the tensor of each element),
+    so the compiled code knows nothing of the architecture (a segmented reduction inside the
+    loop, an index_add, cost more than the whole MLP)."""
+    inverse = torch.rsqrt(norms * norms / lengths + RMS_EPS)
+    w_inverse_rms = inverse[..., segment_index]
+    coeffs = coefficients(spec, theta, step, horizon)
+    features, new_moments = _moments_and_features(spec, g, moments, coeffs, w * w_inverse_rms)
+    _, w1, _, _, *rest = unpack(spec, theta)
 
-    def col(block: torch.Tensor, *index: int) -> torch.Tensor:
+    def weight(block: torch.Tensor, *index: int) -> torch.Tensor:
         return block[(..., *index)].unsqueeze(-1)  # (..., 1): one weight per problem
 
     h = []
-    for k in range(hidden):
-        shift = col(b1, k)
-        for s in range(num_time):
-            shift = shift + col(wt, k, s) * phis[s]
-        pre = shift + sum(col(w1, k, j) * features[j] for j in range(NUM_FEATURES))
+    for k in range(spec.hidden):
+        pre = coeffs[..., C_SCALE + 1 + k, None]
+        for j in range(NUM_FEATURES):
+            pre = pre + weight(w1, k, j) * features[j]
         h.append(torch.relu(pre))
     if spec.layers == 2:
         w2, b2 = rest[0], rest[1]
         h = [
-            torch.relu(col(b2, k) + sum(col(w2, k, j) * h[j] for j in range(hidden)))
-            for k in range(hidden)
+            torch.relu(weight(b2, k) + sum(weight(w2, k, j) * h[j] for j in range(spec.hidden)))
+            for k in range(spec.hidden)
         ]
-    d = sum(col(w3, k) * h[k] for k in range(hidden))
-    log_scale = sum(col(a, s) * phis[s] for s in range(num_time))
-    scale = spec.lr0 * torch.exp(log_scale)
-    return w - scale * (features[0] + d), new_moments
+    d = sum(weight(rest[-1], k) * h[k] for k in range(spec.hidden))
+    return w - coeffs[..., C_SCALE, None] * (features[0] + d), new_moments
 
 
 # -- the compile cache -----------------------------------------------------------------------------

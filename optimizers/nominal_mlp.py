@@ -136,8 +136,9 @@ class NominalMLPSettings:
 
 @register_learner("nominal_mlp")
 class NominalMLP:
-    """Adam plus a per-parameter MLP over unit-free features and a learned schedule (starts at
-    Adam); fused by torch.compile."""
+    """Adam at lr0 plus a per-parameter MLP and a learned schedule (fused by torch.compile).
+
+    At its initial theta it is Adam; see the module docstring."""
 
     family: ClassVar[str] = "nominal_mlp"
 
@@ -199,31 +200,30 @@ class NominalMLP:
         ``reuse_buffers`` has no effect)."""
         del reuse_buffers
         layout = param_layout(params)
-        g = torch._C._nn.flatten_dense_tensors(list(grads))  # layout.flatten, in one C++ call
-        w = torch._C._nn.flatten_dense_tensors(list(params))
         step = state["step"]
+        moments = state["moments"]
+        ref = params[0]
+        theta = theta.to(dtype=ref.dtype)
+        if self._fused_allowed(theta, moments, *params, *grads):
+            # flatten and unflatten in one C++ call each (no batching rule: not under vmap)
+            w = torch._C._nn.flatten_dense_tensors(list(params))
+            g = torch._C._nn.flatten_dense_tensors(list(grads))
+            step_t = torch.as_tensor(step, dtype=w.dtype, device=w.device)
+            horizon = self._horizon_tensor(w)
+            lengths, index = self._segment_lengths(layout.lengths, w)
+            norms = torch.stack(torch._foreach_norm(list(params)))
+            args = (theta, w, g, moments, step_t, horizon, norms, lengths, index)
+            result = run_fused(self.spec, *args)
+            if result is not None:
+                new_params = tuple(torch._C._nn.unflatten_dense_tensors(result[0], list(params)))
+                return new_params, {"step": step + 1, "moments": result[1]}
+        w, g = layout.flatten(params), layout.flatten(grads)
         step_t = torch.as_tensor(step, dtype=w.dtype, device=w.device)
         horizon = self._horizon_tensor(w)
-        theta = theta.to(dtype=w.dtype)
-        moments = state["moments"]
-        result = None
-        if self._fused_allowed(theta, g, w, moments, step_t):
-            result = run_fused(
-                self.spec,
-                theta,
-                w,
-                g,
-                moments,
-                step_t,
-                horizon,
-                layout.segment,
-                layout.inverse_counts[0],
-            )
-        if result is None:
-            result = update_eager(self.spec, theta, w, g, moments, step_t, horizon, layout.lengths)
-        new_w, new_moments = result
-        new_params = tuple(torch._C._nn.unflatten_dense_tensors(new_w, list(params)))
-        return new_params, {"step": step + 1, "moments": new_moments}
+        new_w, new_moments = update_eager(
+            self.spec, theta, w, g, moments, step_t, horizon, layout.lengths
+        )
+        return layout.unflatten(new_w), {"step": step + 1, "moments": new_moments}
 
     # -- the batched interface (the meta-training engine's) --------------------------------------
     def batched_init(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -280,10 +280,11 @@ class NominalMLP:
         theta = theta.to(dtype=w.dtype)
         result = None
         if self._fused_allowed(theta, g, w, moments, step, horizon):
-            index, inverse_counts = self._segment_index(tuple(segments), w)
-            result = run_fused(
-                self.spec, theta, w, g, moments, step, horizon, index, inverse_counts
-            )
+            lengths, index = self._segment_lengths(tuple(segments), w)
+            chunks = w.split(tuple(segments), -1)
+            norms = torch.stack([torch.linalg.vector_norm(c, dim=-1) for c in chunks], -1)
+            args = (theta, w, g, moments, step, horizon, norms, lengths, index)
+            result = run_fused(self.spec, *args)
         if result is None:
             result = update_eager(self.spec, theta, w, g, moments, step, horizon, tuple(segments))
         new_w, new_moments = result
@@ -321,19 +322,19 @@ class NominalMLP:
             )
         return found
 
-    def _segment_index(
+    def _segment_lengths(
         self, segments: tuple[int, ...], like: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(segment index (N,) int64, 1 / lengths (T,))`` of a flat layout (cached)."""
+        """``(lengths (T,) in like's dtype, segment index (N,) int64)`` of a flat layout
+        (cached)."""
         key = (segments, like.dtype, like.device)
         found = self._segments.get(key)
         if found is None:
             if not segments or min(segments) < 1:
                 raise UsageError(f"nominal_mlp: segments must be positive lengths, got {segments}")
-            lengths = torch.tensor(segments)
-            index = torch.repeat_interleave(torch.arange(len(segments)), lengths)
-            inverse = 1.0 / lengths.to(like.dtype)
-            found = (index.to(like.device), inverse.to(like.device))
+            repeats = torch.tensor(segments)
+            index = torch.repeat_interleave(torch.arange(len(segments)), repeats)
+            found = (repeats.to(device=like.device, dtype=like.dtype), index.to(like.device))
             if len(self._segments) > 16:
                 self._segments.clear()
             self._segments[key] = found

@@ -21,6 +21,10 @@ from optimizers.nominal_mlp import NominalMLP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+#: the compiled tests' settings: both layers' code paths, a smaller graph than the default 8
+#: units (compiles in a third of the time); the benchmarks compile the default
+SMALL = {"lr0": 1e-2, "hidden": 3, "layers": 2}
+
 
 @functools.cache
 def _inductor_problem() -> str:
@@ -131,8 +135,8 @@ def test_lopt_in_a_plain_torch_loop_is_torch_adam_at_the_initial_theta() -> None
 def test_the_compiled_update_equals_the_eager_one() -> None:
     """A theta away from Adam, a non-trivial state, several steps: fused (compiled) and eager
     agree to 1e-6, for one problem and for a batch; a new parameter count does not recompile."""
-    eager = create_learner("nominal_mlp", lr0=1e-2, horizon=20, compile=False)
-    fused = create_learner("nominal_mlp", lr0=1e-2, horizon=20, compile=True)
+    eager = create_learner("nominal_mlp", **SMALL, horizon=20, compile=False)
+    fused = create_learner("nominal_mlp", **SMALL, horizon=20, compile=True)
     theta = _trained_theta(eager, 3)
     for seed in (0, 1):  # the second has other sizes: the same compiled code
         params, grads, (moments,) = _problem(seed)
@@ -154,7 +158,7 @@ def test_the_compiled_update_equals_the_eager_one() -> None:
 def _batched_vs_single(compile: bool) -> None:
     """B = 3 problems at staggered steps and horizons, each its own theta row: batched_step
     equals three single apply calls to 1e-6; its inputs are untouched."""
-    base = create_learner("nominal_mlp", lr0=1e-2, compile=compile)
+    base = create_learner("nominal_mlp", **SMALL, compile=compile)
     thetas = _trained_theta(base, 7, rows=3)
     steps, horizons = torch.tensor([0, 5, 40]), torch.tensor([10, 50, 100])
     problems = [_problem(seed) for seed in range(3)]
@@ -171,7 +175,7 @@ def _batched_vs_single(compile: bool) -> None:
     for original, copy in zip((thetas, w, g, moments), copies, strict=True):
         assert torch.equal(original, copy)
     for b, (params, grads, _) in enumerate(problems):
-        single = create_learner("nominal_mlp", lr0=1e-2, horizon=int(horizons[b]), compile=compile)
+        single = create_learner("nominal_mlp", **SMALL, horizon=int(horizons[b]), compile=compile)
         state = {"step": int(steps[b]), "moments": moments[b]}
         with torch.no_grad():
             new_params, new_single = single.apply(thetas[b], grads, state, params)
@@ -202,9 +206,9 @@ def test_batched_init_and_bad_shapes() -> None:
 
 # -- scale -----------------------------------------------------------------------------------------
 def test_the_step_is_scale_free() -> None:
-    """What holds exactly (Adam's eps and the RMS floor aside, here 1e-30): (1) gradients (and
-    the moments) times c: the same step; (2) weights times s, gradients over s, lr0 times s (a
-    reparametrised task): s times the step. For any theta (here one far from Adam)."""
+    """What holds exactly (Adam's eps, here 1e-30, and the RMS floor 1e-12 aside): (1) the
+    gradients (and the moments) times c: the same step; (2) weights times s, gradients over s,
+    lr0 times s (a reparametrised task): s times the step. For any theta (here far from Adam)."""
     kwargs = {"horizon": 30, "eps": 1e-30, "compile": False}
     learner = create_learner("nominal_mlp", lr0=1e-2, **kwargs)
     theta = _trained_theta(learner, 11).double()
@@ -232,7 +236,7 @@ def test_the_step_is_scale_free() -> None:
             tuple(p * s for p in params),
         )
         for m, p, d in zip(moved, params, step, strict=True):
-            torch.testing.assert_close(m - p * s, d * s, rtol=1e-9, atol=1e-12 * s)
+            torch.testing.assert_close(m - p * s, d * s, rtol=1e-7, atol=1e-12 * s)
 
 
 # -- the eager path's contract ---------------------------------------------------------------------
