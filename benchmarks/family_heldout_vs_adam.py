@@ -15,7 +15,7 @@ at the end), and the CPU seconds it took. Exit 0; anything else: a crash.
 
 Usage::
 
-    python benchmarks/family_heldout_vs_adam.py results/meta/family_mlp_mix_pes
+    python benchmarks/family_heldout_vs_adam.py outputs/meta/family_mlp_mix_pes
         [--lrs 0.001,0.003,0.01,0.03]
 """
 

@@ -101,7 +101,7 @@ class FamilyMetaTrainConfig:
     learner_cfg: dict[str, Any] = field(default_factory=dict)
     estimator: str = "pes"
     outer_steps: int = 1000
-    out: str = "results/meta/family"
+    out: str = "outputs/meta/family"
     seed: int = 0
     pairs: int = 32
     arch_groups: int = 4
