@@ -25,7 +25,6 @@ FLAT = " ".join(TEXT.split())
 #: remove a name once its page is merged.
 PENDING_PAGES = {
     "docs/nominal-mlp.md",
-    "docs/meta-training-families.md",
     "docs/workloads.md",
 }
 
