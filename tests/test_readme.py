@@ -24,7 +24,6 @@ FLAT = " ".join(TEXT.split())
 #: Pages linked from the README and docs/README.md that other branches of this sitting write;
 #: remove a name once its page is merged.
 PENDING_PAGES = {
-    "docs/nominal-mlp.md",
     "docs/workloads.md",
 }
 
