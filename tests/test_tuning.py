@@ -566,7 +566,7 @@ def test_bench_tuned_takes_hparams_and_tags_from_the_study(tmp_path, capsys) -> 
     frame = pd.read_csv(out)
     assert json.loads(frame.hparams[0]) == outcome.best_hparams
     assert json.loads(frame.tags[0])["trials"] == 6
-    assert main(["bench", *common, "tuned=true", "optimizer.lr=0.1", f"out={out}"]) == 2
+    assert main(["bench", *common, "tuned=true", "optimizer.lr=0.1", f"out={out}.2.csv"]) == 2
     assert "drop optimizer.lr" in capsys.readouterr().err
     assert main(["bench", *common, "steps=50", "tuned=true", f"out={tmp_path / 'x.csv'}"]) == 2
     assert "lopt tune task=quadratic optimizer=sgd" in capsys.readouterr().err
