@@ -30,7 +30,8 @@ Two implementations of the MLP give the same numbers (to rounding, 1e-6 in the t
 * :func:`fused_update`: the same update written one scalar weight at a time, elementwise, which
   inductor (``torch.compile``) fuses with the features and the update into one loop over the
   parameters, after one small kernel for the per-problem :func:`coefficients`. The weights'
-  per-tensor norms are an input (one foreach call outside), gathered by segment index, so the
+  per-tensor RMS is an input computed outside (:func:`fused_update_indexed`: tensor norms
+  gathered by segment index; :func:`fused_update`: already expanded per weight), so the
   compiled code does not depend on the architecture. It is compiled once per process for each
   (settings, dtype, device, rank) with dynamic sizes; a failed compile falls back to eager
   (:func:`run_fused`).
@@ -214,7 +215,17 @@ def update_eager(
     return w - coeffs[..., C_SCALE, None] * (features[0] + d), new_moments
 
 
-def fused_update(
+def inverse_rms(
+    norms: torch.Tensor, lengths: torch.Tensor, repeats: torch.Tensor, n: int
+) -> torch.Tensor:
+    """``(..., N)``: each element's ``1 / RMS`` of its tensor, from the tensors' L2 ``norms
+    (..., T)``, their ``lengths (T,)`` (float) and ``repeats`` (the same, int64), N = their
+    sum (the arithmetic of :func:`update_eager`)."""
+    inverse = torch.rsqrt(norms * norms / lengths + RMS_EPS)
+    return torch.repeat_interleave(inverse, repeats, dim=-1, output_size=n)
+
+
+def fused_update_indexed(
     spec: KernelSpec,
     theta: torch.Tensor,
     w: torch.Tensor,
@@ -226,13 +237,28 @@ def fused_update(
     lengths: torch.Tensor,
     segment_index: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`update_eager` written elementwise (what inductor fuses into one loop). The
-    weights' per-tensor RMS comes from their L2 ``norms (..., T)`` (computed outside, one
-    foreach call), ``lengths (T,)`` and ``segment_index (N,)`` (the tensor of each element),
-    so the compiled code knows nothing of the architecture (a segmented reduction inside the
-    loop, an index_add, cost more than the whole MLP)."""
+    """:func:`fused_update` with the weights' per-tensor RMS from their L2 ``norms (..., T)``
+    (one foreach call outside), ``lengths (T,)`` and ``segment_index (N,)`` (the tensor of
+    each element), gathered in the loop: the single-problem form (``apply``)."""
     inverse = torch.rsqrt(norms * norms / lengths + RMS_EPS)
-    w_inverse_rms = inverse[..., segment_index]
+    return fused_update(spec, theta, w, g, moments, step, horizon, inverse[..., segment_index])
+
+
+def fused_update(
+    spec: KernelSpec,
+    theta: torch.Tensor,
+    w: torch.Tensor,
+    g: torch.Tensor,
+    moments: torch.Tensor,
+    step: torch.Tensor,
+    horizon: torch.Tensor,
+    w_inverse_rms: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`update_eager` written elementwise (what inductor fuses into one loop).
+    ``w_inverse_rms (..., N)``: each weight's 1 / RMS of its tensor (:func:`inverse_rms`,
+    computed outside: the batched form), so the compiled code knows nothing of the
+    architecture (a segmented reduction inside the loop, an index_add, cost more than the
+    whole MLP)."""
     coeffs = coefficients(spec, theta, step, horizon)
     features, new_moments = _moments_and_features(spec, g, moments, coeffs, w * w_inverse_rms)
     _, w1, _, _, *rest = unpack(spec, theta)
@@ -266,14 +292,21 @@ def compile_enabled() -> bool:
     return os.environ.get(COMPILE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def compiled_update(spec: KernelSpec, like: torch.Tensor) -> Callable[..., Any] | None:
-    """The compiled :func:`fused_update` for ``spec`` and tensors like ``like`` (its dtype,
-    device type and rank), built once per process; None where compiling failed before."""
-    key = (spec, like.dtype, like.device.type, like.dim())
+def _key(spec: KernelSpec, args: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
+    like = args[1]
+    return (spec, like.dtype, like.device.type, like.dim(), len(args))
+
+
+def compiled_update(spec: KernelSpec, args: tuple[torch.Tensor, ...]) -> Callable[..., Any] | None:
+    """The compiled :func:`fused_update` (7 tensors) or :func:`fused_update_indexed` (9) for
+    ``spec`` and tensors like ``args`` (dtype, device type, rank), built once per process;
+    None where compiling failed before."""
+    key = _key(spec, args)
     if key not in _COMPILED:
+        function = fused_update if len(args) == 7 else fused_update_indexed
 
         def update(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return fused_update(spec, *args)
+            return function(spec, *args)
 
         # dynamic=None (not True): Python floats (the spec's constants) stay compile-time
         # constants; the sizes are marked dynamic below, so one graph serves every N, B, T
@@ -296,11 +329,10 @@ def _mark_sizes_dynamic(args: tuple[torch.Tensor, ...]) -> None:
 def run_fused(spec: KernelSpec, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The compiled update of ``args`` (as :func:`fused_update`'s after ``spec``), or None if it
     cannot be compiled here (then it warns once, and later calls return None at once)."""
-    like = args[1]
-    compiled = compiled_update(spec, like)
+    compiled = compiled_update(spec, args)
     if compiled is None:
         return None
-    key = (spec, like.dtype, like.device.type, like.dim())
+    key = _key(spec, args)
     try:
         if key not in _RAN:  # before the first compile; later shapes reuse its dynamic sizes
             _mark_sizes_dynamic(args)

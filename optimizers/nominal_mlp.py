@@ -53,6 +53,7 @@ from optimizers.nominal_kernel import (
     NUM_MOMENTS,
     KernelSpec,
     compile_enabled,
+    inverse_rms,
     run_fused,
     unpack,
     update_eager,
@@ -280,11 +281,12 @@ class NominalMLP:
         theta = theta.to(dtype=w.dtype)
         result = None
         if self._fused_allowed(theta, g, w, moments, step, horizon):
-            lengths, index = self._segment_lengths(tuple(segments), w)
+            lengths, _ = self._segment_lengths(tuple(segments), w)
             chunks = w.split(tuple(segments), -1)
             norms = torch.stack([torch.linalg.vector_norm(c, dim=-1) for c in chunks], -1)
-            args = (theta, w, g, moments, step, horizon, norms, lengths, index)
-            result = run_fused(self.spec, *args)
+            repeats = self._repeats(tuple(segments), w)
+            scale = inverse_rms(norms, lengths, repeats, w.shape[-1])  # (B, N), outside
+            result = run_fused(self.spec, theta, w, g, moments, step, horizon, scale)
         if result is None:
             result = update_eager(self.spec, theta, w, g, moments, step, horizon, tuple(segments))
         new_w, new_moments = result
@@ -339,3 +341,12 @@ class NominalMLP:
                 self._segments.clear()
             self._segments[key] = found
         return found
+
+    def _repeats(self, segments: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """The segment lengths as an int64 tensor on like's device (cached)."""
+        key = ("repeats", segments, like.device)
+        found = self._segments.get(key)
+        if found is None:
+            found = (torch.tensor(segments, device=like.device),) * 2
+            self._segments[key] = found
+        return found[0]
