@@ -115,8 +115,13 @@ def benchmarks(session: nox.Session) -> None:
             k,
             success_codes=ran,
         )
-    # the batched engine against the per-problem loop (issue 24; docs/batched-engine.md)
+    # the batched engine against the per-problem loop (docs/batched-engine.md)
     session.run("python", "benchmarks/batched_throughput.py", success_codes=ran)
+    # nominal_mlp's step against Adam's, and its batched step (docs/nominal-mlp.md)
+    session.run("python", "benchmarks/nominal_mlp_step_vs_adam.py", success_codes=ran)
+    session.run("python", "benchmarks/nominal_mlp_batched_step.py")
+    # PES against whole-run ES on a family (docs/meta-training-families.md)
+    session.run("python", "benchmarks/family_estimator_bias.py", success_codes=ran)
 
 
 @nox.session

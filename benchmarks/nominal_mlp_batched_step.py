@@ -1,12 +1,12 @@
 """What does ``nominal_mlp.batched_step`` cost per parameter, against a flat batched Adam?
 
 The batched meta-training engine updates B problems of one architecture as ``(B, N)`` rows
-(issue 24). In one process, for R rounds in alternating order, this times S calls of
+In one process, for R rounds in alternating order, this times S calls of
 ``batched_step`` (fused, or eager with ``--eager``) and S calls of Adam written on the same
 ``(B, N)`` rows (the six tensor operations of ``torch.optim.Adam``'s update, eager), on the
 thread's CPU time, and prints each one's median nanoseconds per parameter (B x N) and the
 median ratio. The rows are the parameters of B MLPs 64-32-10 (N = 2,410, four tensors), as in
-the engine's first task family. There is no limit (exit 0; 2 on a crash).
+the engine's first task family. There is no limit (exit 0; 1 on a crash).
 
 Usage::
 
@@ -99,4 +99,4 @@ if __name__ == "__main__":
         raise
     except BaseException:
         traceback.print_exc()
-        sys.exit(2)
+        sys.exit(1)

@@ -1,5 +1,5 @@
 """Is a ``nominal_mlp`` training step at most 1.10x an Adam step on mnist5k_cnn16, and at most
-1.3x on digits_mlp? (issue 24's limits)
+1.3x on digits_mlp?
 
 The unit is the whole training step as the harness runner times it
 (:func:`harness.runner.make_train_step`: the gradient of the minibatch loss, then the optimizer
@@ -14,7 +14,8 @@ wall-clock ratio is printed beside it. ``gc.collect()`` runs
 before each block, outside the clock. The first block of each (untimed) compiles the fused
 update; its seconds are printed. With ``--eager`` the eager update is measured instead.
 
-Exit status: 0 both limits met, 1 a limit missed, 2 anything else (a crash, or the fused path
+Exit status (``benchmarks/verdict.py``): 0 both limits met, 3 a limit missed (the last line says
+``verdict: MISSED``), anything else a failure (1 a crash, 2 bad arguments or the fused path
 unavailable, so that nothing was measured of it).
 
 Usage::
@@ -34,6 +35,7 @@ import traceback
 from itertools import islice
 
 import torch
+from verdict import verdict
 
 from harness.registry import create_learner, create_optimizer, create_task
 from harness.runner import make_train_step
@@ -114,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         limit = LIMITS.get(task_name)
         if limit is not None and ratio > limit:
             missed.append(f"{task_name} {ratio:.3f} > {limit}")
-    verdict = "missed: " + "; ".join(missed) if missed else "met"
-    print(f"verdict (threads={torch.get_num_threads()}): {verdict}")
-    return 1 if missed else 0
+    limits = ", ".join(f"{name} <= {limit}" for name, limit in LIMITS.items())
+    what = "; ".join(missed) if missed else limits
+    return verdict(not missed, f"{what} (threads={torch.get_num_threads()})")
 
 
 if __name__ == "__main__":
@@ -124,6 +126,6 @@ if __name__ == "__main__":
         sys.exit(main())
     except SystemExit:
         raise
-    except BaseException:  # a crash must not read as a missed target (exit 1)
+    except BaseException:  # a crash must not read as a missed target
         traceback.print_exc()
-        sys.exit(2)
+        sys.exit(1)

@@ -67,6 +67,14 @@ TINY: dict[str, tuple[list[str], bool]] = {
         ],
         False,
     ),
+    "nominal_mlp_step_vs_adam.py": (
+        ["--tasks", "digits_mlp", "--steps", "2", "--rounds", "1", "--eager"],
+        True,
+    ),
+    "nominal_mlp_batched_step.py": (
+        ["--problems", "2", "--steps", "2", "--rounds", "1", "--eager"],
+        False,
+    ),
     "tuning_workers.py": (
         ["--workers", "2", "--trials", "4", "--steps", "5", "--out", "{tmp}/workers"],
         False,
