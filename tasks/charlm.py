@@ -174,8 +174,9 @@ class CharLmTransformer(Task):
         generator = torch.Generator().manual_seed(seed)
         span = torch.arange(self.context + 1)
         while True:
-            starts = torch.randint(0, data.shape[0] - self.context, (self.batch_size,),
-                                   generator=generator)
+            starts = torch.randint(
+                0, data.shape[0] - self.context, (self.batch_size,), generator=generator
+            )
             windows = data[(starts[:, None] + span).to(self.device)]
             yield windows[:, :-1], windows[:, 1:]
 

@@ -2,10 +2,11 @@
 
 51 top-level modules of the Python 3.11.7 standard library (PSF licence,
 ``charlm/LICENSE-PSF.txt``), extracted once by ``tasks/data/make_charlm_corpus.py`` and
-committed as ``charlm/corpus.txt.gz`` with its manifest ``charlm/corpus.json`` (every file with its split, characters and SHA-256).
-Offline everywhere: the files ship inside the package. Splits are by file (train 805,716
-characters, valid 107,523, test 115,552); the decompressed text is checked against
-:data:`CORPUS_SHA256` on every load.
+committed as ``charlm/corpus.txt.gz`` with its manifest ``charlm/corpus.json`` (every file
+with its split, characters and SHA-256; ``charlm/README.md`` says how). Offline everywhere:
+the files ship inside the package. Splits are by file (train 805,716 characters, valid
+107,523, test 115,552); the decompressed text is checked against :data:`CORPUS_SHA256` on
+every load.
 """
 
 from __future__ import annotations
