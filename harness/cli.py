@@ -487,7 +487,9 @@ def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> 
     if cfg.kind == "comparison":
         from harness.results.comparison import build_comparison_report
 
-        written = build_comparison_report(frame, Path(str(cfg.out)))
+        studies = Path(str(cfg["in"])).parent / "optuna.db"  # the tuned runs' studies, if there
+        storage = f"sqlite:///{studies}" if studies.is_file() else None
+        written = build_comparison_report(frame, Path(str(cfg.out)), storage=storage)
     else:
         written = build_report(
             frame, Path(str(cfg.out)), reference=cfg.reference, target_split=cfg.target_split
