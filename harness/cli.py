@@ -132,6 +132,10 @@ def list_command(args: list[str]) -> int:
             detail = (
                 f"steps={getattr(factory, 'default_steps', '?')} "
                 f"pairs_with={','.join(getattr(factory, 'pairs_with', ('*',)))}"
+                + "".join(
+                    f" target_{t.split}_{t.metric}={t.value:g}@{t.steps}"
+                    for t in getattr(factory, "targets", ())
+                )
             )
         elif kind == "learners":  # the family's settings and their defaults
             detail = " ".join(f"{k}={v!r}" for k, v in factory().record().items())
