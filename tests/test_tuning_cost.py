@@ -91,3 +91,32 @@ def test_tuning_cost_reads_the_studies_of_the_tuned_runs(tmp_path: Path):
     assert row["learned_loss"] == pytest.approx(1.5)
     assert row["trials_to_match"] == 4  # 2 trials expect 1.67 > 1.5
     assert row["tuned_best"] == 1.0
+
+
+def test_the_comparison_report_writes_the_profiles_and_the_tuning_cost(tmp_path: Path):
+    import optuna
+    from test_profiles import tidy
+
+    from harness.results.comparison import build_comparison_report
+
+    study = optuna.create_study(study_name="t-sgd", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    for value in (3.0, 1.0, 2.0, 4.0):
+        study.tell(study.ask(), value)
+    tuned = json.dumps({"comparison": "train", "study": "t-sgd", "trials": 4})
+    runs = [(seed, split) for seed in (0, 1) for split in ("train", "valid", "test")]
+    frame = pd.concat(
+        [
+            *(tidy(f"s{s}", "sgd", s, [4, 2.0, 1.0], p).assign(tags=tuned) for s, p in runs),
+            *(tidy(f"l{s}", "lopt_mnist5k_train", s, [4, 1.0, 0.9], p) for s, p in runs),
+        ],
+        ignore_index=True,
+    )
+    written = {p.name for p in build_comparison_report(frame, tmp_path)}
+    assert {"profiles.png", "profiles.csv", "tuning_cost.png", "tuning_cost.csv"} <= written
+    profile = pd.read_csv(tmp_path / "profiles.csv").set_index("optimizer")
+    assert profile.loc["lopt_mnist5k_train", "score"] == 1.0  # 1 s against sgd's 2 s
+    assert profile.loc["sgd", "score"] == pytest.approx((4 - 2) / 3)
+    text = (tmp_path / "summary.md").read_text()
+    assert "## Performance profiles" in text and "## Tuning cost" in text
+    # lopt's final train loss 0.9 is below the study's best (1.0): no k is enough
+    assert "> 4" in text
