@@ -38,7 +38,26 @@ from harness.util import markdown_table, write_atomically
 TAU_MAX = 4.0
 #: the ``tau`` at which the profile table shows ``rho``
 TAU_COLUMNS = (1.0, 1.5, 2.0, 3.0, 4.0)
-TIME_COLUMNS = ("comparison", "task", "optimizer", "target", "target_source", "seconds", "reached")
+TIME_COLUMNS = (
+    "comparison",
+    "task",
+    "optimizer",
+    "learned",
+    "target",
+    "target_source",
+    "seconds",
+    "reached",
+)
+PALETTE = [f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown")] + [
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+    "black",
+    "gold",
+    "navy",
+    "lime",
+]
 
 
 def round_up(value: float, digits: int = 3) -> float:
@@ -105,6 +124,7 @@ def workload_times(
                 "comparison": comparison,
                 "task": task,
                 "optimizer": optimizer,
+                "learned": not is_baseline(str(optimizer)),
                 "target": value,
                 "target_source": source,
                 "seconds": float(np.median(seconds)) if len(seconds) else math.inf,
@@ -174,7 +194,8 @@ def comparison_profiles(
 
 
 def plot_profiles(times: pd.DataFrame, path: str | Path) -> Path:
-    """One panel per comparison: ``rho(tau)`` of every optimizer for ``tau`` in [1, 4]."""
+    """One panel per comparison: ``rho(tau)`` of every optimizer for ``tau`` in [1, 4]
+    (learned optimizers dashed). ``times``: :func:`comparison_profiles`' first table."""
     names = sorted(times["comparison"].unique())
     figure = Figure(figsize=(6.0 * len(names), 4.2), layout="constrained")
     FigureCanvasAgg(figure)
@@ -184,14 +205,23 @@ def plot_profiles(times: pd.DataFrame, path: str | Path) -> Path:
         sub = times[times["comparison"] == comparison]
         ratio = ratios(sub.pivot(index="task", columns="optimizer", values="seconds"))
         curve = profile_curve(ratio, taus)
+        colours = iter(PALETTE * 2)
         for optimizer in curve.columns:
-            axes.step(taus, curve[optimizer], where="post", label=optimizer)
+            learned = sub.loc[sub["optimizer"] == optimizer, "learned"].any()
+            axes.step(
+                taus,
+                curve[optimizer],
+                where="post",
+                label=optimizer + (" (learned)" if learned else ""),
+                ls="--" if learned else "-",
+                color=next(colours),
+            )
         axes.set_xlim(1.0, TAU_MAX)
         axes.set_ylim(-0.02, 1.02)
         axes.set_xlabel("tau (time to target over the fastest's)")
         axes.set_ylabel("fraction of workloads within tau")
         axes.set_title(f"{comparison} comparison: {len(ratio)} workloads")
-        axes.legend(fontsize="x-small", loc="lower right")
+        axes.legend(fontsize="xx-small", loc="center right")
     return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
 
 

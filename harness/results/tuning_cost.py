@@ -39,6 +39,7 @@ from harness.results.derived import final_and_best
 from harness.util import markdown_table, write_atomically
 
 QUANTILES = (0.1, 0.9)
+LEARNED_COLOURS = ["0.1", "tab:olive", "tab:cyan", "tab:gray", "tab:pink", "0.55"]
 CURVE_COLUMNS = (
     "comparison",
     "task",
@@ -211,8 +212,9 @@ def tuning_cost(
 
 def plot_tuning_cost(curves: pd.DataFrame, matches: pd.DataFrame, path: str | Path) -> Path:
     """One panel per workload (comparison, task): each baseline's expected best objective
-    against ``k`` (log 2 axis) with its 80% band, and each learned optimizer as a dashed line
-    (marked at ``k = 0``, drawn at the left edge)."""
+    against ``k`` (log 2 axis) with its 80% band, and each learned optimizer (``k = 0``) as a
+    dashed horizontal line. The y axis stops at 10x the largest value from ``k = 4`` on (or
+    of a learned optimizer), so divergence penalties at small ``k`` may run off the top."""
     workloads = sorted({(c, t) for c, t in zip(curves["comparison"], curves["task"], strict=True)})
     columns = min(2, max(1, len(workloads)))
     rows = math.ceil(len(workloads) / columns) if workloads else 1
@@ -228,20 +230,23 @@ def plot_tuning_cost(curves: pd.DataFrame, matches: pd.DataFrame, path: str | Pa
             axes.fill_between(
                 band["k"], band["low"], band["high"], alpha=0.15, color=line.get_color()
             )
+        tops = [*sub.loc[sub["k"] >= 4, "high"], *sub.groupby("optimizer")["high"].last()]
         if not matches.empty:
             mine = matches[(matches["comparison"] == comparison) & (matches["task"] == task)]
+            shades = iter(LEARNED_COLOURS * 3)
             for learned, rows_ in mine.groupby("learned", sort=True):
                 value = float(rows_["learned_loss"].iloc[0])
-                axes.axhline(value, ls="--", lw=1, color="0.3")
-                axes.annotate(
-                    f"{learned} (k=0)", (1, value), fontsize="x-small", va="bottom", color="0.2"
-                )
+                tops.append(value)
+                axes.axhline(value, ls="--", lw=1.2, color=next(shades), label=f"{learned} (k=0)")
+        finite = [t for t in tops if np.isfinite(t)]
+        if finite:  # divergence penalties at small k would squash the rest: cut the axis there
+            axes.set_ylim(top=10 * max(finite))
         axes.set_xscale("log", base=2)
         axes.set_yscale("log")
         axes.set_xlabel("tuning trials k")
         axes.set_ylabel(f"expected best final {comparison} loss")
         axes.set_title(f"{task}, {comparison} comparison", fontsize="medium")
-        axes.legend(fontsize="x-small")
+        axes.legend(fontsize="xx-small", ncol=2)
     return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
 
 
