@@ -238,11 +238,12 @@ def plot_tuning_cost(curves: pd.DataFrame, matches: pd.DataFrame, path: str | Pa
                 value = float(rows_["learned_loss"].iloc[0])
                 tops.append(value)
                 axes.axhline(value, ls="--", lw=1.2, color=next(shades), label=f"{learned} (k=0)")
-        finite = [t for t in tops if np.isfinite(t)]
-        if finite:  # divergence penalties at small k would squash the rest: cut the axis there
-            axes.set_ylim(top=10 * max(finite))
-        axes.set_xscale("log", base=2)
         axes.set_yscale("log")
+        finite = [t for t in tops if np.isfinite(t) and t > 0]
+        lows = [v for v in (*sub["low"], *tops) if np.isfinite(v) and v > 0]
+        if finite and lows:  # divergence penalties at small k would squash the rest: cut there
+            axes.set_ylim(min(lows) / 2, 10 * max(finite))
+        axes.set_xscale("log", base=2)
         axes.set_xlabel("tuning trials k")
         axes.set_ylabel(f"expected best final {comparison} loss")
         axes.set_title(f"{task}, {comparison} comparison", fontsize="medium")
