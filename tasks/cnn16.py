@@ -21,7 +21,7 @@ from tasks.data.fashion_mnist import load_fashion_mnist
 from tasks.data.mnist5k import load_mnist5k
 
 IMAGE_SIZE = 16
-#: where the targets come from: ``python -m harness.results.profiles results/paper/results.csv``
+#: where the targets come from: ``python -m harness.results.targets results/paper/results.csv``
 #: recomputes them
 PAPER_RULE = f"{TARGET_RULE}; from results/paper (the paper suite's configuration)"
 

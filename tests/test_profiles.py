@@ -163,7 +163,7 @@ def test_the_paper_tasks_declare_their_targets_by_the_rule():
 @pytest.mark.slow
 def test_the_declared_paper_targets_are_the_rule_applied_to_the_committed_results():
     from harness.results.io import read_results
-    from harness.results.profiles import derived_targets
+    from harness.results.targets import derived_targets
 
     path = Path(__file__).resolve().parent.parent / "results" / "paper" / "results.csv"
     table = derived_targets(read_results(path))
