@@ -107,3 +107,26 @@ def test_bad_settings_are_one_line_usage_errors():
         create_task("charlm_transformer", width=10, heads=4)
     with pytest.raises(UsageError, match="context must be a positive integer"):
         create_task("charlm_transformer", context=0)
+
+
+def test_every_optimizer_of_the_lm_suite_runs_on_it():
+    """The `lm` suite runs every shipped learned optimizer unchanged on the transformer."""
+    from omegaconf import OmegaConf
+
+    from harness import run
+    from harness.settings.suite import suite_entries
+
+    suite = OmegaConf.load(Path(__file__).resolve().parent.parent / "harness/conf/suite/lm.yaml")
+    names = sorted({entry.optimizer for entry in suite_entries(suite) if not entry.tuned})
+    assert len(names) == 8
+    for name in names:
+        result = run(
+            "charlm_transformer",
+            name,
+            task_cfg=SMALL,
+            steps=3,
+            eval_every=3,
+            eval_splits=("valid",),
+            warmup_steps=0,
+        )
+        assert result.status == "completed" and math.isfinite(result.final("valid")), name
