@@ -8,7 +8,7 @@ the task declares none, one derived from the runs by :data:`tasks.base.TARGET_RU
 * Time to target (:func:`workload_times`): per optimizer and workload, the median over its seeds
   of the timed training seconds to the first whole-split evaluation at or below the target
   within the target's step budget; a seed that never reaches it counts as infinite, so the
-  median is finite exactly when at least half the seeds reach it. An optimizer that has no run
+  median is finite exactly when more than half the seeds reach it. An optimizer that has no run
   on a workload is infinite there too.
 * Ratio: each optimizer's time over the fastest optimizer's on that workload (``inf`` when it
   never reaches the target; every ratio is ``inf`` on a workload nobody reaches).
@@ -108,7 +108,7 @@ def workload_times(
 ) -> pd.DataFrame:
     """One row per task and optimizer of one comparison's ``frame`` (split ``comparison``):
     :data:`TIME_COLUMNS`, ``seconds`` the median time to the target (``inf`` if not reached
-    on half the seeds), ``reached`` the fraction of seeds that reach it."""
+    on more than half the seeds), ``reached`` the fraction of seeds that reach it."""
     targets = workload_targets(frame, comparison, is_baseline)
     values = {task: value for task, (value, _, _) in targets.items()}
     hits = time_to_target(frame, values, split=comparison)
