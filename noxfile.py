@@ -1,8 +1,8 @@
 """Sessions: ``nox -s paper`` (the main job: the paper's comparison into results/paper/),
 ``dev`` (a ``.venv/`` with the package installed editable: ``lopt`` on the PATH once it is
 activated), ``tests`` (the test suite), ``lint``, ``suite`` (the small suite at default
-hyperparameters), ``pathology`` (the pathology study), ``benchmarks`` (speed checks that print
-ratios).
+hyperparameters), ``pathology`` (the pathology study), ``lm`` (the language-model workload),
+``benchmarks`` (speed checks that print ratios).
 
 torch is installed first, from ``$LOPT_TORCH`` (default ``torch==2.13.0``, the CPU build on the
 machines this project runs on). Elsewhere pick the build for your platform, for example
@@ -79,6 +79,16 @@ def paper(session: nox.Session) -> None:
     meta-training."""
     install(session)
     session.run("lopt", "suite", "name=paper", "workers=2", *session.posargs)
+
+
+@nox.session
+def lm(session: nox.Session) -> None:
+    """The language-model workload into results/lm/: tunes the 14 baseline studies
+    until saturated (resumable; docs/workloads.md has the CPU-hours), then runs the suite with
+    two 1-thread worker processes."""
+    install(session)
+    session.run("python", "-m", "harness.tuning.campaign", "--suite", "lm")
+    session.run("lopt", "suite", "name=lm", "workers=2", *session.posargs)
 
 
 @nox.session

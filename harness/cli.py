@@ -151,6 +151,10 @@ def list_command(args: list[str]) -> int:
             detail = (
                 f"steps={getattr(factory, 'default_steps', '?')} "
                 f"pairs_with={','.join(getattr(factory, 'pairs_with', ('*',)))}"
+                + "".join(
+                    f" target_{t.split}_{t.metric}={t.value:g}@{t.steps}"
+                    for t in getattr(factory, "targets", ())
+                )
             )
         elif kind == "learners":  # the family's settings and their defaults
             detail = " ".join(f"{k}={v!r}" for k, v in factory().record().items())
@@ -573,7 +577,9 @@ def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> 
     if cfg.kind == "comparison":
         from harness.results.comparison import build_comparison_report
 
-        written = build_comparison_report(frame, Path(str(cfg.out)))
+        studies = Path(str(cfg["in"])).parent / "optuna.db"  # the tuned runs' studies, if there
+        storage = f"sqlite:///{studies}" if studies.is_file() else None
+        written = build_comparison_report(frame, Path(str(cfg.out)), storage=storage)
     else:
         written = build_report(
             frame, Path(str(cfg.out)), reference=cfg.reference, target_split=cfg.target_split

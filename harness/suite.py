@@ -140,7 +140,8 @@ def run_suite(settings: SuiteRun, log: Log) -> SuiteOutcome:
         if suite.report == "comparison":
             from harness.results.comparison import build_comparison_report
 
-            written = build_comparison_report(frame, folder, skipped=reasons)
+            storage = fresh_storage(settings) if settings.fresh else suite.tuning.get("storage")
+            written = build_comparison_report(frame, folder, skipped=reasons, storage=storage)
         else:
             from harness.results.report import build_report
 

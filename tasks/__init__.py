@@ -5,7 +5,7 @@ subclass :class:`tasks.classification.ClassificationTask`. Dataset loaders are i
 """
 
 # registration side effect (the families register a task plugin each, too)
-from tasks import cnn16, digits_mlp, families, quadratic  # noqa: F401
+from tasks import charlm, cnn16, digits_mlp, families, quadratic  # noqa: F401
 from tasks.base import SPLITS, Batch, Params, Task
 
 __all__ = ["SPLITS", "Batch", "Params", "Task"]

@@ -14,6 +14,9 @@ A task owns everything needed to train one model and nothing about how it is opt
 * Batches are prepared on the task's device by the iterator, so fetching one is cheap and the
   runner keeps it outside the timed region.
 * ``evaluate`` averages over the whole split (not a minibatch) under ``torch.no_grad``.
+* Targets (AlgoPerf's time-to-target, on the workload): ``targets`` declares, per split, the
+  value of a metric a run must reach within ``Target.steps`` steps; performance profiles
+  (:mod:`harness.results.profiles`) time every optimizer to the same declared target.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +38,31 @@ Batch = tuple[torch.Tensor, ...]
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
 
+@dataclass(frozen=True)
+class Target:
+    """A workload's target: reach ``value`` of ``metric`` (at or below it for a loss) on the
+    whole ``split`` within ``steps`` optimizer steps.
+
+    ``rule`` says how ``value`` was set (for the built-in tasks: from committed results, by
+    :data:`TARGET_RULE`); the targets hold for the task's configuration that ``rule`` names."""
+
+    split: str
+    value: float
+    steps: int
+    metric: str = "loss"
+    rule: str = ""
+
+
+#: How the built-in tasks' targets are set (AlgoPerf derives its targets from the best tuned
+#: baseline in the same way): the median over the evaluation seeds of the final whole-split
+#: loss of the best tuned baseline (lowest mean final loss) of the comparison on that split,
+#: rounded up to 3 significant digits; so that baseline reaches it on at least half its seeds.
+TARGET_RULE = (
+    "median final loss of the best tuned baseline over its evaluation seeds, rounded up to "
+    "3 significant digits"
+)
+
+
 class Task(ABC):
     """Base class of every task plugin.
 
@@ -42,6 +71,7 @@ class Task(ABC):
         pairs_with: shell-style patterns of the optimizer names this task is meant to be run
             with (default: all). Suites and ``lopt bench`` refuse other pairs.
         metrics: the metrics ``evaluate`` returns, ``loss`` first.
+        targets: the workload's declared :class:`Target` per split (none by default).
 
     The registry sets ``name``. Constructor keyword arguments are the task's configuration
     (``lopt bench task=NAME task.batch_size=64``); every task takes ``device``.
@@ -51,6 +81,7 @@ class Task(ABC):
     default_steps: ClassVar[int] = 1000
     pairs_with: ClassVar[tuple[str, ...]] = ("*",)
     metrics: ClassVar[tuple[str, ...]] = ("loss",)
+    targets: ClassVar[tuple[Target, ...]] = ()
 
     def __init__(self, *, device: str | torch.device = "cpu", batch_size: int = 128) -> None:
         self.device = resolve_device(device)
@@ -80,6 +111,11 @@ class Task(ABC):
     def pairs_with_optimizer(cls, optimizer: str) -> bool:
         """Whether ``optimizer`` matches one of ``pairs_with``."""
         return any(fnmatch.fnmatchcase(optimizer, pattern) for pattern in cls.pairs_with)
+
+    @classmethod
+    def target_for(cls, split: str, metric: str = "loss") -> Target | None:
+        """The declared target on ``split`` and ``metric``, or None."""
+        return next((t for t in cls.targets if t.split == split and t.metric == metric), None)
 
     @staticmethod
     def check_split(split: str) -> None:

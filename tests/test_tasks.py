@@ -19,7 +19,10 @@ from tasks.classification import ClassificationTask, stratified_split
 from tasks.data.mnist5k import load_mnist5k
 
 # The tasks' configuration in these tests; quadratic gets noise so that its batches are random.
-CONFIGS: dict[str, dict[str, Any]] = {"quadratic": {"noise": 0.5}}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "quadratic": {"noise": 0.5},
+    "charlm_transformer": {"width": 16, "heads": 2, "layers": 1},  # a fast model, same data
+}
 TASKS = [name for name in list_tasks() if "fmnist" not in name]  # those need the data
 CLASSIFICATION_SIZES = {"mnist5k_cnn16": (3500, 500, 1000), "digits_mlp": (1097, 200, 500)}
 

@@ -26,8 +26,12 @@ The two targets of the paper, checked and stated with their numbers in ``summary
   below every baseline's by more than the larger of the two seed standard deviations.
 
 :func:`build_comparison_report` writes ``summary.csv`` (one row per comparison, task and
-optimizer), ``summary.md``, and the standard report (:func:`harness.results.report.build_report`,
-curves included) of each comparison into a subfolder named after it.
+optimizer), ``summary.md``, the performance profiles over the workloads
+(:mod:`harness.results.profiles`: ``profiles.png``, ``profiles.csv``,
+``time_to_workload_target.csv``), the cost of tuning (:mod:`harness.results.tuning_cost`, from
+the stored studies: ``tuning_cost.png``, ``tuning_cost.csv``, ``tuning_cost_match.csv``), and
+the standard report (:func:`harness.results.report.build_report`, curves included) of each
+comparison into a subfolder named after it.
 """
 
 from __future__ import annotations
@@ -235,17 +239,21 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
 
 
 def build_comparison_report(
-    frame: pd.DataFrame, out_dir: str | Path, skipped: Mapping[str, str] | None = None
+    frame: pd.DataFrame,
+    out_dir: str | Path,
+    skipped: Mapping[str, str] | None = None,
+    storage: str | None = None,
 ) -> list[Path]:
     """Write the comparison report into ``out_dir`` (see the module docstring).
 
     ``skipped``: tasks the suite could not run, with the reason; they and the rows it kept from
     an earlier run (``summary.csv``'s ``not_reproduced`` column, present only then) are listed
-    at the top of ``summary.md``."""
+    at the top of ``summary.md``. ``storage``: the Optuna storage of the tuned runs' studies
+    (default ``out_dir/optuna.db`` when it exists); without one the tuning cost is left out."""
     out_dir = Path(out_dir)
     comparisons = split_comparisons(frame)
     summary = comparison_summary(frame)
-    written = []
+    written, sections = extra_sections(comparisons, out_dir, storage)
     for comparison, sub in comparisons.items():
         rows = summary[summary["comparison"] == comparison]
         best = dict(zip(rows["task"], rows["best_baseline"], strict=True))
@@ -259,9 +267,51 @@ def build_comparison_report(
     written.append(
         write_atomically(out_dir / SUMMARY_FILE, lambda tmp: summary.to_csv(tmp, index=False))
     )
-    text = summary_markdown(frame, summary, comparisons, skipped or {})
+    text = summary_markdown(frame, summary, comparisons, skipped or {}, sections)
     written.append(write_text_atomically(out_dir / MARKDOWN_FILE, text))
     return written
+
+
+def is_baseline(optimizer: str) -> bool:
+    """Whether ``optimizer`` is a hand-designed baseline (not a learned optimizer)."""
+    return not is_learned(optimizer)
+
+
+def extra_sections(
+    comparisons: dict[str, pd.DataFrame], out_dir: Path, storage: str | None
+) -> tuple[list[Path], list[str]]:
+    """Write the performance profiles and the tuning cost (see the module docstring) into
+    ``out_dir``; returns the files written and their markdown sections."""
+    from harness.results.profiles import comparison_profiles, plot_profiles, profile_markdown
+    from harness.results.tuning_cost import (
+        plot_tuning_cost,
+        tuning_cost,
+        tuning_cost_markdown,
+    )
+
+    times, profile = comparison_profiles(comparisons, is_baseline)
+    written = [
+        write_atomically(
+            out_dir / "time_to_workload_target.csv", lambda tmp: times.to_csv(tmp, index=False)
+        ),
+        write_atomically(out_dir / "profiles.csv", lambda tmp: profile.to_csv(tmp, index=False)),
+        plot_profiles(times, out_dir / "profiles.png"),
+    ]
+    lines = profile_markdown(times, profile)
+    if storage is None and (out_dir / "optuna.db").is_file():
+        storage = f"sqlite:///{out_dir / 'optuna.db'}"
+    if storage is None:
+        return written, [*lines, "## Tuning cost", "", "No tuning storage given.", ""]
+    curves, matches = tuning_cost(comparisons, storage, is_baseline)
+    written += [
+        write_atomically(out_dir / "tuning_cost.csv", lambda tmp: curves.to_csv(tmp, index=False)),
+        write_atomically(
+            out_dir / "tuning_cost_match.csv", lambda tmp: matches.to_csv(tmp, index=False)
+        ),
+    ]
+    if not curves.empty:
+        written.append(plot_tuning_cost(curves, matches, out_dir / "tuning_cost.png"))
+    return written, lines + tuning_cost_markdown(curves, matches)
 
 
 def summary_markdown(
@@ -269,6 +319,7 @@ def summary_markdown(
     summary: pd.DataFrame,
     comparisons: dict[str, pd.DataFrame],
     skipped: Mapping[str, str] | None = None,
+    sections: list[str] | None = None,
 ) -> str:
     lines = ["# Learned optimizers against tuned baselines", ""]
     lines += [f"Provenance: {provenance_line(frame)}", ""]
@@ -277,6 +328,7 @@ def summary_markdown(
     lines += ["## Targets (speed: at least 1.5x, this project's; the paper reports about 5x)", ""]
     lines += [f"- {line}" for line in verdicts(summary)] or ["- no learned optimizer in the runs"]
     lines.append("")
+    lines += sections or []
     lines += tuning_section(frame)
     header = [
         "optimizer",

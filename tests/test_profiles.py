@@ -1,0 +1,171 @@
+"""Performance profiles (harness.results.profiles) on small synthetic inputs with known answers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.results.profiles import (
+    derive_target,
+    profile_curve,
+    profile_score,
+    ratios,
+    round_up,
+    workload_times,
+)
+from harness.results.schema import COLUMNS
+from tasks.base import TARGET_RULE, Target, Task
+
+INF = math.inf
+
+
+def known_times() -> pd.DataFrame:
+    """Workloads x optimizers: C has no run on w2; nobody is slower than 4x except where noted."""
+    return pd.DataFrame(
+        {"A": [10.0, 20.0, INF], "B": [20.0, 10.0, 30.0], "C": [40.0, np.nan, 60.0]},
+        index=pd.Index(["w1", "w2", "w3"], name="task"),
+    )
+
+
+def test_ratios_are_times_over_the_fastest_and_missing_runs_never_reach():
+    r = ratios(known_times())
+    assert r["A"].tolist() == [1.0, 2.0, INF]
+    assert r["B"].tolist() == [2.0, 1.0, 1.0]
+    assert r["C"].tolist() == [4.0, INF, 2.0]
+
+
+def test_a_workload_nobody_reaches_counts_for_nobody():
+    times = pd.DataFrame({"A": [1.0, INF], "B": [2.0, INF]}, index=["w1", "w2"])
+    r = ratios(times)
+    assert r.loc["w2"].tolist() == [INF, INF]
+    assert profile_score(r).tolist() == pytest.approx([(3 / 3 + 0) / 2, (2 / 3 + 0) / 2])
+
+
+def test_the_profile_is_the_fraction_of_workloads_within_tau():
+    curve = profile_curve(ratios(known_times()), [1.0, 2.0, 3.9, 4.0])
+    assert curve["A"].tolist() == pytest.approx([1 / 3, 2 / 3, 2 / 3, 2 / 3])
+    assert curve["B"].tolist() == pytest.approx([2 / 3, 1, 1, 1])
+    assert curve["C"].tolist() == pytest.approx([0, 1 / 3, 1 / 3, 2 / 3])
+
+
+def test_the_score_is_the_exact_normalised_area_under_the_profile():
+    r = ratios(known_times())
+    score = profile_score(r)
+    # A: (4-1) + (4-2) + 0 over 3 workloads and tau range 3; B: 2 + 3 + 3; C: 0 + 0 + 2
+    assert score.to_dict() == pytest.approx({"A": 5 / 9, "B": 8 / 9, "C": 2 / 9})
+    taus = np.linspace(1.0, 4.0, 30001)
+    numeric = np.trapezoid(profile_curve(r, taus).to_numpy(), taus, axis=0) / 3.0
+    assert numeric == pytest.approx(score.to_numpy(), abs=1e-3)
+
+
+def test_round_up_keeps_three_significant_digits_and_never_goes_down():
+    assert round_up(1.0112e-05) == pytest.approx(1.02e-05)
+    assert round_up(0.1375) == pytest.approx(0.138)
+    assert round_up(1.0) == 1.0
+    assert round_up(2.5) == 2.5
+    for value in (0.0123456, 3.14159, 1234.5):
+        assert value <= round_up(value) <= value * 1.01
+
+
+def tidy(run_id: str, optimizer: str, seed: int, losses: list[float], split: str) -> pd.DataFrame:
+    """One run's ``split`` losses at steps 0, 10, 20, ... and timed seconds 0, 1, 2, ..."""
+    rows = [(10 * i, float(i), split, "loss", v) for i, v in enumerate(losses)]
+    frame = pd.DataFrame(rows, columns=["step", "wall_time_s", "split", "metric", "value"])
+    return frame.assign(
+        run_id=run_id,
+        suite="s",
+        task="t",
+        task_cfg="{}",
+        optimizer=optimizer,
+        hparams="{}",
+        seed=seed,
+        status="completed",
+        budget_steps=10 * (len(losses) - 1),
+        tags='{"comparison":"train"}',
+        harness_version="0",
+        schema_version=2,
+        git_commit="c",
+        torch_version="2",
+        device="cpu",
+        threads=1,
+    )[list(COLUMNS)]
+
+
+def synthetic_workload() -> pd.DataFrame:
+    losses = {
+        "sgd": [[4, 1.0, 0.5], [4, 3, 1.5], [4, 2, 1.0]],  # mean final 1.0, median 1.0
+        "adam": [[4, 4, 3], [4, 4, 3], [4, 4, 2]],
+        "lopt": [[4, 0.9, 0.8], [4, 0.9, 0.8], [4, 4, 4]],
+    }
+    return pd.concat(
+        [
+            tidy(f"{opt}{seed}", opt, seed, values, "train")
+            for opt, seeds in losses.items()
+            for seed, values in enumerate(seeds)
+        ],
+        ignore_index=True,
+    )
+
+
+def is_baseline(name: str) -> bool:
+    return name != "lopt"
+
+
+def test_the_derived_target_is_the_best_baselines_median_final_loss():
+    from harness.results.derived import final_and_best
+
+    runs = final_and_best(synthetic_workload())
+    assert derive_target(runs, "train", is_baseline) == 1.0
+    assert math.isnan(derive_target(runs[runs["optimizer"] == "lopt"], "train", is_baseline))
+
+
+def test_time_to_target_is_the_median_over_seeds_with_misses_infinite():
+    times = workload_times(synthetic_workload(), "train", is_baseline)
+    got = times.set_index("optimizer")
+    assert got.loc["sgd", "seconds"] == 2.0  # seeds: 1 s, never, 2 s
+    assert got.loc["lopt", "seconds"] == 1.0  # 1 s, 1 s, never
+    assert got.loc["adam", "seconds"] == INF
+    assert got.loc["sgd", "reached"] == pytest.approx(2 / 3)
+    assert set(got["target"]) == {1.0}
+    assert set(got["target_source"]) == {"derived from these runs"}
+
+
+def test_a_declared_target_and_its_step_budget_are_used(monkeypatch: pytest.MonkeyPatch):
+    from harness import registry
+
+    class Declared(Task):
+        targets = (Target(split="train", value=0.9, steps=10),)
+
+    entry = registry.RegistryEntry(name="t", factory=Declared, source="test")
+    real_get = registry.TASKS.get
+    monkeypatch.setattr(registry.TASKS, "get", lambda n: entry if n == "t" else real_get(n))
+    got = workload_times(synthetic_workload(), "train", is_baseline).set_index("optimizer")
+    assert got.loc["lopt", "seconds"] == 1.0  # 0.9 at step 10, within the budget
+    assert got.loc["sgd", "seconds"] == INF  # reaches 0.9 only at step 20 (once), past it
+    assert set(got["target_source"]) == {"declared"}
+
+
+def test_the_paper_tasks_declare_their_targets_by_the_rule():
+    from harness.registry import TASKS
+
+    for name in ("mnist5k_cnn16", "fmnist_cnn16"):
+        task = TASKS.get(name).factory
+        for split in ("train", "valid"):
+            target = task.target_for(split)
+            assert target is not None and target.steps == task.default_steps
+            assert TARGET_RULE in target.rule
+
+
+@pytest.mark.slow
+def test_the_declared_paper_targets_are_the_rule_applied_to_the_committed_results():
+    from harness.results.io import read_results
+    from harness.results.targets import derived_targets
+
+    path = Path(__file__).resolve().parent.parent / "results" / "paper" / "results.csv"
+    table = derived_targets(read_results(path))
+    assert len(table) == 4
+    assert table["derived"].tolist() == pytest.approx(table["declared"].tolist(), rel=1e-12)
