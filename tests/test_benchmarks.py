@@ -75,6 +75,10 @@ TINY: dict[str, tuple[list[str], bool]] = {
         ["--problems", "2", "--steps", "2", "--rounds", "1", "--eager"],
         False,
     ),
+    "charlm_cost.py": (
+        ["--rounds", "1", "--steps", "2", "--width", "16", "--layers", "1", "--context", "16"],
+        False,
+    ),
     "tuning_workers.py": (
         ["--workers", "2", "--trials", "4", "--steps", "5", "--out", "{tmp}/workers"],
         False,
