@@ -27,7 +27,6 @@ The timing contract is in docs/timing.md; the row schema in :mod:`harness.result
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from harness.results.schema import (
     STATUS_DIVERGED,
     STATUS_TIME_LIMIT,
     canonical_json,
+    definition_digest,
     provenance,
 )
 from harness.settings.validate import at_least, positive_int
@@ -131,7 +131,7 @@ def run_id_for(
     """A readable id that is the same exactly when the run's definition, its measurement
     settings (``settings``: device, budgets, evaluation and logging cadence) and its ``tags``
     (which say what the run is for, e.g. which comparison or tuning study) are the same."""
-    definition = canonical_json(
+    digest = definition_digest(
         {
             "tags": tags or {},
             "suite": suite,
@@ -144,7 +144,6 @@ def run_id_for(
             **settings,
         }
     )
-    digest = hashlib.sha256(definition.encode()).hexdigest()[:10]
     return f"{task}-{optimizer}-s{seed}-{digest}"
 
 

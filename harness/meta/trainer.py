@@ -29,7 +29,6 @@ mode and thread count, however many times it is stopped.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
@@ -52,7 +51,7 @@ from harness.meta.truncation import (
 )
 from harness.meta.world import World
 from harness.registry import create_task
-from harness.results.schema import canonical_json, provenance
+from harness.results.schema import definition_digest, provenance
 from harness.settings.meta import MetaTrainConfig
 from harness.util import write_atomically
 from optimizers.base import MetaLearnable
@@ -105,7 +104,7 @@ LOG_COLUMNS = (
 
 def run_id(cfg: MetaTrainConfig) -> str:
     """``meta-<task>-<estimator>-<objective>-s<seed>-<hash of the identity fields>``."""
-    digest = hashlib.sha256(canonical_json(cfg.identity()).encode()).hexdigest()[:10]
+    digest = definition_digest(cfg.identity())
     return f"meta-{cfg.task}-{cfg.estimator}-{cfg.objective}-s{cfg.seed}-{digest}"
 
 

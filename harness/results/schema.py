@@ -30,6 +30,7 @@ device, threads
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -67,6 +68,12 @@ SPLIT_TRAIN_BATCH = "train_batch"
 def canonical_json(data: dict[str, Any]) -> str:
     """Sorted-key compact JSON, so equal dicts give equal strings."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def definition_digest(data: dict[str, Any]) -> str:
+    """The run-id hash: 10 hex digits of the SHA-256 of :func:`canonical_json` of ``data``
+    (the same exactly when the dicts are equal), for bench runs and meta-training runs alike."""
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:10]
 
 
 def provenance(device: torch.device | str) -> dict[str, Any]:

@@ -22,7 +22,6 @@ another machine) the pairs start afresh, staggered, and the run says so.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
@@ -42,7 +41,7 @@ from harness.meta.family.pairs import PairSchedule, PairState, fresh_pairs, stag
 from harness.meta.trainer import LOG_FILE, LOPT_FILE, ThetaAdam
 from harness.meta.truncation import STREAM_PERTURBATION, STREAM_THETA, derive_seed
 from harness.meta.world import World
-from harness.results.schema import canonical_json, provenance
+from harness.results.schema import definition_digest, provenance
 from harness.settings.family import FamilyMetaTrainConfig
 from harness.util import write_atomically
 
@@ -63,7 +62,7 @@ LOG_COLUMNS = (
 
 def run_id(cfg: FamilyMetaTrainConfig) -> str:
     """``meta-family-<family>-<estimator>-s<seed>-<hash of the identity fields>``."""
-    digest = hashlib.sha256(canonical_json(cfg.identity()).encode()).hexdigest()[:10]
+    digest = definition_digest(cfg.identity())
     return f"meta-family-{cfg.family}-{cfg.estimator}-s{cfg.seed}-{digest}"
 
 
