@@ -40,7 +40,7 @@ TUNE = [
     "eval_seeds=0",
     "pruner=none",
     "search.lr=[1e-5,1.0]",  # below 2 / lambda_max: every trial completes (none diverges)
-    "heartbeat=2",  # a killed worker's trial is stale after 6 s
+    "heartbeat=4",  # a killed worker's trial is stale after 12 s (2 s flaked on 2 busy cores)
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
