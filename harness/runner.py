@@ -39,14 +39,13 @@ from harness.defaults import DIVERGENCE_FACTOR, LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
 from harness.registry import create_optimizer, create_task
 from harness.results.schema import (
-    COLUMNS,
+    BENCH,
     SPLIT_TRAIN_BATCH,
     STATUS_COMPLETED,
     STATUS_DIVERGED,
     STATUS_TIME_LIMIT,
     canonical_json,
     definition_digest,
-    provenance,
 )
 from harness.settings.validate import at_least, positive_int
 from harness.timing import Stopwatch
@@ -99,14 +98,13 @@ class RunResult:
             "status": self.status,
             "budget_steps": self.budget_steps,
             "tags": canonical_json(self.tags),
-            **provenance(self.device),
         }
         frame = pd.DataFrame(
             self.measurements, columns=["step", "wall_time_s", "split", "metric", "value"]
         )
         for column, value in constant.items():
             frame[column] = value
-        return frame[list(COLUMNS)]
+        return BENCH.frame(frame[list(BENCH.own)], self.device)
 
     def final(self, split: str, metric: str = "loss") -> float:
         """The last measured value of ``metric`` on ``split`` (NaN if never measured)."""

@@ -51,7 +51,7 @@ from harness.meta.truncation import (
 )
 from harness.meta.world import World
 from harness.registry import create_task
-from harness.results.schema import definition_digest, provenance
+from harness.results.schema import META, definition_digest
 from harness.settings.meta import MetaTrainConfig
 from harness.util import write_atomically
 from optimizers.base import MetaLearnable
@@ -87,19 +87,8 @@ METRICS = (
     "cpu_seconds",
     "inner_steps",
 )
-LOG_COLUMNS = (
-    "run_id",
-    "task",
-    "learner",
-    "estimator",
-    "objective",
-    "loss",
-    "seed",
-    "outer_step",
-    "wall_time_s",
-    "metric",
-    "value",
-)
+#: the log's own columns (then the shared provenance and ``source``: harness.results.schema)
+LOG_COLUMNS = META.own
 
 
 def run_id(cfg: MetaTrainConfig) -> str:
@@ -481,11 +470,10 @@ class MetaTrainer:
             "objective": self.cfg.objective,
             "loss": self.cfg.loss,
             "seed": self.cfg.seed,
-            **provenance(self.device),
         }
         for column, value in constants.items():
             frame[column] = value
-        return frame[[*LOG_COLUMNS, *provenance(self.device)]]
+        return META.frame(frame[list(LOG_COLUMNS)], self.device)
 
 
 #: without a terminal, a progress line at least this often (seconds), between checkpoints too

@@ -102,8 +102,7 @@ def run_pathology(cfg: PathologyConfig | Any = None, **overrides: Any) -> list[P
             start = time.perf_counter()
             frame = study.run(sized, task)
             seconds = time.perf_counter() - start
-            tidy = tidy_frame(frame.to_dict("records"))
-            tidy["study_seconds"] = round(seconds, 2)
+            tidy = tidy_frame(frame.to_dict("records"), study_seconds=round(seconds, 2))
             written.append(write_csv(tidy, out / f"{name}.csv"))
             written.append(write_csv(study.table(sized, frame), out / f"{name}_table.csv"))
             written.append(study.plot(sized, frame, out / f"{name}.png"))

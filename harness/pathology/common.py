@@ -1,7 +1,9 @@
 """What the four measurements share: the tidy table, inner problems for a theta, prefix unrolls.
 
-The tidy table of every study has one row per measurement, columns :data:`COLUMNS` then the
-harness's provenance columns (:func:`harness.results.schema.provenance`):
+The tidy table of every study has one row per measurement: the columns of
+:data:`harness.results.schema.PATHOLOGY`, i.e. :data:`COLUMNS` (what a study's rows give), then
+``study_seconds`` (the study's seconds, added by the command), then the shared provenance
+columns and ``source`` = ``pathology``:
 
 =============  ===================================================================================
 study          ``landscape``, ``variance``, ``training`` or ``truncation``
@@ -16,6 +18,7 @@ step           the sample index (variance), the outer step (training) or the inn
 seconds        the meta-training seconds up to ``step`` (training); NaN elsewhere
 metric, value  the measured quantity and its value (NaN/inf are kept: what was measured)
 seed           the seed the measurement derives from
+study_seconds  the whole study's wall-clock seconds (the same on each of its rows)
 =============  ===================================================================================
 """
 
@@ -37,24 +40,13 @@ from harness.meta.truncation import (
     InnerState,
     TruncationData,
 )
-from harness.results.schema import provenance
+from harness.results.schema import PATHOLOGY
 from harness.util import write_atomically
 from optimizers.learned_hparams import HParamArchitecture, LearnedHParams, encode_theta
 from tasks.base import Task
 
-COLUMNS = (
-    "study",
-    "task",
-    "optimizer",
-    "variant",
-    "unroll_length",
-    "x",
-    "step",
-    "seconds",
-    "metric",
-    "value",
-    "seed",
-)
+#: the columns a study's rows give (:func:`row`): the schema's own but ``study_seconds``
+COLUMNS = tuple(c for c in PATHOLOGY.own if c != "study_seconds")
 #: plain SGD with a learnable learning rate: theta = [log lr]
 SGD_ARCHITECTURE = HParamArchitecture(learn_momentum=False, momentum=0.0)
 
@@ -69,12 +61,16 @@ def row(**values: Any) -> dict[str, Any]:
     return out
 
 
-def tidy_frame(rows: Sequence[dict[str, Any]], device: torch.device | str = "cpu") -> pd.DataFrame:
-    """The rows as a table with :data:`COLUMNS` and the provenance columns."""
+def tidy_frame(
+    rows: Sequence[dict[str, Any]],
+    device: torch.device | str = "cpu",
+    study_seconds: float = math.nan,
+) -> pd.DataFrame:
+    """The rows as the study's tidy table (:data:`harness.results.schema.PATHOLOGY`: its
+    columns, ``study_seconds`` on every row, the provenance columns, ``source``)."""
     frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
-    for column, value in provenance(device).items():
-        frame[column] = value
-    return frame
+    frame["study_seconds"] = study_seconds
+    return PATHOLOGY.frame(frame, device)
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:

@@ -4,9 +4,11 @@ Writes are atomic (:func:`harness.util.write_atomically`): the file is written u
 name in the same folder and renamed, so an interrupted or failed write never leaves a
 half-written results file behind.
 
-Reads are checked: a file cut off mid-row, or with a value of the wrong kind (a number column
-that holds text, an unknown status, a JSON column that is not a JSON object), is refused with
-one line naming the file, the row and the column (:func:`read_results`).
+Reads accept every schema version (:mod:`harness.results.schema`): a schema-1 file gets an empty
+``task_cfg``, files before schema 3 get ``source`` = ``bench``. Reads are checked: a file cut
+off mid-row, or with a value of the wrong kind (a number column that holds text, an unknown
+status, a JSON column that is not a JSON object), is refused with one line naming the file, the
+row and the column (:func:`read_results`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pandas as pd
 
 from harness.errors import UsageError
 from harness.outputs import check_writable
-from harness.results.schema import COLUMNS, STATUSES
+from harness.results.schema import BENCH, COLUMNS, STATUSES, with_source
 from harness.util import write_atomically
 
 #: Columns that must hold a whole number on every row.
@@ -87,6 +89,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if schema_1 and "task_cfg" not in frame.columns and "task" in frame.columns:
         # schema 1 did not record the task settings
         frame.insert(int(frame.columns.get_loc("task")) + 1, "task_cfg", "")
+    frame = with_source(frame, BENCH)  # schemas 1 and 2 had no source column: bench rows
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise UsageError(

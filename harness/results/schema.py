@@ -1,6 +1,14 @@
-"""The tidy results table: one row per measurement.
+"""The one tidy-table schema: every table the harness writes has one row per measurement.
 
-Columns (in this order; ``SCHEMA_VERSION`` changes whenever they do):
+Four tables, one schema (:class:`TidySchema`): each has its own columns (what a row is about),
+then the shared tail, the same in all four and in this order: the provenance columns
+(:func:`provenance`) and ``source``, which says where the row comes from (``bench``: a
+benchmark run, ``lopt bench``/``suite``/``tune``; ``meta``: a meta-training log
+``meta_log.csv``; ``pathology``: a table of ``lopt pathology``). Every table has a ``metric``
+and a ``value`` column. ``SCHEMA_VERSION`` changes whenever a column does (3 added ``source``;
+files of versions 1 and 2 still read: :func:`harness.results.io.read_results` fills it in).
+
+:data:`BENCH`, the results table (``lopt bench``, suites, tuning), columns in this order:
 
 =================  ========================================================================
 run_id             identifies one training run (task, optimizer, hparams, seed, budget)
@@ -24,7 +32,13 @@ schema_version,    working tree had uncommitted changes), the device (with its m
 git_commit,        the number of torch threads
 torch_version,
 device, threads
+source             ``bench``
 =================  ========================================================================
+
+:data:`META` (``meta_log.csv`` of ``lopt meta-train``; the columns are described in
+:mod:`harness.meta.trainer`), :data:`FAMILY_META` (``meta_log.csv`` of ``lopt meta-train
+family=...``) and :data:`PATHOLOGY` (``lopt pathology``'s ``NAME.csv``, described in
+:mod:`harness.pathology.common`) have their own columns, then the same tail.
 """
 
 from __future__ import annotations
@@ -35,14 +49,22 @@ import json
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from harness._version import __version__
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+SOURCE = "source"
+SOURCE_BENCH = "bench"
+SOURCE_META = "meta"
+SOURCE_PATHOLOGY = "pathology"
+SOURCES = (SOURCE_BENCH, SOURCE_META, SOURCE_PATHOLOGY)
 
 RUN_COLUMNS = ("run_id", "suite", "task", "task_cfg", "optimizer", "hparams", "seed")
 MEASUREMENT_COLUMNS = ("step", "wall_time_s", "split", "metric", "value")
@@ -55,7 +77,117 @@ PROVENANCE_COLUMNS = (
     "device",
     "threads",
 )
-COLUMNS = RUN_COLUMNS + MEASUREMENT_COLUMNS + OUTCOME_COLUMNS + PROVENANCE_COLUMNS
+#: the columns every tidy table ends with, in this order
+SHARED_COLUMNS = (*PROVENANCE_COLUMNS, SOURCE)
+
+
+@dataclass(frozen=True)
+class TidySchema:
+    """One tidy table: its ``own`` columns, then :data:`SHARED_COLUMNS`.
+
+    Attributes:
+        name: what the table is (shown in errors).
+        source: the value of its ``source`` column (one of :data:`SOURCES`).
+        own: its own columns, in order (they include ``metric`` and ``value``).
+    """
+
+    name: str
+    source: str
+    own: tuple[str, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column, in the order they are written."""
+        return (*self.own, *SHARED_COLUMNS)
+
+    def frame(self, rows: pd.DataFrame, device: torch.device | str = "cpu") -> pd.DataFrame:
+        """``rows`` (holding every one of :attr:`own`) with the shared columns filled in for
+        this process on ``device``, as the table is written: :attr:`columns` in order.
+        A ``ValueError`` names the columns ``rows`` lacks or has beyond :attr:`own` (a writer
+        that does not follow its schema)."""
+        missing = [c for c in self.own if c not in rows.columns]
+        extra = [c for c in rows.columns if c not in self.own]
+        if missing or extra:
+            raise ValueError(
+                f"the {self.name} table's rows lack {missing} / have unknown columns {extra}"
+            )
+        frame = rows.copy()
+        for column, value in {**provenance(device), SOURCE: self.source}.items():
+            frame[column] = value
+        return frame[list(self.columns)]
+
+
+#: the results table of benchmark runs (``lopt bench``, suites, tuning)
+BENCH = TidySchema("results", SOURCE_BENCH, (*RUN_COLUMNS, *MEASUREMENT_COLUMNS, *OUTCOME_COLUMNS))
+#: the log of a meta-training run (``meta_log.csv``; see :mod:`harness.meta.trainer`)
+META = TidySchema(
+    "meta-training log",
+    SOURCE_META,
+    (
+        "run_id",
+        "task",
+        "learner",
+        "estimator",
+        "objective",
+        "loss",
+        "seed",
+        "outer_step",
+        "wall_time_s",
+        "metric",
+        "value",
+    ),
+)
+#: the log of a family meta-training run (``meta_log.csv``; see harness.meta.family.trainer)
+FAMILY_META = TidySchema(
+    "family meta-training log",
+    SOURCE_META,
+    (
+        "run_id",
+        "family",
+        "learner",
+        "estimator",
+        "seed",
+        "outer_step",
+        "wall_time_s",
+        "metric",
+        "value",
+    ),
+)
+#: a table of the pathology study (``NAME.csv``; see :mod:`harness.pathology.common`)
+PATHOLOGY = TidySchema(
+    "pathology study",
+    SOURCE_PATHOLOGY,
+    (
+        "study",
+        "task",
+        "optimizer",
+        "variant",
+        "unroll_length",
+        "x",
+        "step",
+        "seconds",
+        "metric",
+        "value",
+        "seed",
+        "study_seconds",
+    ),
+)
+SCHEMAS = (BENCH, META, FAMILY_META, PATHOLOGY)
+
+#: the columns of the results table (:data:`BENCH`)
+COLUMNS = BENCH.columns
+
+
+def with_source(frame: pd.DataFrame, schema: TidySchema) -> pd.DataFrame:
+    """A table read from a file written before schema 3 (no ``source`` column) with its
+    ``source`` filled in as ``schema``'s, after the provenance columns; other frames as they
+    are (the same object)."""
+    if SOURCE in frame.columns:
+        return frame
+    frame = frame.copy()
+    frame[SOURCE] = schema.source
+    return frame
+
 
 STATUS_COMPLETED = "completed"
 STATUS_DIVERGED = "diverged"
@@ -76,13 +208,20 @@ def definition_digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:10]
 
 
-def provenance(device: torch.device | str) -> dict[str, Any]:
-    """The provenance columns for runs on ``device`` in this process."""
+def provenance(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The one provenance record: what made a row or a file in this process, on ``device``.
+
+    Keys (:data:`PROVENANCE_COLUMNS`, in order): ``harness_version``, ``schema_version``,
+    ``git_commit`` (:func:`git_commit`), ``torch_version``, ``device``
+    (:func:`device_description`) and ``threads`` (torch's). Every tidy table carries it as
+    columns, every checkpoint and trainer state as fields (plus the time it was written:
+    :mod:`optimizers.checkpoint`).
+    """
     return {
         "harness_version": __version__,
         "schema_version": SCHEMA_VERSION,
         "git_commit": git_commit(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "device": device_description(torch.device(device)),
         "threads": torch.get_num_threads(),
     }

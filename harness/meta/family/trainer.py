@@ -41,23 +41,14 @@ from harness.meta.family.pairs import PairSchedule, PairState, fresh_pairs, stag
 from harness.meta.trainer import LOG_FILE, LOPT_FILE, ThetaAdam
 from harness.meta.truncation import STREAM_PERTURBATION, STREAM_THETA, derive_seed
 from harness.meta.world import World
-from harness.results.schema import definition_digest, provenance
+from harness.results.schema import FAMILY_META, definition_digest
 from harness.settings.family import FamilyMetaTrainConfig
 from harness.util import write_atomically
 
 STATE_FILE = "family_state.pt"
 INNER_FILE = "inner_state.pt"
-LOG_COLUMNS = (
-    "run_id",
-    "family",
-    "learner",
-    "estimator",
-    "seed",
-    "outer_step",
-    "wall_time_s",
-    "metric",
-    "value",
-)
+#: the log's own columns (then the shared provenance and ``source``: harness.results.schema)
+LOG_COLUMNS = FAMILY_META.own
 
 
 def run_id(cfg: FamilyMetaTrainConfig) -> str:
@@ -325,11 +316,10 @@ class FamilyTrainer:
             "learner": self.cfg.learner,
             "estimator": self.cfg.estimator,
             "seed": self.cfg.seed,
-            **provenance("cpu"),
         }
         for column, value in constants.items():
             frame[column] = value
-        return frame[[*LOG_COLUMNS, *provenance("cpu")]]
+        return FAMILY_META.frame(frame[list(LOG_COLUMNS)], "cpu")
 
 
 def check_identity(cfg: FamilyMetaTrainConfig, state: dict[str, Any]) -> None:
