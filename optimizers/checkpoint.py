@@ -25,9 +25,14 @@ Format ``lopt-harness/learned-optimizer``, version 2::
         "theta": float32 tensor (P,),          # the family's meta-parameters
         "architecture": {...},                 # the family's settings: learner.record()
         "meta_training": {...},                # the MetaTrainConfig, "outer_step", "seconds"
-        "git_commit": "...", "harness_version": "...", "torch_version": "...",
+        "harness_version": "...", "schema_version": 3, "git_commit": "...",
+        "torch_version": "...", "device": "cpu (...)", "threads": 1,
         "created": "2026-01-01T12:00:00+00:00",
     }
+
+The provenance fields are the one record of :func:`harness.results.schema.provenance` (the
+columns of every tidy table) with ``created``; files written before carry ``git_commit``,
+``harness_version``, ``torch_version`` and ``created`` only, and read the same.
 
 Version 1 files (before families) have no ``family``: they are the paper's ``mlp``.
 
@@ -38,7 +43,6 @@ Python) a shipped name such as ``lopt_mnist5k_train`` works as well as a path
 
 from __future__ import annotations
 
-import datetime
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +54,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from harness._version import __version__
 from harness.errors import UnknownNameError, UsageError
-from harness.results.schema import git_commit
+from harness.results.schema import provenance
 from harness.util import write_atomically
 
 LOPT_FORMAT = "lopt-harness/learned-optimizer"
@@ -143,7 +147,7 @@ def save_lopt_checkpoint(
         "theta": theta.detach().to(device="cpu", dtype=torch.float32).clone(),
         "architecture": learner.record(),
         "meta_training": meta_training,
-        **provenance(),
+        **provenance(theta.device, created=True),
     }
     return write_payload(path, payload)
 
@@ -270,13 +274,3 @@ def load_payload(path: str | Path, expected_format: str, what: str, remedy: str)
             f"({__version__}) reads versions up to {FORMAT_VERSION}: upgrade it"
         )
     return data
-
-
-def provenance() -> dict[str, str]:
-    """Commit, versions and creation time, stored in every checkpoint."""
-    return {
-        "git_commit": git_commit(),
-        "harness_version": __version__,
-        "torch_version": str(torch.__version__),
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }

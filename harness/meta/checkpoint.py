@@ -17,16 +17,24 @@ from typing import Any
 
 import torch
 
+from harness.results.schema import provenance
 from harness.util import write_atomically
-from optimizers.checkpoint import FORMAT_VERSION, load_payload, provenance
+from optimizers.checkpoint import FORMAT_VERSION, load_payload
 
 TRAINER_FORMAT = "lopt-harness/meta-trainer-state"
 RESTART = "rerun with resume=false to start this meta-training run again"
 
 
-def save_trainer_state(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write the meta-trainer's state (plain data and tensors) atomically."""
-    payload = {"format": TRAINER_FORMAT, "format_version": FORMAT_VERSION, **provenance()}
+def save_trainer_state(
+    path: str | Path, state: dict[str, Any], device: torch.device | str = "cpu"
+) -> Path:
+    """Write the meta-trainer's state (plain data and tensors) atomically, with the provenance
+    of its making on ``device`` (:func:`harness.results.schema.provenance`)."""
+    payload = {
+        "format": TRAINER_FORMAT,
+        "format_version": FORMAT_VERSION,
+        **provenance(device, created=True),
+    }
     payload.update(state)
     return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 

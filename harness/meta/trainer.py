@@ -442,7 +442,7 @@ class MetaTrainer:
         if state is None:
             return
         out = Path(self.cfg.out)
-        save_trainer_state(out / STATE_FILE, state)
+        save_trainer_state(out / STATE_FILE, state, self.device)
         meta = {
             **self.cfg.to_dict(),
             "horizon": self.horizon,

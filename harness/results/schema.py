@@ -43,6 +43,7 @@ family=...``) and :data:`PATHOLOGY` (``lopt pathology``'s ``NAME.csv``, describe
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import json
@@ -208,16 +209,16 @@ def definition_digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:10]
 
 
-def provenance(device: torch.device | str = "cpu") -> dict[str, Any]:
+def provenance(device: torch.device | str = "cpu", *, created: bool = False) -> dict[str, Any]:
     """The one provenance record: what made a row or a file in this process, on ``device``.
 
     Keys (:data:`PROVENANCE_COLUMNS`, in order): ``harness_version``, ``schema_version``,
     ``git_commit`` (:func:`git_commit`), ``torch_version``, ``device``
-    (:func:`device_description`) and ``threads`` (torch's). Every tidy table carries it as
-    columns, every checkpoint and trainer state as fields (plus the time it was written:
-    :mod:`optimizers.checkpoint`).
+    (:func:`device_description`) and ``threads`` (torch's); with ``created``, also ``created``:
+    the time now (UTC, ISO 8601, whole seconds). Every tidy table carries the record as columns;
+    every checkpoint and trainer state as fields, with ``created``.
     """
-    return {
+    record: dict[str, Any] = {
         "harness_version": __version__,
         "schema_version": SCHEMA_VERSION,
         "git_commit": git_commit(),
@@ -225,6 +226,10 @@ def provenance(device: torch.device | str = "cpu") -> dict[str, Any]:
         "device": device_description(torch.device(device)),
         "threads": torch.get_num_threads(),
     }
+    if created:
+        now = datetime.datetime.now(datetime.UTC)
+        record["created"] = now.isoformat(timespec="seconds")
+    return record
 
 
 def device_description(device: torch.device) -> str:
