@@ -4,10 +4,12 @@
 
 * checks every plan before the first run starts (names, hyperparameters, pairings), so a typo
   fails in a second, not after an hour;
-* shows progress: one line per finished run on stderr, ``[k/N] <run>: <outcome>; elapsed ..,
-  ETA ..``, where ``<run>`` is the task, the optimizer, the seed and whatever tells apart runs
-  that share them (the ``comparison`` tag always, then the swept settings: ``lr=0.01``); on a
-  terminal also a tqdm bar over the runs (and one over the steps of the run in flight);
+* shows progress (:mod:`harness.progress`): one line per finished run on stderr, ``[k/N] <run>:
+  <outcome>; elapsed .., ETA ..``, where ``<run>`` is the task, the optimizer, the seed and
+  whatever tells apart runs that share them (the ``comparison`` tag always, then the swept
+  settings: ``lr=0.01``), the ETA weighted by each run's cost
+  (:class:`harness.progress.WeightedEta`); on a terminal also a bar over the runs (and one over
+  the steps of the run in flight);
 * saves each finished run's rows at once under ``<out>.parts/`` (atomically), so an interrupted
   invocation loses at most the run in flight: rerunning the same command skips the finished runs
   (their ids are deterministic) and completes only the missing ones;
@@ -23,7 +25,6 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 import sys
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from harness.defaults import LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
+from harness.progress import Log, Progress, WeightedEta, duration
 from harness.registry import OPTIMIZERS, TASKS, create_optimizer, create_task
 from harness.results.io import check_results_target, read_results, write_results
 from harness.results.schema import canonical_json
@@ -42,8 +44,6 @@ from harness.runner import RunResult, RunSpec, execute_run, run_spec
 from harness.settings.validate import at_least
 from optimizers.base import Optimizer
 from tasks.base import Task, task_config
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -174,15 +174,32 @@ def execute(
     todo = [(p, labels[run_id]) for run_id, p in unique.items() if run_id not in done]
     show_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
     work = {label: (run.plan.task, run.spec.steps) for run, label in todo}
-    progress = Progress(len(unique), len(already), log, show_bars, work=work, workers=workers)
+    eta = WeightedEta(len(unique), len(already), work=work, workers=workers)
+    progress = Progress(
+        len(unique),
+        desc="runs",
+        unit="run",
+        initial=len(already),
+        show="bar" if show_bars else "lines",
+        log=log,
+    )
+
+    def finished(label: str, summary: str) -> None:
+        eta.finished(label)
+        elapsed = duration(eta.elapsed())
+        progress.write(
+            f"[{eta.count}/{eta.total}] {label}: {summary}; elapsed {elapsed}, {eta.text()}"
+        )
+        progress.update()
+
     try:
         if workers == 1 or len(todo) <= 1:
             tasks: dict[tuple[str, str, str], Task] = {}  # each dataset is loaded once
             for run, label in todo:
                 summary = run_and_save(run, parts, label, show_bars, tasks)
-                progress.finished(label, summary)
+                finished(label, summary)
         else:
-            _execute_in_workers(todo, parts, workers, list(plugin_modules), progress.finished)
+            _execute_in_workers(todo, parts, workers, list(plugin_modules), finished)
     finally:
         progress.close()
 
@@ -260,90 +277,6 @@ def _describable(plan: RunPlan) -> dict[str, Any]:
 
 def _shown(value: Any) -> str:
     return "-" if value is None else str(value)
-
-
-class Progress:
-    """The progress of one :func:`execute`: a line per finished run (with the elapsed time and
-    an estimate of the time left) and, when ``bars``, a tqdm bar over the runs.
-
-    The estimate weighs the runs left by their cost: each run's step budget times its task's
-    measured seconds per step (the wall time between finished runs, times ``workers``, over
-    their steps, per task). While a task left has no finished run yet its cost is unknown:
-    the line says ``ETA >X`` and names the task, instead of guessing.
-
-    Args:
-        work: ``{label: (task, steps)}`` of the runs to do (None: every run counts the same).
-        workers: runs at a time.
-    """
-
-    def __init__(
-        self,
-        total: int,
-        already: int,
-        log: Log,
-        bars: bool,
-        *,
-        work: dict[str, tuple[str, int]] | None = None,
-        workers: int = 1,
-    ) -> None:
-        self.total, self.count, self.log = total, already, log
-        self.started, self.finished_here = time.monotonic(), 0
-        self.last = self.started
-        self.work = dict(work or {})
-        self.workers = max(1, workers)
-        self.seconds: dict[str, float] = {}  # per task: worker-seconds of its finished runs
-        self.steps: dict[str, int] = {}  # per task: steps of its finished runs
-        self.bar = (
-            tqdm(total=total, initial=already, desc="runs", unit="run", file=sys.stderr)
-            if bars
-            else None
-        )
-
-    def finished(self, label: str, summary: str) -> None:
-        now = time.monotonic()
-        self.count += 1
-        self.finished_here += 1
-        elapsed = now - self.started
-        task, steps = self.work.pop(label, ("", 0))
-        self.seconds[task] = self.seconds.get(task, 0.0) + (now - self.last) * self.workers
-        self.steps[task] = self.steps.get(task, 0) + max(1, steps)
-        self.last = now
-        self.log(
-            f"[{self.count}/{self.total}] {label}: {summary}; elapsed {duration(elapsed)}, "
-            f"{self.eta(elapsed)}"
-        )
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def eta(self, elapsed: float) -> str:
-        """``ETA 3m05s``, or ``ETA >40s (fmnist_cnn16 not timed yet)``."""
-        left = self.total - self.count
-        if not self.work:  # no costs known: each run as long as the mean so far
-            return f"ETA {duration(elapsed / max(1, self.finished_here) * left)}"
-        known, unknown = 0.0, []
-        for task, steps in self.work.values():
-            if task in self.steps:
-                known += max(1, steps) * self.seconds[task] / self.steps[task]
-            elif task not in unknown:
-                unknown.append(task)
-        eta = duration(known / self.workers)
-        if unknown:
-            return f"ETA >{eta} ({', '.join(unknown)} not timed yet)"
-        return f"ETA {eta}"
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def duration(seconds: float) -> str:
-    """``42s``, ``3m05s`` or ``1h02m``."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 # a worker process's tasks, kept for the worker's life so each dataset is loaded once
@@ -426,14 +359,19 @@ def _execute_in_workers(
 def _run_with_progress(
     run: PlannedRun, task: Task, label: str, progress_bars: bool | None
 ) -> RunResult:
-    steps = run.spec.steps
-    disable = not sys.stderr.isatty() if progress_bars is None else not progress_bars
-    bar = tqdm(total=steps, desc=label, unit="step", leave=False, disable=disable, position=1)
+    show = sys.stderr.isatty() if progress_bars is None else progress_bars
+    bar = Progress(
+        run.spec.steps,
+        desc=label,
+        unit="step",
+        show="bar" if show else "off",
+        leave=False,
+        position=1,
+    )
     with bar:
 
         def progress(step: int, loss: float) -> None:
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            bar.update(step - bar.n, postfix={"loss": f"{loss:.4g}"})
 
         return execute_run(run.spec, task, run.optimizer, progress=progress)
 

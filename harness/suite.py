@@ -31,7 +31,7 @@ skipped; the report (``report: standard`` or ``comparison``) is written next to 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.defaults import WARMUP_STEPS
 from harness.errors import DatasetUnavailableError, UsageError
 from harness.plan import RunPlan, execute, resolve_plans
+from harness.progress import Log
 from harness.registry import TASKS, create_task
 from harness.results.io import read_results, write_results
 from harness.results.report import NOT_REPRODUCED_TAG
@@ -49,8 +50,6 @@ from harness.results.schema import canonical_json
 from harness.settings.bench import TuningRef
 from harness.settings.suite import SuiteEntry, check_suite_file, suite_entries
 from harness.util import to_plain
-
-Log = Callable[[str], None]
 
 
 @dataclass

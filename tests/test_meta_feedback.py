@@ -11,7 +11,7 @@ import pytest
 
 from harness.cli import main
 from harness.meta import trainer as trainer_module
-from harness.meta.trainer import MetaTrainer, Progress
+from harness.meta.trainer import MetaTrainer, progress_fields
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,6 +95,6 @@ def test_a_heldout_loss_at_the_clip_is_named() -> None:
         inner_steps=0,
         eta_seconds=lambda: 1.0,
     )
-    summary = Progress(fake).summary()  # type: ignore[arg-type]
+    summary = progress_fields(fake)  # type: ignore[arg-type]
     assert summary["heldout_train"] == "10(=clip:diverged)"
     assert summary["heldout_valid"] == "0.5"

@@ -12,10 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from harness.cli import main
-from harness.plan import Progress
+from harness.progress import WeightedEta
 from harness.settings.bench import BenchConfig
 from harness.settings.meta import MetaTrainConfig
 
@@ -30,32 +28,28 @@ class Clock:
         return self.now
 
 
-def test_eta_weighs_runs_by_steps_and_task_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eta_weighs_runs_by_steps_and_task_cost() -> None:
     """The issue's case: a cheap quadratic run finishes first; the ETA does not extrapolate it
     to the expensive runs left, it says their task is not timed yet; once it is, the ETA is
     steps x that task's seconds per step."""
     clock = Clock()
-    monkeypatch.setattr("harness.plan.time.monotonic", clock)
-    lines: list[str] = []
     work = {"q": ("quadratic", 100), "m1": ("mnist", 1000), "m2": ("mnist", 2000)}
-    progress = Progress(3, 0, lines.append, False, work=work)
+    eta = WeightedEta(3, 0, work=work, clock=clock)
     clock.now = 3.0
-    progress.finished("q", "done")
-    assert lines[-1].endswith("ETA >0s (mnist not timed yet)")
+    eta.finished("q")
+    assert eta.text() == "ETA >0s (mnist not timed yet)"
     clock.now = 43.0  # 1000 mnist steps in 40 s: 0.04 s per step
-    progress.finished("m1", "done")
-    assert lines[-1].endswith("ETA 1m20s")  # 2000 steps x 0.04 s
+    eta.finished("m1")
+    assert eta.text() == "ETA 1m20s"  # 2000 steps x 0.04 s
 
 
-def test_eta_with_workers_counts_worker_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eta_with_workers_counts_worker_seconds() -> None:
     clock = Clock()
-    monkeypatch.setattr("harness.plan.time.monotonic", clock)
-    lines: list[str] = []
     work = {f"r{i}": ("t", 100) for i in range(5)}
-    progress = Progress(5, 0, lines.append, False, work=work, workers=2)
+    eta = WeightedEta(5, 0, work=work, workers=2, clock=clock)
     clock.now = 5.0  # two runs in flight: one run of 100 steps took ~10 worker-seconds
-    progress.finished("r0", "done")
-    assert lines[-1].endswith("ETA 20s")  # 4 runs x 10 s over 2 workers
+    eta.finished("r0")
+    assert eta.text() == "ETA 20s"  # 4 runs x 10 s over 2 workers
 
 
 def test_help_says_what_each_key_means(capsys) -> None:

@@ -50,6 +50,7 @@ from harness.meta.truncation import (
     schedule_from_config,
 )
 from harness.meta.world import World
+from harness.progress import LINE_SECONDS, Progress
 from harness.registry import create_task
 from harness.results.schema import META, definition_digest
 from harness.settings.meta import MetaTrainConfig
@@ -338,12 +339,12 @@ class MetaTrainer:
         ``out/lopt.safetensors``."""
         cfg = self.cfg
         out = Path(cfg.out)
-        progress = Progress(self) if self.world.is_main else None
+        progress = open_progress(self) if self.world.is_main else None
         eval_every = cfg.eval_every if cfg.eval_every is not None else cfg.checkpoint_every
         if self.outer_step == 0 and eval_every:
             self.heldout()
             if progress is not None:
-                progress.show()
+                progress.show(lambda: progress_line(self))
         self.started_at = self.seconds  # max_seconds is a budget for this call (a chunk)
         try:
             while self.outer_step < cfg.outer_steps:
@@ -356,7 +357,11 @@ class MetaTrainer:
                 if eval_every and (self.outer_step % eval_every == 0 or done):
                     self.heldout()
                 if progress is not None:
-                    progress.update()
+                    progress.update(
+                        line=lambda: progress_line(self),
+                        postfix=lambda: progress_fields(self),
+                        force=self.outer_step % cfg.checkpoint_every == 0,
+                    )
                 if out_of_time or self.outer_step % cfg.checkpoint_every == 0:
                     self.save()
                 if out_of_time:
@@ -476,85 +481,51 @@ class MetaTrainer:
         return META.frame(frame[list(LOG_COLUMNS)], self.device)
 
 
-#: without a terminal, a progress line at least this often (seconds), between checkpoints too
-LINE_SECONDS = 30.0
+def open_progress(trainer: MetaTrainer) -> Progress:
+    """The run's progress display (:mod:`harness.progress`; ``progress``: None a bar on a
+    terminal, else plain lines every ``checkpoint_every`` outer steps, every
+    :data:`~harness.progress.LINE_SECONDS` and at the end; True a bar; False nothing)."""
+    cfg = trainer.cfg
+    return Progress(
+        cfg.outer_steps,
+        desc=f"meta-train {cfg.task} ({trainer.learner.family}, {cfg.estimator})",
+        unit="step",
+        initial=trainer.outer_step,
+        show=cfg.progress,
+        every=LINE_SECONDS,
+    )
 
 
-class Progress:
-    """What a person needs to judge a run: a tqdm bar on a terminal, else a plain line every
-    ``checkpoint_every`` outer steps, every :data:`LINE_SECONDS` and at the end, both with the
-    outer loss (raw and smoothed), the last held-out losses (``10(=clip:diverged)`` when they
-    are the loss clip: the held-out runs diverged), seconds, CPU-hours, inner steps and the ETA."""
+def progress_fields(trainer: MetaTrainer) -> dict[str, str]:
+    """What a person needs to judge a run (the bar's postfix and the line's fields): the outer
+    loss (raw and smoothed), the last held-out losses (``10(=clip:diverged)`` when they are the
+    loss clip: the held-out runs diverged), the unroll length, CPU-hours, inner steps, ETA."""
+    t = trainer
+    last = t.last
+    out = {}
+    if "outer_loss" in last:
+        out["loss"] = f"{last['outer_loss']:.4g}"
+        out["smoothed"] = f"{t.smoothed:.4g}"
+    for split in ("train", "valid"):
+        value = last.get(f"heldout_{split}_loss")
+        if value is not None:
+            clipped = value >= LOSS_CLIP  # every held-out seed diverged or ended at the clip
+            shown = f"{value:.4g}"
+            out[f"heldout_{split}"] = f"{shown}(=clip:diverged)" if clipped else shown
+    if "unroll_length" in last:
+        out["T"] = f"{last['unroll_length']:.0f}"
+    out["cpu_h"] = f"{t.cpu_seconds / 3600:.3f}"
+    out["inner_steps"] = f"{t.inner_steps:,}"
+    eta = t.eta_seconds()
+    out["eta"] = f"{eta / 60:.1f}min" if math.isfinite(eta) else "?"
+    return out
 
-    def __init__(self, trainer: MetaTrainer) -> None:
-        self.trainer = trainer
-        cfg = trainer.cfg
-        show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
-        self.lines = cfg.progress is None and not show_bar
-        self.last_line = time.monotonic()
-        self.bar = None
-        if show_bar:
-            from tqdm import tqdm
 
-            self.bar = tqdm(
-                total=cfg.outer_steps,
-                initial=trainer.outer_step,
-                desc=f"meta-train {cfg.task} ({trainer.learner.family}, {cfg.estimator})",
-                unit="step",
-                file=sys.stderr,
-            )
-
-    def summary(self) -> dict[str, str]:
-        t = self.trainer
-        last = t.last
-        out = {}
-        if "outer_loss" in last:
-            out["loss"] = f"{last['outer_loss']:.4g}"
-            out["smoothed"] = f"{t.smoothed:.4g}"
-        for split in ("train", "valid"):
-            value = last.get(f"heldout_{split}_loss")
-            if value is not None:
-                clipped = value >= LOSS_CLIP  # every held-out seed diverged or ended at the clip
-                shown = f"{value:.4g}"
-                out[f"heldout_{split}"] = f"{shown}(=clip:diverged)" if clipped else shown
-        if "unroll_length" in last:
-            out["T"] = f"{last['unroll_length']:.0f}"
-        out["cpu_h"] = f"{t.cpu_seconds / 3600:.3f}"
-        out["inner_steps"] = f"{t.inner_steps:,}"
-        eta = t.eta_seconds()
-        out["eta"] = f"{eta / 60:.1f}min" if math.isfinite(eta) else "?"
-        return out
-
-    def update(self) -> None:
-        """After an outer step: advance the bar, or print a line every checkpoint_every steps,
-        at the end, and whenever :data:`LINE_SECONDS` have passed since the last line."""
-        t = self.trainer
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(self.summary(), refresh=False)
-        elif (
-            t.outer_step % t.cfg.checkpoint_every == 0
-            or t.outer_step >= t.cfg.outer_steps
-            or time.monotonic() - self.last_line >= LINE_SECONDS
-        ):
-            self.show()
-
-    def show(self) -> None:
-        """The plain line (nothing when a bar is shown or progress is off)."""
-        if not self.lines:
-            return
-        t = self.trainer
-        self.last_line = time.monotonic()
-        fields = " ".join(f"{k}={v}" for k, v in self.summary().items())
-        print(
-            f"[meta-train {t.outer_step}/{t.cfg.outer_steps} {t.seconds:.0f}s] {fields}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def progress_line(trainer: MetaTrainer) -> str:
+    """``[meta-train 40/1000 123s] loss=... smoothed=... eta=...`` (meta-training seconds)."""
+    fields = " ".join(f"{k}={v}" for k, v in progress_fields(trainer).items())
+    t = trainer
+    return f"[meta-train {t.outer_step}/{t.cfg.outer_steps} {t.seconds:.0f}s] {fields}"
 
 
 def check_identity(cfg: MetaTrainConfig, state: dict[str, Any]) -> None:

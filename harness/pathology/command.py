@@ -27,6 +27,7 @@ from harness.overrides import parse_overrides
 from harness.pathology.common import tidy_frame, write_csv
 from harness.pathology.report import write_markdown
 from harness.pathology.study import studies
+from harness.progress import display_mode
 from harness.results.schema import provenance
 from harness.settings.help import help_lines, key_docs
 from harness.settings.pathology import PathologyConfig, coerce_pathology_config
@@ -106,7 +107,7 @@ def run_pathology(cfg: PathologyConfig | Any = None, **overrides: Any) -> list[P
             written.append(write_csv(tidy, out / f"{name}.csv"))
             written.append(write_csv(study.table(sized, frame), out / f"{name}_table.csv"))
             written.append(study.plot(sized, frame, out / f"{name}.png"))
-            if sized.progress is not False and (sized.progress or sys.stderr.isatty()):
+            if display_mode(sized.progress) != "off":  # a line on a terminal and in a log
                 print(f"[pathology] {name}: {seconds:.1f}s", file=sys.stderr, flush=True)
         written.append(write_summary(out))
     finally:

@@ -25,7 +25,6 @@ study_seconds  the whole study's wall-clock seconds (the same on each of its row
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from harness.meta.truncation import (
     InnerState,
     TruncationData,
 )
+from harness.progress import Progress
 from harness.results.schema import PATHOLOGY
 from harness.util import write_atomically
 from optimizers.learned_hparams import HParamArchitecture, LearnedHParams, encode_theta
@@ -78,26 +78,11 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     return write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
-class Progress:
-    """A tqdm bar on stderr over a study's ``total`` pieces of work (when enabled: None means
-    when stderr is a terminal); each finished piece advances it and shows its message."""
-
-    def __init__(self, enabled: bool | None, study: str, total: int) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(
-            total=total,
-            desc=f"pathology {study}",
-            unit="piece",
-            file=sys.stderr,
-            disable=not (sys.stderr.isatty() if enabled is None else enabled),
-        )
-
-    def __call__(self, message: str) -> None:
-        self.bar.set_postfix_str(message, refresh=False)
-        self.bar.update(1)
-        if self.bar.n >= self.bar.total:
-            self.bar.close()
+def study_progress(enabled: bool | None, study: str, total: int) -> Progress:
+    """The progress display of a study over its ``total`` pieces of work
+    (:class:`harness.progress.Progress`: ``enabled`` None is a bar on a terminal, else plain
+    lines; False nothing); each finished piece is ``progress.update(note=message)``."""
+    return Progress(total, desc=f"pathology {study}", unit="piece", show=enabled)
 
 
 def sgd_problems(

@@ -23,11 +23,11 @@ import torch
 
 from harness.meta.truncation import STREAM_THETA, InnerProblems, derive_seed
 from harness.pathology.common import (
-    Progress,
     prefix_outer_losses,
     roughness,
     row,
     sgd_problems,
+    study_progress,
 )
 from harness.pathology.report import figure, length_colours, save
 from harness.pathology.study import StudyBase
@@ -51,7 +51,7 @@ def lopt_problems(task: Task, seed: int) -> tuple[InnerProblems, torch.Tensor]:
 
 def run_landscape(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """The tidy rows of both curves (metric ``outer_loss``)."""
-    progress = Progress(cfg.progress, STUDY, total=2)  # the two curves
+    progress = study_progress(cfg.progress, STUDY, total=2)  # the two curves
     lengths = list(cfg.landscape.lengths)
     rows = []
 
@@ -65,7 +65,7 @@ def run_landscape(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     for i, x in enumerate(log_lrs):
         for j, length in enumerate(lengths):
             rows.append(_row(task, "hparam_sgd", "log_lr", length, x, losses[i, j], cfg.seed))
-    progress(f"log lr curve: {len(log_lrs)} points x {max(lengths)} steps")
+    progress.update(note=f"log lr curve: {len(log_lrs)} points x {max(lengths)} steps")
 
     problems, theta0 = lopt_problems(task, cfg.seed)
     state = problems.fresh_state(0, 0)
@@ -80,7 +80,7 @@ def run_landscape(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     for i, x in enumerate(alphas):
         for j, length in enumerate(lengths):
             rows.append(_row(task, "lopt", "alpha", length, x, losses[i, j], cfg.seed))
-    progress(f"learned-optimizer slice: {len(alphas)} points x {max(lengths)} steps")
+    progress.update(note=f"learned-optimizer slice: {len(alphas)} points x {max(lengths)} steps")
     return pd.DataFrame(rows)
 
 

@@ -46,10 +46,10 @@ from harness.meta.trainer import MetaTrainer
 from harness.meta.truncation import STREAM_THETA, InnerProblems, derive_seed
 from harness.pathology.common import (
     SGD_ARCHITECTURE,
-    Progress,
     log_lr_theta,
     row,
     sgd_problems,
+    study_progress,
 )
 from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, save
 from harness.pathology.study import StudyBase
@@ -115,7 +115,7 @@ def evaluate(problems: Any, theta: torch.Tensor, count: int, length: int) -> flo
 
 def run_training(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """Both optimizers, every estimator and seed (see the module docstring)."""
-    progress = Progress(
+    progress = study_progress(
         cfg.progress, STUDY, total=len(OPTIMIZERS) * cfg.training.seeds * len(ESTIMATORS)
     )
     rows: list[dict] = []
@@ -148,8 +148,8 @@ def run_training(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
                     if step % cfg.training.eval_every == 0 or step == outer_steps:
                         _log_eval(rows, common, eval_problems, trainer, cfg, unroll, lopt)
                 extra = "" if lopt else f", lr {math.exp(float(trainer.theta[0])):.4g}"
-                progress(
-                    f"{optimizer} {estimator} seed {seed}: {outer_steps} outer steps in "
+                progress.update(
+                    note=f"{optimizer} {estimator} seed {seed}: {outer_steps} outer steps in "
                     f"{trainer.seconds:.1f}s{extra}"
                 )
     return pd.DataFrame(rows)

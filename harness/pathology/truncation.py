@@ -25,7 +25,7 @@ import torch
 
 from harness.meta.trainer import build_trainer
 from harness.meta.truncation import InnerProblems
-from harness.pathology.common import Progress, prefix_outer_losses, row
+from harness.pathology.common import prefix_outer_losses, row, study_progress
 from harness.pathology.report import figure, save
 from harness.pathology.study import StudyBase
 from harness.settings.meta import coerce_config
@@ -69,7 +69,7 @@ def meta_config(cfg: PathologyConfig, variant: str) -> Any:
 def run_truncation(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """Meta-train both, evaluate the three optimizers over the horizon."""
     # meta-training the two variants, then each evaluation problem
-    progress = Progress(cfg.progress, STUDY, total=2 + cfg.truncation.eval_seeds)
+    progress = study_progress(cfg.progress, STUDY, total=2 + cfg.truncation.eval_seeds)
     rows: list[dict] = []
     thetas: dict[str, torch.Tensor] = {}
     learner = None
@@ -93,7 +93,9 @@ def run_truncation(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
                     )
                 )
         thetas[variant] = trainer.theta.detach().clone()
-        progress(f"{variant}: {cfg.truncation.outer_steps} outer steps in {trainer.seconds:.1f}s")
+        progress.update(
+            note=f"{variant}: {cfg.truncation.outer_steps} outer steps in {trainer.seconds:.1f}s"
+        )
     assert learner is not None
     lopt = learner
     horizon = cfg.truncation.horizon
@@ -129,7 +131,9 @@ def run_truncation(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
                         seed=problem,
                     )
                 )
-        progress(f"evaluation problem {problem}: {horizon} steps x {len(VARIANTS)} optimizers")
+        progress.update(
+            note=f"evaluation problem {problem}: {horizon} steps x {len(VARIANTS)} optimizers"
+        )
     return pd.DataFrame(rows)
 
 

@@ -26,11 +26,11 @@ import torch
 from harness.meta.estimators import SampleSums, antithetic_pairs_batched, inverse_variance_merge
 from harness.meta.truncation import STREAM_PERTURBATION, derive_seed
 from harness.pathology.common import (
-    Progress,
     fit_growth,
     log_lr_theta,
     row,
     sgd_problems,
+    study_progress,
 )
 from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, frame_table, save
 from harness.pathology.study import StudyBase
@@ -43,7 +43,7 @@ CHUNK = 32  # pairs per vmap call
 
 def run_variance(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
     """The tidy rows of every learning rate and length."""
-    progress = Progress(
+    progress = study_progress(
         cfg.progress, STUDY, total=len(cfg.variance.lrs) * len(cfg.variance.lengths)
     )
     rows: list[dict] = []
@@ -97,7 +97,7 @@ def run_variance(cfg: PathologyConfig, task: Task) -> pd.DataFrame:
                 )
             for name, value in dropped.items():
                 rows.append(row(**common, variant=name, metric="dropped", value=value))
-            progress(f"{variant_tag} T={length}: {count} pairs")
+            progress.update(note=f"{variant_tag} T={length}: {count} pairs")
     return pd.DataFrame(rows)
 
 

@@ -45,6 +45,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from harness.errors import UsageError
+from harness.progress import Log
 from harness.tuning.saturation import DEFAULT_RULE
 from harness.tuning.tuner import TuneOutcome, TuneSettings, TuningStopped, tune
 from harness.util import to_plain
@@ -52,7 +53,6 @@ from harness.util import to_plain
 SUITES = Path(__file__).resolve().parent.parent / "conf" / "suite"
 DEFAULT_CAPS = (32, 48, 64, 96, 128)
 DEFAULT_SEEDS = {"train_loss": 1, "valid_loss": 2}
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)

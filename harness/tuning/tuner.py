@@ -41,6 +41,7 @@ import pandas as pd
 
 from harness.errors import UsageError
 from harness.plan import RunPlan, execute
+from harness.progress import Log
 from harness.registry import OPTIMIZERS, TASKS, create_task
 from harness.results.io import read_results
 from harness.results.schema import canonical_json
@@ -94,7 +95,6 @@ from optimizers.base import resolve_hparams
 from tasks.base import task_config
 
 EVAL_SEED_OFFSET = 1000
-Log = Callable[[str], None]
 
 
 @dataclass

@@ -41,6 +41,7 @@ from harness.meta.family.pairs import PairSchedule, PairState, fresh_pairs, stag
 from harness.meta.trainer import LOG_FILE, LOPT_FILE, ThetaAdam
 from harness.meta.truncation import STREAM_PERTURBATION, STREAM_THETA, derive_seed
 from harness.meta.world import World
+from harness.progress import Progress
 from harness.results.schema import FAMILY_META, definition_digest
 from harness.settings.family import FamilyMetaTrainConfig
 from harness.util import write_atomically
@@ -99,6 +100,7 @@ class FamilyTrainer:
         self.meter_rows: list[dict[str, float]] = []
         self.last: dict[str, float] = {}
         self.started_at = 0.0
+        self.progress = Progress(cfg.outer_steps, show=False)  # run() opens the shown one
 
     # -- pairs ----------------------------------------------------------------------------------
     def start_pairs(self) -> None:
@@ -182,14 +184,12 @@ class FamilyTrainer:
         """Outer steps until ``outer_steps`` or this chunk's ``max_seconds``; returns
         ``out/lopt.safetensors``."""
         cfg = self.cfg
+        self.progress = self.open_progress()
         if not self.pairs and self.outer_step < cfg.outer_steps:
-            if cfg.progress and self.world.is_main:
-                print(
-                    f"[meta-train {cfg.family} {cfg.estimator}] starting {cfg.pairs} pairs, "
-                    "each advanced with theta to its staggered first step",
-                    file=self.stream,
-                    flush=True,
-                )
+            self.progress.write(
+                f"[meta-train {cfg.family} {cfg.estimator}] starting {cfg.pairs} pairs, "
+                "each advanced with theta to its staggered first step"
+            )
             self.start_pairs()
         if cfg.eval_every and not any(
             r[2] == "heldout_loss" and r[0] == self.outer_step for r in self.log
@@ -206,17 +206,35 @@ class FamilyTrainer:
             done = out_of_time or self.outer_step >= cfg.outer_steps
             if cfg.eval_every and (self.outer_step % cfg.eval_every == 0 or done):
                 self.heldout()
-            if self.outer_step % cfg.checkpoint_every == 0 or done:
-                self.show()
+            checkpoint = self.outer_step % cfg.checkpoint_every == 0 or done
+            self.progress.update(
+                line=self.progress_line, postfix=self.progress_text, force=checkpoint
+            )
+            if checkpoint:
                 self.save()
             if out_of_time:
                 break
+        self.progress.close()
         return Path(cfg.out) / LOPT_FILE
 
     # -- progress ---------------------------------------------------------------------------------
-    def progress_line(self) -> str:
-        """``[meta-train mlp_mix 40/1000 123s] outer_loss=... heldout=... cos=... ...``."""
+    def open_progress(self) -> Progress:
+        """The run's progress display on rank 0 (:mod:`harness.progress`; ``progress``: a bar
+        on a terminal, else a line every ``checkpoint_every`` outer steps, every
+        :data:`~harness.progress.LINE_SECONDS` and at the end; False: nothing)."""
         cfg = self.cfg
+        return Progress(
+            cfg.outer_steps,
+            desc=f"meta-train {cfg.family} ({cfg.learner}, {cfg.estimator})",
+            unit="step",
+            initial=self.outer_step,
+            show=None if cfg.progress and self.world.is_main else False,
+            stream=self.stream,
+        )
+
+    def progress_text(self) -> str:
+        """``outer_loss=... heldout=... median cos=... ...`` and, when the median split-half
+        cosine says so, ``-- THE ESTIMATE IS NOISE ...`` (:func:`meters.verdict`)."""
         last = self.last
         median = meters.medians(self.meter_rows)
         parts = []
@@ -234,13 +252,18 @@ class FamilyTrainer:
         parts.append(f"cpu_h={self.cpu_seconds / 3600:.3f}")
         parts.append(f"problem_steps={self.problem_steps:,}")
         words = meters.verdict(median)
+        text = " ".join(parts)
+        return f"{text} -- {words}" if words else text
+
+    def progress_line(self) -> str:
+        """``[meta-train mlp_mix 40/1000 123s] outer_loss=... heldout=... cos=... ...``."""
+        cfg = self.cfg
         head = f"[meta-train {cfg.family} {cfg.estimator} {self.outer_step}/{cfg.outer_steps}"
-        line = f"{head} {self.seconds:.0f}s] " + " ".join(parts)
-        return f"{line} -- {words}" if words else line
+        return f"{head} {self.seconds:.0f}s] {self.progress_text()}"
 
     def show(self) -> None:
-        if self.cfg.progress and self.world.is_main:
-            print(self.progress_line(), file=self.stream, flush=True)
+        """A progress line now (``lines`` mode)."""
+        self.progress.show(self.progress_line)
 
     # -- state ------------------------------------------------------------------------------------
     def small_state(self) -> dict[str, Any]:
