@@ -87,11 +87,12 @@ def tidy(run_id: str, optimizer: str, seed: int, losses: list[float], split: str
         budget_steps=10 * (len(losses) - 1),
         tags='{"comparison":"train"}',
         harness_version="0",
-        schema_version=2,
+        schema_version=3,
         git_commit="c",
         torch_version="2",
         device="cpu",
         threads=1,
+        source="bench",
     )[list(COLUMNS)]
 
 

@@ -60,11 +60,12 @@ def tidy_run(
         "budget_steps": 10 * (len(losses) - 1),
         "tags": "{}",
         "harness_version": "0.0",
-        "schema_version": 2,
+        "schema_version": 3,
         "git_commit": "abc123",
         "torch_version": "2.x",
         "device": device,
         "threads": 1,
+        "source": "bench",
     }
     return frame.assign(**constant)[list(COLUMNS)]
 

@@ -54,11 +54,12 @@ def tidy_run(
             "budget_steps": 30,
             "tags": "{}",
             "harness_version": "0.0",
-            "schema_version": 2,
+            "schema_version": 3,
             "git_commit": "abc",
             "torch_version": "2.x",
             "device": "cpu (test)",
             "threads": 1,
+            "source": "bench",
         }
         for (split, metric), points in curves.items()
         for step, wall, value in points
