@@ -92,7 +92,7 @@ class FamilyMetaTrainConfig:
         max_seconds: stop (and checkpoint) once this call has meta-trained this long (None: no
             limit); rerunning the same command continues for another chunk.
         resume: continue from ``out`` when it holds this run (false: start it again).
-        progress: print a progress line every ``checkpoint_every`` outer steps.
+        progress: a bar on a terminal, else a line every ``checkpoint_every`` outer steps.
         plugins: local modules to import first (families or learners registered by plugins).
     """
 

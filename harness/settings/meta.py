@@ -131,7 +131,7 @@ class MetaTrainConfig:
         resume: continue from ``out/trainer_state.pt`` when it exists (false: start again).
         max_seconds: stop (and checkpoint) once this call has meta-trained this long (None: no
             limit); rerunning the same command continues for another chunk.
-        progress: show a progress bar (None: when stderr is a terminal).
+        progress: show a progress bar (None: on a terminal, else plain lines; false: nothing).
         plugins: local modules to import first (tasks registered by plugins; each worker
             process imports them too).
         init_from: a learned-optimizer checkpoint (path or shipped name) whose theta starts

@@ -194,8 +194,8 @@ class PathologyConfig:
         seed: fixes every inner problem, batch, perturbation and direction of the study.
         threads: torch threads (1: the fastest on a shared 2-core machine for these tiny
             models; None: torch's default).
-        progress: a tqdm bar per study on stderr over its pieces of work (None: when stderr is
-            a terminal).
+        progress: a bar per study on stderr over its pieces of work (None: on a terminal, else
+            plain lines; false: nothing).
         task, task_cfg: the task of every study (default: the noisy quadratic, whose largest
             Hessian eigenvalue is 1: SGD is stable for lr < 2).
         sigma: the perturbation's standard deviation (ES and the smoothing of rp).
