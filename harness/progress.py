@@ -184,8 +184,10 @@ class WeightedEta:
 
     Args:
         total: pieces in the whole job; ``already``: done before this process.
-        work: ``{label: (kind, size)}`` of the pieces to do (None: every piece counts the same).
+        work: ``{label: (kind, size)}`` of the pieces to do (None: every piece counts the same,
+            the mean pace of the pieces finished since the start).
         workers: pieces at a time.
+        cap: ``total`` is only a cap (a study that may stop earlier): the text says ``ETA <=``.
         clock: seconds (injectable for tests).
     """
 
@@ -196,9 +198,11 @@ class WeightedEta:
         *,
         work: Mapping[str, tuple[str, int]] | None = None,
         workers: int = 1,
+        cap: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.total, self.count, self.finished_here = total, already, 0
+        self.total, self.count, self.already = total, already, already
+        self.cap = cap
         self.clock = clock
         self.started = self.last = clock()
         self.work = dict(work or {})
@@ -213,17 +217,23 @@ class WeightedEta:
         """Record that the piece ``label`` finished now."""
         now = self.clock()
         self.count += 1
-        self.finished_here += 1
         kind, size = self.work.pop(label, ("", 0))
         self.seconds[kind] = self.seconds.get(kind, 0.0) + (now - self.last) * self.workers
         self.sizes[kind] = self.sizes.get(kind, 0) + max(1, size)
         self.last = now
 
+    def observe(self, count: int) -> None:
+        """The job's count of finished pieces as counted elsewhere (a study in a shared storage:
+        other workers' trials count too), for the mean pace of a job without costs."""
+        self.count = count
+
     def text(self) -> str:
-        """``ETA 3m05s``, or ``ETA >40s (fmnist_cnn16 not timed yet)``."""
+        """``ETA 3m05s``, or ``ETA >40s (fmnist_cnn16 not timed yet)``; ``ETA <=3m05s`` when
+        ``total`` is only a cap."""
         left = self.total - self.count
         if not self.work:  # no costs known: each piece as long as the mean so far
-            return f"ETA {duration(self.elapsed() / max(1, self.finished_here) * left)}"
+            pace = self.elapsed() / max(1, self.count - self.already)
+            return f"ETA {'<=' if self.cap else ''}{duration(pace * max(0, left))}"
         known, unknown = 0.0, []
         for kind, size in self.work.values():
             if kind in self.sizes:

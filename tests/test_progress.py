@@ -161,3 +161,13 @@ def test_family_meta_training_and_a_study_are_silent_with_progress_false(tmp_pat
     meta_train_family({**family, "progress": True, "out": str(tmp_path / "family2")})
     err = capsys.readouterr().err
     assert "starting 2 pairs" in err and "[meta-train mlp_mix pes 1/1" in err and "\r" not in err
+
+
+def test_eta_of_a_shared_study_counts_every_workers_pieces_and_may_be_a_cap() -> None:
+    """A tuning study: its trials are counted in the storage (other workers' too); when it stops
+    once saturated, its trial count is only a cap."""
+    clock = Clock()
+    eta = WeightedEta(40, 10, cap=True, clock=clock)
+    clock.now = 60.0
+    eta.observe(16)  # 6 trials in a minute here and elsewhere: 24 left take 4 minutes at most
+    assert eta.text() == "ETA <=4m00s"

@@ -41,7 +41,7 @@ import pandas as pd
 
 from harness.errors import UsageError
 from harness.plan import RunPlan, execute
-from harness.progress import Log
+from harness.progress import Log, WeightedEta
 from harness.registry import OPTIMIZERS, TASKS, create_task
 from harness.results.io import read_results
 from harness.results.schema import canonical_json
@@ -200,6 +200,9 @@ def tune(
     log(f"{name}: {done} trials done ({goal}), in {settings.storage}")
     ran = 0
     waiting = False
+    # the ETA at the mean pace of the study's trials (every worker's); trials is only a cap when
+    # the study stops once saturated
+    eta = WeightedEta(target, done, cap=settings.until == "saturated")
     poll_s = min(2.0, settings.heartbeat / 2)
     while True:
         if stop is not None and stop():
@@ -224,7 +227,8 @@ def tune(
             time.sleep(poll_s)
             continue
         waiting = False
-        _run_trial(study, trial, task, protocol, base, target, log, opened)
+        eta.total = target
+        _run_trial(study, trial, task, protocol, base, target, log, opened, eta)
         ran += 1
     counts = count_trials(study)
     trials = int(study.user_attrs[ATTR_TRIALS])
@@ -416,10 +420,12 @@ def _run_trial(
     trials: int,
     log: Log,
     opened: OpenedStorage,
+    eta: WeightedEta | None = None,
 ) -> None:
-    """Run one claimed trial, its heartbeat beating, and tell its outcome. Stopped part-way
-    (Ctrl-C, an error), it re-queues its trial before the exception goes on. A trial whose
-    heartbeat was judged stale meanwhile (its retry is someone else's now) is not told."""
+    """Run one claimed trial, its heartbeat beating, tell its outcome and log it (with the
+    study's ETA: :class:`harness.progress.WeightedEta`). Stopped part-way (Ctrl-C, an error),
+    it re-queues its trial before the exception goes on. A trial whose heartbeat was judged
+    stale meanwhile (its retry is someone else's now) is not told."""
     hparams = {**base, **trial.params}
     trial.set_user_attr("hparams", canonical_json(hparams))
     shown = " ".join(
@@ -454,9 +460,14 @@ def _run_trial(
             raise
         log(f"[trial {trial.number}] its heartbeat was lost and another worker re-queued it")
         return
+    counted = len(count_trials(study).counted)
+    left = ""
+    if eta is not None:
+        eta.observe(counted)
+        left = f"; {eta.text()}"
     log(
-        f"[trial {trial.number}, {len(count_trials(study).counted)}/{trials} done] {shown}: "
-        f"{outcome} ({time.perf_counter() - started:.1f} s)"
+        f"[trial {trial.number}, {counted}/{trials} done] {shown}: "
+        f"{outcome} ({time.perf_counter() - started:.1f} s){left}"
     )
 
 
