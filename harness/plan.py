@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from harness.defaults import LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
-from harness.progress import Log, Progress, WeightedEta, duration
+from harness.progress import Log, Progress, WeightedEta, display_mode, duration
 from harness.registry import OPTIMIZERS, TASKS, create_optimizer, create_task
 from harness.results.io import check_results_target, read_results, write_results
 from harness.results.schema import canonical_json
@@ -172,7 +172,7 @@ def execute(
 
     labels = dict(zip(unique, run_labels([p.plan for p in unique.values()]), strict=True))
     todo = [(p, labels[run_id]) for run_id, p in unique.items() if run_id not in done]
-    show_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
+    show_bars = display_mode(progress_bars) == "bar"
     work = {label: (run.plan.task, run.spec.steps) for run, label in todo}
     eta = WeightedEta(len(unique), len(already), work=work, workers=workers)
     progress = Progress(
@@ -359,12 +359,11 @@ def _execute_in_workers(
 def _run_with_progress(
     run: PlannedRun, task: Task, label: str, progress_bars: bool | None
 ) -> RunResult:
-    show = sys.stderr.isatty() if progress_bars is None else progress_bars
     bar = Progress(
         run.spec.steps,
         desc=label,
         unit="step",
-        show="bar" if show else "off",
+        show="bar" if display_mode(progress_bars) == "bar" else "off",
         leave=False,
         position=1,
     )
