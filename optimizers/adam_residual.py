@@ -1,6 +1,6 @@
 """``adam_residual``: Adam plus a learned schedule and a learned per-parameter correction.
 
-A learner family (:class:`optimizers.base.MetaLearnable`, ``learner=adam_residual``) whose
+A learner family (:class:`optimizers.base.Learner`, ``learner=adam_residual``) whose
 update is the strong hand-designed step plus learned terms, initialised so that at
 ``theta = init_theta(seed)`` it IS Adam at the base learning rate ``lr0`` (the design of
 Celo, Moudgil et al. 2025, and of the nominal terms of Harrison et al. 2022)::
@@ -48,7 +48,7 @@ from harness.errors import UsageError
 from harness.registry import register_learner
 from optimizers.adam import cosine_factor
 from optimizers.base import OptState, Params
-from optimizers.learned import param_layout
+from optimizers.layout import param_layout
 
 NUM_FEATURES = 4  # u, g, m_hat, w
 RMS_EPS = 1e-12

@@ -121,7 +121,7 @@ def test_no_grad_path_reuses_buffers_with_the_same_arithmetic() -> None:
         torch.testing.assert_close(expected_state["accumulators"], first_state["accumulators"])
         params, state = first, first_state
     with pytest.raises(ValueError, match="no_grad"):
-        opt.apply(opt.theta, grads, state, params, reuse_buffers=True)
+        opt.learner.apply(opt.theta, grads, state, params, reuse_buffers=True)
 
 
 def test_default_architecture_matches_the_paper() -> None:
@@ -156,7 +156,7 @@ def test_update_is_pure_and_differentiable() -> None:
     g = tuple(t.clone().requires_grad_(True) for t in grads)
 
     def f(theta, *pg):
-        new, st = opt.apply(theta, pg[len(p) :], {**state, "step": 7}, pg[: len(p)])
+        new, st = opt.learner.apply(theta, pg[len(p) :], {**state, "step": 7}, pg[: len(p)])
         return (*new, st["accumulators"])
 
     assert torch.autograd.gradcheck(f, (theta, *p, *g), eps=1e-6, atol=1e-5)
@@ -174,7 +174,7 @@ def test_vmap_over_theta_equals_a_loop() -> None:
     steps = torch.tensor([0.0, 5.0, 400.0])
 
     def one(theta, grad, step):
-        new, st = opt.apply(
+        new, st = opt.learner.apply(
             theta, grad, {"step": step, "accumulators": state["accumulators"]}, params
         )
         return new, st["accumulators"]
@@ -189,13 +189,48 @@ def test_vmap_over_theta_equals_a_loop() -> None:
 
 
 # -- the plugin and torch.optim --------------------------------------------------------------------
-def test_lopt_is_registered_with_a_string_checkpoint_hparam() -> None:
-    """`optimizer=lopt optimizer.checkpoint=PATH`: a registered built-in with one str hparam."""
-    entry = OPTIMIZERS.get("lopt")
-    assert entry.factory is LearnedOptimizer
+def test_learned_is_registered_with_a_string_checkpoint_hparam_and_lopt_still_works() -> None:
+    """`optimizer=learned optimizer.checkpoint=PATH`: a registered built-in with one str hparam;
+    the old name `lopt` builds the same optimizer under its own name (bench rows say lopt)."""
+    assert OPTIMIZERS.get("learned").factory is LearnedOptimizer
     spec = LearnedOptimizer.hparam("checkpoint")
     assert spec.type is str and spec.default == ""
-    assert create_optimizer("lopt").hparams == {"checkpoint": ""}
+    new, old = create_optimizer("learned"), create_optimizer("lopt")
+    assert new.hparams == old.hparams == {"checkpoint": ""}
+    assert (new.name, old.name) == ("learned", "lopt") and isinstance(old, LearnedOptimizer)
+    assert "alias of learned" in OPTIMIZERS.get("lopt").description
+    params, grads = tensors(0), tensors(1)
+    for a, b in zip(
+        new.update(grads, new.init(params), params)[0],
+        old.update(grads, old.init(params), params)[0],
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+
+
+def test_a_learner_with_a_fixed_theta_is_an_ordinary_optimizer() -> None:
+    """opt_fn(learner, theta) has the functional contract only (no second `apply`), and its
+    update is the learner's apply with that theta, for every built-in family; the paper's
+    family answers to `metz_mlp` and to its old name `mlp` (recorded as typed)."""
+    from harness.registry import LEARNERS, create_learner
+    from optimizers.base import Optimizer
+    from optimizers.learned import opt_fn
+    from optimizers.metz_mlp import MetzMLP
+
+    assert create_learner("metz_mlp").family == "metz_mlp"
+    old = create_learner("mlp")
+    assert old.family == "mlp" and isinstance(old, MetzMLP) and isinstance(old, MLPLearner)
+    assert "alias of metz_mlp" in LEARNERS.get("mlp").description
+    params, grads = tensors(0), tensors(1)
+    for family in ("metz_mlp", "adam_residual", "nominal_mlp", "hparams"):
+        learner = create_learner(family)
+        theta = learner.init_theta(4) + 0.01 * torch.randn(learner.num_theta)
+        optimizer = opt_fn(learner, theta)
+        assert isinstance(optimizer, Optimizer) and not hasattr(optimizer, "apply")
+        got, _ = optimizer.update(grads, optimizer.init(params), params)
+        want, _ = learner.apply(theta, grads, learner.init(params), params)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 class TinyNet(nn.Module):
