@@ -101,10 +101,11 @@ class Registry:
         checkpoint's ``family``) records the alias when the alias was typed, as before the
         rename. Returns the subclass. Its description says which name it stands for.
         """
-        if not isinstance(target, type) or getattr(target, "name", "") == "":
+        entry = next((e for e in self._entries.values() if e.factory is target), None)
+        if entry is None or not isinstance(target, type):
             raise RegistrationError(f"{self.kind} alias {alias!r}: register its target first")
         first = (inspect.getdoc(target) or "").strip().splitlines()
-        doc = f"{first[0] if first else target.__name__} (alias of {target.name})"
+        doc = f"{first[0] if first else target.__name__} (alias of {entry.name})"
         subclass = type(
             target.__name__,
             (target,),
@@ -112,10 +113,10 @@ class Registry:
                 "__doc__": doc,
                 "__module__": target.__module__,
                 "__qualname__": f"{target.__qualname__}.alias_{alias}",
-                "alias_of": target.name,
+                "alias_of": entry.name,
             },
         )
-        return self.register(alias, source=self._entries[target.name].source)(subclass)
+        return self.register(alias, source=entry.source)(subclass)
 
     # -- lookup -------------------------------------------------------------------------------
     def get(self, name: str) -> RegistryEntry:

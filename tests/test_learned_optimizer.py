@@ -233,6 +233,39 @@ def test_a_learner_with_a_fixed_theta_is_an_ordinary_optimizer() -> None:
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+#: written by `lopt bench task=digits_mlp optimizer=lopt,lopt_mnist5k_train,
+#: adam_residual_mnist5k_train steps=30 seeds=1` at commit 708c6d5, before the renames of
+#: issue 26 item 5: run id and final test loss of each run
+ROWS_BEFORE_THE_RENAMES = {
+    "lopt": ("digits_mlp-lopt-s0-39d02d975d", 2.353976806640625),
+    "lopt_mnist5k_train": ("digits_mlp-lopt_mnist5k_train-s0-38ea9a08fc", 2.0014896240234377),
+    "adam_residual_mnist5k_train": (
+        "digits_mlp-adam_residual_mnist5k_train-s0-7ff6e48c54",
+        0.15427316284179687,
+    ),
+}
+
+
+def test_bench_rows_of_the_shipped_learned_optimizers_are_unchanged(tmp_path: Path) -> None:
+    """The old names still run and their rows say what they said before the renames (same
+    optimizer column, run id and losses); `learned` computes exactly what `lopt` does."""
+    import pandas as pd
+
+    from harness.cli import main
+
+    out = tmp_path / "rows.csv"
+    names = ",".join([*ROWS_BEFORE_THE_RENAMES, "learned"])
+    assert main(["bench", "task=digits_mlp", f"optimizer={names}", "steps=30", f"out={out}"]) == 0
+    frame = pd.read_csv(out)
+    final = frame[(frame.split == "test") & (frame.metric == "loss") & (frame.step == 30)]
+    got = {row.optimizer: (row.run_id, row.value) for row in final.itertuples()}
+    for name, (run_id, loss) in ROWS_BEFORE_THE_RENAMES.items():
+        assert got[name][0] == run_id
+        assert got[name][1] == pytest.approx(loss, rel=1e-6)
+    by_name = {name: rows.value.to_numpy() for name, rows in frame.groupby("optimizer")}
+    assert (by_name["learned"] == by_name["lopt"]).all()
+
+
 class TinyNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -15,9 +15,10 @@ import torch
 
 from harness.cli import main
 from harness.errors import UsageError
+from harness.meta import meta_train
 from harness.meta.truncation import LOSS_CLIP, InnerProblems, OuterObjective
-from harness.registry import LEARNERS, create_optimizer
-from optimizers.base import MetaLearnable
+from harness.registry import LEARNERS, create_learner, create_optimizer
+from optimizers.base import Learner
 from optimizers.checkpoint import load_lopt_checkpoint, resolve_checkpoint, shipped_names
 from optimizers.learned import LOpt, MLPLearner
 from optimizers.learned_hparams import LearnedHParams, encode_theta
@@ -30,15 +31,64 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_builtin_families_follow_the_contract() -> None:
-    """mlp and hparams are registered, satisfy MetaLearnable, and rebuild from their record."""
-    assert {"mlp", "hparams"} <= set(LEARNERS.names())
-    for name in ("mlp", "hparams"):
+    """The built-in families are registered (the paper's also under its old name, mlp),
+    satisfy the Learner contract, and rebuild from their record."""
+    names = ("metz_mlp", "mlp", "hparams", "adam_residual", "nominal_mlp")
+    assert set(names) <= set(LEARNERS.names())
+    for name in names:
         family = LEARNERS.get(name).factory
         learner = family()
-        assert isinstance(learner, MetaLearnable) and learner.family == name
+        assert isinstance(learner, Learner) and learner.family == name
         again = family(**learner.record())
         assert again.record() == learner.record() and again.num_theta == learner.num_theta
         assert learner.init_theta(3).shape == (learner.num_theta,)
+
+
+@pytest.mark.parametrize(
+    ("family", "learner_cfg", "estimator", "outer_steps"),
+    [
+        ("adam_residual", {"lr0": 0.05, "horizon": 40}, "pes", 6),
+        ("nominal_mlp", {"lr0": 0.05, "horizon": 40, "compile": False}, "es", 3),
+    ],
+)
+def test_a_meta_trained_family_is_served_from_its_checkpoint(
+    tmp_path: Path,
+    family: str,
+    learner_cfg: dict,
+    estimator: str,
+    outer_steps: int,
+) -> None:
+    """Meta-training on the quadratic moves theta off its start; the checkpoint records the
+    family and its settings, and `learned`, its old name `lopt` and the torch.optim class all
+    serve it."""
+    path = meta_train(
+        task="quadratic",
+        learner=family,
+        learner_cfg=learner_cfg,
+        estimator=estimator,
+        problems=4,
+        horizon=40,
+        schedule="constant",
+        unroll_length=8,
+        outer_steps=outer_steps,
+        parallel="loop",
+        progress=False,
+        eval_every=0,
+        out=str(tmp_path / "meta"),
+    )
+    loaded = load_lopt_checkpoint(path)
+    assert loaded.family == family and loaded.learner.record()["lr0"] == 0.05
+    start = create_learner(family, lr0=0.05, horizon=40).init_theta(0)
+    assert not torch.equal(loaded.theta, start)
+    for name in ("learned", "lopt"):
+        served = create_optimizer(name, checkpoint=str(path))
+        assert served.learner.family == family and torch.equal(served.theta, loaded.theta)
+    model = torch.nn.Linear(3, 1)
+    opt = LOpt(model.parameters(), checkpoint=str(path))
+    before = model.weight.detach().clone()
+    model(torch.randn(5, 3)).pow(2).mean().backward()
+    opt.step()
+    assert not torch.equal(before, model.weight) and "moments" in opt.state[model.weight]
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from harness.errors import UsageError
-from harness.meta import meta_train
 from harness.registry import create_learner, create_optimizer, create_task
 from harness.runner import make_train_step
 from optimizers import nominal_kernel
@@ -312,27 +311,3 @@ def test_a_checkpoint_round_trip_serves_the_same_optimizer(tmp_path: Path) -> No
     for a, b in zip(got, expected, strict=True):
         _close(a, b)
     assert served.learning_rate(1) == pytest.approx(learner.learning_rate(theta, 1))
-
-
-def test_it_meta_trains_with_the_existing_machinery(tmp_path: Path) -> None:
-    """ES on the quadratic moves theta off Adam; the checkpoint serves `lopt`."""
-    path = meta_train(
-        task="quadratic",
-        learner="nominal_mlp",
-        learner_cfg={"lr0": 0.05, "horizon": 40, "compile": False},
-        estimator="es",
-        problems=4,
-        horizon=40,
-        schedule="constant",
-        unroll_length=8,
-        outer_steps=3,
-        parallel="loop",
-        progress=False,
-        eval_every=0,
-        out=str(tmp_path / "meta"),
-    )
-    loaded = load_lopt_checkpoint(path)
-    assert loaded.family == "nominal_mlp" and loaded.learner.record()["lr0"] == 0.05
-    start = create_learner("nominal_mlp", lr0=0.05, horizon=40).init_theta(0)
-    assert not torch.equal(loaded.theta, start)
-    assert create_optimizer("lopt", checkpoint=str(path)).learner.family == "nominal_mlp"
