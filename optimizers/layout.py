@@ -75,3 +75,12 @@ def param_layout(params: Sequence[torch.Tensor]) -> ParamLayout:
             _LAYOUTS.clear()
         _LAYOUTS[key] = layout
     return layout
+
+
+def zero_state(params: Params, name: str, rows: int) -> dict[str, Any]:
+    """A learner's state before the first update: ``{"step": 0, name: zeros (rows, N)}``, N
+    the number of parameter elements, in ``params``' dtype and on their device (the layout of
+    :class:`optimizers.base.Learner`'s state)."""
+    layout = param_layout(params)
+    ref = params[0]
+    return {"step": 0, name: torch.zeros(rows, layout.numel, dtype=ref.dtype, device=ref.device)}

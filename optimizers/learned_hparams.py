@@ -28,7 +28,7 @@ import torch
 from harness.errors import UsageError
 from harness.registry import register_learner
 from optimizers.base import Params
-from optimizers.layout import param_layout
+from optimizers.layout import param_layout, zero_state
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,7 @@ class LearnedHParams:
         return self.architecture.to_dict()
 
     def init(self, params: Params) -> dict[str, Any]:
-        layout = param_layout(params)
-        ref = params[0]
-        return {
-            "step": 0,
-            "accumulators": torch.zeros(1, layout.numel, dtype=ref.dtype, device=ref.device),
-        }
+        return zero_state(params, "accumulators", 1)
 
     def apply(
         self,

@@ -46,7 +46,7 @@ import torch
 from harness.errors import UsageError
 from harness.registry import learner_alias, register_learner
 from optimizers.base import OptState, Params
-from optimizers.layout import ParamLayout, param_layout
+from optimizers.layout import ParamLayout, param_layout, zero_state
 
 DECAYS: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 TIME_SCALES: tuple[float, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
@@ -403,13 +403,7 @@ class MetzMLP:
         return record
 
     def init(self, params: Params) -> OptState:
-        layout = param_layout(params)
-        ref = params[0]
-        rows = self.architecture.num_accumulators
-        return {
-            "step": 0,
-            "accumulators": torch.zeros(rows, layout.numel, dtype=ref.dtype, device=ref.device),
-        }
+        return zero_state(params, "accumulators", self.architecture.num_accumulators)
 
     def apply(
         self,

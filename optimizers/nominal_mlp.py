@@ -48,7 +48,7 @@ import torch
 from harness.errors import UsageError
 from harness.registry import register_learner
 from optimizers.base import OptState, Params
-from optimizers.layout import param_layout
+from optimizers.layout import param_layout, zero_state
 from optimizers.nominal_kernel import (
     NUM_FEATURES,
     NUM_MOMENTS,
@@ -182,12 +182,7 @@ class NominalMLP:
         return torch.cat([b.reshape(-1) for b in blocks])
 
     def init(self, params: Params) -> OptState:
-        layout = param_layout(params)
-        ref = params[0]
-        return {
-            "step": 0,
-            "moments": torch.zeros(NUM_MOMENTS, layout.numel, dtype=ref.dtype, device=ref.device),
-        }
+        return zero_state(params, "moments", NUM_MOMENTS)
 
     def apply(
         self,
