@@ -1,7 +1,7 @@
 """The meta-training loop: estimate, clip, Adam on theta; log, evaluate, checkpoint, resume.
 
 In learned_optimization's vocabulary this is the *GradientLearner* plus its driver. It is given
-the learner (:class:`optimizers.base.MetaLearnable`: what is trained) and the estimator
+the learner (:class:`optimizers.base.Learner`: what is trained) and the estimator
 (:class:`harness.meta.estimators.GradientEstimator`: how its gradient is estimated) and knows
 neither's kind. One outer step (:meth:`MetaTrainer.step`):
 
@@ -54,7 +54,7 @@ from harness.registry import create_task
 from harness.results.schema import definition_digest, provenance
 from harness.settings.meta import MetaTrainConfig
 from harness.util import write_atomically
-from optimizers.base import MetaLearnable
+from optimizers.base import Learner
 from optimizers.checkpoint import save_lopt_checkpoint
 from tasks.base import Task
 
@@ -164,7 +164,7 @@ class MetaTrainer:
     def __init__(
         self,
         cfg: MetaTrainConfig,
-        learner: MetaLearnable,
+        learner: Learner,
         estimator: GradientEstimator,
         world: World | None = None,
         *,
@@ -306,10 +306,10 @@ class MetaTrainer:
         (``heldout_<split>_loss_mean``: a run that spikes scores badly even if it ends low).
         A diverged or non-finite value counts as the clip, 10. Logged, untimed."""
         from harness.runner import run
-        from optimizers.learned import LearnedOptimizer
+        from optimizers.learned import opt_fn
 
         cfg = self.cfg
-        optimizer = LearnedOptimizer.from_theta(self.theta.detach().cpu(), self.learner)
+        optimizer = opt_fn(self.learner, self.theta.detach().cpu())  # the learner at this theta
         splits = ("train", "valid")
         every = max(1, self.horizon // 10)
         expected = len(range(every, self.horizon, every)) + 1  # evaluations after step 0
