@@ -97,7 +97,8 @@ def test_the_documented_learner_plugin_trains_and_is_served_from_its_checkpoint(
 ) -> None:
     """docs/extending.md's local learner family: `lopt list learners` shows it, `lopt meta-train`
     trains it and ends with a summary line, its checkpoint records the family, and
-    `lopt bench optimizer=lopt optimizer.checkpoint=...` evaluates it."""
+    `lopt bench optimizer=learned optimizer.checkpoint=...` evaluates it; with a theta in memory
+    `opt_fn` makes it an optimizer (the page's printed result)."""
     blocks = examples(EXTENDING.read_text())
     (tmp_path / "my_learner.py").write_text(blocks["my_learner.py"])
     monkeypatch.chdir(tmp_path)
@@ -113,7 +114,11 @@ def test_the_documented_learner_plugin_trains_and_is_served_from_its_checkpoint(
     assert loaded.theta[0] != math.log(0.01)  # meta-training moved it
     assert main(shlex.split(commands[1])[1:]) == 0
     frame = pd.read_csv(tmp_path / "sign.csv")
-    assert set(frame.status) == {"completed"}
+    assert set(frame.status) == {"completed"} and set(frame.optimizer) == {"learned"}
+    capsys.readouterr()
+    exec(compile(blocks["opt-fn"], "opt-fn", "exec"), {})
+    printed = blocks["opt-fn"].rsplit("# ", 1)[1].strip()  # what the page says it prints
+    assert capsys.readouterr().out.strip() == printed == "tensor([0.9000, 1.1000, 1.0000]) 1"
 
 
 @pytest.mark.slow
