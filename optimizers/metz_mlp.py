@@ -354,8 +354,10 @@ def momentum_start(theta: torch.Tensor, architecture: MetzMLPArchitecture) -> to
 # -- the learner family (what meta-training trains) ------------------------------------------------
 @register_learner("metz_mlp")
 class MetzMLP:
-    """The paper's learned optimizer (Metz et al. 2019) as a learner family (``learner=metz_mlp``;
-    the old name ``learner=mlp`` is :data:`MLPLearner`, which checkpoints record as ``mlp``).
+    """The paper's learned optimizer (Metz et al. 2019): one small MLP applied to every parameter.
+
+    The learner family ``learner=metz_mlp``; the old name ``learner=mlp`` is :data:`MLPLearner`
+    (the same class, which checkpoints record as ``mlp``).
 
     Settings: the fields of :class:`MetzMLPArchitecture` (``hidden_sizes``, ``second_moments``,
     ...) and ``start``, how :meth:`init_theta` starts: ``random`` (the paper's random MLP,
