@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from test_torch_optim import TinyNet  # the torch.optim class's test model
 
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, create_optimizer
@@ -264,17 +264,6 @@ def test_bench_rows_of_the_shipped_learned_optimizers_are_unchanged(tmp_path: Pa
         assert got[name][1] == pytest.approx(loss, rel=1e-6)
     by_name = {name: rows.value.to_numpy() for name, rows in frame.groupby("optimizer")}
     assert (by_name["learned"] == by_name["lopt"]).all()
-
-
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.a = nn.Linear(5, 4)
-        self.b = nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(torch.tanh(self.a(x)))
 
 
 @pytest.mark.slow

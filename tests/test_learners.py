@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import shlex
 import sys
+from itertools import islice
 from pathlib import Path
 
 import pandas as pd
@@ -17,10 +18,11 @@ from harness.cli import main
 from harness.errors import UsageError
 from harness.meta import meta_train
 from harness.meta.truncation import LOSS_CLIP, InnerProblems, OuterObjective
-from harness.registry import LEARNERS, create_learner, create_optimizer
+from harness.registry import LEARNERS, create_learner, create_optimizer, create_task
+from harness.runner import make_train_step
 from optimizers.base import Learner
 from optimizers.checkpoint import load_lopt_checkpoint, resolve_checkpoint, shipped_names
-from optimizers.learned import LOpt, MLPLearner
+from optimizers.learned import LOpt, MLPLearner, opt_fn
 from optimizers.learned_hparams import LearnedHParams, encode_theta
 from tasks.quadratic import Quadratic
 
@@ -42,6 +44,33 @@ def test_the_builtin_families_follow_the_contract() -> None:
         again = family(**learner.record())
         assert again.record() == learner.record() and again.num_theta == learner.num_theta
         assert learner.init_theta(3).shape == (learner.num_theta,)
+
+
+@pytest.mark.parametrize(
+    ("family", "learner_cfg"),
+    [
+        pytest.param("adam_residual", {}, marks=pytest.mark.slow),
+        ("nominal_mlp", {"compile": False}),  # the eager update
+    ],
+)
+def test_at_its_initial_theta_the_family_is_adam_for_100_steps(
+    family: str, learner_cfg: dict
+) -> None:
+    """100 training steps of digits_mlp with the learner at its initial theta (opt_fn): the
+    same parameters as `adam` at lr0, to 1e-6; its learned schedule's rate is lr0."""
+    task = create_task("digits_mlp")
+    learner = create_learner(family, lr0=3e-3, horizon=100, **learner_cfg)
+    ours = opt_fn(learner, learner.init_theta(5))
+    adam = create_optimizer("adam", lr=3e-3)
+    params = task.init_params(0)
+    mine, theirs = (params, ours.init(params)), (params, adam.init(params))
+    steps = make_train_step(task, ours), make_train_step(task, adam)
+    for batch in islice(task.batches("train", 0), 100):
+        mine = steps[0](*mine, batch)[:2]
+        theirs = steps[1](*theirs, batch)[:2]
+    for a, b in zip(mine[0], theirs[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert learner.learning_rate(learner.init_theta(5), 40) == pytest.approx(3e-3)
 
 
 @pytest.mark.parametrize(
