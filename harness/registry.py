@@ -118,6 +118,12 @@ class Registry:
         )
         return self.register(alias, source=entry.source)(subclass)
 
+    def canonical(self, name: str) -> str:
+        """The name that ``name`` is an alias of (:meth:`alias`), else ``name`` itself: two
+        names of one plugin have the same canonical name."""
+        entry = self._entries.get(name)
+        return getattr(entry.factory, "alias_of", name) if entry is not None else name
+
     # -- lookup -------------------------------------------------------------------------------
     def get(self, name: str) -> RegistryEntry:
         """The entry registered as ``name``; an unknown name raises ``UnknownNameError``."""

@@ -152,6 +152,7 @@ def test_an_alias_is_the_same_class_under_the_old_name() -> None:
     assert (Stepper.name, old.name) == ("stepper", "old_stepper")
     assert registry.get("old_stepper").description == "Plain steps. (alias of stepper)"
     assert registry.get("old_stepper").factory(lr=0.1).hparams == Stepper(lr=0.1).hparams
+    assert registry.canonical("old_stepper") == registry.canonical("stepper") == "stepper"
     with pytest.raises(RegistrationError, match="registered twice"):
         registry.register("old_stepper")(SGD)
 
