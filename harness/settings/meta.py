@@ -276,10 +276,7 @@ class MetaTrainConfig:
 
         loaded = load_lopt_checkpoint(self.init_from)
         mine, theirs = to_plain(self.build_learner().record()), to_plain(loaded.learner.record())
-        from harness.registry import LEARNERS
-
-        same_family = LEARNERS.canonical(loaded.family) == LEARNERS.canonical(self.learner)
-        if not same_family or mine != theirs:  # an old and a new name of a family are one
+        if loaded.family != self.learner or mine != theirs:
             differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             detail = f", {differ[0]}={theirs.get(differ[0])!r}" if differ else ""
             raise UsageError(
