@@ -54,7 +54,7 @@ from harness.registry import create_task
 from harness.results.schema import definition_digest, provenance
 from harness.settings.meta import MetaTrainConfig
 from harness.util import write_atomically
-from optimizers.base import Learner
+from optimizers.base import MetaLearnable
 from optimizers.checkpoint import save_lopt_checkpoint
 from tasks.base import Task
 
@@ -164,7 +164,7 @@ class MetaTrainer:
     def __init__(
         self,
         cfg: MetaTrainConfig,
-        learner: Learner,
+        learner: MetaLearnable,
         estimator: GradientEstimator,
         world: World | None = None,
         *,
