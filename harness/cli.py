@@ -11,7 +11,7 @@
               budget_steps=S [until=trials|saturated] [sampler=tpe|random|grid|qmc]
               [pruner=median|none] [storage=URL] [search.lr=[LOW,HIGH]] ...
     lopt studies [storage=URL] [out=DIR]
-    lopt meta-train task=NAME learner=mlp|hparams|adam_residual|... estimator=merged|rp|es|pes
+    lopt meta-train task=NAME learner=metz_mlp|hparams|adam_residual|... estimator=merged|rp|es|pes
                     objective=train|valid loss=mean|log|log_mean|final outer_steps=N out=DIR
     lopt meta-train family=NAME [learner=nominal_mlp] [estimator=pes|tes] [pairs=32] [out=DIR]
     lopt pathology [study=all|landscape|variance|training|truncation] [out=DIR] [quick=true]

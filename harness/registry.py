@@ -93,6 +93,37 @@ class Registry:
 
         return decorator
 
+    def alias(self, alias: str, target: Any) -> Any:
+        """Register ``alias`` as another name of the class ``target`` (an old name kept working).
+
+        The alias is a subclass of ``target`` that differs only in its registered name, so
+        everything that records the name a user typed (a bench row's ``optimizer`` column, a
+        checkpoint's ``family``) records the alias when the alias was typed, as before the
+        rename. Returns the subclass. Its description says which name it stands for.
+        """
+        entry = next((e for e in self._entries.values() if e.factory is target), None)
+        if entry is None or not isinstance(target, type):
+            raise RegistrationError(f"{self.kind} alias {alias!r}: register its target first")
+        first = (inspect.getdoc(target) or "").strip().splitlines()
+        doc = f"{first[0] if first else target.__name__} (alias of {entry.name})"
+        subclass = type(
+            target.__name__,
+            (target,),
+            {
+                "__doc__": doc,
+                "__module__": target.__module__,
+                "__qualname__": f"{target.__qualname__}.alias_{alias}",
+                "alias_of": entry.name,
+            },
+        )
+        return self.register(alias, source=entry.source)(subclass)
+
+    def canonical(self, name: str) -> str:
+        """The name that ``name`` is an alias of (:meth:`alias`), else ``name`` itself: two
+        names of one plugin have the same canonical name."""
+        entry = self._entries.get(name)
+        return getattr(entry.factory, "alias_of", name) if entry is not None else name
+
     # -- lookup -------------------------------------------------------------------------------
     def get(self, name: str) -> RegistryEntry:
         """The entry registered as ``name``; an unknown name raises ``UnknownNameError``."""
@@ -182,7 +213,7 @@ def register_optimizer(name: str) -> Callable[[T], T]:
 
 
 def register_learner(name: str) -> Callable[[T], T]:
-    """Class decorator: make a :class:`optimizers.base.MetaLearnable` family available as
+    """Class decorator: make a :class:`optimizers.base.Learner` family available as
     ``learner=name`` in ``lopt meta-train`` (and to checkpoints that record it); sets the class's
     ``family``."""
     register = LEARNERS.register(name)
@@ -192,6 +223,20 @@ def register_learner(name: str) -> Callable[[T], T]:
         return register(factory)
 
     return decorator
+
+
+def optimizer_alias(alias: str, target: type[T]) -> type[T]:
+    """Keep ``alias`` (an old name) working as ``optimizer=alias``: a subclass of ``target``
+    registered as ``alias`` (:meth:`Registry.alias`); returns it."""
+    return OPTIMIZERS.alias(alias, target)
+
+
+def learner_alias(alias: str, target: type[T]) -> type[T]:
+    """Keep ``alias`` (an old name) working as ``learner=alias`` and in the checkpoints that
+    record it: a subclass of ``target`` whose ``family`` is ``alias``; returns it."""
+    subclass = LEARNERS.alias(alias, target)
+    subclass.family = alias
+    return subclass
 
 
 def create_learner(name: str, **settings: Any) -> Any:

@@ -3,7 +3,8 @@
 The contract every optimizer follows is in :mod:`optimizers.base`; add your own with
 ``@register_optimizer("name")`` on an :class:`~optimizers.base.Optimizer` subclass (see README).
 Learned-optimizer families (what ``lopt meta-train`` trains) follow
-:class:`~optimizers.base.MetaLearnable` and register with ``@register_learner("name")``.
+:class:`~optimizers.base.Learner` and register with ``@register_learner("name")``; with its
+meta-parameters fixed a learner is an ordinary optimizer (:func:`optimizers.learned.opt_fn`).
 """
 
 from optimizers import (  # noqa: F401  (registration)
@@ -11,11 +12,28 @@ from optimizers import (  # noqa: F401  (registration)
     adam_residual,
     learned,
     learned_hparams,
+    metz_mlp,
     nominal_mlp,
     pretrained,
     rmsprop,
     sgd,
 )
-from optimizers.base import HParam, MetaLearnable, Optimizer, OptState, Params, TorchOptimizer
+from optimizers.base import (
+    HParam,
+    Learner,
+    MetaLearnable,
+    Optimizer,
+    OptState,
+    Params,
+    TorchOptimizer,
+)
 
-__all__ = ["HParam", "MetaLearnable", "OptState", "Optimizer", "Params", "TorchOptimizer"]
+__all__ = [
+    "HParam",
+    "Learner",
+    "MetaLearnable",
+    "OptState",
+    "Optimizer",
+    "Params",
+    "TorchOptimizer",
+]

@@ -1,6 +1,6 @@
 """``adam_residual``: Adam plus a learned schedule and a learned per-parameter correction.
 
-A learner family (:class:`optimizers.base.MetaLearnable`, ``learner=adam_residual``) whose
+A learner family (:class:`optimizers.base.Learner`, ``learner=adam_residual``) whose
 update is the strong hand-designed step plus learned terms, initialised so that at
 ``theta = init_theta(seed)`` it IS Adam at the base learning rate ``lr0`` (the design of
 Celo, Moudgil et al. 2025, and of the nominal terms of Harrison et al. 2022)::
@@ -48,7 +48,7 @@ from harness.errors import UsageError
 from harness.registry import register_learner
 from optimizers.adam import cosine_factor
 from optimizers.base import OptState, Params
-from optimizers.learned import param_layout
+from optimizers.layout import param_layout, zero_state
 
 NUM_FEATURES = 4  # u, g, m_hat, w
 RMS_EPS = 1e-12
@@ -178,12 +178,7 @@ class AdamResidual:
         ]
 
     def init(self, params: Params) -> OptState:
-        layout = param_layout(params)
-        ref = params[0]
-        return {
-            "step": 0,
-            "moments": torch.zeros(2, layout.numel, dtype=ref.dtype, device=ref.device),
-        }
+        return zero_state(params, "moments", 2)
 
     def time_features(self, step: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``phi_t`` ``(S,)`` for update number ``step + 1`` of a run of ``horizon`` steps."""

@@ -174,21 +174,25 @@ def resolve_hparams(
     }
 
 
-# -- the contract of meta-learnable optimizers ----------------------------------------------------
+# -- the contract of learned optimizers -----------------------------------------------------------
 @runtime_checkable
-class MetaLearnable(Protocol):
-    """What meta-training needs of a learned-optimizer family (a *learner*).
+class Learner(Protocol):
+    """A learned-optimizer family (a *learner*): what meta-training trains.
 
-    A learner is the arithmetic of a learned optimizer without its meta-parameters: the update
-    as a pure function of a flat ``theta``. With ``theta`` fixed it is an ordinary optimizer of
-    the contract above (:class:`optimizers.learned.LearnedOptimizer` serves it, from a
-    checkpoint or a theta); meta-training (:mod:`harness.meta`) calls :meth:`apply` with a
-    ``theta`` that requires gradients, or a perturbed one.
+    One contract for learned optimizers, as learned_optimization's ``opt_fn(theta)``: a learner
+    is the arithmetic of a learned optimizer without its meta-parameters, the update as a pure
+    function of a flat ``theta``; **with ``theta`` fixed it is an ordinary optimizer** of the
+    contract above, ``optimizers.learned.opt_fn(learner, theta)`` (a
+    :class:`optimizers.learned.LearnedOptimizer`: its ``update`` is ``apply`` with that
+    ``theta``). The runner, the torch.optim class
+    (:class:`optimizers.torch_optim.TorchLearnedOptimizer`) and the plugin ``learned`` (a
+    checkpoint of any family) all use that optimizer; meta-training (:mod:`harness.meta`) calls
+    :meth:`apply` with a ``theta`` that requires gradients, or a perturbed one.
 
     Families register with :func:`harness.registry.register_learner` (``learner=NAME`` in
     ``lopt meta-train``); the registry sets ``family``. A learner is built from its settings,
     ``Family(**settings)``, and :meth:`record` returns those settings as plain data (stored in
-    checkpoints), so ``Family(**learner.record())`` rebuilds the same learner.
+    checkpoints with ``family``), so ``Family(**learner.record())`` rebuilds the same learner.
 
     Contract:
 
@@ -197,14 +201,19 @@ class MetaLearnable(Protocol):
     * ``init(params)``: the optimizer state before the first update. Its layout is fixed:
       ``{"step": 0, NAME: tensor, ...}``; every entry but ``step`` is a tensor ``(..., N)`` whose
       last dimension runs over all N parameter elements, concatenated in order
-      (:func:`optimizers.learned.param_layout`). Meta-training stores, detaches, stacks and
-      checks them entry by entry; ``LOpt`` keeps per-parameter views of them.
+      (:func:`optimizers.layout.param_layout`). Meta-training stores, detaches, stacks and
+      checks them entry by entry; the torch.optim class keeps per-parameter views of them.
     * ``apply(theta, grads, state, params, *, reuse_buffers=False)`` -> ``(new_params,
       new_state)``, with ``new_state["step"] == state["step"] + 1``: pure (inputs untouched),
       differentiable in ``theta``, ``grads`` and ``params``, correct under ``torch.func.vmap``
       (a per-example ``theta``). ``reuse_buffers`` (only without autograd, outside vmap) may keep
       large intermediates between calls; the arithmetic must not change.
     * ``record()``: the settings as plain data (JSON-able).
+
+    Optional: ``learning_rate(theta, step)``, a learned schedule's rate of update ``step``
+    (1-based), shown in reports. Families that also run B problems at once in the batched
+    meta-training engine add ``batched_init``/``batched_step``
+    (:class:`harness.meta.batched.learners.BatchedLearner`).
     """
 
     family: ClassVar[str]
@@ -227,6 +236,10 @@ class MetaLearnable(Protocol):
     ) -> tuple[Params, OptState]: ...
 
     def record(self) -> dict[str, Any]: ...
+
+
+#: the old name of :class:`Learner`
+MetaLearnable = Learner
 
 
 # -- shared declarations ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ The smallest "learned optimizer" there is, for the pathology study (``harness/pa
     w <- w - lr m
     lr = exp(theta[0]),  b = sigmoid(theta[1])   (learn_momentum; else b is the fixed momentum)
 
-It is a learner family (``learner=hparams``, :class:`optimizers.base.MetaLearnable`), so
+It is a learner family (``learner=hparams``, :class:`optimizers.base.Learner`), so
 meta-training drives it exactly as it drives the paper's MLP: state
 ``{"step": t, "accumulators": (1, N)}`` (the momentum buffer), settings ``learn_momentum`` and
 ``momentum`` (:class:`HParamArchitecture`). With a theta it is served as an ordinary optimizer by
@@ -28,7 +28,7 @@ import torch
 from harness.errors import UsageError
 from harness.registry import register_learner
 from optimizers.base import Params
-from optimizers.learned import param_layout
+from optimizers.layout import param_layout, zero_state
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class LearnedHParams:
     """SGD with heavy-ball momentum, theta = ``[log lr, logit momentum]`` or ``[log lr]``.
 
     A learner family (``learner=hparams``) for the pathology study and as the smallest example
-    of the :class:`optimizers.base.MetaLearnable` contract. Settings: those of
+    of the :class:`optimizers.base.Learner` contract. Settings: those of
     :class:`HParamArchitecture`. ``init_theta`` is lr 0.1 and momentum 0.5 for every seed.
     """
 
@@ -124,12 +124,7 @@ class LearnedHParams:
         return self.architecture.to_dict()
 
     def init(self, params: Params) -> dict[str, Any]:
-        layout = param_layout(params)
-        ref = params[0]
-        return {
-            "step": 0,
-            "accumulators": torch.zeros(1, layout.numel, dtype=ref.dtype, device=ref.device),
-        }
+        return zero_state(params, "accumulators", 1)
 
     def apply(
         self,

@@ -1,6 +1,6 @@
 """``nominal_mlp``: a per-parameter MLP plus a nominal Adam term and a learned schedule.
 
-A learner family (:class:`optimizers.base.MetaLearnable`, ``learner=nominal_mlp``) made for
+A learner family (:class:`optimizers.base.Learner`, ``learner=nominal_mlp``) made for
 meta-training on families of tiny tasks run many at once (issue 24): Celo2's recipe (Moudgil
 et al. 2026: a small per-parameter MLP over unit-free features) on top of a nominal Adam
 descent term (Harrison et al. 2022), cheap enough per parameter that a fused step costs about
@@ -31,8 +31,9 @@ switches the fused path; the environment's ``LOPT_NOMINAL_COMPILE=0`` switches i
 everywhere. State: ``{"step": t, "moments": (4, N)}`` (``m``, ``m_fast``, ``m_slow``, ``v``).
 
 Two entrances: :meth:`NominalMLP.apply` (one problem, tuples of tensors: the harness's
-optimizer, ``LOpt`` and meta-training) and :meth:`NominalMLP.batched_step` (B problems of one
-architecture as ``(B, N)`` rows, one theta row each: the batched meta-training engine). Both use
+optimizer, the torch.optim class and meta-training) and :meth:`NominalMLP.batched_step` (B
+problems of one architecture as ``(B, N)`` rows, one theta row each: the batched meta-training
+engine). Both use
 the compiled update without autograd, and the eager one with autograd or under vmap.
 """
 
@@ -47,7 +48,7 @@ import torch
 from harness.errors import UsageError
 from harness.registry import register_learner
 from optimizers.base import OptState, Params
-from optimizers.learned import param_layout
+from optimizers.layout import param_layout, zero_state
 from optimizers.nominal_kernel import (
     NUM_FEATURES,
     NUM_MOMENTS,
@@ -156,7 +157,7 @@ class NominalMLP:
         self._horizon: dict[tuple[Any, ...], torch.Tensor] = {}
         self._segments: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    # -- the MetaLearnable contract --------------------------------------------------------------
+    # -- the Learner contract --------------------------------------------------------------------
     @property
     def num_theta(self) -> int:
         return sum(self.spec.sizes)
@@ -181,12 +182,7 @@ class NominalMLP:
         return torch.cat([b.reshape(-1) for b in blocks])
 
     def init(self, params: Params) -> OptState:
-        layout = param_layout(params)
-        ref = params[0]
-        return {
-            "step": 0,
-            "moments": torch.zeros(NUM_MOMENTS, layout.numel, dtype=ref.dtype, device=ref.device),
-        }
+        return zero_state(params, "moments", NUM_MOMENTS)
 
     def apply(
         self,

@@ -1,9 +1,10 @@
-"""A learned optimizer as a drop-in ``torch.optim.Optimizer`` (:class:`LOpt`).
+"""A learned optimizer as a drop-in ``torch.optim.Optimizer`` (:class:`TorchLearnedOptimizer`,
+old name :data:`LOpt`).
 
-It serves any learner family (``mlp``, ``adam_residual``, ``hparams``, plugins) from a
+It serves any learner family (``metz_mlp``, ``adam_residual``, ``hparams``, plugins) from a
 ``lopt meta-train`` checkpoint, a shipped name, or a ``theta`` held in memory, and computes
 exactly what the harness's functional :class:`~optimizers.learned.LearnedOptimizer` computes
-(the same function), then applies what torch users expect of an optimizer:
+(it calls that optimizer's ``update``), then applies what torch users expect of an optimizer:
 
 * ``lr`` (default 1): a multiplier on the learned step, per parameter group. The learned
   optimizer proposes ``w'``; the group's parameters become ``w + lr * (w' - w)``. Its state
@@ -18,8 +19,8 @@ exactly what the harness's functional :class:`~optimizers.learned.LearnedOptimiz
   without one);
 * ``state_dict``/``load_state_dict`` round trip the state and the groups' settings.
 
-No silent untrained default: ``LOpt(params)`` without a checkpoint or theta is refused;
-``checkpoint="untrained"`` asks for the untrained paper optimizer on purpose.
+No silent untrained default: ``TorchLearnedOptimizer(params)`` without a checkpoint or theta is
+refused; ``checkpoint="untrained"`` asks for the untrained paper optimizer on purpose.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
-from optimizers.base import MetaLearnable
-from optimizers.learned import LearnedOptimizer, LOptArchitecture
+from optimizers.base import Learner
+from optimizers.learned import LearnedOptimizer, MetzMLPArchitecture
 
+#: what the errors call the class
+NAME = "TorchLearnedOptimizer"
 #: ``checkpoint=UNTRAINED`` selects the untrained paper optimizer (theta from seed 0).
 UNTRAINED = "untrained"
 
@@ -42,14 +45,14 @@ def _check_setting(name: str, value: Any, where: str = "") -> float:
     """``value`` as a float, or ``UsageError`` unless it is a finite number >= 0."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value < 0:
-        raise UsageError(f"LOpt: {name}{where} must be a finite number >= 0, got {value!r}")
+        raise UsageError(f"{NAME}: {name}{where} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
-class LOpt(torch.optim.Optimizer):
+class TorchLearnedOptimizer(torch.optim.Optimizer):
     """A learned optimizer as a ``torch.optim.Optimizer``, for any PyTorch training loop::
 
-        opt = LOpt(model.parameters(), checkpoint="lopt_mnist5k_train")  # or "meta/lopt.pt"
+        opt = TorchLearnedOptimizer(model.parameters(), checkpoint="lopt_mnist5k_train")
         loss.backward(); opt.step(); opt.zero_grad()
 
     The learned update is computed over all parameters that have a gradient, all groups
@@ -66,7 +69,7 @@ class LOpt(torch.optim.Optimizer):
         lr: the default multiplier on the learned step (>= 0; 1 = as meta-trained).
         weight_decay: the default decoupled weight decay (>= 0).
         theta, learner: meta-parameters given directly instead of a checkpoint (``learner``
-            a :class:`optimizers.base.MetaLearnable` or an :class:`LOptArchitecture`; default
+            a :class:`optimizers.base.Learner` or a :class:`MetzMLPArchitecture`; default
             the paper's MLP).
 
     Raises ``UsageError`` (one line) for a missing or unreadable checkpoint, a negative or
@@ -81,7 +84,7 @@ class LOpt(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         *,
         theta: torch.Tensor | None = None,
-        learner: MetaLearnable | LOptArchitecture | None = None,
+        learner: Learner | MetzMLPArchitecture | None = None,
     ) -> None:
         defaults = {
             "lr": _check_setting("lr", lr),
@@ -89,16 +92,18 @@ class LOpt(torch.optim.Optimizer):
         }
         if theta is not None:
             if checkpoint:
-                raise UsageError("give LOpt a checkpoint or a theta, not both")
+                raise UsageError(f"give {NAME} a checkpoint or a theta, not both")
             functional = LearnedOptimizer.from_theta(theta, learner)
         elif not checkpoint:
             raise UsageError(
-                "LOpt needs checkpoint=PATH (written by `lopt meta-train`) or a shipped name "
+                f"{NAME} needs checkpoint=PATH (written by `lopt meta-train`) or a shipped name "
                 "(`lopt list optimizers`, e.g. 'adam_residual_mnist5k_train'), or theta=...; "
                 f"checkpoint={UNTRAINED!r} gives the untrained paper optimizer on purpose"
             )
         elif learner is not None:
-            raise UsageError("give LOpt a learner only with a theta (a checkpoint names its own)")
+            raise UsageError(
+                f"give {NAME} a learner only with a theta (a checkpoint names its own)"
+            )
         else:
             name = "" if checkpoint == UNTRAINED else str(checkpoint)
             functional = LearnedOptimizer(checkpoint=name)
@@ -117,7 +122,7 @@ class LOpt(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         """torch's (defaults, state, groups) plus the learned optimizer: copies and pickles
-        of an ``LOpt`` keep working."""
+        of one keep working."""
         return {**super().__getstate__(), "functional": self.functional}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -146,7 +151,7 @@ class LOpt(torch.optim.Optimizer):
         if not params:
             return loss
         if any(p.grad.is_sparse for p in params):
-            raise UsageError("LOpt does not take sparse gradients")
+            raise UsageError(f"{NAME} does not take sparse gradients")
         flat = self._gather_state(params)
         step = max(self.state[p].get("step", 0) for p in params)
         proposed, new_state = self.functional.update(
@@ -206,3 +211,7 @@ class LOpt(torch.optim.Optimizer):
             self.state[p].setdefault("step", 0)
         self._flat_key, self._flat_state = key, flat
         return flat
+
+
+#: the old name of :class:`TorchLearnedOptimizer`
+LOpt = TorchLearnedOptimizer

@@ -5,36 +5,16 @@ from __future__ import annotations
 
 import math
 from itertools import islice
-from pathlib import Path
 
 import pytest
 import torch
 
 from harness.errors import UsageError
-from harness.meta import meta_train
-from harness.registry import create_learner, create_optimizer, create_task
+from harness.registry import create_learner, create_task
 from harness.runner import make_train_step
-from optimizers.checkpoint import load_lopt_checkpoint
-from optimizers.learned import LearnedOptimizer, LOpt
+from optimizers.learned import LearnedOptimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.mark.slow
-def test_at_its_initial_theta_it_is_adam_for_100_steps() -> None:
-    """100 training steps of digits_mlp: the same parameters as `adam` at lr0, to 1e-6."""
-    task = create_task("digits_mlp")
-    learner = create_learner("adam_residual", lr0=3e-3, horizon=100)
-    ours = LearnedOptimizer.from_theta(learner.init_theta(5), learner)
-    adam = create_optimizer("adam", lr=3e-3)
-    params = task.init_params(0)
-    mine, theirs = (params, ours.init(params)), (params, adam.init(params))
-    steps = make_train_step(task, ours), make_train_step(task, adam)
-    for batch in islice(task.batches("train", 0), 100):
-        mine = steps[0](*mine, batch)[:2]
-        theirs = steps[1](*theirs, batch)[:2]
-    for a, b in zip(mine[0], theirs[0], strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def test_every_term_is_differentiable_and_vmap_equals_a_loop() -> None:
@@ -54,37 +34,6 @@ def test_every_term_is_differentiable_and_vmap_equals_a_loop() -> None:
     batched = torch.func.vmap(lambda t: learner.apply(t, grads, state, params)[0][0])(thetas)
     for i in range(3):
         torch.testing.assert_close(batched[i], learner.apply(thetas[i], grads, state, params)[0][0])
-
-
-def test_it_meta_trains_and_is_served_from_its_checkpoint(tmp_path: Path) -> None:
-    """PES on the quadratic moves theta off Adam; `lopt` and LOpt serve the checkpoint."""
-    path = meta_train(
-        task="quadratic",
-        learner="adam_residual",
-        learner_cfg={"lr0": 0.05, "horizon": 40},
-        estimator="pes",
-        problems=4,
-        horizon=40,
-        schedule="constant",
-        unroll_length=8,
-        outer_steps=6,
-        parallel="loop",
-        progress=False,
-        eval_every=0,
-        out=str(tmp_path / "meta"),
-    )
-    loaded = load_lopt_checkpoint(path)
-    assert loaded.family == "adam_residual" and loaded.learner.record()["lr0"] == 0.05
-    start = create_learner("adam_residual", lr0=0.05, horizon=40).init_theta(0)
-    assert not torch.equal(loaded.theta, start)
-    served = create_optimizer("lopt", checkpoint=str(path))
-    assert served.learner.family == "adam_residual"
-    model = torch.nn.Linear(3, 1)
-    opt = LOpt(model.parameters(), checkpoint=str(path))
-    before = model.weight.detach().clone()
-    model(torch.randn(5, 3)).pow(2).mean().backward()
-    opt.step()
-    assert not torch.equal(before, model.weight) and "moments" in opt.state[model.weight]
 
 
 def test_the_update_is_odd_so_no_drift_can_be_learned() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from test_torch_optim import TinyNet  # the torch.optim class's test model
 
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, create_optimizer
@@ -121,7 +121,7 @@ def test_no_grad_path_reuses_buffers_with_the_same_arithmetic() -> None:
         torch.testing.assert_close(expected_state["accumulators"], first_state["accumulators"])
         params, state = first, first_state
     with pytest.raises(ValueError, match="no_grad"):
-        opt.apply(opt.theta, grads, state, params, reuse_buffers=True)
+        opt.learner.apply(opt.theta, grads, state, params, reuse_buffers=True)
 
 
 def test_default_architecture_matches_the_paper() -> None:
@@ -156,7 +156,7 @@ def test_update_is_pure_and_differentiable() -> None:
     g = tuple(t.clone().requires_grad_(True) for t in grads)
 
     def f(theta, *pg):
-        new, st = opt.apply(theta, pg[len(p) :], {**state, "step": 7}, pg[: len(p)])
+        new, st = opt.learner.apply(theta, pg[len(p) :], {**state, "step": 7}, pg[: len(p)])
         return (*new, st["accumulators"])
 
     assert torch.autograd.gradcheck(f, (theta, *p, *g), eps=1e-6, atol=1e-5)
@@ -174,7 +174,7 @@ def test_vmap_over_theta_equals_a_loop() -> None:
     steps = torch.tensor([0.0, 5.0, 400.0])
 
     def one(theta, grad, step):
-        new, st = opt.apply(
+        new, st = opt.learner.apply(
             theta, grad, {"step": step, "accumulators": state["accumulators"]}, params
         )
         return new, st["accumulators"]
@@ -189,24 +189,81 @@ def test_vmap_over_theta_equals_a_loop() -> None:
 
 
 # -- the plugin and torch.optim --------------------------------------------------------------------
-def test_lopt_is_registered_with_a_string_checkpoint_hparam() -> None:
-    """`optimizer=lopt optimizer.checkpoint=PATH`: a registered built-in with one str hparam."""
-    entry = OPTIMIZERS.get("lopt")
-    assert entry.factory is LearnedOptimizer
+def test_learned_is_registered_with_a_string_checkpoint_hparam_and_lopt_still_works() -> None:
+    """`optimizer=learned optimizer.checkpoint=PATH`: a registered built-in with one str hparam;
+    the old name `lopt` builds the same optimizer under its own name (bench rows say lopt)."""
+    assert OPTIMIZERS.get("learned").factory is LearnedOptimizer
     spec = LearnedOptimizer.hparam("checkpoint")
     assert spec.type is str and spec.default == ""
-    assert create_optimizer("lopt").hparams == {"checkpoint": ""}
+    new, old = create_optimizer("learned"), create_optimizer("lopt")
+    assert new.hparams == old.hparams == {"checkpoint": ""}
+    assert (new.name, old.name) == ("learned", "lopt") and isinstance(old, LearnedOptimizer)
+    assert "alias of learned" in OPTIMIZERS.get("lopt").description
+    params, grads = tensors(0), tensors(1)
+    for a, b in zip(
+        new.update(grads, new.init(params), params)[0],
+        old.update(grads, old.init(params), params)[0],
+        strict=True,
+    ):
+        assert torch.equal(a, b)
 
 
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.a = nn.Linear(5, 4)
-        self.b = nn.Linear(4, 1)
+def test_a_learner_with_a_fixed_theta_is_an_ordinary_optimizer() -> None:
+    """opt_fn(learner, theta) has the functional contract only (no second `apply`), and its
+    update is the learner's apply with that theta, for every built-in family; the paper's
+    family answers to `metz_mlp` and to its old name `mlp` (recorded as typed)."""
+    from harness.registry import LEARNERS, create_learner
+    from optimizers.base import Optimizer
+    from optimizers.learned import opt_fn
+    from optimizers.metz_mlp import MetzMLP
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(torch.tanh(self.a(x)))
+    assert create_learner("metz_mlp").family == "metz_mlp"
+    old = create_learner("mlp")
+    assert old.family == "mlp" and isinstance(old, MetzMLP) and isinstance(old, MLPLearner)
+    assert "alias of metz_mlp" in LEARNERS.get("mlp").description
+    params, grads = tensors(0), tensors(1)
+    for family in ("metz_mlp", "adam_residual", "nominal_mlp", "hparams"):
+        learner = create_learner(family)
+        theta = learner.init_theta(4) + 0.01 * torch.randn(learner.num_theta)
+        optimizer = opt_fn(learner, theta)
+        assert isinstance(optimizer, Optimizer) and not hasattr(optimizer, "apply")
+        got, _ = optimizer.update(grads, optimizer.init(params), params)
+        want, _ = learner.apply(theta, grads, learner.init(params), params)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+#: written by `lopt bench task=digits_mlp optimizer=lopt,lopt_mnist5k_train,
+#: adam_residual_mnist5k_train steps=30 seeds=1` at commit 708c6d5, before the renames of
+#: issue 26 item 5: run id and final test loss of each run
+ROWS_BEFORE_THE_RENAMES = {
+    "lopt": ("digits_mlp-lopt-s0-39d02d975d", 2.353976806640625),
+    "lopt_mnist5k_train": ("digits_mlp-lopt_mnist5k_train-s0-38ea9a08fc", 2.0014896240234377),
+    "adam_residual_mnist5k_train": (
+        "digits_mlp-adam_residual_mnist5k_train-s0-7ff6e48c54",
+        0.15427316284179687,
+    ),
+}
+
+
+def test_bench_rows_of_the_shipped_learned_optimizers_are_unchanged(tmp_path: Path) -> None:
+    """The old names still run and their rows say what they said before the renames (same
+    optimizer column, run id and losses); `learned` computes exactly what `lopt` does."""
+    import pandas as pd
+
+    from harness.cli import main
+
+    out = tmp_path / "rows.csv"
+    names = ",".join([*ROWS_BEFORE_THE_RENAMES, "learned"])
+    assert main(["bench", "task=digits_mlp", f"optimizer={names}", "steps=30", f"out={out}"]) == 0
+    frame = pd.read_csv(out)
+    final = frame[(frame.split == "test") & (frame.metric == "loss") & (frame.step == 30)]
+    got = {row.optimizer: (row.run_id, row.value) for row in final.itertuples()}
+    for name, (run_id, loss) in ROWS_BEFORE_THE_RENAMES.items():
+        assert got[name][0] == run_id
+        assert got[name][1] == pytest.approx(loss, rel=1e-6)
+    by_name = {name: rows.value.to_numpy() for name, rows in frame.groupby("optimizer")}
+    assert (by_name["learned"] == by_name["lopt"]).all()
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import shlex
 import sys
+from itertools import islice
 from pathlib import Path
 
 import pandas as pd
@@ -15,11 +16,13 @@ import torch
 
 from harness.cli import main
 from harness.errors import UsageError
+from harness.meta import meta_train
 from harness.meta.truncation import LOSS_CLIP, InnerProblems, OuterObjective
-from harness.registry import LEARNERS, create_optimizer
-from optimizers.base import MetaLearnable
+from harness.registry import LEARNERS, create_learner, create_optimizer, create_task
+from harness.runner import make_train_step
+from optimizers.base import Learner
 from optimizers.checkpoint import load_lopt_checkpoint, resolve_checkpoint, shipped_names
-from optimizers.learned import LOpt, MLPLearner
+from optimizers.learned import LOpt, MLPLearner, opt_fn
 from optimizers.learned_hparams import LearnedHParams, encode_theta
 from tasks.quadratic import Quadratic
 
@@ -30,15 +33,91 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_builtin_families_follow_the_contract() -> None:
-    """mlp and hparams are registered, satisfy MetaLearnable, and rebuild from their record."""
-    assert {"mlp", "hparams"} <= set(LEARNERS.names())
-    for name in ("mlp", "hparams"):
+    """The built-in families are registered (the paper's also under its old name, mlp),
+    satisfy the Learner contract, and rebuild from their record."""
+    names = ("metz_mlp", "mlp", "hparams", "adam_residual", "nominal_mlp")
+    assert set(names) <= set(LEARNERS.names())
+    for name in names:
         family = LEARNERS.get(name).factory
         learner = family()
-        assert isinstance(learner, MetaLearnable) and learner.family == name
+        assert isinstance(learner, Learner) and learner.family == name
         again = family(**learner.record())
         assert again.record() == learner.record() and again.num_theta == learner.num_theta
         assert learner.init_theta(3).shape == (learner.num_theta,)
+
+
+@pytest.mark.parametrize(
+    ("family", "learner_cfg"),
+    [
+        pytest.param("adam_residual", {}, marks=pytest.mark.slow),
+        ("nominal_mlp", {"compile": False}),  # the eager update
+    ],
+)
+def test_at_its_initial_theta_the_family_is_adam_for_100_steps(
+    family: str, learner_cfg: dict
+) -> None:
+    """100 training steps of digits_mlp with the learner at its initial theta (opt_fn): the
+    same parameters as `adam` at lr0, to 1e-6; its learned schedule's rate is lr0."""
+    task = create_task("digits_mlp")
+    learner = create_learner(family, lr0=3e-3, horizon=100, **learner_cfg)
+    ours = opt_fn(learner, learner.init_theta(5))
+    adam = create_optimizer("adam", lr=3e-3)
+    params = task.init_params(0)
+    mine, theirs = (params, ours.init(params)), (params, adam.init(params))
+    steps = make_train_step(task, ours), make_train_step(task, adam)
+    for batch in islice(task.batches("train", 0), 100):
+        mine = steps[0](*mine, batch)[:2]
+        theirs = steps[1](*theirs, batch)[:2]
+    for a, b in zip(mine[0], theirs[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert learner.learning_rate(learner.init_theta(5), 40) == pytest.approx(3e-3)
+
+
+@pytest.mark.parametrize(
+    ("family", "learner_cfg", "estimator", "outer_steps"),
+    [
+        ("adam_residual", {"lr0": 0.05, "horizon": 40}, "pes", 6),
+        ("nominal_mlp", {"lr0": 0.05, "horizon": 40, "compile": False}, "es", 3),
+    ],
+)
+def test_a_meta_trained_family_is_served_from_its_checkpoint(
+    tmp_path: Path,
+    family: str,
+    learner_cfg: dict,
+    estimator: str,
+    outer_steps: int,
+) -> None:
+    """Meta-training on the quadratic moves theta off its start; the checkpoint records the
+    family and its settings, and `learned`, its old name `lopt` and the torch.optim class all
+    serve it."""
+    path = meta_train(
+        task="quadratic",
+        learner=family,
+        learner_cfg=learner_cfg,
+        estimator=estimator,
+        problems=4,
+        horizon=40,
+        schedule="constant",
+        unroll_length=8,
+        outer_steps=outer_steps,
+        parallel="loop",
+        progress=False,
+        eval_every=0,
+        out=str(tmp_path / "meta"),
+    )
+    loaded = load_lopt_checkpoint(path)
+    assert loaded.family == family and loaded.learner.record()["lr0"] == 0.05
+    start = create_learner(family, lr0=0.05, horizon=40).init_theta(0)
+    assert not torch.equal(loaded.theta, start)
+    for name in ("learned", "lopt"):
+        served = create_optimizer(name, checkpoint=str(path))
+        assert served.learner.family == family and torch.equal(served.theta, loaded.theta)
+    model = torch.nn.Linear(3, 1)
+    opt = LOpt(model.parameters(), checkpoint=str(path))
+    before = model.weight.detach().clone()
+    model(torch.randn(5, 3)).pow(2).mean().backward()
+    opt.step()
+    assert not torch.equal(before, model.weight) and "moments" in opt.state[model.weight]
 
 
 @pytest.mark.slow
@@ -47,7 +126,8 @@ def test_the_documented_learner_plugin_trains_and_is_served_from_its_checkpoint(
 ) -> None:
     """docs/extending.md's local learner family: `lopt list learners` shows it, `lopt meta-train`
     trains it and ends with a summary line, its checkpoint records the family, and
-    `lopt bench optimizer=lopt optimizer.checkpoint=...` evaluates it."""
+    `lopt bench optimizer=learned optimizer.checkpoint=...` evaluates it; with a theta in memory
+    `opt_fn` makes it an optimizer (the page's printed result)."""
     blocks = examples(EXTENDING.read_text())
     (tmp_path / "my_learner.py").write_text(blocks["my_learner.py"])
     monkeypatch.chdir(tmp_path)
@@ -63,7 +143,11 @@ def test_the_documented_learner_plugin_trains_and_is_served_from_its_checkpoint(
     assert loaded.theta[0] != math.log(0.01)  # meta-training moved it
     assert main(shlex.split(commands[1])[1:]) == 0
     frame = pd.read_csv(tmp_path / "sign.csv")
-    assert set(frame.status) == {"completed"}
+    assert set(frame.status) == {"completed"} and set(frame.optimizer) == {"learned"}
+    capsys.readouterr()
+    exec(compile(blocks["opt-fn"], "opt-fn", "exec"), {})
+    printed = blocks["opt-fn"].rsplit("# ", 1)[1].strip()  # what the page says it prints
+    assert capsys.readouterr().out.strip() == printed == "tensor([0.9000, 1.1000, 1.0000]) 1"
 
 
 @pytest.mark.slow

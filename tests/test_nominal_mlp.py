@@ -4,19 +4,16 @@ step equals B single updates; the step's scale behaviour; torch.optim use; check
 from __future__ import annotations
 
 import functools
-from itertools import islice
 from pathlib import Path
 
 import pytest
 import torch
 
 from harness.errors import UsageError
-from harness.meta import meta_train
-from harness.registry import create_learner, create_optimizer, create_task
-from harness.runner import make_train_step
+from harness.registry import create_learner, create_optimizer
 from optimizers import nominal_kernel
 from optimizers.checkpoint import load_lopt_checkpoint, save_lopt_checkpoint
-from optimizers.learned import LearnedOptimizer, LOpt
+from optimizers.learned import LOpt
 from optimizers.nominal_mlp import NominalMLP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,23 +73,6 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 # -- Adam at the initial theta ---------------------------------------------------------------------
-def test_at_its_initial_theta_it_is_adam_for_100_steps() -> None:
-    """100 training steps of digits_mlp (eager update): the same parameters as `adam` at lr0."""
-    task = create_task("digits_mlp")
-    learner = create_learner("nominal_mlp", lr0=3e-3, horizon=100, compile=False)
-    ours = LearnedOptimizer.from_theta(learner.init_theta(5), learner)
-    adam = create_optimizer("adam", lr=3e-3)
-    params = task.init_params(0)
-    mine, theirs = (params, ours.init(params)), (params, adam.init(params))
-    steps = make_train_step(task, ours), make_train_step(task, adam)
-    for batch in islice(task.batches("train", 0), 100):
-        mine = steps[0](*mine, batch)[:2]
-        theirs = steps[1](*theirs, batch)[:2]
-    for a, b in zip(mine[0], theirs[0], strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    assert learner.learning_rate(learner.init_theta(5), 40) == pytest.approx(3e-3)
-
-
 def test_lopt_in_a_plain_torch_loop_is_torch_adam_at_the_initial_theta() -> None:
     """LOpt (torch.optim) with the initial theta follows torch.optim.Adam for 30 steps; with
     another theta it still trains (the loss falls) and keeps its moments per parameter."""
@@ -312,27 +292,3 @@ def test_a_checkpoint_round_trip_serves_the_same_optimizer(tmp_path: Path) -> No
     for a, b in zip(got, expected, strict=True):
         _close(a, b)
     assert served.learning_rate(1) == pytest.approx(learner.learning_rate(theta, 1))
-
-
-def test_it_meta_trains_with_the_existing_machinery(tmp_path: Path) -> None:
-    """ES on the quadratic moves theta off Adam; the checkpoint serves `lopt`."""
-    path = meta_train(
-        task="quadratic",
-        learner="nominal_mlp",
-        learner_cfg={"lr0": 0.05, "horizon": 40, "compile": False},
-        estimator="es",
-        problems=4,
-        horizon=40,
-        schedule="constant",
-        unroll_length=8,
-        outer_steps=3,
-        parallel="loop",
-        progress=False,
-        eval_every=0,
-        out=str(tmp_path / "meta"),
-    )
-    loaded = load_lopt_checkpoint(path)
-    assert loaded.family == "nominal_mlp" and loaded.learner.record()["lr0"] == 0.05
-    start = create_learner("nominal_mlp", lr0=0.05, horizon=40).init_theta(0)
-    assert not torch.equal(loaded.theta, start)
-    assert create_optimizer("lopt", checkpoint=str(path)).learner.family == "nominal_mlp"

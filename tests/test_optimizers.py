@@ -11,7 +11,7 @@ import torch
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS, create_optimizer, list_optimizers
 from optimizers.base import Optimizer, TorchOptimizer, learning_rate
-from optimizers.learned import LOpt
+from optimizers.torch_optim import LOpt, TorchLearnedOptimizer
 
 STEPS = 20
 BUILTINS = (
@@ -25,7 +25,7 @@ BUILTINS = (
     "sgd",
 )
 #: built-ins without a learning rate: the learned optimizer (its theta comes from a checkpoint)
-LEARNED = ("lopt",)
+LEARNED = ("learned", "lopt")  # lopt: the old name of learned
 
 
 def cosine_factor(decay_steps: int, warmup_steps: int, final_fraction: float):
@@ -138,7 +138,8 @@ CASES: dict[str, tuple[str, dict[str, Any], type[torch.optim.Optimizer], dict[st
     ),
     "rmsprop": ("rmsprop", {"lr": 0.01}, torch.optim.RMSprop, {"lr": 0.01}),
     # the untrained learned optimizer against its own torch.optim form
-    "lopt": ("lopt", {}, LOpt, {"checkpoint": "untrained"}),
+    "learned": ("learned", {}, TorchLearnedOptimizer, {"checkpoint": "untrained"}),
+    "lopt": ("lopt", {}, LOpt, {"checkpoint": "untrained"}),  # the old names
     "rmsprop_centered": (
         "rmsprop",
         {"lr": 0.01, "centered": True, "alpha": 0.9},

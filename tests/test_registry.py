@@ -135,6 +135,28 @@ def test_registering_the_same_object_again_is_harmless() -> None:
     assert OPTIMIZERS.get("sgd").factory is SGD
 
 
+def test_an_alias_is_the_same_class_under_the_old_name() -> None:
+    """Registry.alias: a subclass that differs only in its name (so what records the name
+    records the one typed), described as an alias; an unregistered target is refused, and
+    the alias cannot take a name that is already taken."""
+    registry = Registry("optimizer", "lopt_harness.test_unused", "optimizers")
+
+    class Stepper(SGD):
+        """Plain steps."""
+
+    with pytest.raises(RegistrationError, match="register its target first"):
+        registry.alias("old_stepper", Stepper)
+    registry.register("stepper")(Stepper)
+    old = registry.alias("old_stepper", Stepper)
+    assert issubclass(old, Stepper) and old.__name__ == "Stepper"
+    assert (Stepper.name, old.name) == ("stepper", "old_stepper")
+    assert registry.get("old_stepper").description == "Plain steps. (alias of stepper)"
+    assert registry.get("old_stepper").factory(lr=0.1).hparams == Stepper(lr=0.1).hparams
+    assert registry.canonical("old_stepper") == registry.canonical("stepper") == "stepper"
+    with pytest.raises(RegistrationError, match="registered twice"):
+        registry.register("old_stepper")(SGD)
+
+
 @pytest.mark.parametrize("name", ["", "has space", "semi;colon", "dot.ted"])
 def test_invalid_names_are_refused(name: str) -> None:
     """Names must be letters, digits, '_' and '-'."""

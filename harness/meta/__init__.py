@@ -1,7 +1,7 @@
 """Meta-training of learned optimizers (Metz et al., ICML 2019, and beyond), the second entrance.
 
 ``meta_train(cfg) -> Path`` (:mod:`harness.meta.command`) trains the theta of a learner family
-(:class:`optimizers.base.MetaLearnable`, registered with ``register_learner``) and ends in a
+(:class:`optimizers.base.Learner`, registered with ``register_learner``) and ends in a
 checkpoint that the optimizer registry serves as ``optimizer=lopt optimizer.checkpoint=PATH``.
 One job per module, in the style of learned_optimization:
 

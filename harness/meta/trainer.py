@@ -1,7 +1,7 @@
 """The meta-training loop: estimate, clip, Adam on theta; log, evaluate, checkpoint, resume.
 
 In learned_optimization's vocabulary this is the *GradientLearner* plus its driver. It is given
-the learner (:class:`optimizers.base.MetaLearnable`: what is trained) and the estimator
+the learner (:class:`optimizers.base.Learner`: what is trained) and the estimator
 (:class:`harness.meta.estimators.GradientEstimator`: how its gradient is estimated) and knows
 neither's kind. One outer step (:meth:`MetaTrainer.step`):
 
@@ -296,10 +296,10 @@ class MetaTrainer:
         (``heldout_<split>_loss_mean``: a run that spikes scores badly even if it ends low).
         A diverged or non-finite value counts as the clip, 10. Logged, untimed."""
         from harness.runner import run
-        from optimizers.learned import LearnedOptimizer
+        from optimizers.learned import opt_fn
 
         cfg = self.cfg
-        optimizer = LearnedOptimizer.from_theta(self.theta.detach().cpu(), self.learner)
+        optimizer = opt_fn(self.learner, self.theta.detach().cpu())  # the learner at this theta
         splits = ("train", "valid")
         every = max(1, self.horizon // 10)
         expected = len(range(every, self.horizon, every)) + 1  # evaluations after step 0

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optimizers.base import MetaLearnable
+from optimizers.base import Learner
 from tasks.base import Batch, Params, Task
 
 LOSS_CLIP = 10.0
@@ -255,7 +255,7 @@ class InnerProblems:
 
     Args:
         task: the task (its ``init_params``, ``batches`` and ``loss`` are the whole model).
-        learner: the :class:`optimizers.base.MetaLearnable`; unrolls call
+        learner: the :class:`optimizers.base.Learner`; unrolls call
             ``learner.apply(theta, ...)``, the function the harness runner calls through
             ``update``.
         num_problems: B.
@@ -269,7 +269,7 @@ class InnerProblems:
     def __init__(
         self,
         task: Task,
-        learner: MetaLearnable,
+        learner: Learner,
         *,
         num_problems: int,
         horizon: int,

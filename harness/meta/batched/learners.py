@@ -1,6 +1,6 @@
 """What the batched engine needs of a learned optimizer, and batched Adam.
 
-:class:`BatchedLearner` is the batched counterpart of :class:`optimizers.base.MetaLearnable`:
+:class:`BatchedLearner` is the batched counterpart of :class:`optimizers.base.Learner`:
 one row of ``theta`` per problem, parameters and gradients as ``[B, N]`` rows, the step counter
 and the horizon as ``[B]`` int64 tensors, so problems at different inner steps (staggered starts)
 advance in one call. :class:`BatchedAdam` implements it (``theta``: the log of a learning-rate
