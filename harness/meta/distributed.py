@@ -34,7 +34,7 @@ import torch
 from harness.errors import HarnessError, UsageError
 from harness.meta.trainer import run_meta_training
 from harness.meta.world import TorchDistributedWorld, World
-from harness.registry import load_plugin_modules
+from harness.resolve import resolve_meta
 from harness.settings.meta import coerce_config
 
 __all__ = ["TorchDistributedWorld", "World", "in_torchrun", "init_world", "launch", "main"]
@@ -102,11 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         cfg = coerce_config(json.loads(Path(args[0]).read_text()))
-        load_plugin_modules(cfg.plugins)
         world, device = init_world(cfg.device)
         torch.set_num_threads(cfg.threads or 1)
-        try:
-            run_meta_training(cfg, world, device=device)
+        try:  # the one resolve step of this process (plugins, task, learner, ...)
+            run_meta_training(resolve_meta(cfg, device=device), world, device=device)
         finally:
             dist.destroy_process_group()
     except UsageError as exc:
