@@ -14,8 +14,9 @@ workers, the pathology study, the tuning campaign):
 * :func:`build_task`, :func:`build_learner`, :func:`build_estimator`: one object each, for the
   entrances that need only that one (``lopt tune`` and the tuning campaign build their task
   here, the pathology study its task and estimators);
-* :func:`resolve_run`: a bench :class:`~harness.plan.RunPlan` -> its resolved run (task class,
-  optimizer built once, run id): :func:`harness.plan.resolve_plan`.
+* the bench's runs (:class:`~harness.plan.RunPlan`, from ``lopt bench``, ``lopt suite`` and
+  the tuning trials) are resolved by :func:`harness.plan.resolve_plan` (task class, optimizer
+  built once, run id), which uses the same registry and this module's :func:`load_plugins`.
 
 An unknown name or a setting the object refuses is a one-line ``UsageError``, raised before
 anything is written. Checkpoints are read without executing code (``weights_only`` torch files
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     import torch
 
     from harness.meta.estimators import GradientEstimator
-    from harness.plan import PlannedRun, RunPlan
     from harness.settings.family import FamilyMetaTrainConfig
     from harness.settings.meta import MetaTrainConfig
     from tasks.base import Task
@@ -113,8 +113,6 @@ def resolve_meta(
     default ``cfg.device``), learner, estimator, initial theta. One-line ``UsageError`` for an
     unknown name, a bad setting, an estimator that cannot run ``parallel=vmap``, an
     ``outer_from`` past the horizon or an ``init_from`` of another learner."""
-    from harness.meta.trainer import run_id
-
     load_plugins(cfg.plugins)
     learner = build_learner(cfg.learner, cfg.learner_cfg)
     record = learner.record()
@@ -132,7 +130,18 @@ def resolve_meta(
             "no step would be evaluated"
         )
     identity = cfg.identity(plain)
-    return MetaRun(cfg, task, learner, record, estimator, theta, identity, run_id(cfg, identity))
+    return MetaRun(
+        cfg, task, learner, record, estimator, theta, identity, meta_run_id(cfg, identity)
+    )
+
+
+def meta_run_id(cfg: MetaTrainConfig, identity: dict[str, Any]) -> str:
+    """``meta-<task>-<estimator>-<objective>-s<seed>-<hash of the identity fields>``
+    (``identity``: ``cfg.identity(learner_record)``)."""
+    from harness.results.schema import definition_digest
+
+    digest = definition_digest(identity)
+    return f"meta-{cfg.task}-{cfg.estimator}-{cfg.objective}-s{cfg.seed}-{digest}"
 
 
 def initial_theta(init_from: str | None, family: str, record: dict[str, Any]) -> Any:
@@ -180,7 +189,6 @@ def resolve_family(cfg: FamilyMetaTrainConfig) -> FamilyRun:
     """Resolve ``cfg``'s names once: plugins, the task family (registered), the learner (built
     once; it must run batched). One-line ``UsageError`` otherwise."""
     from harness.meta.family.problems import check_family
-    from harness.meta.family.trainer import run_id
 
     load_plugins(cfg.plugins)
     check_family(cfg.family)
@@ -192,11 +200,13 @@ def resolve_family(cfg: FamilyMetaTrainConfig) -> FamilyRun:
                 "learner that runs batched (e.g. nominal_mlp)"
             )
     identity = cfg.identity()
-    return FamilyRun(cfg, learner, learner.record(), identity, run_id(cfg, identity))
+    return FamilyRun(cfg, learner, learner.record(), identity, family_run_id(cfg, identity))
 
 
-def resolve_run(plan: RunPlan) -> PlannedRun:
-    """A bench run's names resolved once (:func:`harness.plan.resolve_plan`)."""
-    from harness.plan import resolve_plan
+def family_run_id(cfg: FamilyMetaTrainConfig, identity: dict[str, Any]) -> str:
+    """``meta-family-<family>-<estimator>-s<seed>-<hash of the identity fields>``
+    (``identity``: ``cfg.identity()``)."""
+    from harness.results.schema import definition_digest
 
-    return resolve_plan(plan)
+    digest = definition_digest(identity)
+    return f"meta-family-{cfg.family}-{cfg.estimator}-s{cfg.seed}-{digest}"

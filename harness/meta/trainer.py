@@ -33,7 +33,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import torch
@@ -57,14 +57,13 @@ from harness.meta.truncation import (
 )
 from harness.meta.world import World
 from harness.registry import create_task
-from harness.results.schema import definition_digest, provenance
+from harness.resolve import MetaRun, resolve_meta
+from harness.resolve import meta_run_id as run_id
+from harness.results.schema import provenance
 from harness.settings.meta import MetaTrainConfig
 from harness.util import to_plain
 from optimizers.base import MetaLearnable
 from tasks.base import Task
-
-if TYPE_CHECKING:
-    from harness.resolve import MetaRun
 
 LOPT_FILE = "lopt.safetensors"
 STATE_FILE = "trainer_state.pt"
@@ -108,13 +107,6 @@ LOG_COLUMNS = (
     "metric",
     "value",
 )
-
-
-def run_id(cfg: MetaTrainConfig, identity: dict[str, Any]) -> str:
-    """``meta-<task>-<estimator>-<objective>-s<seed>-<hash of the identity fields>``
-    (``identity``: ``cfg.identity(learner_record)``)."""
-    digest = definition_digest(identity)
-    return f"meta-{cfg.task}-{cfg.estimator}-{cfg.objective}-s{cfg.seed}-{digest}"
 
 
 class ThetaAdam:
@@ -600,8 +592,6 @@ def build_trainer(
     """The trainer of a resolved run (:func:`harness.resolve.resolve_meta`), or of settings,
     resolved here (``task`` and ``device`` as there): the learner, estimator, task and initial
     theta it names, built once."""
-    from harness.resolve import MetaRun, resolve_meta
-
     run = cfg if isinstance(cfg, MetaRun) else resolve_meta(cfg, device=device, task=task)
     return MetaTrainer(
         run.cfg,

@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import torch
@@ -41,11 +41,9 @@ from harness.meta.trainer import LOG_FILE as LOG_FILE  # the run folder's log
 from harness.meta.trainer import LOPT_FILE, ThetaAdam
 from harness.meta.truncation import STREAM_PERTURBATION, STREAM_THETA, derive_seed
 from harness.meta.world import World
-from harness.results.schema import definition_digest, provenance
+from harness.resolve import FamilyRun, resolve_family
+from harness.results.schema import provenance
 from harness.settings.family import FamilyMetaTrainConfig
-
-if TYPE_CHECKING:
-    from harness.resolve import FamilyRun
 
 STATE_FILE = "family_state.pt"
 INNER_FILE = "inner_state.pt"
@@ -64,13 +62,6 @@ LOG_COLUMNS = (
 )
 
 
-def run_id(cfg: FamilyMetaTrainConfig, identity: dict[str, Any]) -> str:
-    """``meta-family-<family>-<estimator>-s<seed>-<hash of the identity fields>``
-    (``identity``: ``cfg.identity()``)."""
-    digest = definition_digest(identity)
-    return f"meta-family-{cfg.family}-{cfg.estimator}-s{cfg.seed}-{digest}"
-
-
 class FamilyTrainer:
     """Meta-trains ``cfg.learner`` on ``cfg.family`` (module docstring).
 
@@ -87,8 +78,6 @@ class FamilyTrainer:
         world: World | None = None,
         log_stream: Any = None,
     ) -> None:
-        from harness.resolve import FamilyRun, resolve_family
-
         run = cfg if isinstance(cfg, FamilyRun) else resolve_family(cfg)
         cfg = run.cfg
         self.cfg = cfg
