@@ -26,8 +26,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,26 +93,41 @@ def launch(
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """torchrun entry point: ``-m harness.meta.distributed CONFIG.json``."""
+def worker_main(
+    argv: Sequence[str] | None, module: str, work: Callable[[dict[str, Any]], object]
+) -> int:
+    """A torchrun worker's entry: ``-m MODULE CONFIG.json`` -> ``work(the file's data)``
+    (which joins the process group: it is left at the end). Exit 0, or 2 with the one-line
+    ``UsageError`` on stderr."""
     import torch.distributed as dist
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: torchrun ... -m harness.meta.distributed CONFIG.json", file=sys.stderr)
+        print(f"usage: torchrun ... -m {module} CONFIG.json", file=sys.stderr)
         return 2
     try:
-        cfg = coerce_config(json.loads(Path(args[0]).read_text()))
-        world, device = init_world(cfg.device)
-        torch.set_num_threads(cfg.threads or 1)
-        try:  # the one resolve step of this process (plugins, task, learner, ...)
-            run_meta_training(resolve_meta(cfg, device=device), world, device=device)
+        try:
+            work(json.loads(Path(args[0]).read_text()))
         finally:
-            dist.destroy_process_group()
+            if dist.is_initialized():
+                dist.destroy_process_group()
     except UsageError as exc:
         print(f"lopt: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _meta_worker(data: dict[str, Any]) -> None:
+    cfg = coerce_config(data)
+    world, device = init_world(cfg.device)
+    torch.set_num_threads(cfg.threads or 1)
+    # the one resolve step of this process (plugins, task, learner, estimator, initial theta)
+    run_meta_training(resolve_meta(cfg, device=device), world, device=device)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """torchrun entry point: ``-m harness.meta.distributed CONFIG.json``."""
+    return worker_main(argv, "harness.meta.distributed", _meta_worker)
 
 
 if __name__ == "__main__":

@@ -136,28 +136,21 @@ def summary_line(out: str | Path) -> str:
     return ", ".join(parts)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """torchrun entry point: ``-m harness.meta.family.command CONFIG.json``."""
-    import torch.distributed as dist
-
+def _family_worker(data: dict[str, Any]) -> None:
     from harness.meta.distributed import init_world
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: torchrun ... -m harness.meta.family.command CONFIG.json", file=sys.stderr)
-        return 2
-    try:
-        cfg = coerce_family_config(json.loads(Path(args[0]).read_text()))
-        world, _ = init_world("cpu")
-        torch.set_num_threads(1)
-        try:  # the one resolve step of this process (plugins, family, learner)
-            run_family_training(resolve_family(cfg), world)
-        finally:
-            dist.destroy_process_group()
-    except UsageError as exc:
-        print(f"lopt: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    cfg = coerce_family_config(data)
+    world, _ = init_world("cpu")
+    torch.set_num_threads(1)
+    # the one resolve step of this process (plugins, family, learner)
+    run_family_training(resolve_family(cfg), world)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """torchrun entry point: ``-m harness.meta.family.command CONFIG.json``."""
+    from harness.meta.distributed import worker_main
+
+    return worker_main(argv, MODULE, _family_worker)
 
 
 if __name__ == "__main__":
