@@ -3,13 +3,15 @@
 same) and a report built from the bench rows, all clock columns aside.
 
 ``record`` writes them as JSON (the values themselves, so a difference can be read); ``compare``
-runs them again and names the first difference (exit 1) or prints ``identical`` (exit 0).
+runs them again and ends in ``verdict: met: identical ...`` (exit 0) or ``verdict: MISSED:``
+naming the first difference (exit 3, :mod:`verdict`; a crash exits 1). The file defaults to
+``tests/data/resolve_equality.json``.
 Recorded with the code before a change (``PYTHONPATH=<old checkout>``), compared with the code
 after it; ``tests/test_resolve_equality.py`` compares against ``tests/data/resolve_equality.json``
 (recorded at commit 708c6d5, before settings became plain data)::
 
     PYTHONPATH=/path/to/old OMP_NUM_THREADS=1 python benchmarks/resolve_equality.py record F.json
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/resolve_equality.py compare F.json
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/resolve_equality.py compare [F.json]
 
 What is left out depends on the clock or the checkout: ``wall_time_s``, the ``seconds`` and
 ``cpu_seconds`` rows, the provenance columns (commit, version, device, threads) and the
@@ -28,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from verdict import verdict
 
+RECORDED = Path(__file__).resolve().parents[1] / "tests" / "data" / "resolve_equality.json"
 CLOCK_METRICS = ("seconds", "cpu_seconds")
 PROVENANCE = ("harness_version", "schema_version", "git_commit", "torch_version", "device")
 
@@ -162,20 +166,24 @@ def measure() -> dict[str, Any]:
         return json.loads(json.dumps(outputs(Path(tmp))))
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("record", "compare"):
-        print("usage: resolve_equality.py record|compare FILE.json", file=sys.stderr)
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not 1 <= len(argv) <= 2 or argv[0] not in ("record", "compare"):
+        print("usage: resolve_equality.py record|compare [FILE.json]", file=sys.stderr)
         return 2
-    action, path = argv[0], Path(argv[1])
+    path = Path(argv[1]) if len(argv) == 2 else RECORDED
     now = measure()
-    if action == "record":
-        path.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n")
+    if argv[0] == "record":
+        text = json.dumps(now, indent=1, sort_keys=True) + "\n"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
         print(f"recorded {path}")
         return 0
     found = first_difference(json.loads(path.read_text()), now)
-    print(found or "identical")
-    return 1 if found else 0
+    what = f"bench rows, meta-training and family logs and checkpoints, report vs {path.name}"
+    return verdict(found is None, f"identical {what}" if found is None else f"differ: {found}")
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
