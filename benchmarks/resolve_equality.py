@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from verdict import verdict
 
 RECORDED = Path(__file__).resolve().parents[1] / "tests" / "data" / "resolve_equality.json"
 CLOCK_METRICS = ("seconds", "cpu_seconds")
@@ -167,6 +166,8 @@ def measure() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from verdict import verdict
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not 1 <= len(argv) <= 2 or argv[0] not in ("record", "compare"):
         print("usage: resolve_equality.py record|compare [FILE.json]", file=sys.stderr)

@@ -5,6 +5,7 @@ runs); settings are checked for values only and build nothing."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,36 +16,26 @@ from harness.registry import LEARNERS, TASKS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-META = [
-    "task=quadratic",
-    "problems=4",
-    "horizon=40",
-    "outer_batches=2",
-    "schedule=constant",
-    "unroll_length=6",
-    "progress=false",
-    "threads=1",
-    "eval_every=0",
-    "outer_steps=3",
-    "checkpoint_every=1",  # a save after every outer step: none may build anything
-    "parallel=loop",
-]
-FAMILY = [
-    "family=mlp_mix",
-    "learner=nominal_mlp",
-    "learner_cfg.compile=false",
-    "pairs=4",
-    "arch_groups=2",
-    "truncation=10",
-    "min_horizon=20",
-    "max_horizon=40",
-    "heldout_tasks=2",
-    "eval_every=0",
-    "checkpoint_every=1",
-    "parallel=single",
-    "outer_steps=2",
-    "progress=false",
-]
+
+def _equality_module():
+    """benchmarks/resolve_equality.py: its tiny commands are this module's too."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "resolve_equality.py"
+    spec = importlib.util.spec_from_file_location("resolve_equality_commands", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def changed(overrides: list[str], *new: str) -> list[str]:
+    """``overrides`` with the keys of ``new`` replaced by ``new``."""
+    keys = {n.split("=", 1)[0] for n in new}
+    return [o for o in overrides if o.split("=", 1)[0] not in keys] + list(new)
+
+
+_TINY = _equality_module()
+#: a save after every outer step (none may build anything), no held-out evaluation
+META = changed(_TINY.META, "eval_every=0", "checkpoint_every=1")
+FAMILY = changed(_TINY.FAMILY, "eval_every=0", "checkpoint_every=1", "outer_steps=2")
 
 
 def count_builds(monkeypatch, registry_, name: str) -> list[dict]:
@@ -86,20 +77,8 @@ def test_a_meta_train_walk_builds_its_learner_and_task_once(tmp_path, monkeypatc
     assert len(learners) == 1 and len(tasks) == 1
     assert loads == ["resolve_probe_meta"]
     # a resumed run (the same command, later end) builds it once more: one per process
-    assert (
-        main(
-            [
-                "meta-train",
-                *META[:-3],
-                "outer_steps=4",
-                "checkpoint_every=1",
-                "parallel=loop",
-                f"out={out}",
-                "plugins=[resolve_probe_meta]",
-            ]
-        )
-        == 0
-    )
+    again = changed(META, "outer_steps=4", f"out={out}", "plugins=[resolve_probe_meta]")
+    assert main(["meta-train", *again]) == 0
     assert len(learners) == 2 and loads == ["resolve_probe_meta"]
 
 

@@ -58,19 +58,13 @@ def check_identity(out: str | Path, state: dict[str, Any], mine: dict[str, Any],
 
 
 def prepare_out(
-    out: str | Path,
-    *,
-    state_file: str,
-    resume: bool,
-    identity: dict[str, Any],
-    what: str,
-    old_files: list[Path],
-    config: dict[str, Any],
+    cfg: Any, identity: dict[str, Any], what: str, state_file: str, old_files: list[str]
 ) -> Path:
-    """Create the run's folder ``out``; with ``resume`` check a saved run (``state_file``) is
-    this one (its ``identity``), else remove ``old_files`` of the run it holds; write
-    ``config.json`` (``config``, sorted keys). Returns ``out``."""
-    given, out = out, Path(out)
+    """Create the run's folder ``cfg.out``; with ``cfg.resume`` check a saved run
+    (``state_file``) is this one (its ``identity``; ``what`` names the kind of run), else remove
+    the run's files (``old_files``, names or globs in ``out``); write ``config.json``
+    (``cfg.to_dict()``, sorted keys). Returns ``out``."""
+    given, out, resume = cfg.out, Path(cfg.out), cfg.resume
     if out.exists() and not out.is_dir():
         raise UsageError(f"out={str(out)!r} is a file; meta-training writes a folder")
     state_path = out / state_file
@@ -78,10 +72,11 @@ def prepare_out(
         if resume:
             check_identity(given, load_trainer_state(state_path), identity, what)
         else:
-            for old in old_files:
-                old.unlink(missing_ok=True)
+            for pattern in old_files:
+                for old in out.glob(pattern):
+                    old.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
     write_atomically(out / CONFIG_FILE, lambda tmp: tmp.write_text(text))
     return out
 

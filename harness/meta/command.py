@@ -104,15 +104,5 @@ def summary_line(out: str | Path) -> str:
 def prepare_out(run: MetaRun) -> Path:
     """Create ``out``; with ``resume`` check a saved run is this one, else clear it; write
     ``config.json``. Returns ``out``."""
-    cfg = run.cfg
-    out = Path(cfg.out)
-    lopt = [out / LOPT_FILE, out / "lopt.pt", *out.glob("lopt_step*.*")]  # .pt: older runs
-    return checkpoint.prepare_out(
-        cfg.out,
-        state_file=STATE_FILE,
-        resume=cfg.resume,
-        identity=run.identity,
-        what=WHAT,
-        old_files=[out / STATE_FILE, out / LOG_FILE, *lopt],
-        config=cfg.to_dict(),
-    )
+    old = [STATE_FILE, LOG_FILE, LOPT_FILE, "lopt.pt", "lopt_step*.*"]  # .pt: older runs
+    return checkpoint.prepare_out(run.cfg, run.identity, WHAT, STATE_FILE, old)

@@ -54,17 +54,8 @@ def meta_train_family(cfg: FamilyMetaTrainConfig | Any = None, **overrides: Any)
 def prepare_out(run: FamilyRun) -> Path:
     """Create ``out``; with ``resume`` check a saved run is this one, else clear it; write
     ``config.json``."""
-    cfg = run.cfg
-    out = Path(cfg.out)
-    return checkpoint.prepare_out(
-        cfg.out,
-        state_file=STATE_FILE,
-        resume=cfg.resume,
-        identity=run.identity,
-        what=WHAT,
-        old_files=[out / STATE_FILE, out / INNER_FILE, out / LOG_FILE, out / LOPT_FILE],
-        config=cfg.to_dict(),
-    )
+    old = [STATE_FILE, INNER_FILE, LOG_FILE, LOPT_FILE]
+    return checkpoint.prepare_out(run.cfg, run.identity, WHAT, STATE_FILE, old)
 
 
 def family_command(overrides: Sequence[Any], *, show_help: bool = False) -> int:
