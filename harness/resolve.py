@@ -11,9 +11,10 @@ workers, the pathology study, the tuning campaign):
   ``init_from``, the run's identity and id);
 * :func:`resolve_family`: a :class:`~harness.settings.family.FamilyMetaTrainConfig` ->
   :class:`FamilyRun` (the learner built once, checked to run batched; the family checked);
-* :func:`build_task`, :func:`build_learner`, :func:`build_estimator`: one object each, for the
-  entrances that need only that one (``lopt tune`` and the tuning campaign build their task
-  here, the pathology study its task and estimators);
+* :func:`build_task`, :func:`build_optimizer`, :func:`build_learner`, :func:`build_estimator`:
+  one object each, for the entrances that need only that one (the Python API ``harness.run``
+  builds its task and optimizer here, ``lopt tune`` and the tuning campaign their task, the
+  pathology study its task and estimators, ``lopt select-snapshot`` its learner);
 * the bench's runs (:class:`~harness.plan.RunPlan`, from ``lopt bench``, ``lopt suite`` and
   the tuning trials) are resolved by :func:`harness.plan.resolve_plan` (task class, optimizer
   built once, run id), which uses the same registry and this module's :func:`load_plugins`.
@@ -69,6 +70,14 @@ def build_task(name: str, device: torch.device | str, settings: dict[str, Any]) 
     from harness import registry
 
     return registry.create_task(name, device=device, **settings)
+
+
+def build_optimizer(name: str, hparams: dict[str, Any]) -> Any:
+    """The optimizer ``name`` with hyperparameters ``hparams`` (the others take their declared
+    defaults; :func:`harness.registry.create_optimizer`)."""
+    from harness import registry
+
+    return registry.create_optimizer(name, **hparams)
 
 
 def build_estimator(cfg: MetaTrainConfig) -> GradientEstimator:
