@@ -124,12 +124,11 @@ def resolve_meta(
     ``outer_from`` past the horizon or an ``init_from`` of another learner."""
     load_plugins(cfg.plugins)
     learner = build_learner(cfg.learner, cfg.learner_cfg)
-    record = learner.record()
-    plain = to_plain(record)
+    record, identity, run_id = meta_identity(cfg, learner)
     estimator = build_estimator(cfg)
     if cfg.parallel == "vmap" and not estimator.batchable:
         raise UsageError(f"estimator={cfg.estimator} runs loop or processes, not parallel=vmap")
-    theta = initial_theta(cfg.init_from, cfg.learner, plain)
+    theta = initial_theta(cfg.init_from, cfg.learner, identity["learner_cfg"])
     if task is None:
         task = build_task(cfg.task, device if device is not None else cfg.device, cfg.task_cfg)
     horizon = cfg.horizon or task.default_steps
@@ -138,10 +137,15 @@ def resolve_meta(
             f"outer_from ({cfg.outer_from}) must be below the horizon ({horizon}): "
             "no step would be evaluated"
         )
-    identity = cfg.identity(plain)
-    return MetaRun(
-        cfg, task, learner, record, estimator, theta, identity, meta_run_id(cfg, identity)
-    )
+    return MetaRun(cfg, task, learner, record, estimator, theta, identity, run_id)
+
+
+def meta_identity(cfg: MetaTrainConfig, learner: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The built ``learner``'s record, the run's identity (``cfg.identity`` of the plain record)
+    and its run id: what a meta-training run saves with every checkpoint, computed once."""
+    record = learner.record()
+    identity = cfg.identity(to_plain(record))
+    return record, identity, meta_run_id(cfg, identity)
 
 
 def meta_run_id(cfg: MetaTrainConfig, identity: dict[str, Any]) -> str:

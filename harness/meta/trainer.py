@@ -56,12 +56,9 @@ from harness.meta.truncation import (
     schedule_from_config,
 )
 from harness.meta.world import World
-from harness.registry import create_task
-from harness.resolve import MetaRun, resolve_meta
-from harness.resolve import meta_run_id as run_id
+from harness.resolve import MetaRun, build_task, meta_identity, resolve_meta
 from harness.results.schema import provenance
 from harness.settings.meta import MetaTrainConfig
-from harness.util import to_plain
 from optimizers.base import MetaLearnable
 from tasks.base import Task
 
@@ -165,6 +162,8 @@ class MetaTrainer:
         task: the task instance (default: built from ``cfg``).
         initial_theta: theta at outer step 0 (default: ``learner.init_theta`` of a seed derived
             from ``cfg.seed``).
+        identity: the learner's record, the run's identity and id when resolved already
+            (:func:`harness.resolve.meta_identity`; default: computed here).
     """
 
     def __init__(
@@ -177,18 +176,17 @@ class MetaTrainer:
         device: torch.device | str | None = None,
         task: Task | None = None,
         initial_theta: torch.Tensor | None = None,
+        identity: tuple[dict[str, Any], dict[str, Any], str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.learner = learner
         self.estimator = estimator
         # computed once: every checkpoint saves these (nothing is built at a save)
-        self.learner_record = learner.record()
-        self.identity = cfg.identity(to_plain(self.learner_record))
-        self.run_id = run_id(cfg, self.identity)
+        self.learner_record, self.identity, self.run_id = identity or meta_identity(cfg, learner)
         self.config = cfg.to_dict()
         self.world = world or World()
         self.device = torch.device(device if device is not None else cfg.device)
-        self.task = task or create_task(cfg.task, device=self.device, **cfg.task_cfg)
+        self.task = task or build_task(cfg.task, self.device, cfg.task_cfg)
         self.horizon = cfg.horizon if cfg.horizon is not None else self.task.default_steps
         theta = initial_theta
         if theta is None:
@@ -601,6 +599,7 @@ def build_trainer(
         device=device,
         task=run.task,
         initial_theta=run.initial_theta,
+        identity=(run.record, run.identity, run.run_id),
     )
 
 
