@@ -1,8 +1,10 @@
 """``meta_train(cfg) -> Path``: the entrance ``lopt meta-train`` calls.
 
-It checks the configuration (one-line ``UsageError``s, before anything is written), prepares
-the output folder (``resume=false`` removes a previous run's files; ``resume=true`` checks that
-the saved run is the same run), writes ``out/config.json``, then either runs in this process
+It checks the configuration's values and resolves its names once (:mod:`harness.resolve`: the
+task, learner, estimator and initial theta this process trains; one-line ``UsageError``s, before
+anything is written), prepares the output folder (``resume=false`` removes a previous run's
+files; ``resume=true`` checks that the saved run is the same run), writes ``out/config.json``,
+then either runs in this process
 (``parallel=loop`` or ``vmap``, or one worker) or launches ``workers`` ranks with torchrun
 (``parallel=processes``) and waits. It returns the path of ``out/lopt.safetensors``, which
 ``lopt bench ... optimizer=lopt optimizer.checkpoint=PATH`` evaluates.
