@@ -47,8 +47,6 @@ from harness.settings.family import FamilyMetaTrainConfig
 
 STATE_FILE = "family_state.pt"
 INNER_FILE = "inner_state.pt"
-#: the kind of run, in the message that refuses to resume a different one
-WHAT = "family meta-training run"
 LOG_COLUMNS = (
     "run_id",
     "family",
@@ -60,6 +58,8 @@ LOG_COLUMNS = (
     "metric",
     "value",
 )
+#: the kind of run, in the message that refuses to resume a different one
+WHAT = "family meta-training run"
 
 
 class FamilyTrainer:
