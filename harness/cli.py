@@ -171,13 +171,13 @@ def list_command(args: list[str]) -> int:
 # -- override handling ---------------------------------------------------------------------------
 def load_plugins(parsed: list[Any]) -> list[str]:
     """Import the modules named by a ``plugins=`` override; returns the rewritten override."""
-    from harness.registry import load_plugin_modules
+    from harness.resolve import load_plugins as load_modules
 
     for override in parsed:
         if override.key_or_group == "plugins":
             value = override.value()
             modules = [value] if isinstance(value, str) else list(value)
-            load_plugin_modules(modules)
+            load_modules(modules)  # once per process: the commands' resolve steps skip them
             return [f"plugins=[{','.join(modules)}]"]
     return []
 

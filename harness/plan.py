@@ -304,11 +304,11 @@ def run_and_save(
 def _worker_init(plugin_modules: list[str]) -> None:
     import torch
 
-    from harness.registry import load_plugin_modules
+    from harness.resolve import load_plugins
 
     torch.set_num_threads(1)
     if plugin_modules:
-        load_plugin_modules(plugin_modules)
+        load_plugins(plugin_modules)
 
 
 def _run_in_worker(plan: RunPlan, spec: RunSpec, parts: Path, label: str) -> str:

@@ -37,7 +37,7 @@ import torch
 
 from harness.defaults import DIVERGENCE_FACTOR, LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
-from harness.registry import create_optimizer, create_task
+from harness.resolve import build_optimizer, build_task
 from harness.results.schema import (
     BENCH,
     SPLIT_TRAIN_BATCH,
@@ -328,10 +328,10 @@ def run(
     """
     task_cfg = dict(task_cfg or {})
     if isinstance(task, str):
-        task = create_task(task, device=device, **task_cfg)
+        task = build_task(task, device, task_cfg)
     task_cfg = task_config(type(task), task_cfg)
     if isinstance(optimizer, str):
-        optimizer = create_optimizer(optimizer, **(hparams or {}))
+        optimizer = build_optimizer(optimizer, dict(hparams or {}))
     elif hparams is not None:
         raise UsageError("give hparams with an optimizer name, not with an optimizer instance")
     spec = run_spec(

@@ -127,6 +127,8 @@ def save_lopt_checkpoint(
     theta: torch.Tensor,
     learner: Any,
     meta_training: dict[str, Any],
+    *,
+    record: dict[str, Any] | None = None,
 ) -> Path:
     """Write a learned-optimizer checkpoint atomically; returns its path.
 
@@ -139,13 +141,15 @@ def save_lopt_checkpoint(
         learner: the :class:`optimizers.base.MetaLearnable` (its ``family`` and ``record()``).
         meta_training: plain data describing how ``theta`` was obtained (config, task, outer
             step, seconds).
+        record: ``learner.record()`` when the caller has it already (a meta-trainer computes
+            it once per run); None: asked of the learner.
     """
     payload = {
         "format": LOPT_FORMAT,
         "format_version": FORMAT_VERSION,
         "family": learner.family,
         "theta": theta.detach().to(device="cpu", dtype=torch.float32).clone(),
-        "architecture": learner.record(),
+        "architecture": learner.record() if record is None else record,
         "meta_training": meta_training,
         **provenance(theta.device, created=True),
     }

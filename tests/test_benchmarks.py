@@ -101,6 +101,8 @@ TINY: dict[str, tuple[list[str], bool]] = {
     ),
     "family_estimator_bias.py": (["--pairs", "8", "--truncation", "5", "--horizon", "10"], True),
     "family_heldout_vs_adam.py": (["{family_run}", "--lrs", "0.01"], False),
+    "resolve_equality.py": (["compare"], True),
+    "resolve_walk.py": ([], True),
     "tuning_grid_cross_check.py": (
         [
             "--task",

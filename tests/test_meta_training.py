@@ -23,6 +23,7 @@ from harness.meta.estimators import ESTIMATORS
 from harness.meta.trainer import LOG_COLUMNS, METRICS, build_trainer
 from harness.meta.truncation import ConstantSchedule, InnerProblems, LinearSchedule
 from harness.registry import create_optimizer, create_task
+from harness.resolve import resolve_meta
 from harness.settings.meta import coerce_config
 from optimizers.checkpoint import load_lopt_checkpoint
 from optimizers.learned import LOptArchitecture, MLPLearner, init_theta
@@ -226,8 +227,8 @@ def test_init_from_continues_a_checkpoint_and_refuses_another_learner(tmp_path: 
     )
     assert torch.equal(build_trainer(cfg).theta, theta)
     assert (
-        cfg.identity()["init_from"] == str(first)
-        and "init_from" not in coerce_config(QUICK).identity()
+        resolve_meta(cfg).identity["init_from"] == str(first)
+        and "init_from" not in resolve_meta(coerce_config(QUICK)).identity
     )
     path = meta_train(cfg)
     assert not torch.equal(load_lopt_checkpoint(path).theta, theta)  # it trained on from there
@@ -243,10 +244,10 @@ def test_init_from_continues_a_checkpoint_and_refuses_another_learner(tmp_path: 
 
 
 def test_meta_train_builds_its_task_once(tmp_path: Path, monkeypatch) -> None:
-    """The task meta_train builds when it checks the configuration is the one the trainer
+    """The task meta_train builds when it resolves the configuration is the one the trainer
     trains: one build per run."""
     import harness.meta.command as command
-    import harness.meta.trainer as trainer
+    import harness.registry as registry
 
     built = []
 
@@ -254,8 +255,8 @@ def test_meta_train_builds_its_task_once(tmp_path: Path, monkeypatch) -> None:
         built.append(args[0])
         return create_task(*args, **kwargs)
 
+    monkeypatch.setattr(registry, "create_task", counting)  # what harness.resolve builds with
     monkeypatch.setattr(command, "create_task", counting)
-    monkeypatch.setattr(trainer, "create_task", counting)
     meta_train(**QUICK, parallel="loop", outer_steps=1, out=str(tmp_path / "once"))
     assert built == ["quadratic"]
 

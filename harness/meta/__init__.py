@@ -6,7 +6,8 @@ checkpoint that the optimizer registry serves as ``optimizer=lopt optimizer.chec
 One job per module, in the style of learned_optimization:
 
 * :mod:`harness.settings.meta` (every command's settings live in :mod:`harness.settings`):
-  :class:`MetaTrainConfig`, every option, its default and its check;
+  :class:`MetaTrainConfig`, every option, its default and its check (values only; names become
+  objects in :mod:`harness.resolve`, once);
 * :mod:`~harness.meta.truncation`: inner problems, their persistent state, truncated unrolls,
   resets, unroll-length schedules and outer objectives (the TruncatedStep);
 * :mod:`~harness.meta.estimators`: ES, rp, the inverse-variance merge and PES as
@@ -27,7 +28,7 @@ docs/meta-training.md describes the choices and the measurements behind them.
 
 
 def __getattr__(name: str):  # meta_train pulls in the trainer (pandas, tasks): import on use
-    if name == "MetaTrainConfig":  # harness.settings.meta imports the estimators to check
+    if name == "MetaTrainConfig":  # plain data: nothing heavy
         from harness.settings.meta import MetaTrainConfig
 
         return MetaTrainConfig

@@ -1,8 +1,10 @@
 """``meta_train(cfg) -> Path``: the entrance ``lopt meta-train`` calls.
 
-It checks the configuration (one-line ``UsageError``s, before anything is written), prepares
-the output folder (``resume=false`` removes a previous run's files; ``resume=true`` checks that
-the saved run is the same run), writes ``out/config.json``, then either runs in this process
+It checks the configuration's values and resolves its names once (:mod:`harness.resolve`: the
+task, learner, estimator and initial theta this process trains; one-line ``UsageError``s, before
+anything is written), prepares the output folder (``resume=false`` removes a previous run's
+files; ``resume=true`` checks that the saved run is the same run), writes ``out/config.json``,
+then either runs in this process
 (``parallel=loop`` or ``vmap``, or one worker) or launches ``workers`` ranks with torchrun
 (``parallel=processes``) and waits. It returns the path of ``out/lopt.safetensors``, which
 ``lopt bench ... optimizer=lopt optimizer.checkpoint=PATH`` evaluates.
@@ -10,29 +12,28 @@ the saved run is the same run), writes ``out/config.json``, then either runs in 
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.errors import UsageError
-from harness.meta.checkpoint import load_trainer_state
+from harness.meta import checkpoint
 from harness.meta.distributed import in_torchrun, init_world, launch
 from harness.meta.trainer import (
     CONFIG_FILE,
     LOG_FILE,
     LOPT_FILE,
     STATE_FILE,
-    check_identity,
+    WHAT,
     run_meta_training,
 )
 from harness.meta.truncation import LOSS_CLIP
 from harness.meta.world import World
 from harness.outputs import check_writable
-from harness.registry import create_task, load_plugin_modules
+from harness.registry import create_task
+from harness.resolve import MetaRun, resolve_meta
 from harness.settings.meta import MetaTrainConfig, coerce_config
-from harness.util import write_atomically
 from tasks.base import resolve_device
 
 
@@ -48,12 +49,12 @@ def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
     """
     cfg = coerce_config(cfg, **overrides)
     check_writable(cfg.out)  # before any work: a read-only or missing place fails in one line
-    load_plugin_modules(cfg.plugins)
     resolve_device(cfg.device)
-    # the one build of the task: unknown settings and bad values fail here, in one line, before
-    # anything is written; this process's trainer trains this instance
-    task = create_task(cfg.task, device=cfg.device, **cfg.task_cfg)
-    out = prepare_out(cfg)
+    # the one resolve step (plugins, task, learner, estimator, initial theta): an unknown name
+    # or a bad setting fails here, in one line, before anything is written; this process's
+    # trainer trains these objects
+    run = resolve_meta(cfg)
+    out = prepare_out(run)
     if cfg.parallel == "processes" and cfg.workers > 1 and not in_torchrun():
         launch(out / CONFIG_FILE, cfg.workers, cfg.threads or 1)
         return out / LOPT_FILE
@@ -66,13 +67,14 @@ def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
             import torch.distributed as dist
 
             world, device = init_world(cfg.device)
-            # a rank on another device than cfg.device (cuda:LOCAL_RANK) builds its own
-            same = device == torch.device(cfg.device)
+            if device != torch.device(cfg.device):  # a rank on cuda:LOCAL_RANK: its own task
+                task = create_task(cfg.task, device=device, **cfg.task_cfg)
+                run = dataclasses.replace(run, task=task)
             try:
-                return run_meta_training(cfg, world, device=device, task=task if same else None)
+                return run_meta_training(run, world, device=device)
             finally:
                 dist.destroy_process_group()
-        return run_meta_training(cfg, World(), task=task)
+        return run_meta_training(run, World())
     finally:
         torch.set_num_threads(previous)
 
@@ -101,21 +103,8 @@ def summary_line(out: str | Path) -> str:
     return ", ".join(parts)
 
 
-def prepare_out(cfg: MetaTrainConfig) -> Path:
+def prepare_out(run: MetaRun) -> Path:
     """Create ``out``; with ``resume`` check a saved run is this one, else clear it; write
     ``config.json``. Returns ``out``."""
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"out={str(out)!r} is a file; meta-training writes a folder")
-    state_path = out / STATE_FILE
-    if state_path.is_file():
-        if cfg.resume:
-            check_identity(cfg, load_trainer_state(state_path))
-        else:
-            lopt = [out / LOPT_FILE, out / "lopt.pt", *out.glob("lopt_step*.*")]  # .pt: older runs
-            for old in [state_path, out / LOG_FILE, *lopt]:
-                old.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
-    write_atomically(out / CONFIG_FILE, lambda tmp: tmp.write_text(text))
-    return out
+    old = [STATE_FILE, LOG_FILE, LOPT_FILE, "lopt.pt", "lopt_step*.*"]  # .pt: older runs
+    return checkpoint.prepare_out(run.cfg, run.identity, WHAT, STATE_FILE, old)

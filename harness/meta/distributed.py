@@ -26,15 +26,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from harness.errors import HarnessError, UsageError
 from harness.meta.trainer import run_meta_training
 from harness.meta.world import TorchDistributedWorld, World
-from harness.registry import load_plugin_modules
+from harness.resolve import resolve_meta
 from harness.settings.meta import coerce_config
 
 __all__ = ["TorchDistributedWorld", "World", "in_torchrun", "init_world", "launch", "main"]
@@ -92,27 +93,41 @@ def launch(
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """torchrun entry point: ``-m harness.meta.distributed CONFIG.json``."""
+def worker_main(
+    argv: Sequence[str] | None, module: str, work: Callable[[dict[str, Any]], object]
+) -> int:
+    """A torchrun worker's entry: ``-m MODULE CONFIG.json`` -> ``work(the file's data)``
+    (which joins the process group: it is left at the end). Exit 0, or 2 with the one-line
+    ``UsageError`` on stderr."""
     import torch.distributed as dist
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: torchrun ... -m harness.meta.distributed CONFIG.json", file=sys.stderr)
+        print(f"usage: torchrun ... -m {module} CONFIG.json", file=sys.stderr)
         return 2
     try:
-        cfg = coerce_config(json.loads(Path(args[0]).read_text()))
-        load_plugin_modules(cfg.plugins)
-        world, device = init_world(cfg.device)
-        torch.set_num_threads(cfg.threads or 1)
         try:
-            run_meta_training(cfg, world, device=device)
+            work(json.loads(Path(args[0]).read_text()))
         finally:
-            dist.destroy_process_group()
+            if dist.is_initialized():
+                dist.destroy_process_group()
     except UsageError as exc:
         print(f"lopt: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _meta_worker(data: dict[str, Any]) -> None:
+    cfg = coerce_config(data)
+    world, device = init_world(cfg.device)
+    torch.set_num_threads(cfg.threads or 1)
+    # the one resolve step of this process (plugins, task, learner, estimator, initial theta)
+    run_meta_training(resolve_meta(cfg, device=device), world, device=device)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """torchrun entry point: ``-m harness.meta.distributed CONFIG.json``."""
+    return worker_main(argv, "harness.meta.distributed", _meta_worker)
 
 
 if __name__ == "__main__":

@@ -313,12 +313,12 @@ def start_snapshot(run: Path, config: dict[str, Any]) -> Path:
     (written once), for a run that did not start at a checkpoint."""
     from harness.meta.trainer import snapshot_name
     from harness.meta.truncation import STREAM_THETA, derive_seed
-    from harness.registry import create_learner
+    from harness.resolve import build_learner
     from optimizers.checkpoint import save_lopt_checkpoint
 
     path = run / snapshot_name(0)
     if not path.is_file():
-        learner = create_learner(str(config["learner"]), **config.get("learner_cfg", {}))
+        learner = build_learner(str(config["learner"]), dict(config.get("learner_cfg", {})))
         theta = learner.init_theta(derive_seed(int(config["seed"]), STREAM_THETA))
         save_lopt_checkpoint(path, theta, learner, {**config, "outer_step": 0})
     return path
@@ -327,7 +327,7 @@ def start_snapshot(run: Path, config: dict[str, Any]) -> Path:
 def es_noise_line(run: Path, config: dict[str, Any]) -> str:
     """Per outer step of ``run``, the variance of the B-sample ES mean over the squared estimate,
     per element of theta (``(var_es / B) / (grad_norm^2 / P)``): its range and median."""
-    from harness.registry import create_learner
+    from harness.resolve import build_learner
 
     log_path = run / "meta_log.csv"
     if not log_path.is_file():
@@ -337,7 +337,7 @@ def es_noise_line(run: Path, config: dict[str, Any]) -> str:
     if "var_es" not in wide or "grad_norm" not in wide:
         return "ES noise over signal: the run's log has no var_es (not an ES run)"
     problems = int(config["problems"])
-    size = int(create_learner(str(config["learner"]), **config.get("learner_cfg", {})).num_theta)
+    size = int(build_learner(str(config["learner"]), dict(config.get("learner_cfg", {}))).num_theta)
     ratio = ((wide["var_es"] / problems) / (wide["grad_norm"] ** 2 / size)).dropna()
     return (
         f"ES noise over signal per element, {len(ratio)} outer steps: "

@@ -39,7 +39,13 @@ import pandas as pd
 import torch
 
 from harness.errors import Interrupted, UsageError
-from harness.meta.checkpoint import load_trainer_state, save_trainer_state
+from harness.meta.checkpoint import CONFIG_FILE as CONFIG_FILE  # the run folder's files
+from harness.meta.checkpoint import LOG_FILE as LOG_FILE
+from harness.meta.checkpoint import (
+    check_identity,
+    read_states,
+    save_run_files,
+)
 from harness.meta.estimators import GradientEstimator, MergeResult, PairSample, SampleSums
 from harness.meta.truncation import (
     LOSS_CLIP,
@@ -51,16 +57,16 @@ from harness.meta.truncation import (
 )
 from harness.meta.world import World
 from harness.progress import LINE_SECONDS, Progress
-from harness.registry import create_task
-from harness.results.schema import META, definition_digest
+from harness.resolve import MetaRun, build_task, meta_identity, resolve_meta
+from harness.results.schema import META
 from harness.settings.meta import MetaTrainConfig
-from harness.util import write_atomically
 from optimizers.base import MetaLearnable
-from optimizers.checkpoint import save_lopt_checkpoint
 from tasks.base import Task
 
 LOPT_FILE = "lopt.safetensors"
 STATE_FILE = "trainer_state.pt"
+#: the kind of run, in the message that refuses to resume a different one
+WHAT = "meta-training run"
 
 
 def snapshot_name(outer_step: int) -> str:
@@ -68,8 +74,6 @@ def snapshot_name(outer_step: int) -> str:
     return f"lopt_step{outer_step:06d}.safetensors"
 
 
-LOG_FILE = "meta_log.csv"
-CONFIG_FILE = "config.json"
 #: the random stream of the held-out evaluation seeds
 STREAM_HELDOUT = 7
 #: weight of the newest outer loss in the smoothed one (an exponential moving average)
@@ -90,12 +94,6 @@ METRICS = (
 )
 #: the log's own columns (then the shared provenance and ``source``: harness.results.schema)
 LOG_COLUMNS = META.own
-
-
-def run_id(cfg: MetaTrainConfig) -> str:
-    """``meta-<task>-<estimator>-<objective>-s<seed>-<hash of the identity fields>``."""
-    digest = definition_digest(cfg.identity())
-    return f"meta-{cfg.task}-{cfg.estimator}-{cfg.objective}-s{cfg.seed}-{digest}"
 
 
 class ThetaAdam:
@@ -128,6 +126,11 @@ class ThetaAdam:
         v_hat = self.v / (1.0 - self.beta2**self.count)
         return theta - self.lr * m_hat / (v_hat.sqrt() + self.eps)
 
+    def clipped_step(self, theta: torch.Tensor, grad: torch.Tensor, clip: float) -> torch.Tensor:
+        """The new theta after one step with ``grad`` (cast to theta's dtype) clipped
+        elementwise to ``[-clip, clip]``: what both meta-trainers take each outer step."""
+        return self.step(theta, grad.to(theta.dtype).clamp(-clip, clip))
+
     def state_dict(self) -> dict[str, Any]:
         return {"m": self.m.cpu(), "v": self.v.cpu(), "count": self.count}
 
@@ -149,6 +152,8 @@ class MetaTrainer:
         task: the task instance (default: built from ``cfg``).
         initial_theta: theta at outer step 0 (default: ``learner.init_theta`` of a seed derived
             from ``cfg.seed``).
+        identity: the learner's record, the run's identity and id when resolved already
+            (:func:`harness.resolve.meta_identity`; default: computed here).
     """
 
     def __init__(
@@ -161,13 +166,17 @@ class MetaTrainer:
         device: torch.device | str | None = None,
         task: Task | None = None,
         initial_theta: torch.Tensor | None = None,
+        identity: tuple[dict[str, Any], dict[str, Any], str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.learner = learner
         self.estimator = estimator
+        # computed once: every checkpoint saves these (nothing is built at a save)
+        self.learner_record, self.identity, self.run_id = identity or meta_identity(cfg, learner)
+        self.config = cfg.to_dict()
         self.world = world or World()
         self.device = torch.device(device if device is not None else cfg.device)
-        self.task = task or create_task(cfg.task, device=self.device, **cfg.task_cfg)
+        self.task = task or build_task(cfg.task, self.device, cfg.task_cfg)
         self.horizon = cfg.horizon if cfg.horizon is not None else self.task.default_steps
         theta = initial_theta
         if theta is None:
@@ -253,10 +262,8 @@ class MetaTrainer:
         """One outer step; returns its logged metrics."""
         start, cpu_start = time.perf_counter(), time.process_time()
         merged, sums = self.compute_gradient()
-        grad = merged.grad.to(self.theta.dtype)
         if merged.source != "none":
-            clipped = grad.clamp(-self.cfg.clip, self.cfg.clip)
-            self.theta = self.adam.step(self.theta, clipped)
+            self.theta = self.adam.clipped_step(self.theta, merged.grad, self.cfg.clip)
         seconds = time.perf_counter() - start
         cpu = float(self.world.all_reduce_sum(torch.tensor([time.process_time() - cpu_start]))[0])
         self.seconds += seconds
@@ -412,8 +419,8 @@ class MetaTrainer:
         for part in gathered:
             states.update(part)
         return {
-            "config": self.cfg.to_dict(),
-            "identity": self.cfg.identity(),
+            "config": self.config,
+            "identity": self.identity,
             "outer_step": self.outer_step,
             "seconds": self.seconds,
             "cpu_seconds": self.cpu_seconds,
@@ -427,7 +434,7 @@ class MetaTrainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (checked against this run's identity fields)."""
-        check_identity(self.cfg, state)
+        check_identity(self.cfg.out, state, self.identity, WHAT)
         self.outer_step = int(state["outer_step"])
         self.seconds = float(state["seconds"])
         self.cpu_seconds = float(state["cpu_seconds"])
@@ -446,21 +453,26 @@ class MetaTrainer:
         state = self.state_dict()
         if state is None:
             return
-        out = Path(self.cfg.out)
-        save_trainer_state(out / STATE_FILE, state, self.device)
         meta = {
-            **self.cfg.to_dict(),
+            **self.config,
             "horizon": self.horizon,
             "outer_step": self.outer_step,
             "seconds": self.seconds,
             "cpu_seconds": self.cpu_seconds,
             "inner_steps": self.inner_steps,
-            "run_id": run_id(self.cfg),
+            "run_id": self.run_id,
         }
-        save_lopt_checkpoint(out / LOPT_FILE, self.theta, self.learner, meta)
-        save_lopt_checkpoint(out / snapshot_name(self.outer_step), self.theta, self.learner, meta)
-        frame = self.log_frame()
-        write_atomically(out / LOG_FILE, lambda tmp: frame.to_csv(tmp, index=False))
+        save_run_files(
+            Path(self.cfg.out),
+            {STATE_FILE: state},
+            [LOPT_FILE, snapshot_name(self.outer_step)],
+            self.theta,
+            self.learner,
+            self.learner_record,
+            meta,
+            self.log_frame(),
+            device=self.device,
+        )
         self.saved_step = self.outer_step
 
     def log_frame(self) -> pd.DataFrame:
@@ -468,7 +480,7 @@ class MetaTrainer:
         configuration is in ``config.json`` and the checkpoints; ``run_id`` links them)."""
         frame = pd.DataFrame(self.log, columns=["outer_step", "wall_time_s", "metric", "value"])
         constants = {
-            "run_id": run_id(self.cfg),
+            "run_id": self.run_id,
             "task": self.cfg.task,
             "learner": self.learner.family,
             "estimator": self.cfg.estimator,
@@ -528,57 +540,43 @@ def progress_line(trainer: MetaTrainer) -> str:
     return f"[meta-train {t.outer_step}/{t.cfg.outer_steps} {t.seconds:.0f}s] {fields}"
 
 
-def check_identity(cfg: MetaTrainConfig, state: dict[str, Any]) -> None:
-    """``UsageError`` naming the first identity field where ``cfg`` and the saved run differ."""
-    saved = state.get("identity", {})
-    mine = cfg.identity()
-    for name, value in mine.items():
-        if saved.get(name) != value:
-            raise UsageError(
-                f"{cfg.out} holds a different meta-training run ({name}={saved.get(name)!r}, "
-                f"now {value!r}): use another out, or resume=false to start it again"
-            )
-
-
 def build_trainer(
-    cfg: MetaTrainConfig,
+    cfg: MetaTrainConfig | MetaRun,
     world: World | None = None,
     *,
     device: torch.device | None = None,
     task: Task | None = None,
 ) -> MetaTrainer:
-    """The trainer ``cfg`` describes: its learner family (``learner``, ``learner_cfg``) from the
-    registry, its estimator (``estimator``, ``sigma``, ``first_order``); ``task`` as in
-    :class:`MetaTrainer`."""
-    from harness.meta.estimators import create_estimator
-    from harness.registry import create_learner
-
-    learner = create_learner(cfg.learner, **cfg.learner_cfg)
-    estimator = create_estimator(cfg.estimator, sigma=cfg.sigma, first_order=cfg.first_order)
+    """The trainer of a resolved run (:func:`harness.resolve.resolve_meta`), or of settings,
+    resolved here (``task`` and ``device`` as there): the learner, estimator, task and initial
+    theta it names, built once."""
+    run = cfg if isinstance(cfg, MetaRun) else resolve_meta(cfg, device=device, task=task)
     return MetaTrainer(
-        cfg, learner, estimator, world, device=device, task=task, initial_theta=cfg.initial_theta()
+        run.cfg,
+        run.learner,
+        run.estimator,
+        world,
+        device=device,
+        task=run.task,
+        initial_theta=run.initial_theta,
+        identity=(run.record, run.identity, run.run_id),
     )
 
 
 def run_meta_training(
-    cfg: MetaTrainConfig,
+    cfg: MetaTrainConfig | MetaRun,
     world: World | None = None,
     *,
     device: torch.device | None = None,
     task: Task | None = None,
 ) -> Path:
-    """Build the trainer, resume from ``out/trainer_state.pt`` if it exists, run; returns the
-    path of ``lopt.safetensors``. (``meta_train`` prepares ``out`` and the processes; this runs
-    in each.)
-    ``task`` is the task instance ``meta_train`` built when it checked the configuration
-    (default: built from ``cfg``)."""
+    """Build the trainer (:func:`build_trainer`), resume from ``out/trainer_state.pt`` if it
+    exists, run; returns the path of ``lopt.safetensors``. (``meta_train`` prepares ``out`` and
+    the processes; this runs in each.)"""
     world = world or World()
     trainer = build_trainer(cfg, world, device=device, task=task)
-    path = Path(cfg.out) / STATE_FILE
-    state = None
-    if world.is_main and path.is_file():
-        state = load_trainer_state(path)
-    state = world.broadcast_from_main(state)
+    cfg = trainer.cfg
+    (state,) = read_states(world, [Path(cfg.out) / STATE_FILE])
     if state is not None:
         trainer.load_state_dict(state)
         if world.is_main:

@@ -83,7 +83,7 @@ def settings_from_overrides(overrides: list[str]) -> dict[str, Any]:
 
 def run_pathology(cfg: PathologyConfig | Any = None, **overrides: Any) -> list[Path]:
     """Run the studies ``cfg`` selects; returns the paths written."""
-    from harness.registry import create_task
+    from harness.resolve import build_task
 
     cfg = coerce_pathology_config(cfg, **overrides)
     out = Path(cfg.out)
@@ -96,7 +96,7 @@ def run_pathology(cfg: PathologyConfig | Any = None, **overrides: Any) -> list[P
     written: list[Path] = []
     try:
         # an unknown task or setting is a one-line UsageError here, before anything is written
-        task = create_task(sized.task, device="cpu", **sized.task_cfg)
+        task = build_task(sized.task, "cpu", dict(sized.task_cfg))
         every = studies()
         for name in sized.studies():
             study = every[name]

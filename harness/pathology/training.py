@@ -41,7 +41,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.meta.estimators import create_estimator
 from harness.meta.trainer import MetaTrainer
 from harness.meta.truncation import STREAM_THETA, InnerProblems, derive_seed
 from harness.pathology.common import (
@@ -53,6 +52,7 @@ from harness.pathology.common import (
 )
 from harness.pathology.report import ESTIMATOR_COLOURS, ESTIMATOR_LABELS, figure, save
 from harness.pathology.study import StudyBase
+from harness.resolve import build_estimator
 from harness.settings.meta import coerce_config
 from harness.settings.pathology import ESTIMATORS, PathologyConfig
 from optimizers.learned import LOptArchitecture, MLPLearner, wire_feature
@@ -159,7 +159,7 @@ def _trainer(
     cfg: PathologyConfig, task: Task, estimator: str, seed: int, optimizer: str
 ) -> MetaTrainer:
     meta = meta_config(cfg, estimator, seed, optimizer)
-    chosen = create_estimator(estimator, sigma=meta.sigma, first_order=meta.first_order)
+    chosen = build_estimator(meta)
     if optimizer == "lopt":
         learner = MLPLearner.of()
         theta = large_step_theta(

@@ -4,10 +4,11 @@ task with the per-problem loop).
 
 Plain data: :func:`coerce_family_config` turns a mapping (the command line's ``key=value``
 overrides) into a checked config, and :meth:`FamilyMetaTrainConfig.check` raises one-line
-``UsageError``s naming the setting, what is allowed and the value given. Checking builds nothing
-but the learner (to know it can run batched); the family's name is checked against the family
-registry. The defaults follow Celo (``/work/shared/reference/recipes.md``): PES, truncations of
-50 steps, horizons log-uniform in 100-2,000, 32 antithetic pairs per outer step.
+``UsageError``s naming the setting, what is allowed and the value given. Checking builds
+nothing: :func:`harness.resolve.resolve_family` looks the family and the learner up (and checks
+the learner runs batched). The defaults follow Celo (``/work/shared/reference/recipes.md``):
+PES, truncations of 50 steps, horizons log-uniform in 100-2,000, 32 antithetic pairs per outer
+step.
 """
 
 from __future__ import annotations
@@ -18,15 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from harness.errors import UsageError
-from harness.settings.validate import (
-    config_data,
-    fraction,
-    integer,
-    number,
-    one_of,
-    positive_int,
-    typed_fields,
-)
+from harness.settings.outer import check_shared, check_workers
+from harness.settings.validate import config_data, integer, one_of, positive_int, typed_fields
 from harness.util import to_plain
 
 #: harness.meta.family.estimators.FAMILY_ESTIMATORS, in this order
@@ -125,14 +119,15 @@ class FamilyMetaTrainConfig:
     plugins: list[str] = field(default_factory=list)
 
     def check(self) -> FamilyMetaTrainConfig:
-        """Raise a one-line ``UsageError`` for the first invalid value; returns ``self``."""
+        """Raise a one-line ``UsageError`` for the first invalid value; returns ``self``.
+
+        Values only: the family and the learner are looked up by
+        :func:`harness.resolve.resolve_family`."""
         one_of("estimator", self.estimator, FAMILY_ESTIMATORS)
         one_of("parallel", self.parallel, PARALLEL)
-        for name in ("outer_steps", "truncation", "min_horizon", "max_horizon"):
+        check_shared(self)
+        for name in ("truncation", "min_horizon", "max_horizon", "heldout_tasks"):
             positive_int(name, getattr(self, name))
-        for name in ("workers", "checkpoint_every", "heldout_tasks"):
-            positive_int(name, getattr(self, name))
-        integer("seed", self.seed, 0)
         integer("pairs", self.pairs, 2)
         integer("eval_every", self.eval_every, 0)
         integer("arch_groups", self.arch_groups, 0)
@@ -150,38 +145,9 @@ class FamilyMetaTrainConfig:
                 f"min_horizon ({self.min_horizon}) must be >= truncation ({self.truncation}): "
                 "every horizon is a whole number of truncations"
             )
-        for name in ("sigma", "lr", "adam_eps", "clip"):
-            number(name, getattr(self, name), low=0.0, strict=True)
-        for name in ("beta1", "beta2"):
-            fraction(name, getattr(self, name))
-        if self.max_seconds is not None:
-            number("max_seconds", self.max_seconds, low=0.0, strict=True)
-        if self.parallel == "processes" and self.workers > self.pairs:
-            raise UsageError(
-                f"workers ({self.workers}) must be <= pairs ({self.pairs}): each worker needs "
-                "at least one pair"
-            )
-        if not isinstance(self.learner_cfg, dict):
-            raise UsageError(f"learner_cfg must be a mapping, got {self.learner_cfg!r}")
-        if not str(self.out):
-            raise UsageError("out must name a folder")
-        from harness.meta.family.problems import check_family
-
-        check_family(self.family)
-        learner = self.build_learner()
-        for method in ("batched_init", "batched_step"):
-            if not callable(getattr(learner, method, None)):
-                raise UsageError(
-                    f"learner {self.learner} has no {method}: family meta-training needs a "
-                    "learner that runs batched (e.g. nominal_mlp)"
-                )
+        if self.parallel == "processes":
+            check_workers(self.workers, self.pairs, "pairs", "one pair")
         return self
-
-    def build_learner(self) -> Any:
-        """The learner these settings describe (one-line ``UsageError`` if unknown or bad)."""
-        from harness.registry import create_learner
-
-        return create_learner(self.learner, **self.learner_cfg)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-able)."""
@@ -204,7 +170,4 @@ def coerce_family_config(cfg: Any = None, **overrides: Any) -> FamilyMetaTrainCo
     if isinstance(data.get("learner_cfg"), Mapping):
         data["learner_cfg"] = dict(data["learner_cfg"])
     typed = typed_fields(data, FamilyMetaTrainConfig, "meta-train family=...")
-    from harness.registry import load_plugin_modules
-
-    load_plugin_modules(typed.get("plugins", []))
     return FamilyMetaTrainConfig(**typed).check()

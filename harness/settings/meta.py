@@ -4,7 +4,8 @@
 A plain dataclass (``Optional[...]`` for nullable fields, lists for sequences), so it is also a
 Hydra structured config. :func:`coerce_config` turns a Hydra/OmegaConf node or a dict into a
 checked :class:`MetaTrainConfig`; :meth:`MetaTrainConfig.check` raises one-line
-``UsageError``s. The defaults and the measurements behind them are in docs/meta-training.md.
+``UsageError``s. Plain data, checked for values only: :func:`harness.resolve.resolve_meta` turns
+its names into objects. The defaults and the measurements behind them are in docs/meta-training.md.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from harness.errors import UsageError
+from harness.settings.outer import check_shared, check_workers
 from harness.settings.validate import (
     MISSING,
     config_data,
     fraction,
     integer,
-    number,
     one_of,
     positive_int,
     typed_fields,
@@ -183,18 +184,21 @@ class MetaTrainConfig:
     init_from: Optional[str] = None  # noqa: UP045
 
     def check(self) -> MetaTrainConfig:
-        """Raise a one-line ``UsageError`` for the first invalid value; returns ``self``."""
+        """Raise a one-line ``UsageError`` for the first invalid value; returns ``self``.
+
+        Values only: the task, learner, estimator and ``init_from`` are looked up by
+        :func:`harness.resolve.resolve_meta`."""
         one_of("estimator", self.estimator, ESTIMATORS)
         one_of("objective", self.objective, OBJECTIVES)
         one_of("loss", self.loss, LOSSES)
         one_of("outer_data", self.outer_data, OUTER_DATA)
         one_of("schedule", self.schedule, SCHEDULES)
         one_of("parallel", self.parallel, PARALLEL_MODES)
-        for name in ("outer_steps", "outer_batches", "unroll_length", "min_unroll", "max_unroll"):
+        check_shared(self)
+        for name in ("outer_batches", "unroll_length", "min_unroll", "max_unroll"):
             positive_int(name, getattr(self, name))
-        for name in ("workers", "checkpoint_every", "outer_every", "eval_seeds"):
+        for name in ("outer_every", "eval_seeds"):
             positive_int(name, getattr(self, name))
-        integer("seed", self.seed, 0)
         integer("outer_from", self.outer_from, 0)
         integer("problems", self.problems, 2)
         for name in ("horizon", "ramp_steps", "threads"):
@@ -207,85 +211,33 @@ class MetaTrainConfig:
                 "outer_data=inner reuses the training batches: it needs objective=train "
                 f"(got objective={self.objective}); use outer_data=fresh"
             )
-        if self.parallel == "vmap":
-            from harness.meta.estimators import ESTIMATORS as ESTIMATOR_CLASSES
-
-            if not ESTIMATOR_CLASSES[self.estimator].batchable:
-                raise UsageError(
-                    f"estimator={self.estimator} runs loop or processes, not parallel=vmap"
-                )
-            if (
-                self.outer_every != 1
-                or self.outer_from != 0
-                or self.outer_data != "fresh"
-                or self.loss == "final"
-            ):
-                raise UsageError(
-                    "parallel=vmap needs outer_every=1, outer_from=0, outer_data=fresh and loss "
-                    "mean or log; "
-                    "use parallel=loop or processes"
-                )
+        if self.parallel == "vmap" and (
+            self.outer_every != 1
+            or self.outer_from != 0
+            or self.outer_data != "fresh"
+            or self.loss == "final"
+        ):
+            raise UsageError(
+                "parallel=vmap needs outer_every=1, outer_from=0, outer_data=fresh and loss "
+                "mean or log; "
+                "use parallel=loop or processes"
+            )
         if self.min_unroll > self.max_unroll:
             raise UsageError(
                 f"min_unroll ({self.min_unroll}) must be <= max_unroll ({self.max_unroll})"
             )
-        for name in ("sigma", "lr", "adam_eps", "clip"):
-            number(name, getattr(self, name), low=0.0, strict=True)
-        for name in ("beta1", "beta2", "jitter"):
-            fraction(name, getattr(self, name))
-        if self.max_seconds is not None:
-            number("max_seconds", self.max_seconds, low=0.0, strict=True)
-        if self.parallel == "processes" and self.workers > self.problems:
+        fraction("jitter", self.jitter)
+        if self.parallel == "processes":
+            check_workers(self.workers, self.problems, "problems", "one inner problem")
+        if self.horizon is not None and self.outer_from >= self.horizon:
             raise UsageError(
-                f"workers ({self.workers}) must be <= problems ({self.problems}): each worker "
-                "needs at least one inner problem"
+                f"outer_from ({self.outer_from}) must be below the horizon ({self.horizon}): "
+                "no step would be evaluated"
             )
-        if not isinstance(self.task_cfg, dict):
-            raise UsageError(f"task_cfg must be a mapping, got {self.task_cfg!r}")
         for key in ("device",):
             if key in self.task_cfg:
                 raise UsageError("set the device with device=..., not task.device")
-        if not isinstance(self.learner_cfg, dict):
-            raise UsageError(f"learner_cfg must be a mapping, got {self.learner_cfg!r}")
-        self.build_learner()  # an unknown family or a bad setting fails here, in one line
-        self.initial_theta()  # a missing or incompatible checkpoint fails here, in one line
-        from harness.registry import TASKS
-
-        horizon = self.horizon or TASKS.get(self.task).factory.default_steps
-        if self.outer_from >= horizon:
-            raise UsageError(
-                f"outer_from ({self.outer_from}) must be below the horizon ({horizon}): "
-                "no step would be evaluated"
-            )
-        if not str(self.out):
-            raise UsageError("out must name a folder")
         return self
-
-    def build_learner(self) -> Any:
-        """The :class:`optimizers.base.MetaLearnable` these settings describe."""
-        from harness.registry import create_learner
-
-        return create_learner(self.learner, **self.learner_cfg)
-
-    def initial_theta(self) -> Any:
-        """theta at outer step 0 from ``init_from`` (a ``torch.Tensor``), or None without it;
-        ``UsageError`` if the checkpoint's learner is not this run's."""
-        if self.init_from is None:
-            return None
-        from optimizers.checkpoint import load_lopt_checkpoint
-
-        loaded = load_lopt_checkpoint(self.init_from)
-        mine, theirs = to_plain(self.build_learner().record()), to_plain(loaded.learner.record())
-        if loaded.family != self.learner or mine != theirs:
-            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            detail = f", {differ[0]}={theirs.get(differ[0])!r}" if differ else ""
-            raise UsageError(
-                f"init_from={self.init_from!r} holds a {loaded.family} learner{detail}; this run "
-                f"trains {self.learner}"
-                + (f" with {differ[0]}={mine.get(differ[0])!r}" if differ else "")
-                + ": give the checkpoint's learner settings"
-            )
-        return loaded.theta
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-able)."""
@@ -295,11 +247,12 @@ class MetaTrainConfig:
         data["learner_cfg"] = to_plain(self.learner_cfg)
         return data
 
-    def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with the run it continues (the learner's
-        settings with their defaults filled in)."""
+    def identity(self, learner_record: Mapping[str, Any]) -> dict[str, Any]:
+        """The fields a resumed run must share with the run it continues; ``learner_record`` is
+        the built learner's ``record()`` as plain data (its settings with their defaults filled
+        in: :attr:`harness.resolve.MetaRun.record`), which stands for ``learner_cfg``."""
         data = self.to_dict()
-        data["learner_cfg"] = to_plain(self.build_learner().record())
+        data["learner_cfg"] = to_plain(dict(learner_record))
         identity = {name: data[name] for name in IDENTITY_FIELDS}
         # only when set: runs from before these fields keep their identity
         if self.outer_from:
@@ -333,9 +286,6 @@ def coerce_config(cfg: Any = None, **overrides: Any) -> MetaTrainConfig:
         data["task"] = task["name"]
         data["task_cfg"] = {**settings, **dict(data.get("task_cfg") or {})}
     typed = typed_fields(data, MetaTrainConfig, "meta-train")
-    from harness.registry import load_plugin_modules
-
-    load_plugin_modules(typed.get("plugins", []))  # plugin learners and tasks, before the check
     return MetaTrainConfig(**typed).check()
 
 

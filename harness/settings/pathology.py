@@ -17,11 +17,11 @@ The defaults are the sizes of the committed study (``results/pathology/README.md
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from harness.errors import UsageError
+from harness.settings.outer import check_shared
 from harness.settings.validate import config_data, finite, integer, number, one_of, typed_fields
 
 STUDIES = ("landscape", "variance", "training", "truncation")
@@ -295,16 +295,11 @@ class PathologyConfig:
     def check(self) -> PathologyConfig:
         """Raise a one-line ``UsageError`` for the first invalid value; returns ``self``."""
         one_of("study", self.study, ("all", *STUDIES))
-        if not str(self.out):
-            raise UsageError("out must name a folder")
-        integer("seed", self.seed, 0)
+        check_shared(self)  # out, seed, sigma, task_cfg
         if self.threads is not None:
             integer("threads", self.threads, 1)
-        number("sigma", self.sigma, 0.0, strict=True)
         for study in STUDIES:
             self.settings(study).check()
-        if not isinstance(self.task_cfg, Mapping):
-            raise UsageError(f"task_cfg must be a mapping, got {self.task_cfg!r}")
         if "device" in self.task_cfg:
             raise UsageError("the pathology study runs on the CPU: task_cfg takes no device")
         if not isinstance(self.task, str) or not self.task:

@@ -42,7 +42,8 @@ import pandas as pd
 from harness.errors import UsageError
 from harness.plan import RunPlan, execute
 from harness.progress import Log, WeightedEta
-from harness.registry import OPTIMIZERS, TASKS, create_task
+from harness.registry import OPTIMIZERS, TASKS
+from harness.resolve import build_task
 from harness.results.io import read_results
 from harness.results.schema import canonical_json
 from harness.settings.tune import DEFAULT_STORAGE, TuneSettings
@@ -185,7 +186,7 @@ def tune(
         study = load_or_create(
             opened.storage, name, protocol, make_sampler(protocol, space), make_pruner(protocol)
         )
-    task = create_task(settings.task, device=settings.device, **settings.task_cfg)
+    task = build_task(settings.task, settings.device, dict(settings.task_cfg))
     distributions = {n: dim.distribution() for n, dim in space.items()}
     with opened.claim():
         target = _target(study, settings)

@@ -21,17 +21,13 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
-from harness.meta.checkpoint import load_trainer_state
-from harness.meta.family.trainer import (
-    INNER_FILE,
-    STATE_FILE,
-    check_identity,
-    run_family_training,
-)
+from harness.meta import checkpoint
+from harness.meta.family.trainer import INNER_FILE, STATE_FILE, WHAT, run_family_training
 from harness.meta.trainer import CONFIG_FILE, LOG_FILE, LOPT_FILE
 from harness.meta.world import World
+from harness.resolve import FamilyRun, resolve_family
 from harness.settings.family import FamilyMetaTrainConfig, coerce_family_config
-from harness.util import to_plain, write_atomically
+from harness.util import to_plain
 
 MODULE = "harness.meta.family.command"
 
@@ -41,7 +37,8 @@ def meta_train_family(cfg: FamilyMetaTrainConfig | Any = None, **overrides: Any)
     from harness.meta.distributed import in_torchrun, launch
 
     cfg = coerce_family_config(cfg, **overrides)
-    out = prepare_out(cfg)
+    run = resolve_family(cfg)  # the one resolve step: an unknown name fails here, in one line
+    out = prepare_out(run)
     if cfg.parallel == "processes" and cfg.workers > 1 and not in_torchrun():
         launch(out / CONFIG_FILE, cfg.workers, 1, module=MODULE)
         return out / LOPT_FILE
@@ -49,28 +46,16 @@ def meta_train_family(cfg: FamilyMetaTrainConfig | Any = None, **overrides: Any)
     if cfg.parallel == "processes":
         torch.set_num_threads(1)
     try:
-        return run_family_training(cfg, World())
+        return run_family_training(run, World())
     finally:
         torch.set_num_threads(previous)
 
 
-def prepare_out(cfg: FamilyMetaTrainConfig) -> Path:
+def prepare_out(run: FamilyRun) -> Path:
     """Create ``out``; with ``resume`` check a saved run is this one, else clear it; write
     ``config.json``."""
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"out={str(out)!r} is a file; meta-training writes a folder")
-    state = out / STATE_FILE
-    if state.is_file():
-        if cfg.resume:
-            check_identity(cfg, load_trainer_state(state))
-        else:
-            for old in (state, out / INNER_FILE, out / LOG_FILE, out / LOPT_FILE):
-                old.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
-    write_atomically(out / CONFIG_FILE, lambda tmp: tmp.write_text(text))
-    return out
+    old = [STATE_FILE, INNER_FILE, LOG_FILE, LOPT_FILE]
+    return checkpoint.prepare_out(run.cfg, run.identity, WHAT, STATE_FILE, old)
 
 
 def family_command(overrides: Sequence[Any], *, show_help: bool = False) -> int:
@@ -142,31 +127,21 @@ def summary_line(out: str | Path) -> str:
     return ", ".join(parts)
 
 
+def _family_worker(data: dict[str, Any]) -> None:
+    from harness.meta.distributed import init_world
+
+    cfg = coerce_family_config(data)
+    world, _ = init_world("cpu")
+    torch.set_num_threads(1)
+    # the one resolve step of this process (plugins, family, learner)
+    run_family_training(resolve_family(cfg), world)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """torchrun entry point: ``-m harness.meta.family.command CONFIG.json``."""
-    import torch.distributed as dist
+    from harness.meta.distributed import worker_main
 
-    from harness.meta.distributed import init_world
-    from harness.registry import load_plugin_modules
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: torchrun ... -m harness.meta.family.command CONFIG.json", file=sys.stderr)
-        return 2
-    try:
-        data = json.loads(Path(args[0]).read_text())
-        load_plugin_modules(data.get("plugins", []))
-        cfg = coerce_family_config(data)
-        world, _ = init_world("cpu")
-        torch.set_num_threads(1)
-        try:
-            run_family_training(cfg, world)
-        finally:
-            dist.destroy_process_group()
-    except UsageError as exc:
-        print(f"lopt: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return worker_main(argv, MODULE, _family_worker)
 
 
 if __name__ == "__main__":

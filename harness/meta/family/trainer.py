@@ -31,49 +31,55 @@ from typing import Any
 import pandas as pd
 import torch
 
-from harness.errors import UsageError
-from harness.meta.checkpoint import load_trainer_state, save_trainer_state
+from harness.meta.checkpoint import check_identity, read_states, save_run_files
 from harness.meta.estimators import SampleSums
 from harness.meta.family import meters
 from harness.meta.family.estimators import create_family_estimator
 from harness.meta.family.heldout import HeldOutSet
 from harness.meta.family.pairs import PairSchedule, PairState, fresh_pairs, stagger
-from harness.meta.trainer import LOG_FILE, LOPT_FILE, ThetaAdam
+from harness.meta.trainer import LOG_FILE as LOG_FILE  # the run folder's log
+from harness.meta.trainer import LOPT_FILE, ThetaAdam
 from harness.meta.truncation import STREAM_PERTURBATION, STREAM_THETA, derive_seed
 from harness.meta.world import World
 from harness.progress import Progress
-from harness.results.schema import FAMILY_META, definition_digest
+from harness.resolve import FamilyRun, resolve_family
+from harness.results.schema import FAMILY_META
 from harness.settings.family import FamilyMetaTrainConfig
-from harness.util import write_atomically
 
 STATE_FILE = "family_state.pt"
 INNER_FILE = "inner_state.pt"
 #: the log's own columns (then the shared provenance and ``source``: harness.results.schema)
 LOG_COLUMNS = FAMILY_META.own
-
-
-def run_id(cfg: FamilyMetaTrainConfig) -> str:
-    """``meta-family-<family>-<estimator>-s<seed>-<hash of the identity fields>``."""
-    digest = definition_digest(cfg.identity())
-    return f"meta-family-{cfg.family}-{cfg.estimator}-s{cfg.seed}-{digest}"
+#: the kind of run, in the message that refuses to resume a different one
+WHAT = "family meta-training run"
 
 
 class FamilyTrainer:
     """Meta-trains ``cfg.learner`` on ``cfg.family`` (module docstring).
 
     Args:
-        cfg: a checked :class:`FamilyMetaTrainConfig`.
+        cfg: a resolved run (:func:`harness.resolve.resolve_family`), or checked settings,
+            resolved here.
         world: the ranks (:class:`World` for one process).
         log_stream: where progress lines go (rank 0; default stderr).
     """
 
     def __init__(
-        self, cfg: FamilyMetaTrainConfig, world: World | None = None, log_stream: Any = None
+        self,
+        cfg: FamilyMetaTrainConfig | FamilyRun,
+        world: World | None = None,
+        log_stream: Any = None,
     ) -> None:
+        run = cfg if isinstance(cfg, FamilyRun) else resolve_family(cfg)
+        cfg = run.cfg
         self.cfg = cfg
         self.world = world or World()
         self.stream = log_stream if log_stream is not None else sys.stderr
-        self.learner = cfg.build_learner()
+        self.learner = run.learner
+        # computed once: every checkpoint saves these (nothing is built at a save)
+        self.learner_record, self.identity = run.record, run.identity
+        self.run_id = run.run_id
+        self.config = cfg.to_dict()
         self.estimator = create_family_estimator(cfg.estimator, cfg.sigma)
         self.schedule = PairSchedule(
             cfg.family,
@@ -144,8 +150,7 @@ class FamilyTrainer:
         merged = SampleSums.from_vector(total, self.num_theta, meters.METER_SLOTS)
         grad = meters.gradient(merged)
         if grad is not None:
-            clipped = grad.float().clamp(-cfg.clip, cfg.clip)
-            self.theta = self.adam.step(self.theta, clipped)
+            self.theta = self.adam.clipped_step(self.theta, grad, cfg.clip)
         seconds = time.perf_counter() - start
         cpu = float(self.world.all_reduce_sum(torch.tensor([time.process_time() - cpu_start]))[0])
         self.seconds += seconds
@@ -268,8 +273,8 @@ class FamilyTrainer:
     # -- state ------------------------------------------------------------------------------------
     def small_state(self) -> dict[str, Any]:
         return {
-            "config": self.cfg.to_dict(),
-            "identity": self.cfg.identity(),
+            "config": self.config,
+            "identity": self.identity,
             "outer_step": self.outer_step,
             "seconds": self.seconds,
             "cpu_seconds": self.cpu_seconds,
@@ -286,27 +291,33 @@ class FamilyTrainer:
         if gathered is None:
             return
         pairs = sorted((p for part in gathered for p in part), key=lambda p: p["pair"])
-        out = Path(self.cfg.out)
-        save_trainer_state(out / INNER_FILE, {"outer_step": self.outer_step, "pairs": pairs})
-        save_trainer_state(out / STATE_FILE, self.small_state())
-        from optimizers.checkpoint import save_lopt_checkpoint
-
         meta = {
-            **self.cfg.to_dict(),
+            **self.config,
             "outer_step": self.outer_step,
             "seconds": self.seconds,
             "cpu_seconds": self.cpu_seconds,
             "problem_steps": self.problem_steps,
-            "run_id": run_id(self.cfg),
+            "run_id": self.run_id,
         }
-        save_lopt_checkpoint(out / LOPT_FILE, self.theta, self.learner, meta)
-        frame = self.log_frame()
-        write_atomically(out / LOG_FILE, lambda tmp: frame.to_csv(tmp, index=False))
+        states = {
+            INNER_FILE: {"outer_step": self.outer_step, "pairs": pairs},
+            STATE_FILE: self.small_state(),
+        }
+        save_run_files(
+            Path(self.cfg.out),
+            states,
+            [LOPT_FILE],
+            self.theta,
+            self.learner,
+            self.learner_record,
+            meta,
+            self.log_frame(),
+        )
 
     def load(self, small: dict[str, Any], inner: dict[str, Any] | None) -> None:
         """Continue from :meth:`small_state` (and the pairs, when ``inner`` is the same outer
         step's; otherwise the pairs start afresh, staggered, with the loaded theta)."""
-        check_identity(self.cfg, small)
+        check_identity(self.cfg.out, small, self.identity, WHAT)
         self.outer_step = int(small["outer_step"])
         self.seconds = float(small["seconds"])
         self.cpu_seconds = float(small["cpu_seconds"])
@@ -334,7 +345,7 @@ class FamilyTrainer:
         """The tidy log with the run's provenance."""
         frame = pd.DataFrame(self.log, columns=["outer_step", "wall_time_s", "metric", "value"])
         constants = {
-            "run_id": run_id(self.cfg),
+            "run_id": self.run_id,
             "family": self.cfg.family,
             "learner": self.cfg.learner,
             "estimator": self.cfg.estimator,
@@ -345,30 +356,15 @@ class FamilyTrainer:
         return FAMILY_META.frame(frame[list(LOG_COLUMNS)], "cpu")
 
 
-def check_identity(cfg: FamilyMetaTrainConfig, state: dict[str, Any]) -> None:
-    """``UsageError`` naming the first identity field where ``cfg`` and the saved run differ."""
-    saved = state.get("identity", {})
-    for name, value in cfg.identity().items():
-        if saved.get(name) != value:
-            raise UsageError(
-                f"{cfg.out} holds a different family meta-training run ({name}="
-                f"{saved.get(name)!r}, now {value!r}): use another out, or resume=false"
-            )
-
-
 def run_family_training(
-    cfg: FamilyMetaTrainConfig, world: World | None = None, log_stream: Any = None
+    cfg: FamilyMetaTrainConfig | FamilyRun, world: World | None = None, log_stream: Any = None
 ) -> Path:
-    """Build the trainer, resume from ``out`` when it holds this run, run one chunk."""
+    """Build the trainer (of a resolved run, or of settings resolved here), resume from
+    ``out`` when it holds this run, run one chunk."""
     world = world or World()
     trainer = FamilyTrainer(cfg, world, log_stream)
-    out = Path(cfg.out)
-    small = inner = None
-    if world.is_main and (out / STATE_FILE).is_file():
-        small = load_trainer_state(out / STATE_FILE)
-        if (out / INNER_FILE).is_file():
-            inner = load_trainer_state(out / INNER_FILE)
-    small, inner = world.broadcast_from_main((small, inner))
+    out = Path(trainer.cfg.out)
+    small, inner = read_states(world, [out / STATE_FILE, out / INNER_FILE])
     if small is not None:
         trainer.load(small, inner)
     return trainer.run()
