@@ -33,7 +33,15 @@ import pandas as pd
 
 RECORDED = Path(__file__).resolve().parents[1] / "tests" / "data" / "resolve_equality.json"
 CLOCK_METRICS = ("seconds", "cpu_seconds")
-PROVENANCE = ("harness_version", "schema_version", "git_commit", "torch_version", "device")
+#: provenance, and ``source`` (the column schema 3 added to every tidy table: which job wrote the row)
+PROVENANCE = (
+    "harness_version",
+    "schema_version",
+    "git_commit",
+    "torch_version",
+    "device",
+    "source",
+)
 
 BENCH = ["task=quadratic", "optimizer=adam", "steps=20", "eval_every=10", "seeds=2"]
 META = [
@@ -128,6 +136,8 @@ def outputs(work: Path) -> dict[str, Any]:
     fixed["wall_time_s"] = fixed["step"] * 1e-3  # the clock as a function of the step
     for column in ("harness_version", "git_commit", "torch_version", "device"):
         fixed[column] = "fixed"
+    # the report's input as recorded: schema 2 (schema 3 added ``source``; readers fill it in)
+    fixed = fixed.drop(columns=["source"], errors="ignore").assign(schema_version=2)
     fixed_rows = work / "fixed.csv"
     fixed.to_csv(fixed_rows, index=False)
     assert main(["report", f"in={fixed_rows}", f"out={work / 'report'}"]) == 0
