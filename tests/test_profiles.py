@@ -244,3 +244,37 @@ def test_a_family_row_without_a_member_is_refused():
     frame = member_runs(1, {"sgd": [4, 1]}).assign(task_cfg="{}")
     with pytest.raises(UsageError, match="names no integer member"):
         workload_times(frame, "train", is_baseline)
+
+
+@pytest.mark.slow
+def test_the_comparison_report_profiles_a_real_family_sample_as_one_workload(tmp_path):
+    """Real runs on two members of mlp_mix's evaluation sample: the profile counts one
+    workload; the per-task sections see each member as a task of its own."""
+    from harness import run
+    from harness.results.comparison import build_comparison_report
+
+    frames = []
+    for member in (1_100_000, 1_100_001):
+        for optimizer in ("adam", "sgd", "adam_residual_mnist5k_train"):
+            for seed in (0, 1):
+                result = run(
+                    "mlp_mix",
+                    optimizer,
+                    {},
+                    steps=60,
+                    seed=seed,
+                    eval_every=20,
+                    log_every=20,
+                    task_cfg={"member": member},
+                    tags={"comparison": "train"},
+                )
+                frames.append(result.frame())
+    build_comparison_report(pd.concat(frames, ignore_index=True), tmp_path)
+    profile = pd.read_csv(tmp_path / "profiles.csv")
+    assert set(profile["workloads"]) == {1} and len(profile) == 3
+    times = pd.read_csv(tmp_path / "time_to_workload_target.csv")
+    assert set(times["workload"]) == {"mlp_mix"}
+    assert set(times["task"]) == {"mlp_mix[1100000]", "mlp_mix[1100001]"}
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert set(summary["task"]) == {"mlp_mix[1100000]", "mlp_mix[1100001]"}
+    assert "mlp_mix (family sample)" in (tmp_path / "summary.md").read_text()
