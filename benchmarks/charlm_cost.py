@@ -8,8 +8,10 @@ and test splits. Each round gives the LM step's cost in cnn16 steps and each eva
 in LM steps; the medians are printed with the per-step seconds (wall-clock and the process's
 CPU time, which a loaded machine inflates less), and the cost of a suite run (2,000 steps, the
 three splits every ``--eval-every`` steps) and of a tuning trial (2,000 steps, the objective's
-split every 200 steps, times ``--tuning-seeds``) in LM steps and in minutes at the measured
-rates (evaluations costed at the training step's rate). Batches are fetched before the clock
+split every 200 steps, times ``--tuning-seeds``; and the same trial evaluating only at steps 0
+and 2,000, as a campaign without pruning does for a new study) in LM steps and in minutes at the
+measured rates (evaluations costed at the training step's rate; each tuning seed's run also
+evaluates once in its untimed warm-up, counted here). Batches are fetched before the clock
 starts; the unit is the runner's timed step (:func:`harness.runner.make_train_step`).
 
     python benchmarks/charlm_cost.py [--rounds 5] [--steps 20] [--width 64] [--layers 2]
@@ -98,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     n_evals = 2000 // args.eval_every + 1
     run = 2000 + n_evals * sum(cost.values())
     trial = {
-        split: args.tuning_seeds * (2000 + (2000 // 200 + 1) * cost[split])
+        split: args.tuning_seeds * (2000 + (2000 // 200 + 2) * cost[split])
         for split in ("train", "valid")
     }
+    final_only = {split: args.tuning_seeds * (2000 + 3 * cost[split]) for split in trial}
     print(
         f"median over {args.rounds} rounds: LM step {step * 1e3:.1f} ms ({cpu * 1e3:.1f} ms of "
         f"process CPU time) = "
@@ -115,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{trial['train'] * step / 60:.1f} min wall, {trial['train'] * cpu / 60:.1f} CPU-min; "
         f"valid_loss {trial['valid']:.0f} steps = {trial['valid'] * step / 60:.1f} min wall, "
         f"{trial['valid'] * cpu / 60:.1f} CPU-min"
+    )
+    print(
+        "a tuning trial evaluating only at steps 0 and 2,000 (a campaign's new studies): "
+        + "; ".join(
+            f"{split}_loss {final_only[split]:.0f} steps = {final_only[split] * step / 60:.1f} "
+            f"min wall, {final_only[split] * cpu / 60:.1f} CPU-min "
+            f"({final_only[split] / trial[split]:.2f}x the trial above)"
+            for split in ("train", "valid")
+        )
     )
     return 0
 

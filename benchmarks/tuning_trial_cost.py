@@ -1,9 +1,12 @@
 """What one tuning trial costs at the paper's protocol (issue 12: plan runs before starting).
 
-Trains Adam (lr 3e-3) on a task for ``--steps`` steps, one thread, three times: with
+Trains Adam (lr 3e-3) on a task for ``--steps`` steps, one thread, five times: with
 whole-split evaluations of train, valid and test every 100 steps (the suite's runs), of the
-train split only every 100 steps, and of the valid split every ``steps // 10`` steps (the
-tuning default), and prints the wall and timed seconds of each.
+train split only every 100 steps, of the valid split every ``steps // 10`` steps (the tuning
+default), and of the train and of the valid split at steps 0 and ``steps`` only (what a
+campaign's new studies do with pruning off, ``python -m harness.tuning.campaign``), and prints
+the wall and timed seconds of each and the final-only runs' wall-clock over the
+``steps // 10`` ones' (same split). Each run's untimed warm-up evaluates once more.
 
     python benchmarks/tuning_trial_cost.py [--task mnist5k_cnn16] [--steps 2000]
 """
@@ -33,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         (("train", "valid", "test"), 100),
         (("train",), 100),
         (("valid",), max(1, args.steps // 10)),
+        (("train",), max(1, args.steps // 10)),
+        (("train",), args.steps),
+        (("valid",), args.steps),
     )
+    walls: dict[tuple[str, int], float] = {}
     for splits, every in cases:
         started = time.perf_counter()
         result = run(
@@ -49,10 +56,19 @@ def main(argv: list[str] | None = None) -> int:
             task_cfg=task_cfg,
         )
         wall = time.perf_counter() - started
+        walls["+".join(splits), every] = wall
         print(
             f"{args.task}, {args.steps} steps, evaluating {'+'.join(splits)} every {every} "
             f"steps: {wall:.1f} s wall, {result.train_seconds:.1f} s timed"
         )
+    tenth = max(1, args.steps // 10)
+    print(
+        "evaluating at the end only, over every steps // 10: "
+        + ", ".join(
+            f"{split} {walls[split, args.steps] / walls[split, tenth]:.2f}x"
+            for split in ("train", "valid")
+        )
+    )
     return 0
 
 

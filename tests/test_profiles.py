@@ -9,12 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.errors import UsageError
 from harness.results.profiles import (
+    comparison_profiles,
     derive_target,
     profile_curve,
+    profile_markdown,
     profile_score,
     ratios,
     round_up,
+    workload_ratios,
     workload_times,
 )
 from harness.results.schema import COLUMNS
@@ -170,3 +174,108 @@ def test_the_declared_paper_targets_are_the_rule_applied_to_the_committed_result
     table = derived_targets(read_results(path))
     assert len(table) == 4
     assert table["derived"].tolist() == pytest.approx(table["declared"].tolist(), rel=1e-12)
+
+
+# -- a family sample as one workload -----------------------------------------------------------
+def member_runs(member: int, losses: dict[str, list[float]]) -> pd.DataFrame:
+    """One seed per optimizer on member ``member`` of the registered family ``mlp_mix``."""
+    return pd.concat(
+        [
+            tidy(f"{opt}-m{member}", opt, 0, values, "train").assign(
+                task="mlp_mix", task_cfg=f'{{"member":{member},"split_seed":0}}'
+            )
+            for opt, values in losses.items()
+        ],
+        ignore_index=True,
+    )
+
+
+def family_and_task() -> pd.DataFrame:
+    """Three members (targets 1.0 each, by the rule) and the fixed task ``t``.
+
+    Seconds to target (member 1, 2, 3): sgd 2, never, 1; adam never, 3, never; lopt 1, never,
+    2; so the members' ratios are sgd (2, inf, 1), adam (inf, 1, inf), lopt (1, inf, 2), and
+    the family's, their medians: sgd 2, adam inf, lopt 2. On ``t``: sgd 2, adam inf, lopt 1.
+    """
+    flat = [4.0] * 5
+    members = [
+        member_runs(
+            1, {"sgd": [4, 2, 1, 1, 1], "adam": [4, 3, 2, 1.5, 1.2], "lopt": [4, 1, 0.5, 0.5, 0.5]}
+        ),
+        member_runs(2, {"sgd": [4, 3, 2, 2, 2], "adam": [4, 4, 3, 1, 1], "lopt": flat}),
+        member_runs(3, {"sgd": [4, 1, 1, 1, 1], "adam": flat, "lopt": [4, 4, 1, 1, 1]}),
+    ]
+    return pd.concat([*members, synthetic_workload()], ignore_index=True)
+
+
+def test_a_family_sample_is_one_workload_timed_per_member():
+    times = workload_times(family_and_task(), "train", is_baseline)
+    members = times[times["workload"] == "mlp_mix"]
+    assert sorted(members["task"].unique()) == ["mlp_mix[1]", "mlp_mix[2]", "mlp_mix[3]"]
+    assert set(members["member"]) == {1, 2, 3}
+    assert set(members["target"]) == {1.0}
+    assert set(members["target_source"]) == {"derived per member from these runs"}
+    got = members.set_index(["member", "optimizer"])["seconds"]
+    assert [got[(m, "sgd")] for m in (1, 2, 3)] == [2.0, INF, 1.0]
+    ratio = workload_ratios(times)
+    assert ratio.index.tolist() == ["mlp_mix", "t"]
+    assert ratio.loc["mlp_mix"].to_dict() == {"adam": INF, "lopt": 2.0, "sgd": 2.0}
+    assert ratio.loc["t"].to_dict() == {"adam": INF, "lopt": 1.0, "sgd": 2.0}
+
+
+def test_the_profile_counts_the_family_sample_once():
+    frame = family_and_task()
+    times, profile = comparison_profiles({"train": frame}, is_baseline)
+    got = profile.set_index("optimizer")
+    assert set(got["workloads"]) == {2}
+    assert got["ran_on"].to_dict() == {"lopt": 2, "sgd": 2, "adam": 2}
+    # lopt: (4 - 2) / 3 on the family, 1 on t; sgd: 2/3 on both; adam: never.
+    assert got["score"].to_dict() == pytest.approx({"lopt": 5 / 6, "sgd": 2 / 3, "adam": 0.0})
+    lines = "\n".join(profile_markdown(times, profile))
+    assert "mlp_mix (family sample)" in lines and "one per member (3 members)" in lines
+    # A member without an optimizer's run is a miss there: without lopt on member 1, its
+    # ratios are (inf, inf, 2), median inf.
+    dropped = frame[frame["run_id"] != "lopt-m1"]
+    ratio = workload_ratios(workload_times(dropped, "train", is_baseline))
+    assert ratio.loc["mlp_mix", "lopt"] == INF
+    assert ratio.loc["mlp_mix", "sgd"] == 1.0  # now fastest on member 1: (1, inf, 1)
+
+
+def test_a_family_row_without_a_member_is_refused():
+    frame = member_runs(1, {"sgd": [4, 1]}).assign(task_cfg="{}")
+    with pytest.raises(UsageError, match="names no integer member"):
+        workload_times(frame, "train", is_baseline)
+
+
+@pytest.mark.slow
+def test_the_comparison_report_profiles_a_real_family_sample_as_one_workload(tmp_path):
+    """Real runs on two members of mlp_mix's evaluation sample: the profile counts one
+    workload; the per-task sections see each member as a task of its own."""
+    from harness import run
+    from harness.results.comparison import build_comparison_report
+
+    frames = []
+    for member in (1_100_000, 1_100_001):
+        for optimizer in ("adam", "sgd", "adam_residual_mnist5k_train"):
+            for seed in (0, 1):
+                result = run(
+                    "mlp_mix",
+                    optimizer,
+                    {},
+                    steps=60,
+                    seed=seed,
+                    eval_every=20,
+                    log_every=20,
+                    task_cfg={"member": member},
+                    tags={"comparison": "train"},
+                )
+                frames.append(result.frame())
+    build_comparison_report(pd.concat(frames, ignore_index=True), tmp_path)
+    profile = pd.read_csv(tmp_path / "profiles.csv")
+    assert set(profile["workloads"]) == {1} and len(profile) == 3
+    times = pd.read_csv(tmp_path / "time_to_workload_target.csv")
+    assert set(times["workload"]) == {"mlp_mix"}
+    assert set(times["task"]) == {"mlp_mix[1100000]", "mlp_mix[1100001]"}
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert set(summary["task"]) == {"mlp_mix[1100000]", "mlp_mix[1100001]"}
+    assert "mlp_mix (family sample)" in (tmp_path / "summary.md").read_text()

@@ -46,6 +46,7 @@ import pandas as pd
 from harness.errors import UsageError
 from harness.registry import OPTIMIZERS
 from harness.results.derived import final_and_best, seed_summary, speedup
+from harness.results.members import split_members
 from harness.results.report import (
     build_report,
     mean_std_text,
@@ -251,9 +252,12 @@ def build_comparison_report(
     at the top of ``summary.md``. ``storage``: the Optuna storage of the tuned runs' studies
     (default ``out_dir/optuna.db`` when it exists); without one the tuning cost is left out."""
     out_dir = Path(out_dir)
+    written, sections = extra_sections(split_comparisons(frame), out_dir, storage)
+    # Beyond the profiles (which count a family sample as one workload), each member of a
+    # family sample is a task of its own: its seeds are not pooled with other members'.
+    frame, _ = split_members(frame)
     comparisons = split_comparisons(frame)
     summary = comparison_summary(frame)
-    written, sections = extra_sections(comparisons, out_dir, storage)
     for comparison, sub in comparisons.items():
         rows = summary[summary["comparison"] == comparison]
         best = dict(zip(rows["task"], rows["best_baseline"], strict=True))
@@ -302,7 +306,8 @@ def extra_sections(
         storage = f"sqlite:///{out_dir / 'optuna.db'}"
     if storage is None:
         return written, [*lines, "## Tuning cost", "", "No tuning storage given.", ""]
-    curves, matches = tuning_cost(comparisons, storage, is_baseline)
+    per_member = {name: split_members(rows)[0] for name, rows in comparisons.items()}
+    curves, matches = tuning_cost(per_member, storage, is_baseline)
     written += [
         write_atomically(out_dir / "tuning_cost.csv", lambda tmp: curves.to_csv(tmp, index=False)),
         write_atomically(

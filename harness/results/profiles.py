@@ -18,6 +18,16 @@ the task declares none, one derived from the runs by :data:`tasks.base.TARGET_RU
   ``TAU_MAX - 1``, computed exactly (``rho`` is a step function): the mean over workloads of
   ``(TAU_MAX - max(ratio, 1)) / (TAU_MAX - 1)`` where the ratio is at most ``TAU_MAX``, else 0.
   1 means fastest everywhere, 0 never within a factor ``TAU_MAX`` of the fastest.
+
+A *family sample* (the runs of a task family, ``task=mlp_mix task.member=SEED``, on several
+members; :mod:`harness.results.members`) is one workload, however many members it holds, so
+that a sample of 16 small tasks weighs in the profile as much as one fixed task (AlgoPerf
+weighs each workload equally). Each member is timed as above, to its own target (the rule
+applied to the member's runs: the members' loss scales differ, so one value cannot serve them
+all), and gets its ratios; the workload's ratio of an optimizer is the median over members
+of its ratios (:func:`workload_ratios`), so it is finite exactly when the optimizer is within
+a finite factor of the fastest on more than half the members, and 1 only when it is fastest
+on more than half of them.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from matplotlib.figure import Figure
 
 from harness.registry import TASKS
 from harness.results.derived import final_and_best, time_to_target
+from harness.results.members import split_members
 from harness.util import markdown_table, write_atomically
 
 TAU_MAX = 4.0
@@ -40,7 +51,9 @@ TAU_MAX = 4.0
 TAU_COLUMNS = (1.0, 1.5, 2.0, 3.0, 4.0)
 TIME_COLUMNS = (
     "comparison",
+    "workload",
     "task",
+    "member",
     "optimizer",
     "learned",
     "target",
@@ -84,13 +97,23 @@ def derive_target(runs: pd.DataFrame, split: str, is_baseline: Callable[[str], b
 
 
 def workload_targets(
-    frame: pd.DataFrame, split: str, is_baseline: Callable[[str], bool]
+    frame: pd.DataFrame,
+    split: str,
+    is_baseline: Callable[[str], bool],
+    members: Iterable[str] = (),
 ) -> dict[str, tuple[float, int | None, str]]:
     """Per task in ``frame``: ``(target value, step budget or None, source)``, the task's
-    declared target on ``split`` if it has one, else :func:`derive_target` of its runs."""
+    declared target on ``split`` if it has one, else :func:`derive_target` of its runs.
+    ``members``: the ``task`` values that are members of a family sample (keys of
+    :func:`~harness.results.members.split_members`): always derived from their own runs."""
     runs = final_and_best(frame)
+    members = set(members)
     targets = {}
     for task, rows in runs.groupby("task", sort=True):
+        if str(task) in members:
+            value = derive_target(rows, split, is_baseline)
+            targets[str(task)] = (value, None, "derived per member from these runs")
+            continue
         try:
             declared = TASKS.get(str(task)).factory.target_for(split)
         except Exception:  # an unregistered task, or one without the Task contract
@@ -108,13 +131,18 @@ def workload_times(
 ) -> pd.DataFrame:
     """One row per task and optimizer of one comparison's ``frame`` (split ``comparison``):
     :data:`TIME_COLUMNS`, ``seconds`` the median time to the target (``inf`` if not reached
-    on more than half the seeds), ``reached`` the fraction of seeds that reach it."""
-    targets = workload_targets(frame, comparison, is_baseline)
+    on more than half the seeds), ``reached`` the fraction of seeds that reach it. A family
+    sample's rows have ``workload`` the family, ``task`` the member's key (``mlp_mix[SEED]``)
+    and ``member`` its seed; other rows ``workload`` = ``task`` and no member."""
+    frame, keys = split_members(frame)
+    members = [key for key, (_, member) in keys.items() if member is not None]
+    targets = workload_targets(frame, comparison, is_baseline, members)
     values = {task: value for task, (value, _, _) in targets.items()}
     hits = time_to_target(frame, values, split=comparison)
     rows = []
     for (task, optimizer), runs in hits.groupby(["task", "optimizer"], sort=True):
         value, steps, source = targets[str(task)]
+        workload, member = keys[str(task)]
         reached = runs["reached"].to_numpy(dtype=bool).copy()
         if steps is not None:
             reached = reached & (runs["steps_to_target"].fillna(math.inf).to_numpy() <= steps)
@@ -122,7 +150,9 @@ def workload_times(
         rows.append(
             {
                 "comparison": comparison,
+                "workload": workload,
                 "task": task,
+                "member": member,
                 "optimizer": optimizer,
                 "learned": not is_baseline(str(optimizer)),
                 "target": value,
@@ -142,6 +172,20 @@ def ratios(times: pd.DataFrame) -> pd.DataFrame:
     best = filled.min(axis=1)
     out = filled.div(best.where(np.isfinite(best), math.nan), axis=0)
     return out.fillna(math.inf)
+
+
+def workload_ratios(times: pd.DataFrame) -> pd.DataFrame:
+    """Workloads x optimizers: the ratio each profile counts. ``times``: rows of
+    :data:`TIME_COLUMNS` (one comparison). A single task's row is :func:`ratios` of its times;
+    a family sample's, per optimizer, the median over its members of their :func:`ratios`
+    (an optimizer with no run on a member is ``inf`` there)."""
+    wide = times.pivot(index="task", columns="optimizer", values="seconds")
+    per_task = ratios(wide)
+    workload_of = times.drop_duplicates("task").set_index("task")["workload"]
+    grouped = per_task.groupby(workload_of.reindex(per_task.index).to_numpy(), sort=True)
+    out = grouped.median()
+    out.index.name = "workload"
+    return out
 
 
 def profile_curve(ratio: pd.DataFrame, taus: Iterable[float]) -> pd.DataFrame:
@@ -171,10 +215,10 @@ def comparison_profiles(
     for comparison, rows in comparisons.items():
         sub = workload_times(rows, comparison, is_baseline)
         times.append(sub)
-        wide = sub.pivot(index="task", columns="optimizer", values="seconds")
-        ratio = ratios(wide)
+        ratio = workload_ratios(sub)
         curve = profile_curve(ratio, TAU_COLUMNS)
         score = profile_score(ratio)
+        ran_on = sub.groupby("optimizer")["workload"].nunique()
         for optimizer in ratio.columns:
             table.append(
                 {
@@ -183,7 +227,7 @@ def comparison_profiles(
                     "role": "baseline" if is_baseline(optimizer) else "learned",
                     "score": float(score[optimizer]),
                     "workloads": len(ratio),
-                    "ran_on": int(wide[optimizer].notna().sum()),
+                    "ran_on": int(ran_on.get(optimizer, 0)),
                     **{f"rho_{tau:g}": float(curve.loc[tau, optimizer]) for tau in TAU_COLUMNS},
                 }
             )
@@ -203,7 +247,7 @@ def plot_profiles(times: pd.DataFrame, path: str | Path) -> Path:
     for k, comparison in enumerate(names):
         axes = figure.add_subplot(1, len(names), k + 1)
         sub = times[times["comparison"] == comparison]
-        ratio = ratios(sub.pivot(index="task", columns="optimizer", values="seconds"))
+        ratio = workload_ratios(sub)
         curve = profile_curve(ratio, taus)
         colours = iter(PALETTE * 2)
         for optimizer in curve.columns:
@@ -236,11 +280,22 @@ def profile_markdown(times: pd.DataFrame, profile: pd.DataFrame) -> list[str]:
         f"{TAU_MAX - 1:g} (1: fastest on every workload). Figure: [profiles.png](profiles.png).",
         "",
     ]
-    targets = times.drop_duplicates(["comparison", "task"])
-    body = [
-        [r["comparison"], r["task"], f"{r['target']:.4g}", r["target_source"]]
-        for _, r in targets.iterrows()
-    ]
+    body = []
+    for (comparison, workload), rows in times.groupby(["comparison", "workload"], sort=True):
+        first = rows.iloc[0]
+        members = rows["member"].dropna().nunique()
+        if members:
+            body.append(
+                [
+                    comparison,
+                    f"{workload} (family sample)",
+                    f"one per member ({members} members)",
+                    "the rule on each member's runs; the workload's ratio is the median of "
+                    "the members' ratios",
+                ]
+            )
+        else:
+            body.append([comparison, workload, f"{first['target']:.4g}", first["target_source"]])
     lines += [markdown_table(["comparison", "workload", "target loss", "target"], body), ""]
     header = ["comparison", "optimizer", "score", "ran on", *(f"rho({t:g})" for t in TAU_COLUMNS)]
     body = [

@@ -30,6 +30,20 @@ stopped; two processes running the same campaign share the trials of each study.
 
 ``kill -TERM`` (or Ctrl-C) stops it after the trial in flight, so the storage can be copied or
 committed; a second signal stops it at once.
+
+Chunks: ``--max-seconds S`` starts no trial (and no confirmation re-run) that would end more
+than ``S`` seconds after the start, judged by the longest one seen so far in this run (a chunk
+overruns ``S`` only when one trial outgrows that estimate); it then exits with
+:data:`EXIT_UNFINISHED` (75) between trials, the storage consistent, and the same command
+continues. A confirmation stores each re-run as it finishes, so a chunk shorter than a
+confirmation still advances it. ``--status`` prints each study's trial count and verdict and
+tunes nothing.
+
+Evaluations: with pruning off, only the final whole-split loss enters the objective, so a
+study the campaign creates evaluates at step 0 and at the end of its budget only
+(``eval_every`` = the budget; the step-0 loss bounds a diverged run's penalty). The objective
+values are the same as with more evaluations (an evaluation draws no random number), and a
+study that already exists keeps the ``eval_every`` stored in its protocol.
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,13 +61,23 @@ from omegaconf import OmegaConf
 
 from harness.errors import UsageError
 from harness.progress import Log
-from harness.tuning.saturation import DEFAULT_RULE
+from harness.tuning.saturation import DEFAULT_RULE, study_saturation
+from harness.tuning.storage import open_storage
+from harness.tuning.study import (
+    ATTR_TRIALS,
+    count_trials,
+    load_existing,
+    stored_protocol,
+    study_name,
+)
 from harness.tuning.tuner import TuneOutcome, TuneSettings, TuningStopped, tune
 from harness.util import to_plain
 
 SUITES = Path(__file__).resolve().parent.parent / "conf" / "suite"
 DEFAULT_CAPS = (32, 48, 64, 96, 128)
 DEFAULT_SEEDS = {"train_loss": 1, "valid_loss": 2}
+#: the exit status of a campaign stopped by ``--max-seconds`` with studies left to tune
+EXIT_UNFINISHED = 75
 
 
 @dataclass(frozen=True)
@@ -148,6 +173,33 @@ class Campaign:
     sampler: str = "tpe"
     pruner: str = "none"
     device: str = "cpu"
+    #: evaluation interval of the studies this campaign creates (None: see the module doc)
+    eval_every: int | None = None
+
+    def study_name(self, spec: StudySpec) -> str:
+        tag = spec.tag if self.tag is None else self.tag
+        return study_name(
+            spec.task, spec.optimizer, spec.objective, spec.budget_steps, self.sampler, tag
+        )
+
+    def existing(self, spec: StudySpec) -> Any:
+        """The stored study of ``spec``, or None (nothing is created)."""
+        try:
+            opened = open_storage(self.storage, create=False)
+        except UsageError:  # no storage file yet
+            return None
+        return load_existing(opened.storage, self.study_name(spec))
+
+    def eval_every_of(self, spec: StudySpec) -> int | None:
+        """The ``eval_every`` to tune ``spec`` with: an existing study's stored one; else
+        :attr:`eval_every` if set; else the budget (one evaluation at the end) when pruning is
+        off, and the tuner's default (a tenth of the budget) when a pruner needs the values."""
+        study = self.existing(spec)
+        if study is not None:
+            return int(stored_protocol(study)["eval_every"])
+        if self.eval_every is not None:
+            return self.eval_every
+        return spec.budget_steps if self.pruner == "none" else None
 
     def settings(self, spec: StudySpec, trials: int, until: str) -> TuneSettings:
         return TuneSettings(
@@ -168,6 +220,7 @@ class Campaign:
             fixed=dict(spec.fixed),
             search=dict(spec.search),
             device=self.device,
+            eval_every=self.eval_every_of(spec),
         )
 
 
@@ -190,21 +243,82 @@ def parse_seeds(text: str) -> dict[str, int]:
     return seeds
 
 
+class TimeBudget:
+    """A stop rule for chunks of ``max_seconds``: asked before each trial (and each
+    confirmation re-run), it says stop when the time since it was made plus the longest interval
+    between two consecutive questions within one study (about one trial) would pass
+    ``max_seconds``. ``new_study()`` marks the start of a study (the interval across two studies
+    holds the first study's finishing, not a trial). ``clock``: seconds, monotonic."""
+
+    def __init__(self, max_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not max_seconds > 0:
+            raise UsageError(f"--max-seconds must be > 0, got {max_seconds!r}")
+        self.max_seconds = max_seconds
+        self.clock = clock
+        self.start = clock()
+        self.last: float | None = None
+        self.longest = 0.0
+        self.used = False
+
+    def new_study(self) -> None:
+        self.last = None
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if self.last is not None:
+            self.longest = max(self.longest, now - self.last)
+        self.last = now
+        self.used = now - self.start + self.longest > self.max_seconds
+        return self.used
+
+
 def run_campaign(
-    campaign: Campaign, log: Log = print, stop: Callable[[], bool] | None = None
+    campaign: Campaign,
+    log: Log = print,
+    stop: Callable[[], bool] | None = None,
+    budget: TimeBudget | None = None,
 ) -> list[TuneOutcome]:
     """Tune every study of ``campaign`` (see the module docstring); the last outcome of each,
     in the order of ``campaign.specs``. ``stop``: as in :func:`tune` (raises
-    :class:`TuningStopped` between two trials)."""
+    :class:`TuningStopped` between two trials); ``budget``: a second stop rule, told when each
+    study starts."""
     if not campaign.caps or min(campaign.caps) < DEFAULT_RULE.min_trials:
         raise UsageError(f"caps must be >= {DEFAULT_RULE.min_trials} (the saturation minimum)")
     specs = campaign.specs
+
+    def asked() -> bool:
+        return bool((stop is not None and stop()) or (budget is not None and budget()))
+
     outcomes: dict[int, TuneOutcome] = {}
+    started = time.monotonic()
     for cap in sorted(campaign.caps):
         for i, spec in enumerate(specs):
-            log(f"== {spec.label()}: until saturated, at most {cap} trials")
-            outcomes[i] = tune(campaign.settings(spec, cap, "saturated"), log=log, stop=stop)
+            elapsed = time.monotonic() - started
+            log(
+                f"== [{i + 1}/{len(specs)}, {elapsed / 60:.1f} min] {spec.label()}: until "
+                f"saturated, at most {cap} trials"
+            )
+            if budget is not None:
+                budget.new_study()
+            outcomes[i] = tune(campaign.settings(spec, cap, "saturated"), log=log, stop=asked)
     return [outcomes[i] for i in range(len(specs))]
+
+
+def campaign_status(campaign: Campaign) -> list[str]:
+    """One line per study of ``campaign``: its name, counted trials, trials asked for and the
+    saturation verdict so far (\"not started\" when it does not exist). Writes nothing."""
+    lines = []
+    for spec in campaign.specs:
+        name = campaign.study_name(spec)
+        study = campaign.existing(spec)
+        if study is None:
+            lines.append(f"{name}: not started")
+            continue
+        counted = len(count_trials(study).counted)
+        asked = int(study.user_attrs.get(ATTR_TRIALS, 0))
+        verdict = study_saturation(study, counted).verdict if counted else "no trial yet"
+        lines.append(f"{name}: {counted} trials (asked {asked}); {verdict}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +338,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", default="", help="tuning seeds per objective: OBJ=N,... (default: the suite's)"
     )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help=f"stop between trials before this many seconds are up (exit {EXIT_UNFINISHED})",
+    )
+    parser.add_argument(
+        "--status", action="store_true", help="print each study's trials and verdict; tune nothing"
+    )
     args = parser.parse_args(argv)
+    budget = None
     try:
         specs, common = suite_studies(args.suite)
         specs = with_extra(specs, [n for n in args.extra.split(",") if n])
@@ -261,13 +385,27 @@ def main(argv: list[str] | None = None) -> int:
             pruner=args.pruner,
             seeds=dict(DEFAULT_SEEDS),
         )
+        if args.status:
+            print("\n".join(campaign_status(campaign)))
+            return 0
+        budget = None if args.max_seconds is None else TimeBudget(args.max_seconds)
         outcomes = run_campaign(
-            campaign, log=lambda m: print(m, file=sys.stderr, flush=True), stop=_stop_on_signal()
+            campaign,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+            stop=_stop_on_signal(),
+            budget=budget,
         )
     except UsageError as exc:
         print(f"campaign: error: {exc}", file=sys.stderr)
         return 2
     except TuningStopped as exc:
+        if budget is not None and budget.used:
+            print(
+                f"{exc}: --max-seconds {args.max_seconds:g} used (the longest trial took "
+                f"{budget.longest:.0f} s); rerun the same command to continue",
+                file=sys.stderr,
+            )
+            return EXIT_UNFINISHED
         print(f"{exc}: rerun the same command to continue", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

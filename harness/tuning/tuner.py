@@ -96,6 +96,8 @@ from optimizers.base import resolve_hparams
 from tasks.base import task_config
 
 EVAL_SEED_OFFSET = 1000
+#: a confirmation's re-run values so far (resumed after a stop; emptied when it is stored)
+ATTR_CONFIRMING = "confirming"
 
 
 @dataclass
@@ -240,17 +242,27 @@ def tune(
         log(f"{name}: complete; worker {holder} finishes it (confirmation, re-evaluation, files)")
     elif complete:
         lease = Heartbeat(lambda: _renew_finish(study, me), settings.heartbeat)
-        with lease:
-            if settings.until == "saturated" and settings.confirm_seeds:
-                confirm_saturation(
-                    study, task, protocol, base, trials, settings.confirm_seeds, opened, log
-                )
-            best = chosen_trial(study, trials)
-            if best is not None and settings.eval_seeds:
-                best_runs = evaluate_best(study, name, best, protocol, settings, trials, log)
-            export_study(study, name, trials, Path(settings.out) / name)
-        with opened.claim():
-            study.set_user_attr(ATTR_FINISHER, {})
+        try:
+            with lease:
+                if settings.until == "saturated" and settings.confirm_seeds:
+                    confirm_saturation(
+                        study,
+                        task,
+                        protocol,
+                        base,
+                        trials,
+                        settings.confirm_seeds,
+                        opened,
+                        log,
+                        stop=stop,
+                    )
+                best = chosen_trial(study, trials)
+                if best is not None and settings.eval_seeds:
+                    best_runs = evaluate_best(study, name, best, protocol, settings, trials, log)
+                export_study(study, name, trials, Path(settings.out) / name)
+        finally:  # stopped part-way too: the next run (or another worker) finishes it
+            with opened.claim():
+                study.set_user_attr(ATTR_FINISHER, {})
     best = chosen_trial(study, trials)
     return TuneOutcome(
         study=name,
@@ -345,11 +357,16 @@ def confirm_saturation(
     seeds: int,
     opened: OpenedStorage,
     log: Log,
+    stop: Callable[[], bool] | None = None,
 ) -> Saturation:
     """The study's verdict at ``trials`` counted trials; when the values alone fail the rule,
     first re-run the halves' best configurations on ``seeds`` fresh seeds and store them as the
     study's :class:`~harness.tuning.saturation.Confirmation` (kept when it already holds one of
-    these trials). See :mod:`harness.tuning.saturation`."""
+    these trials). See :mod:`harness.tuning.saturation`.
+
+    Each re-run's value is stored as it finishes (user attribute :data:`ATTR_CONFIRMING`), so a
+    stopped or killed confirmation resumes with the runs it lacks; ``stop`` is asked before each
+    run (:class:`TuningStopped` when it returns True)."""
     counted = counted_trials(study, trials)
     verdict = study_saturation(study, trials)
     first, second = halves_best(counted)
@@ -367,15 +384,36 @@ def confirm_saturation(
         f"{second.number} (the halves' bests) on seeds {fresh[0]}..{fresh[-1]}"
     )
 
-    def rerun(trial: optuna.trial.FrozenTrial) -> list[float]:
+    key = {"trials": len(counted), "first": first.number, "second": second.number, "seeds": fresh}
+    partial = study.user_attrs.get(ATTR_CONFIRMING) or {}
+    done: dict[str, list[float]] = (
+        {"first": list(partial["first_values"]), "second": list(partial["second_values"])}
+        if partial.get("key") == key
+        else {"first": [], "second": []}
+    )
+    if any(done.values()):
+        log(f"{study.study_name}: {sum(map(len, done.values()))} re-runs already stored")
+
+    def rerun(which: str, trial: optuna.trial.FrozenTrial) -> list[float]:
         hparams = json.loads(trial.user_attrs["hparams"])
-        values = []
-        for seed in fresh:
+        values = done[which]
+        for seed in fresh[len(values) :]:
+            if stop is not None and stop():
+                raise TuningStopped(f"{study.study_name}: stopped during the confirmation")
             one_seed = dataclasses.replace(protocol, seeds=[seed])
             try:
                 values.append(evaluate_configuration(task, one_seed, hparams))
             except TrialDiverged as exc:
                 values.append(exc.penalty)
+            with opened.claim():
+                study.set_user_attr(
+                    ATTR_CONFIRMING,
+                    {
+                        "key": key,
+                        "first_values": done["first"],
+                        "second_values": done["second"],
+                    },
+                )
         return values
 
     confirmation = Confirmation(
@@ -383,11 +421,12 @@ def confirm_saturation(
         first_trial=first.number,
         second_trial=second.number,
         seeds=fresh,
-        first_values=rerun(first),
-        second_values=rerun(second),
+        first_values=rerun("first", first),
+        second_values=rerun("second", second),
     )
     with opened.claim():
         study.set_user_attr(ATTR_CONFIRMATION, confirmation.as_dict())
+        study.set_user_attr(ATTR_CONFIRMING, {})
     verdict = study_saturation(study, trials)
     log(f"{study.study_name}: {verdict.verdict}")
     return verdict
