@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from harness.errors import UsageError
+from harness.errors import Interrupted, UsageError
 from harness.meta.checkpoint import load_trainer_state
 from harness.meta.distributed import in_torchrun, init_world, launch
+from harness.meta.processes import interrupted_line
 from harness.meta.trainer import (
     CONFIG_FILE,
     LOG_FILE,
@@ -55,7 +56,10 @@ def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
     task = create_task(cfg.task, device=cfg.device, **cfg.task_cfg)
     out = prepare_out(cfg)
     if cfg.parallel == "processes" and cfg.workers > 1 and not in_torchrun():
-        launch(out / CONFIG_FILE, cfg.workers, cfg.threads or 1)
+        try:
+            launch(out / CONFIG_FILE, cfg.workers, cfg.threads or 1)
+        except KeyboardInterrupt as exc:  # every worker has exited; one line, exit 130
+            raise Interrupted(interrupted_line(out / STATE_FILE)) from exc
         return out / LOPT_FILE
     previous = torch.get_num_threads()
     threads = cfg.threads or (1 if cfg.parallel == "processes" else None)

@@ -7,7 +7,10 @@
 ``out`` (``resume=false`` removes a previous run's files; ``resume=true`` checks a saved run is
 this one), writes ``out/config.json``, then runs one chunk in this process (``parallel=single``
 or one worker) or launches ``workers`` ranks with torchrun (``parallel=processes``; gloo) and
-waits. Rerunning the same command continues the run for another chunk.
+waits. Rerunning the same command continues the run for another chunk. Ctrl-C stops every
+process of the run within seconds (:mod:`harness.meta.processes`), keeps the last checkpoint
+and prints one line, ``interrupted at outer step N; rerun the same command to continue``
+(exit 130).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import UsageError
+from harness.errors import Interrupted, UsageError
 from harness.meta.checkpoint import load_trainer_state
 from harness.meta.family.trainer import (
     INNER_FILE,
@@ -28,6 +31,7 @@ from harness.meta.family.trainer import (
     check_identity,
     run_family_training,
 )
+from harness.meta.processes import INTERRUPTED_EXIT, interrupted_line, stop_signals
 from harness.meta.trainer import CONFIG_FILE, LOG_FILE, LOPT_FILE
 from harness.meta.world import World
 from harness.settings.family import FamilyMetaTrainConfig, coerce_family_config
@@ -42,16 +46,19 @@ def meta_train_family(cfg: FamilyMetaTrainConfig | Any = None, **overrides: Any)
 
     cfg = coerce_family_config(cfg, **overrides)
     out = prepare_out(cfg)
-    if cfg.parallel == "processes" and cfg.workers > 1 and not in_torchrun():
-        launch(out / CONFIG_FILE, cfg.workers, 1, module=MODULE)
-        return out / LOPT_FILE
-    previous = torch.get_num_threads()
-    if cfg.parallel == "processes":
-        torch.set_num_threads(1)
     try:
-        return run_family_training(cfg, World())
-    finally:
-        torch.set_num_threads(previous)
+        if cfg.parallel == "processes" and cfg.workers > 1 and not in_torchrun():
+            launch(out / CONFIG_FILE, cfg.workers, 1, module=MODULE)
+            return out / LOPT_FILE
+        previous = torch.get_num_threads()
+        if cfg.parallel == "processes":
+            torch.set_num_threads(1)
+        try:
+            return run_family_training(cfg, World())
+        finally:
+            torch.set_num_threads(previous)
+    except KeyboardInterrupt as exc:  # Ctrl-C: every worker has exited; one line, exit 130
+        raise Interrupted(interrupted_line(out / STATE_FILE)) from exc
 
 
 def prepare_out(cfg: FamilyMetaTrainConfig) -> Path:
@@ -153,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: torchrun ... -m harness.meta.family.command CONFIG.json", file=sys.stderr)
         return 2
+    interrupted = stop_signals()
     try:
         data = json.loads(Path(args[0]).read_text())
         load_plugin_modules(data.get("plugins", []))
@@ -166,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"lopt: error: {exc}", file=sys.stderr)
         return 2
+    except BaseException:
+        if interrupted():  # Ctrl-C: the launcher prints the one line
+            return INTERRUPTED_EXIT
+        raise
     return 0
 
 
