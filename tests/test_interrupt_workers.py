@@ -1,6 +1,7 @@
-"""Ctrl-C to ``lopt meta-train family=... parallel=processes workers=2``: every process of the
-run is gone within seconds, one line (no traceback), exit 130, the last checkpoint intact, and
-the same command resumes from it (harness.meta.processes)."""
+"""Ctrl-C to ``lopt meta-train family=... parallel=processes workers=2`` (and to the per-problem
+``lopt meta-train task=...``): every process of the run is gone within seconds, one line (no
+traceback), exit 130, the last checkpoint intact, and the same command resumes from it
+(harness.meta.processes)."""
 
 from __future__ import annotations
 
@@ -16,25 +17,44 @@ import pandas as pd
 import pytest
 
 from harness.meta.checkpoint import load_trainer_state
-from harness.meta.family.trainer import LOG_FILE, STATE_FILE
+from harness.meta.family.trainer import STATE_FILE as FAMILY_STATE
+from harness.meta.trainer import LOG_FILE
+from harness.meta.trainer import STATE_FILE as TASK_STATE
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^lopt: interrupted at outer step (\d+); rerun the same command to continue$")
 
 
-def _command(out: Path, outer_steps: int) -> list[str]:
-    """A tiny family run on 2 torchrun workers (eager nominal_mlp, a checkpoint every step)."""
-    settings = {
-        "family": "mlp_mix",
-        "learner": "nominal_mlp",
-        "learner_cfg.compile": "false",
-        "pairs": 4,
-        "arch_groups": 2,
-        "truncation": 10,
-        "min_horizon": 20,
-        "max_horizon": 40,
-        "heldout_tasks": 2,
-        "eval_every": 100,
+#: the two commands that launch torchrun workers: tiny runs, a checkpoint every outer step
+FAMILY = {
+    "family": "mlp_mix",
+    "learner": "nominal_mlp",
+    "learner_cfg.compile": "false",
+    "pairs": 4,
+    "arch_groups": 2,
+    "truncation": 10,
+    "min_horizon": 20,
+    "max_horizon": 40,
+    "heldout_tasks": 2,
+    "eval_every": 100,
+}
+PER_PROBLEM = {
+    "task": "quadratic",
+    "problems": 6,
+    "horizon": 30,
+    "outer_batches": 2,
+    "schedule": "linear",
+    "min_unroll": 3,
+    "max_unroll": 9,
+    "progress": "false",
+}
+STATE = {"family": FAMILY_STATE, "task": TASK_STATE}
+
+
+def _command(settings: dict, out: Path, outer_steps: int) -> list[str]:
+    """``lopt meta-train`` of ``settings`` on 2 torchrun workers."""
+    run = {
+        **settings,
         "checkpoint_every": 1,
         "parallel": "processes",
         "workers": 2,
@@ -43,7 +63,7 @@ def _command(out: Path, outer_steps: int) -> list[str]:
         "out": str(out),
     }
     return [sys.executable, "-m", "harness.cli", "meta-train"] + [
-        f"{key}={value}" for key, value in settings.items()
+        f"{key}={value}" for key, value in run.items()
     ]
 
 
@@ -78,11 +98,13 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="walks /proc for the worker processes")
-def test_ctrl_c_stops_every_worker_prints_one_line_and_a_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("settings", [FAMILY, PER_PROBLEM], ids=["family", "task"])
+def test_ctrl_c_stops_every_worker_prints_one_line_and_a_rerun_resumes(tmp_path, settings):
     out = tmp_path / "run"
+    state_file = out / STATE[next(iter(settings))]
     # a session of its own, as a shell gives a foreground job: the "terminal" signals its group
     lopt = subprocess.Popen(
-        _command(out, outer_steps=500),
+        _command(settings, out, outer_steps=100_000),
         env=_env(),
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -92,10 +114,10 @@ def test_ctrl_c_stops_every_worker_prints_one_line_and_a_rerun_resumes(tmp_path)
     )
     try:
         deadline = time.monotonic() + 240
-        while not (out / STATE_FILE).is_file() and time.monotonic() < deadline:
+        while not state_file.is_file() and time.monotonic() < deadline:
             assert lopt.poll() is None, lopt.communicate()
             time.sleep(0.2)
-        assert (out / STATE_FILE).is_file(), "no checkpoint within 240 s"
+        assert state_file.is_file(), "no checkpoint within 240 s"
         time.sleep(1.0)  # into the next outer step
         workers = _descendants(lopt.pid)
         assert len(workers) >= 3  # torchrun and its two ranks
@@ -115,13 +137,13 @@ def test_ctrl_c_stops_every_worker_prints_one_line_and_a_rerun_resumes(tmp_path)
     assert stopped_after < 15, stopped_after
     time.sleep(0.5)
     assert not [pid for pid in workers if _running(pid)], "a worker outlived Ctrl-C"
-    saved = int(load_trainer_state(out / STATE_FILE)["outer_step"])
+    saved = int(load_trainer_state(state_file)["outer_step"])
     assert saved == int(match.group(1)) >= 1
     before = pd.read_csv(out / LOG_FILE)
 
     # the same command (one more step, to stop soon) continues from the checkpoint
     rerun = subprocess.run(
-        _command(out, outer_steps=saved + 1),
+        _command(settings, out, outer_steps=saved + 1),
         env=_env(),
         cwd=ROOT,
         capture_output=True,
@@ -131,7 +153,7 @@ def test_ctrl_c_stops_every_worker_prints_one_line_and_a_rerun_resumes(tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{saved + 1} outer steps" in rerun.stdout, rerun.stdout
     after = pd.read_csv(out / LOG_FILE)
-    assert int(load_trainer_state(out / STATE_FILE)["outer_step"]) == saved + 1
+    assert int(load_trainer_state(state_file)["outer_step"]) == saved + 1
     # the rows of the saved steps are kept (a resumed chunk may add a held-out evaluation of
     # the step it starts from)
     kept = after[after["outer_step"] < saved].reset_index(drop=True)
