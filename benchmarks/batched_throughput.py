@@ -275,6 +275,11 @@ def run(args: argparse.Namespace) -> int:
         "the same per wall-clock second (load on the machine lowers these): "
         + ", ".join(f"{v} {r:.0f}" for v, r in wall_family.items())
     )
+    grad_alone = len(rates["grad"]) / sum(1.0 / x for x in rates["grad"])
+    print(
+        f"grad alone (the bound with a free learner): {grad_alone:.0f} problem-steps per "
+        f"CPU-second, {grad_alone / family['loop']:.1f}x the loop"
+    )
     if "hand" in family:
         print(f"hand-batched over vmap: {family['hand'] / family['vmap']:.2f}x; kept: {kept}")
     met_rate = per_hour >= args.target_per_hour
