@@ -1,7 +1,7 @@
 """Ctrl-C to ``lopt meta-train family=... parallel=processes workers=2`` (and to the per-problem
 ``lopt meta-train task=...``): every process of the run is gone within seconds, one line (no
 traceback), exit 130, the last checkpoint intact, and the same command resumes from it
-(harness.meta.processes)."""
+(harness.meta.processes); the run's files have the usual permissions."""
 
 from __future__ import annotations
 
@@ -160,3 +160,9 @@ def test_ctrl_c_stops_every_worker_prints_one_line_and_a_rerun_resumes(tmp_path,
     earlier = before[before["outer_step"] < saved].reset_index(drop=True)
     pd.testing.assert_frame_equal(kept, earlier)
     assert sorted(after["outer_step"].unique())[-1] == saved + 1
+    # every file of the run (checkpoints included) has the mode of a new file: 0o666 & ~umask
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert "lopt.safetensors" in modes
+    assert all(mode == 0o666 & ~umask for mode in modes.values()), modes
