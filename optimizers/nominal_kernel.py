@@ -29,12 +29,14 @@ Two implementations of the MLP give the same numbers (to rounding, 1e-6 in the t
   when switched off;
 * :func:`fused_update`: the same update written one scalar weight at a time, elementwise, which
   inductor (``torch.compile``) fuses with the features and the update into one loop over the
-  parameters, after one small kernel for the per-problem :func:`coefficients`. The weights'
-  per-tensor RMS is an input computed outside (:func:`fused_update_indexed`: tensor norms
-  gathered by segment index; :func:`fused_update`: already expanded per weight), so the
-  compiled code does not depend on the architecture. It is compiled once per process for each
-  (settings, dtype, device, rank) with dynamic sizes; a failed compile falls back to eager
-  (:func:`run_fused`).
+  parameters, after one small kernel for the per-problem :func:`coefficients`. Each weight's
+  inverse RMS of its tensor is an ``(..., N)`` input computed outside (both entrances use
+  this form; :func:`fused_update_indexed`, which gathers tensor norms by segment index inside
+  the loop, is kept but slower: inductor does not vectorise the gather), so the compiled code
+  does not depend on the architecture. It is traced once per process for each (settings,
+  dtypes, device, rank) with symbolic sizes and compiled by inductor's ``standalone_compile``
+  (:func:`compiled_update`), called without dynamo's per-call guards; a failed compile falls
+  back to eager (:func:`run_fused`).
 """
 
 from __future__ import annotations
@@ -239,7 +241,8 @@ def fused_update_indexed(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fused_update` with the weights' per-tensor RMS from their L2 ``norms (..., T)``
     (one foreach call outside), ``lengths (T,)`` and ``segment_index (N,)`` (the tensor of
-    each element), gathered in the loop: the single-problem form (``apply``)."""
+    each element), gathered in the loop (slower than :func:`fused_update` with the inverse RMS
+    gathered outside, which both entrances use)."""
     inverse = torch.rsqrt(norms * norms / lengths + RMS_EPS)
     return fused_update(spec, theta, w, g, moments, step, horizon, inverse[..., segment_index])
 
