@@ -6,7 +6,9 @@ In one process, for R rounds in alternating order, this times S calls of
 ``(B, N)`` rows (the six tensor operations of ``torch.optim.Adam``'s update, eager), on the
 thread's CPU time, and prints each one's median nanoseconds per parameter (B x N) and the
 median ratio. The rows are the parameters of B MLPs 64-32-10 (N = 2,410, four tensors), as in
-the engine's first task family. There is no limit (exit 0; 1 on a crash).
+the engine's first task family. As the engine's ``unroll``, it first keeps large blocks in the
+heap (:mod:`harness.meta.batched.memory`; ``LOPT_KEEP_HEAP=0`` to measure without). There is
+no limit (exit 0; 1 on a crash).
 
 Usage::
 
@@ -25,6 +27,7 @@ import traceback
 
 import torch
 
+from harness.meta.batched.memory import keep_large_allocations
 from harness.registry import create_learner
 
 SEGMENTS = (64 * 32, 32, 32 * 10, 10)  # MLP 64-32-10: weight, bias, weight, bias
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     b, n = args.problems, sum(SEGMENTS)
+    heap = keep_large_allocations()  # as the engine's unroll does (LOPT_KEEP_HEAP=0: not)
     learner = create_learner("nominal_mlp", compile=not args.eager)
     gen = torch.Generator().manual_seed(0)
     theta = learner.init_theta(0) + 0.1 * torch.randn(b, learner.num_theta, generator=gen)
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         f"threads={torch.get_num_threads()}, first block {first:.1f} s; {args.rounds} rounds x "
         f"{args.steps} steps: nominal {statistics.median(times['nominal']):.1f} ns/param, "
         f"flat Adam {statistics.median(times['adam']):.1f} ns/param (CPU time); ratio median "
-        f"{statistics.median(ratios):.2f}"
+        f"{statistics.median(ratios):.2f}; large blocks from the heap: {heap}"
     )
     return 0
 

@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = getattr(exc, "message", None) or (
             "finished runs are saved: rerun the same command to resume"
         )
-        print(f"lopt: interrupted; {message}", file=sys.stderr)
+        prefix = "" if message.startswith("interrupted") else "interrupted; "
+        print(f"lopt: {prefix}{message}", file=sys.stderr)
         return 130
 
 

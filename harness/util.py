@@ -33,19 +33,22 @@ ALIGNMENTS = ("left", "right", "center")
 def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``; returns ``path``.
 
-    The temporary file is in ``path``'s folder (created if missing), so the rename is atomic; it
-    gets the permissions of a new file under the current umask. If ``write`` raises (or the
-    process is interrupted in it), the temporary file is removed, ``path`` is untouched and the
-    exception propagates.
+    The temporary file is in ``path``'s folder (created if missing), so the rename is atomic;
+    ``path`` gets the permissions of a new file under the current umask (``0o666 & ~umask``),
+    whatever ``write`` does to the temporary file (``mkstemp`` makes it 0600, and some writers,
+    such as safetensors' ``save_file``, replace it by a file of their own with 0600): the mode is
+    set after ``write`` returns, before the rename. If ``write`` raises (or the process is
+    interrupted in it), the temporary file is removed, ``path`` is untouched and the exception
+    propagates.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
-    tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
     try:
         write(tmp)
+        tmp.chmod(0o666 & ~_umask())  # the usual permissions of a new file
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

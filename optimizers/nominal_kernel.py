@@ -29,12 +29,14 @@ Two implementations of the MLP give the same numbers (to rounding, 1e-6 in the t
   when switched off;
 * :func:`fused_update`: the same update written one scalar weight at a time, elementwise, which
   inductor (``torch.compile``) fuses with the features and the update into one loop over the
-  parameters, after one small kernel for the per-problem :func:`coefficients`. The weights'
-  per-tensor RMS is an input computed outside (:func:`fused_update_indexed`: tensor norms
-  gathered by segment index; :func:`fused_update`: already expanded per weight), so the
-  compiled code does not depend on the architecture. It is compiled once per process for each
-  (settings, dtype, device, rank) with dynamic sizes; a failed compile falls back to eager
-  (:func:`run_fused`).
+  parameters, after one small kernel for the per-problem :func:`coefficients`. Each weight's
+  inverse RMS of its tensor is an ``(..., N)`` input computed outside (both entrances use
+  this form; :func:`fused_update_indexed`, which gathers tensor norms by segment index inside
+  the loop, is kept but slower: inductor does not vectorise the gather), so the compiled code
+  does not depend on the architecture. It is traced once per process for each (settings,
+  dtypes, device, rank) with symbolic sizes and compiled by inductor's ``standalone_compile``
+  (:func:`compiled_update`), called without dynamo's per-call guards; a failed compile falls
+  back to eager (:func:`run_fused`).
 """
 
 from __future__ import annotations
@@ -239,7 +241,8 @@ def fused_update_indexed(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fused_update` with the weights' per-tensor RMS from their L2 ``norms (..., T)``
     (one foreach call outside), ``lengths (T,)`` and ``segment_index (N,)`` (the tensor of
-    each element), gathered in the loop: the single-problem form (``apply``)."""
+    each element), gathered in the loop (slower than :func:`fused_update` with the inverse RMS
+    gathered outside, which both entrances use)."""
     inverse = torch.rsqrt(norms * norms / lengths + RMS_EPS)
     return fused_update(spec, theta, w, g, moments, step, horizon, inverse[..., segment_index])
 
@@ -284,7 +287,10 @@ def fused_update(
 
 # -- the compile cache -----------------------------------------------------------------------------
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any] | None] = {}
-_RAN: set[tuple[Any, ...]] = set()
+
+#: the sizes the update is traced with: any size other than 0 and 1 (which symbolic tracing
+#: specialises), distinct, so that the compiled code keeps every batch and parameter count free
+_TRACE_BATCH, _TRACE_NUMEL, _TRACE_TENSORS = 3, 37, 5
 
 
 def compile_enabled() -> bool:
@@ -293,52 +299,75 @@ def compile_enabled() -> bool:
 
 
 def _key(spec: KernelSpec, args: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
-    like = args[1]
-    return (spec, like.dtype, like.device.type, like.dim(), len(args))
+    like, step = args[1], args[4]
+    return (spec, like.dtype, like.device.type, like.dim(), len(args), step.dtype)
+
+
+def _trace_inputs(args: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Inputs like ``args`` (dtypes, device, ranks) with generic sizes, to trace with: B = 3
+    problems where ``w`` is ``(B, N)``, N = 37 parameters in T = 5 tensors."""
+    theta, w, _, _, step = args[:5]
+    lead = (_TRACE_BATCH,) if w.dim() == 2 else ()
+    n = _TRACE_NUMEL
+
+    def like(tensor: torch.Tensor, *shape: int) -> torch.Tensor:
+        return torch.rand((*lead, *shape), device=tensor.device).to(tensor.dtype) + 1
+
+    inputs = [like(theta, theta.shape[-1]), like(w, n), like(w, n), like(w, NUM_MOMENTS, n)]
+    inputs += [like(step).round(), like(step).round() * 10]
+    if len(args) == 7:
+        return [*inputs, like(w, n)]
+    lengths = torch.tensor([7.0, 9.0, 6.0, 8.0, 7.0], device=w.device).to(args[7].dtype)
+    index = torch.repeat_interleave(torch.arange(_TRACE_TENSORS, device=w.device), lengths.long())
+    return [*inputs, like(w, _TRACE_TENSORS), lengths, index]
+
+
+def _compile(spec: KernelSpec, args: tuple[torch.Tensor, ...]) -> Callable[..., Any]:
+    """Inductor's code for :func:`fused_update` (7 tensors) or :func:`fused_update_indexed` (9)
+    of tensors like ``args``, every size but theta's ``D`` and the moments' 4 symbolic.
+
+    The update is traced to an FX graph (``make_fx``, symbolic sizes, no duck sizing: equal
+    sizes stay distinct symbols) and compiled by ``torch._inductor.standalone_compile``. The
+    result is called without dynamo: no guards are evaluated per call (``torch.compile``'s
+    guards and wrappers cost more than the loop itself on a 5,000-parameter model); the
+    compiled code asserts its inputs' sizes and strides instead (contiguous tensors; the
+    callers make them so).
+    """
+    from torch.fx.experimental import _config as fx_config
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    function = fused_update if len(args) == 7 else fused_update_indexed
+
+    def update(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return function(spec, *tensors)
+
+    inputs = _trace_inputs(args)
+    with torch.no_grad(), fx_config.patch(use_duck_shape=False):
+        graph = make_fx(update, tracing_mode="symbolic")(*inputs)
+        return torch._inductor.standalone_compile(graph, inputs, dynamic_shapes="from_graph")
 
 
 def compiled_update(spec: KernelSpec, args: tuple[torch.Tensor, ...]) -> Callable[..., Any] | None:
     """The compiled :func:`fused_update` (7 tensors) or :func:`fused_update_indexed` (9) for
-    ``spec`` and tensors like ``args`` (dtype, device type, rank), built once per process;
-    None where compiling failed before."""
+    ``spec`` and tensors like ``args`` (dtypes, device type, rank), built once per process and
+    valid for every size; None where compiling failed before. Raises what the compiler raises
+    (:func:`run_fused` catches it)."""
     key = _key(spec, args)
     if key not in _COMPILED:
-        function = fused_update if len(args) == 7 else fused_update_indexed
-
-        def update(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return function(spec, *args)
-
-        # dynamic=None (not True): Python floats (the spec's constants) stay compile-time
-        # constants; the sizes are marked dynamic below, so one graph serves every N, B, T
-        _COMPILED[key] = torch.compile(update, fullgraph=True)
+        _COMPILED[key] = _compile(spec, args)
     return _COMPILED[key]
 
 
-def _mark_sizes_dynamic(args: tuple[torch.Tensor, ...]) -> None:
-    """Mark every size of the tensors dynamic except theta's last (D) and the moments' 4."""
-    theta, _, _, moments = args[:4]
-    for tensor in args:
-        for dim in range(tensor.dim()):
-            fixed = (tensor is theta and dim == tensor.dim() - 1) or (
-                tensor is moments and dim == tensor.dim() - 2
-            )
-            if not fixed:
-                torch._dynamo.maybe_mark_dynamic(tensor, dim)
-
-
 def run_fused(spec: KernelSpec, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The compiled update of ``args`` (as :func:`fused_update`'s after ``spec``), or None if it
-    cannot be compiled here (then it warns once, and later calls return None at once)."""
-    compiled = compiled_update(spec, args)
-    if compiled is None:
-        return None
+    """The compiled update of ``args`` (as :func:`fused_update`'s after ``spec``; contiguous),
+    or None if it cannot be compiled here (then it warns once, and later calls return None at
+    once)."""
     key = _key(spec, args)
     try:
-        if key not in _RAN:  # before the first compile; later shapes reuse its dynamic sizes
-            _mark_sizes_dynamic(args)
-        result = compiled(*args)
-        _RAN.add(key)
-        return result
+        compiled = compiled_update(spec, args)
+        if compiled is None:
+            return None
+        return compiled(*args)
     except Exception as exc:  # inductor raises many kinds (no compiler, lowering errors)
         _COMPILED[key] = None
         warnings.warn(

@@ -52,6 +52,7 @@ from optimizers.layout import param_layout, zero_state
 from optimizers.nominal_kernel import (
     NUM_FEATURES,
     NUM_MOMENTS,
+    RMS_EPS,
     KernelSpec,
     compile_enabled,
     inverse_rms,
@@ -208,8 +209,11 @@ class NominalMLP:
             step_t = torch.as_tensor(step, dtype=w.dtype, device=w.device)
             horizon = self._horizon_tensor(w)
             lengths, index = self._segment_lengths(layout.lengths, w)
+            # each weight's 1 / RMS of its tensor, gathered outside the loop (a gather inside
+            # it is not vectorised: it cost more than this whole line)
             norms = torch.stack(torch._foreach_norm(list(params)))
-            args = (theta, w, g, moments, step_t, horizon, norms, lengths, index)
+            scale = torch.rsqrt(norms * norms / lengths + RMS_EPS).index_select(0, index)
+            args = (theta.contiguous(), w, g, moments.contiguous(), step_t, horizon, scale)
             result = run_fused(self.spec, *args)
             if result is not None:
                 new_params = tuple(torch._C._nn.unflatten_dense_tensors(result[0], list(params)))
@@ -282,7 +286,8 @@ class NominalMLP:
             norms = torch.stack([torch.linalg.vector_norm(c, dim=-1) for c in chunks], -1)
             repeats = self._repeats(tuple(segments), w)
             scale = inverse_rms(norms, lengths, repeats, w.shape[-1])  # (B, N), outside
-            result = run_fused(self.spec, theta, w, g, moments, step, horizon, scale)
+            args = (theta, w, g, moments, step, horizon, scale)
+            result = run_fused(self.spec, *(a.contiguous() for a in args))
         if result is None:
             result = update_eager(self.spec, theta, w, g, moments, step, horizon, tuple(segments))
         new_w, new_moments = result

@@ -247,7 +247,8 @@ def test_a_failed_compile_falls_back_to_eager_with_one_warning(
     def broken(*args: torch.Tensor) -> None:
         raise RuntimeError("no C++ compiler\nmore detail")
 
-    key = (learner.spec, torch.float32, "cpu", 1, 9)  # one problem: the indexed form
+    # one problem: the 7 tensors of fused_update, a float step
+    key = (learner.spec, torch.float32, "cpu", 1, 7, torch.float32)
     monkeypatch.setitem(nominal_kernel._COMPILED, key, broken)
     with torch.no_grad(), pytest.warns(UserWarning, match="torch.compile failed .*no C"):
         new, _ = learner.apply(theta, grads, state, params)

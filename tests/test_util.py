@@ -87,3 +87,26 @@ def test_the_committed_saturation_table_is_rewritten_byte_for_byte():
     folder = RESULTS / "paper" / "tuning"
     table = pd.read_csv(folder / "saturation.csv")
     assert saturation_markdown(table) == (folder / "saturation.md").read_text()
+
+
+def test_an_atomic_write_gives_the_usual_mode_even_when_the_writer_replaces_the_file(tmp_path):
+    """safetensors' save_file writes a file of its own with mode 0600 in place of the temporary
+    one: the written file still gets ``0o666 & ~umask`` (a checkpoint others can read)."""
+    import torch
+    from safetensors.torch import save_file
+
+    def replace_with_private_file(tmp: Path) -> None:
+        tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"data")
+        os.close(fd)
+
+    umask = os.umask(0)
+    os.umask(umask)
+    private = write_atomically(tmp_path / "private.bin", replace_with_private_file)
+    tensors = write_atomically(
+        tmp_path / "lopt.safetensors", lambda tmp: save_file({"theta": torch.zeros(3)}, tmp)
+    )
+    for target in (private, tensors):
+        assert target.stat().st_mode & 0o777 == 0o666 & ~umask, target
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lopt.safetensors", "private.bin"]

@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 
+from harness.errors import Interrupted
 from harness.meta import checkpoint
 from harness.meta.distributed import in_torchrun, init_world, launch
+from harness.meta.processes import interrupted_line
 from harness.meta.trainer import (
     CONFIG_FILE,
     LOG_FILE,
@@ -56,7 +58,10 @@ def meta_train(cfg: MetaTrainConfig | Any = None, **overrides: Any) -> Path:
     run = resolve_meta(cfg)
     out = prepare_out(run)
     if cfg.parallel == "processes" and cfg.workers > 1 and not in_torchrun():
-        launch(out / CONFIG_FILE, cfg.workers, cfg.threads or 1)
+        try:
+            launch(out / CONFIG_FILE, cfg.workers, cfg.threads or 1)
+        except KeyboardInterrupt as exc:  # every worker has exited; one line, exit 130
+            raise Interrupted(interrupted_line(out / STATE_FILE)) from exc
         return out / LOPT_FILE
     previous = torch.get_num_threads()
     threads = cfg.threads or (1 if cfg.parallel == "processes" else None)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessError, UsageError
+from harness.meta.processes import INTERRUPTED_EXIT, run_workers, stop_signals
 from harness.meta.trainer import run_meta_training
 from harness.meta.world import TorchDistributedWorld, World
 from harness.resolve import resolve_meta
@@ -69,7 +69,9 @@ def launch(
     """Run ``workers`` ranks of ``module``'s ``main`` (default :func:`main`) on this machine with
     torchrun and wait for them.
 
-    Raises ``HarnessError`` when a rank fails (its own messages are on stderr above).
+    Raises ``HarnessError`` when a rank fails (its own messages are on stderr above), and
+    ``KeyboardInterrupt`` on Ctrl-C once every process of the run has exited
+    (:func:`harness.meta.processes.run_workers`).
     """
     command = [
         sys.executable,
@@ -83,12 +85,13 @@ def launch(
         str(config_path),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run(command, env=env, check=False)
-    if done.returncode == 2:
+    # Ctrl-C: every process of the run stopped, then KeyboardInterrupt (harness.meta.processes)
+    returncode = run_workers(command, env)
+    if returncode == 2:
         raise UsageError("meta-training workers refused their configuration (see above)")
-    if done.returncode != 0:
+    if returncode != 0:
         raise HarnessError(
-            f"meta-training workers failed with exit code {done.returncode} (see above); "
+            f"meta-training workers failed with exit code {returncode} (see above); "
             "rerun the same command to resume from the last checkpoint"
         )
 
@@ -105,6 +108,7 @@ def worker_main(
     if len(args) != 1:
         print(f"usage: torchrun ... -m {module} CONFIG.json", file=sys.stderr)
         return 2
+    interrupted = stop_signals()
     try:
         try:
             work(json.loads(Path(args[0]).read_text()))
@@ -114,6 +118,10 @@ def worker_main(
     except UsageError as exc:
         print(f"lopt: error: {exc}", file=sys.stderr)
         return 2
+    except BaseException:
+        if interrupted():  # Ctrl-C: the launcher prints the one line
+            return INTERRUPTED_EXIT
+        raise
     return 0
 
 

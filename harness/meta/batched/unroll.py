@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from harness.meta.batched.learners import BatchedLearner
+from harness.meta.batched.memory import keep_large_allocations
 from harness.meta.batched.problems import ProblemBatch
 
 
@@ -30,12 +31,15 @@ def unroll(
     updates, and ``losses`` ``[num_steps, B]``, the minibatch loss of each step before its
     update (step j's loss is at ``w`` after j updates). No autograd graph (ES/PES need none);
     no resets: a caller that wants them checks ``step >= horizon`` and :meth:`ProblemBatch.reseed`.
+    The first call raises glibc's mmap threshold for the process
+    (:func:`harness.meta.batched.memory.keep_large_allocations`).
     """
     if theta.shape[0] != batch.size or w.shape != (batch.size, batch.num_params):
         raise ValueError(
             f"theta {tuple(theta.shape)} and w {tuple(w.shape)} do not fit "
             f"{batch.size} problems of {batch.num_params} parameters"
         )
+    keep_large_allocations()  # once per process: no page faults for each step's outputs
     indices = batch.batch_indices(step, num_steps)
     losses = w.new_empty(num_steps, batch.size)
     for j in range(num_steps):

@@ -7,7 +7,10 @@
 ``out`` (``resume=false`` removes a previous run's files; ``resume=true`` checks a saved run is
 this one), writes ``out/config.json``, then runs one chunk in this process (``parallel=single``
 or one worker) or launches ``workers`` ranks with torchrun (``parallel=processes``; gloo) and
-waits. Rerunning the same command continues the run for another chunk.
+waits. Rerunning the same command continues the run for another chunk. Ctrl-C stops every
+process of the run within seconds (:mod:`harness.meta.processes`), keeps the last checkpoint
+and prints one line, ``interrupted at outer step N; rerun the same command to continue``
+(exit 130).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from typing import Any
 
 import torch
 
-from harness.errors import UsageError
+from harness.errors import Interrupted, UsageError
 from harness.meta import checkpoint
 from harness.meta.family.trainer import INNER_FILE, STATE_FILE, WHAT, run_family_training
+from harness.meta.processes import interrupted_line
 from harness.meta.trainer import CONFIG_FILE, LOG_FILE, LOPT_FILE
 from harness.meta.world import World
 from harness.resolve import FamilyRun, resolve_family
@@ -39,16 +43,19 @@ def meta_train_family(cfg: FamilyMetaTrainConfig | Any = None, **overrides: Any)
     cfg = coerce_family_config(cfg, **overrides)
     run = resolve_family(cfg)  # the one resolve step: an unknown name fails here, in one line
     out = prepare_out(run)
-    if cfg.parallel == "processes" and cfg.workers > 1 and not in_torchrun():
-        launch(out / CONFIG_FILE, cfg.workers, 1, module=MODULE)
-        return out / LOPT_FILE
-    previous = torch.get_num_threads()
-    if cfg.parallel == "processes":
-        torch.set_num_threads(1)
     try:
-        return run_family_training(run, World())
-    finally:
-        torch.set_num_threads(previous)
+        if cfg.parallel == "processes" and cfg.workers > 1 and not in_torchrun():
+            launch(out / CONFIG_FILE, cfg.workers, 1, module=MODULE)
+            return out / LOPT_FILE
+        previous = torch.get_num_threads()
+        if cfg.parallel == "processes":
+            torch.set_num_threads(1)
+        try:
+            return run_family_training(run, World())
+        finally:
+            torch.set_num_threads(previous)
+    except KeyboardInterrupt as exc:  # Ctrl-C: every worker has exited; one line, exit 130
+        raise Interrupted(interrupted_line(out / STATE_FILE)) from exc
 
 
 def prepare_out(run: FamilyRun) -> Path:
