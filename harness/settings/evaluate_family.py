@@ -104,10 +104,10 @@ class FamilyEvaluateConfig:
         return data
 
 
-#: what a resumed evaluation must share with the one it continues
+#: what a resumed evaluation must share with the one it continues (not ``tasks``: task k is the
+#: same in every sample size, so a larger ``tasks=`` extends a finished evaluation)
 IDENTITY_FIELDS = (
     "family",
-    "tasks",
     "seeds",
     "first_seed",
     "steps",

@@ -1,7 +1,8 @@
 """The tables, summary and figure of ``lopt evaluate-family`` (from its finished parts).
 
-Reads ``out/parts/*.csv`` (:mod:`harness.meta.family.evaluate`), writes ``evaluation.csv`` (all
-parts, the tidy schema), ``per_task.csv`` (one row per task and candidate), ``summary.md``
+Reads ``out/parts/*.csv.gz`` (:mod:`harness.meta.family.evaluate`), writes
+``evaluation.csv.gz`` (all parts, the tidy schema), ``per_task.csv`` (one row per task and
+candidate), ``summary.md``
 (headline statistics with intervals, the targets as met / MISSED) and ``speedups.png``; the
 statistics are :mod:`harness.meta.family.evalstats`'s.
 """
@@ -27,10 +28,10 @@ CANDIDATES = ("learned", "initial", "adam default")
 def load_arrays(out: Path, sample: Any, rates: list[float]) -> dict[str, Any]:
     """The finished parts as ``frame`` plus the arrays of :mod:`~harness.meta.family.evalstats`
     (``curves``, ``finals``, ``costs``, ``steps``) and ``names`` (the task names, in order)."""
-    from harness.meta.family.evaluate import PARTS, ROLES
+    from harness.meta.family.evaluate import PARTS, ROLES, part_path
 
     frame = pd.concat(
-        [pd.read_csv(out / PARTS / f"task_{k:04d}.csv") for k in range(sample.count)],
+        [pd.read_csv(part_path(out, k)) for k in range(sample.count)],
         ignore_index=True,
     )
     names = [sample.task(k).name for k in range(sample.count)]
@@ -121,10 +122,13 @@ def per_task_table(
 
 
 def write_report(out: Path, sample: Any, cfg: Any, checkpoint: Path) -> None:
-    """``evaluation.csv``, ``per_task.csv``, ``summary.md`` and ``speedups.png`` in ``out``."""
+    """``evaluation.csv.gz``, ``per_task.csv``, ``summary.md`` and ``speedups.png`` in ``out``."""
     rates = [float(r) for r in cfg.lr_grid]
     arrays = load_arrays(out, sample, rates)
-    write_atomically(out / "evaluation.csv", lambda t: arrays["frame"].to_csv(t, index=False))
+    write_atomically(
+        out / "evaluation.csv.gz",
+        lambda t: arrays["frame"].to_csv(t, index=False, compression="gzip"),
+    )
     rows = candidate_rows(rates, cfg.adam_default)
     per_task = per_task_table(arrays, sample, rates, rows)
     write_atomically(out / "per_task.csv", lambda t: per_task.to_csv(t, index=False))
@@ -203,7 +207,7 @@ def summary_text(cfg, sample, checkpoint, arrays, rows, heads, seeds_ci, both_ci
         f"difference {h['median_test_diff']:+.3g}).",
         "",
         "Speedup 0: the candidate never reached the target within the steps. Per task: "
-        "`per_task.csv`; every measurement: `evaluation.csv`; figure: `speedups.png`.",
+        "`per_task.csv`; every measurement: `evaluation.csv.gz`; figure: `speedups.png`.",
         "",
     ]
     return "\n".join(lines)

@@ -18,9 +18,10 @@ whole training step (minibatch loss, gradient and update) on a single problem is
 rounds of ``timing_steps`` steps each), and a run's ``wall_time_s`` is its step times that
 cost.
 
-Output folder ``out``: ``parts/task_KKKK.csv`` (one task's tidy rows, written when the task is
-done: rerunning the same command skips finished tasks; ``max_seconds`` stops between tasks),
-then, once all are done, ``evaluation.csv`` (the tidy table of :mod:`harness.results.schema`),
+Output folder ``out``: ``parts/task_KKKK.csv.gz`` (one task's tidy rows, gzipped, written when
+the task is done: rerunning the same command skips finished tasks, ``max_seconds`` stops between
+tasks, and a larger ``tasks=`` extends a finished evaluation), then, once all are done,
+``evaluation.csv.gz`` (the tidy table of :mod:`harness.results.schema`),
 ``per_task.csv``, ``summary.md`` and ``speedups.png`` (:mod:`harness.meta.family.evalreport`).
 ``config.json`` records the settings and the checkpoint's SHA-256; another evaluation's folder
 is refused in one line, before anything is written.
@@ -103,6 +104,11 @@ def prepare_out(cfg: FamilyEvaluateConfig, identity: dict[str, Any]) -> Path:
     text = json.dumps({"identity": identity, "settings": cfg.to_dict()}, indent=2) + "\n"
     write_atomically(saved, lambda tmp: tmp.write_text(text))
     return out
+
+
+def part_path(out: Path, k: int) -> Path:
+    """Where task ``k``'s finished rows are kept."""
+    return Path(out) / PARTS / f"task_{k:04d}.csv.gz"
 
 
 # -- one task ----------------------------------------------------------------------------------
@@ -292,14 +298,11 @@ def evaluate_family(cfg: FamilyEvaluateConfig | Any = None, **overrides: Any) ->
     start = time.perf_counter()
     try:
         for k in range(sample.count):
-            part = out / PARTS / f"task_{k:04d}.csv"
+            part = part_path(out, k)
             if part.is_file():
                 continue
             if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
-                left = sum(
-                    not (out / PARTS / f"task_{j:04d}.csv").is_file()
-                    for j in range(k, sample.count)
-                )
+                left = sum(not part_path(out, j).is_file() for j in range(k, sample.count))
                 print(
                     f"evaluate-family: stopped after max_seconds; {left} tasks left: "
                     "rerun the same command to continue"
@@ -307,7 +310,9 @@ def evaluate_family(cfg: FamilyEvaluateConfig | Any = None, **overrides: Any) ->
                 return out
             t0 = time.perf_counter()
             frame = run_task(cfg, sample, k, learner, thetas, digest, learner_name)
-            write_atomically(part, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+            write_atomically(
+                part, lambda tmp, f=frame: f.to_csv(tmp, index=False, compression="gzip")
+            )
             if cfg.progress:
                 task = sample.task(k)
                 print(
