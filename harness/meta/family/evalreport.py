@@ -20,16 +20,21 @@ import pandas as pd
 from harness.meta.family import evalstats
 from harness.util import write_atomically
 
+PARTS = "parts"
+ROLES = ("learned", "initial")  # the learner's optimizer rows, after Adam's grid rows
 TARGET_FRACTION = 0.70
 TARGET_SPEEDUP = 1.5
 CANDIDATES = ("learned", "initial", "adam default")
 
 
+def part_path(out: Path, k: int) -> Path:
+    """Where task ``k``'s finished rows are kept (gzipped tidy CSV)."""
+    return Path(out) / PARTS / f"task_{k:04d}.csv.gz"
+
+
 def load_arrays(out: Path, sample: Any, rates: list[float]) -> dict[str, Any]:
     """The finished parts as ``frame`` plus the arrays of :mod:`~harness.meta.family.evalstats`
     (``curves``, ``finals``, ``costs``, ``steps``) and ``names`` (the task names, in order)."""
-    from harness.meta.family.evaluate import PARTS, ROLES, part_path
-
     frame = pd.concat(
         [pd.read_csv(part_path(out, k)) for k in range(sample.count)],
         ignore_index=True,

@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 
 from harness.errors import UsageError
+from harness.meta.family.evalreport import ROLES, part_path, write_report
 from harness.meta.family.evalset import EvalSample, check_disjoint
 from harness.settings.evaluate_family import (
     IDENTITY_FIELDS,
@@ -52,8 +53,6 @@ from harness.util import write_atomically
 
 SUITE = "evaluate-family"
 CONFIG_FILE = "config.json"
-PARTS = "parts"
-ROLES = ("learned", "initial")  # the learner's rows, after Adam's grid
 SPLITS = ("train", "valid", "test")
 TIMING_ROUNDS = 3
 
@@ -104,11 +103,6 @@ def prepare_out(cfg: FamilyEvaluateConfig, identity: dict[str, Any]) -> Path:
     text = json.dumps({"identity": identity, "settings": cfg.to_dict()}, indent=2) + "\n"
     write_atomically(saved, lambda tmp: tmp.write_text(text))
     return out
-
-
-def part_path(out: Path, k: int) -> Path:
-    """Where task ``k``'s finished rows are kept."""
-    return Path(out) / PARTS / f"task_{k:04d}.csv.gz"
 
 
 # -- one task ----------------------------------------------------------------------------------
@@ -323,8 +317,6 @@ def evaluate_family(cfg: FamilyEvaluateConfig | Any = None, **overrides: Any) ->
                 )
     finally:
         torch.set_num_threads(previous)
-    from harness.meta.family.evalreport import write_report
-
     write_report(out, sample, cfg, path)
     return out
 
