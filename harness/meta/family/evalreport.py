@@ -126,8 +126,9 @@ def per_task_table(
     return pd.DataFrame.from_records(records)
 
 
-def write_report(out: Path, sample: Any, cfg: Any, checkpoint: Path) -> None:
-    """``evaluation.csv.gz``, ``per_task.csv``, ``summary.md`` and ``speedups.png`` in ``out``."""
+def write_report(out: Path, sample: Any, cfg: Any, checkpoint: Path, trained: str = "") -> None:
+    """``evaluation.csv.gz``, ``per_task.csv``, ``summary.md`` and ``speedups.png`` in ``out``
+    (``trained``: one line on how the checkpoint was meta-trained)."""
     rates = [float(r) for r in cfg.lr_grid]
     arrays = load_arrays(out, sample, rates)
     write_atomically(
@@ -142,7 +143,7 @@ def write_report(out: Path, sample: Any, cfg: Any, checkpoint: Path) -> None:
     heads = {label: evalstats.headline(table, r) for label, r in rows.items()}
     seeds_ci = evalstats.bootstrap(*args, list(rows.values()), cfg.bootstrap)
     both_ci = evalstats.bootstrap(*args, list(rows.values()), cfg.bootstrap, tasks_too=True)
-    text = summary_text(cfg, sample, checkpoint, arrays, rows, heads, seeds_ci, both_ci)
+    text = summary_text(cfg, sample, checkpoint, arrays, rows, heads, seeds_ci, both_ci, trained)
     write_atomically(out / "summary.md", lambda t: t.write_text(text))
     plot(out / "speedups.png", per_task, sample)
 
@@ -155,7 +156,7 @@ def _ci(ci: tuple[float, float], pct: bool) -> str:
     return f"[{ci[0]:.0%}, {ci[1]:.0%}]" if pct else f"[{ci[0]:.3g}, {ci[1]:.3g}]"
 
 
-def summary_text(cfg, sample, checkpoint, arrays, rows, heads, seeds_ci, both_ci) -> str:
+def summary_text(cfg, sample, checkpoint, arrays, rows, heads, seeds_ci, both_ci, trained) -> str:
     """The Markdown summary (see :func:`write_report`)."""
     costs = arrays["costs"]
     ratio = costs[:, rows["learned"]] / costs[:, rows["adam default"]]
@@ -166,6 +167,7 @@ def summary_text(cfg, sample, checkpoint, arrays, rows, heads, seeds_ci, both_ci
         f"Command: `lopt evaluate-family checkpoint={cfg.checkpoint} family={cfg.family} "
         f"tasks={sample.count} seeds={sample.seeds} steps={sample.steps} out={cfg.out}`",
         "",
+        f"- Candidate: {trained or checkpoint}.",
         f"- Sample: {sample.count} tasks of `{cfg.family}`, member seeds "
         f"{sample.member_seed(0)}..{sample.member_seed(sample.count - 1)} (never drawn by "
         f"meta-training nor by its held-out judge), {sample.seeds} evaluation seeds each "

@@ -317,7 +317,13 @@ def evaluate_family(cfg: FamilyEvaluateConfig | Any = None, **overrides: Any) ->
                 )
     finally:
         torch.set_num_threads(previous)
-    write_report(out, sample, cfg, path)
+    trained = (
+        f"{learner_name} after {meta.get('outer_step', '?')} outer steps of "
+        f"{meta.get('estimator', '?')} on {meta.get('family', '?')} (meta-training seed "
+        f"{meta.get('seed', '?')}, held-out judge of {meta.get('heldout_tasks', '?')} tasks); "
+        f"checkpoint SHA-256 {digest[:12]}"
+    )
+    write_report(out, sample, cfg, path, trained)
     return out
 
 
