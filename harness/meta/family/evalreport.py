@@ -84,7 +84,7 @@ def candidate_rows(rates: list[float], adam_default: float) -> dict[str, int]:
 
 
 def per_task_table(
-    arrays: dict[str, Any], sample: Any, rates: list[float], rows: dict
+    arrays: dict[str, Any], sample: Any, rates: list[float], rows: dict[str, int]
 ) -> pd.DataFrame:
     """One row per (task, candidate): tuned rates, target, steps, speedups, test losses and the
     per-seed paired test-loss difference with its seed-bootstrap interval."""
@@ -156,7 +156,17 @@ def _ci(ci: tuple[float, float], pct: bool) -> str:
     return f"[{ci[0]:.0%}, {ci[1]:.0%}]" if pct else f"[{ci[0]:.3g}, {ci[1]:.3g}]"
 
 
-def summary_text(cfg, sample, checkpoint, arrays, rows, heads, seeds_ci, both_ci, trained) -> str:
+def summary_text(
+    cfg: Any,
+    sample: Any,
+    checkpoint: Path,
+    arrays: dict[str, Any],
+    rows: dict[str, int],
+    heads: dict[str, dict[str, float]],
+    seeds_ci: dict[int, dict[str, tuple[float, float]]],
+    both_ci: dict[int, dict[str, tuple[float, float]]],
+    trained: str,
+) -> str:
     """The Markdown summary (see :func:`write_report`)."""
     costs = arrays["costs"]
     ratio = costs[:, rows["learned"]] / costs[:, rows["adam default"]]
