@@ -290,6 +290,7 @@ def evaluate_family(cfg: FamilyEvaluateConfig | Any = None, **overrides: Any) ->
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     start = time.perf_counter()
+    ran = 0
     try:
         for k in range(sample.count):
             part = part_path(out, k)
@@ -307,12 +308,15 @@ def evaluate_family(cfg: FamilyEvaluateConfig | Any = None, **overrides: Any) ->
             write_atomically(
                 part, lambda tmp, f=frame: f.to_csv(tmp, index=False, compression="gzip")
             )
+            ran += 1
             if cfg.progress:
                 task = sample.task(k)
+                left = sum(not part_path(out, j).is_file() for j in range(k, sample.count))
+                eta = (time.perf_counter() - start) / ran * left / 60
                 print(
                     f"evaluate-family: task {k + 1}/{sample.count} {task.name} "
                     f"({task.num_params} params, {task.dataset}) "
-                    f"{time.perf_counter() - t0:.1f} s",
+                    f"{time.perf_counter() - t0:.1f} s; {left} left, about {eta:.0f} min",
                     flush=True,
                 )
     finally:
