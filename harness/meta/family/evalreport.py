@@ -111,6 +111,7 @@ def per_task_table(
                     "tuned_lr_train": rates[tt],
                     "tuned_lr_valid": rates[tv],
                     "target_train_loss": table.target[k],
+                    "final_train_loss": finals[k, r, :, 0].mean(),
                     "adam_steps_to_target": table.steps_to_target[k, tt],
                     "steps_to_target": table.steps_to_target[k, r],
                     "speedup_steps": table.speedup_steps[k, r],
@@ -207,6 +208,17 @@ def summary_text(
             for n in evalstats.HEADLINE
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    finals = arrays["finals"][..., 0].mean(axis=2)  # [K, O]
+    target = evalstats.task_table(
+        arrays["curves"], arrays["finals"], arrays["costs"], arrays["steps"], len(cfg.lr_grid)
+    ).target
+    ratios = ", ".join(
+        f"{label} {np.median(finals[:, r] / target):.3g}x" for label, r in rows.items()
+    )
+    lines += [
+        "",
+        f"Median over tasks of the final training loss over tuned Adam's: {ratios}.",
+    ]
     h = heads["learned"]
     speed_met = (
         h["frac_faster_wall"] >= TARGET_FRACTION and h["median_speedup_wall"] >= TARGET_SPEEDUP
@@ -231,16 +243,19 @@ def summary_text(
 
 
 def plot(path: Path, per_task: pd.DataFrame, sample: Any) -> None:
-    """Per-task wall-clock speedup (sorted; 'never reached' at the bottom) and test-loss
-    difference against tuned Adam, one line per candidate."""
+    """Per task (each panel sorted): the wall-clock speedup ('never reached' at the bottom), the
+    final training loss over tuned Adam's and the test-loss difference against tuned-on-valid
+    Adam, one line per candidate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
     for label in CANDIDATES:
         part = per_task[per_task["candidate"] == label]
+        ratio = np.sort((part["final_train_loss"] / part["target_train_loss"]).to_numpy())
+        middle.plot(np.arange(1, len(ratio) + 1), ratio, marker=".", label=label)
         speed = np.sort(part["speedup_wall"].to_numpy())[::-1]
         left.plot(np.arange(1, len(speed) + 1), np.maximum(speed, 0.01), marker=".", label=label)
         diff = np.sort(part["test_diff"].to_numpy())
@@ -250,6 +265,10 @@ def plot(path: Path, per_task: pd.DataFrame, sample: Any) -> None:
     left.axhline(TARGET_SPEEDUP, color="grey", lw=0.8, ls="--")
     left.set_xlabel("task (sorted)")
     left.set_ylabel("wall-clock speedup vs tuned Adam (0.01: never)")
+    middle.set_yscale("log")
+    middle.axhline(1.0, color="grey", lw=0.8)
+    middle.set_xlabel("task (sorted)")
+    middle.set_ylabel("final training loss / tuned Adam's")
     right.axhline(0.0, color="grey", lw=0.8)
     right.set_xlabel("task (sorted)")
     right.set_ylabel("test loss - tuned-on-valid Adam's")
