@@ -203,12 +203,13 @@ def run_task(
     adam_cost, lopt_cost = step_costs(
         task, learner, thetas["learned"], cfg.adam_default, cfg.timing_steps
     )
-    columns = _columns(marks)
+    from harness.meta.family.problems import LOSS_CLIP
+    from harness.results.schema import COLUMNS, STATUS_COMPLETED, STATUS_DIVERGED
+
     base = {
         "suite": SUITE,
         "task": task.name,
         "task_cfg": canonical_json({"family": cfg.family, "member": task.seed}),
-        "status": "completed",
         "budget_steps": sample.steps,
         **provenance("cpu"),
         "threads": torch_threads,
@@ -234,13 +235,15 @@ def run_task(
                 "optimizer": optimizer,
                 "hparams": hp,
                 "seed": seed,
+                # a loss that was non-finite or above the clip at the end counts as diverged
+                "status": STATUS_DIVERGED if finals[r, 0] >= LOSS_CLIP else STATUS_COMPLETED,
                 "tags": canonical_json({"role": role, "seconds_per_step": cost}),
             }
             for step, value in zip(marks, curves[r], strict=True):
                 records.append(run | _measure(step, cost, "train", value))
             for split, value in zip(SPLITS[1:], finals[r, 1:], strict=True):
                 records.append(run | _measure(marks[-1], cost, split, value))
-    return pd.DataFrame.from_records(records, columns=columns)
+    return pd.DataFrame.from_records(records, columns=list(COLUMNS))
 
 
 def _measure(step: int, cost: float, split: str, value: float) -> dict[str, Any]:
@@ -251,12 +254,6 @@ def _measure(step: int, cost: float, split: str, value: float) -> dict[str, Any]
         "metric": "loss",
         "value": float(value),
     }
-
-
-def _columns(marks: Sequence[int]) -> list[str]:
-    from harness.results.schema import COLUMNS
-
-    return list(COLUMNS)
 
 
 # -- the command -------------------------------------------------------------------------------
