@@ -14,6 +14,8 @@ from harness.cli import main
 from harness.errors import UsageError
 from harness.meta.family import evalstats
 from harness.meta.family.evalset import EVAL_FIRST_SEED, EvalSample, check_disjoint
+from harness.results.io import check_values
+from harness.results.schema import COLUMNS
 
 CHECKPOINT = "results/meta/nominal_mlp_mlp_mix_pes128/lopt.safetensors"
 STEPS = np.array([10, 20, 30, 40])
@@ -121,6 +123,8 @@ def test_tiny_end_to_end_run_and_resume(tmp_path: Path, monkeypatch, capsys) -> 
     # 2 tasks x (7 Adam rates + learned + initial) x 2 seeds x (4 checkpoints + valid + test)
     assert len(frame) == 2 * 9 * 2 * 6
     assert set(frame["split"]) == {"train", "valid", "test"}
+    assert list(frame.columns) == list(COLUMNS)
+    check_values(frame, out / "evaluation.csv.gz")  # the results table's own value checks
     assert frame["value"].between(0, 10).all()
     per_task = pd.read_csv(out / "per_task.csv")
     assert set(per_task["candidate"]) == {"learned", "initial", "adam default"}
