@@ -83,6 +83,21 @@ def test_bootstrap_interval_widens_with_seed_noise() -> None:
     assert low < 0 < high
 
 
+def test_a_run_that_ends_at_the_clip_is_diverged() -> None:
+    from harness.meta.family.evalreport import with_status
+
+    frame = pd.DataFrame(
+        {
+            "run_id": ["a", "a", "a", "b", "b"],
+            "split": ["train", "train", "test", "train", "train"],
+            "step": [10, 20, 20, 10, 20],
+            "value": [10.0, 1.0, 10.0, 1.0, 10.0],
+            "status": "",
+        }
+    )
+    assert with_status(frame)["status"].tolist() == ["completed"] * 3 + ["diverged"] * 2
+
+
 def test_seed_interval() -> None:
     assert evalstats.seed_interval(np.array([0.2, 0.2, 0.2])) == pytest.approx((0.2, 0.2, 0.2))
     mean, low, high = evalstats.seed_interval(np.array([-1.0, 1.0, -1.0, 1.0]))

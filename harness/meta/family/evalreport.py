@@ -32,6 +32,20 @@ def part_path(out: Path, k: int) -> Path:
     return Path(out) / PARTS / f"task_{k:04d}.csv.gz"
 
 
+def with_status(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each run's ``status``: ``diverged`` when its final training loss was
+    non-finite or above the clip (stored as the clip, 10), else ``completed``."""
+    from harness.meta.family.problems import LOSS_CLIP
+    from harness.results.schema import STATUS_COMPLETED, STATUS_DIVERGED
+
+    train = frame[frame["split"] == "train"]
+    last = train.loc[train.groupby("run_id")["step"].idxmax(), ["run_id", "value"]]
+    diverged = set(last.loc[last["value"] >= LOSS_CLIP, "run_id"])
+    out = frame.copy()
+    out["status"] = np.where(out["run_id"].isin(diverged), STATUS_DIVERGED, STATUS_COMPLETED)
+    return out
+
+
 def load_arrays(out: Path, sample: Any, rates: list[float]) -> dict[str, Any]:
     """The finished parts as ``frame`` plus the arrays of :mod:`~harness.meta.family.evalstats`
     (``curves``, ``finals``, ``costs``, ``steps``) and ``names`` (the task names, in order)."""
@@ -39,6 +53,7 @@ def load_arrays(out: Path, sample: Any, rates: list[float]) -> dict[str, Any]:
         [pd.read_csv(part_path(out, k)) for k in range(sample.count)],
         ignore_index=True,
     )
+    frame = with_status(frame)
     names = [sample.task(k).name for k in range(sample.count)]
     steps = np.array(sorted(frame.loc[frame["split"] == "train", "step"].unique()))
     num_rows = len(rates) + len(ROLES)

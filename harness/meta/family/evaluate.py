@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 
 from harness.errors import UsageError
-from harness.meta.family.evalreport import ROLES, part_path, write_report
+from harness.meta.family.evalreport import ROLES, part_path, with_status, write_report
 from harness.meta.family.evalset import EvalSample, check_disjoint
 from harness.settings.evaluate_family import (
     IDENTITY_FIELDS,
@@ -203,8 +203,7 @@ def run_task(
     adam_cost, lopt_cost = step_costs(
         task, learner, thetas["learned"], cfg.adam_default, cfg.timing_steps
     )
-    from harness.meta.family.problems import LOSS_CLIP
-    from harness.results.schema import COLUMNS, STATUS_COMPLETED, STATUS_DIVERGED
+    from harness.results.schema import COLUMNS
 
     base = {
         "suite": SUITE,
@@ -235,15 +234,14 @@ def run_task(
                 "optimizer": optimizer,
                 "hparams": hp,
                 "seed": seed,
-                # a loss that was non-finite or above the clip at the end counts as diverged
-                "status": STATUS_DIVERGED if finals[r, 0] >= LOSS_CLIP else STATUS_COMPLETED,
+                "status": "",  # with_status sets it
                 "tags": canonical_json({"role": role, "seconds_per_step": cost}),
             }
             for step, value in zip(marks, curves[r], strict=True):
                 records.append(run | _measure(step, cost, "train", value))
             for split, value in zip(SPLITS[1:], finals[r, 1:], strict=True):
                 records.append(run | _measure(marks[-1], cost, split, value))
-    return pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    return with_status(pd.DataFrame.from_records(records, columns=list(COLUMNS)))
 
 
 def _measure(step: int, cost: float, split: str, value: float) -> dict[str, Any]:
@@ -293,7 +291,11 @@ def evaluate_family(cfg: FamilyEvaluateConfig | Any = None, **overrides: Any) ->
             part = part_path(out, k)
             if part.is_file():
                 continue
-            if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
+            if (
+                ran
+                and cfg.max_seconds is not None
+                and time.perf_counter() - start > cfg.max_seconds
+            ):
                 left = sum(not part_path(out, j).is_file() for j in range(k, sample.count))
                 print(
                     f"evaluate-family: stopped after max_seconds; {left} tasks left: "
