@@ -143,11 +143,25 @@ def test_tiny_end_to_end_run_and_resume(tmp_path: Path, monkeypatch, capsys) -> 
     assert frame["value"].between(0, 10).all()
     per_task = pd.read_csv(out / "per_task.csv")
     assert set(per_task["candidate"]) == {"learned", "initial", "adam default"}
+    per_run = pd.read_csv(out / "per_run.csv")
+    assert len(per_run) == 2 * 9 * 2
+    tuned = per_run[per_run["steps_to_target"] <= 20]
+    assert len(tuned) >= 1  # tuned Adam's own seeds reach the mean target on some seed
     summary = (out / "summary.md").read_text()
     assert "faster than per-task-tuned Adam" in summary and ("met" in summary)
     assert (out / "speedups.png").stat().st_size > 0
     initial = frame[frame["hparams"].str.contains('"theta":"initial"')]
     assert len(initial) == 2 * 2 * 6 and (initial["optimizer"] == "nominal_mlp").all()
+
+
+def test_help_lists_every_key(capsys) -> None:
+    from harness.settings.evaluate_family import FamilyEvaluateConfig
+
+    assert main(["evaluate-family", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "`lopt evaluate-family` keys and their defaults:" in text
+    for name in FamilyEvaluateConfig.__dataclass_fields__:
+        assert f"  {name}=" in text
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,29 @@ def per_task_table(
     return pd.DataFrame.from_records(records)
 
 
+def per_run_table(arrays: dict[str, Any], rates: list[float], learner: str) -> pd.DataFrame:
+    """One row per (task, seed, optimizer): final train, valid and test losses and the steps to
+    the task's target (tuned Adam's mean final training loss; inf: never reached)."""
+    curves, finals = arrays["curves"], arrays["finals"]
+    table = evalstats.task_table(curves, finals, arrays["costs"], arrays["steps"], len(rates))
+    reached = evalstats.first_reach(curves, table.target[:, None, None], arrays["steps"])
+    names = [f"adam lr={r:g}" for r in rates] + [f"{learner} {role} theta" for role in ROLES]
+    k, o, s = np.meshgrid(*(np.arange(n) for n in curves.shape[:3]), indexing="ij")
+    k, o, s = k.ravel(), o.ravel(), s.ravel()
+    return pd.DataFrame(
+        {
+            "task": np.array(arrays["names"])[k],
+            "optimizer": np.array(names)[o],
+            "seed_index": s,
+            "final_train_loss": finals[k, o, s, 0],
+            "final_valid_loss": finals[k, o, s, 1],
+            "final_test_loss": finals[k, o, s, 2],
+            "target_train_loss": table.target[k],
+            "steps_to_target": reached[k, o, s],
+        }
+    )
+
+
 def write_report(out: Path, sample: Any, cfg: Any, checkpoint: Path, trained: str = "") -> None:
     """``evaluation.csv.gz``, ``per_task.csv``, ``summary.md`` and ``speedups.png`` in ``out``
     (``trained``: one line on how the checkpoint was meta-trained)."""
@@ -152,6 +175,11 @@ def write_report(out: Path, sample: Any, cfg: Any, checkpoint: Path, trained: st
         lambda t: arrays["frame"].to_csv(t, index=False, compression="gzip"),
     )
     rows = candidate_rows(rates, cfg.adam_default)
+    learner = str(
+        arrays["frame"].loc[arrays["frame"]["hparams"].str.contains("theta"), "optimizer"].iloc[0]
+    )
+    per_run = per_run_table(arrays, rates, learner)
+    write_atomically(out / "per_run.csv", lambda t: per_run.to_csv(t, index=False))
     per_task = per_task_table(arrays, sample, rates, rows)
     write_atomically(out / "per_task.csv", lambda t: per_task.to_csv(t, index=False))
     args = (arrays["curves"], arrays["finals"], arrays["costs"], arrays["steps"], len(rates))
@@ -251,7 +279,8 @@ def summary_text(
         f"difference {h['median_test_diff']:+.3g}).",
         "",
         "Speedup 0: the candidate never reached the target within the steps. Per task: "
-        "`per_task.csv`; every measurement: `evaluation.csv.gz`; figure: `speedups.png`.",
+        "`per_task.csv`; per task, seed and optimizer: `per_run.csv`; every measurement: "
+        "`evaluation.csv.gz`; figure: `speedups.png`.",
         "",
     ]
     return "\n".join(lines)
