@@ -16,6 +16,7 @@
     lopt meta-train family=NAME [learner=nominal_mlp] [estimator=pes|tes] [pairs=32] [out=DIR]
     lopt pathology [study=all|landscape|variance|training|truncation] [out=DIR] [quick=true]
     lopt select-snapshot run=DIR [snapshots=[0,5,10]] [seeds=5] [first_seed=200] [workers=2]
+    lopt evaluate-family checkpoint=PATH [family=mlp_mix] [tasks=64] [seeds=10] [out=DIR]
 
 Overrides are Hydra's ``key=value``. Optimizer hyperparameters are ``optimizer.NAME=VALUE``
 (``optimizer.lr=0.01``); task settings are ``task.NAME=VALUE``. In ``bench``, comma lists of
@@ -64,6 +65,7 @@ COMMANDS = (
     "meta-train",
     "pathology",
     "select-snapshot",
+    "evaluate-family",
 )
 
 
@@ -116,6 +118,7 @@ def dispatch(args: list[str]) -> int:
         "meta-train": meta_train_command,
         "pathology": pathology_command,
         "select-snapshot": select_snapshot_command,
+        "evaluate-family": evaluate_family_command,
     }
     return handlers[command](overrides, multirun=multirun, show_help=show_help)
 
@@ -729,6 +732,15 @@ def select_snapshot_command(overrides: list[str], *, multirun: bool, show_help: 
     from harness.meta.selection import select_snapshot_command as run
 
     return run(overrides, multirun=multirun, show_help=show_help)
+
+
+# -- lopt evaluate-family -------------------------------------------------------------------------
+def evaluate_family_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
+    """``lopt evaluate-family checkpoint=PATH ...``: a family-trained learned optimizer on
+    held-out family tasks against tuned Adam (:mod:`harness.meta.family.evaluate`)."""
+    from harness.meta.family.evaluate import family_evaluate_command
+
+    return family_evaluate_command(parse_overrides(overrides), show_help=show_help)
 
 
 if __name__ == "__main__":  # pragma: no cover
