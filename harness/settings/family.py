@@ -30,7 +30,9 @@ from harness.settings.validate import (
 from harness.util import to_plain
 
 #: harness.meta.family.estimators.FAMILY_ESTIMATORS, in this order
-FAMILY_ESTIMATORS = ("pes", "tes")
+FAMILY_ESTIMATORS = ("pes", "tes", "merged")
+#: what a truncation's outer loss is measured on
+OBJECTIVES = ("train", "valid")
 PARALLEL = ("processes", "single")
 
 #: fields that define what a run computes: a resumed run must agree on all of them
@@ -53,6 +55,9 @@ IDENTITY_FIELDS = (
     "clip",
     "heldout_tasks",
 )
+#: identity fields added later: in a run's identity only when not at this default, so runs
+#: made before them keep their ids and resume
+LATER_IDENTITY_DEFAULTS: dict[str, Any] = {"objective": "train"}
 
 
 @dataclass
@@ -65,8 +70,13 @@ class FamilyMetaTrainConfig:
         learner: the registered learner family to train; it must run batched (``batched_init``
             and ``batched_step``).
         learner_cfg: the learner's settings (``learner_cfg.NAME=VALUE``).
-        estimator: ``pes`` (persistent ES: unbiased over the whole inner run) or ``tes``
-            (antithetic ES on each truncation: biased towards short horizons).
+        estimator: ``pes`` (persistent ES: unbiased over the whole inner run), ``tes``
+            (antithetic ES on each truncation: biased towards short horizons) or ``merged``
+            (the paper's: truncated ES and the reparameterisation gradient of each truncation,
+            merged per element by inverse variance).
+        objective: ``train`` (the outer loss on the member task's training minibatches: speed)
+            or ``valid`` (on its validation minibatches, the paper's outer-valid:
+            generalisation); the inner steps train on training minibatches either way.
         outer_steps: outer steps (Adam steps on theta) to reach.
         out: the folder for ``family_state.pt``, ``inner_state.pt``, ``lopt.safetensors``,
             ``meta_log.csv`` and ``config.json``.
@@ -100,6 +110,7 @@ class FamilyMetaTrainConfig:
     learner: str = "nominal_mlp"
     learner_cfg: dict[str, Any] = field(default_factory=dict)
     estimator: str = "pes"
+    objective: str = "train"
     outer_steps: int = 1000
     out: str = "outputs/meta/family"
     seed: int = 0
@@ -127,6 +138,7 @@ class FamilyMetaTrainConfig:
     def check(self) -> FamilyMetaTrainConfig:
         """Raise a one-line ``UsageError`` for the first invalid value; returns ``self``."""
         one_of("estimator", self.estimator, FAMILY_ESTIMATORS)
+        one_of("objective", self.objective, OBJECTIVES)
         one_of("parallel", self.parallel, PARALLEL)
         for name in ("outer_steps", "truncation", "min_horizon", "max_horizon"):
             positive_int(name, getattr(self, name))
@@ -193,7 +205,11 @@ class FamilyMetaTrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the run it continues."""
         data = self.to_dict()
-        return {name: data[name] for name in IDENTITY_FIELDS}
+        out = {name: data[name] for name in IDENTITY_FIELDS}
+        for name, default in LATER_IDENTITY_DEFAULTS.items():
+            if data[name] != default:
+                out[name] = data[name]
+        return out
 
 
 def coerce_family_config(cfg: Any = None, **overrides: Any) -> FamilyMetaTrainConfig:

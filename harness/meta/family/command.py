@@ -1,7 +1,8 @@
 """``lopt meta-train family=NAME ...``: the entrance of family meta-training.
 
-    lopt meta-train family=mlp_mix [learner=nominal_mlp] [estimator=pes|tes] [pairs=32]
-                    [outer_steps=N] [max_seconds=S] [out=DIR] [workers=2] [KEY=VALUE ...]
+    lopt meta-train family=mlp_mix [learner=nominal_mlp] [estimator=pes|tes|merged]
+                    [objective=train|valid] [pairs=32] [outer_steps=N] [max_seconds=S]
+                    [out=DIR] [workers=2] [KEY=VALUE ...]
 
 :func:`meta_train_family` checks the settings (one-line ``UsageError``, nothing written), prepares
 ``out`` (``resume=false`` removes a previous run's files; ``resume=true`` checks a saved run is

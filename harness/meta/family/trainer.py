@@ -42,7 +42,7 @@ from harness.meta.trainer import LOG_FILE, LOPT_FILE, ThetaAdam
 from harness.meta.truncation import STREAM_PERTURBATION, STREAM_THETA, derive_seed
 from harness.meta.world import World
 from harness.results.schema import definition_digest, provenance
-from harness.settings.family import FamilyMetaTrainConfig
+from harness.settings.family import LATER_IDENTITY_DEFAULTS, FamilyMetaTrainConfig
 from harness.util import write_atomically
 
 STATE_FILE = "family_state.pt"
@@ -90,6 +90,7 @@ class FamilyTrainer:
             cfg.min_horizon,
             cfg.max_horizon,
             arch_groups=cfg.arch_groups or None,
+            objective=cfg.objective,
         )
         self.heldout_set = HeldOutSet(self.schedule, cfg.heldout_tasks)
         self.num_theta = int(self.learner.num_theta)
@@ -139,6 +140,7 @@ class FamilyTrainer:
             samples, result, self.pairs, resets = self.estimator.step(
                 self.schedule, self.learner, self.theta, self.noises(), self.pairs, self.outer_step
             )
+        samples, estimator_metrics = self.estimator.combine(samples, self.world)
         sums = meters.new_sums(self.num_theta)
         for j, p in enumerate(self.local):
             control = meters.control_direction(samples[j], cfg.seed, self.outer_step, p)
@@ -166,6 +168,7 @@ class FamilyTrainer:
             "outer_loss": stats["loss_sum"] / max(1.0, stats["loss_count"]),
             "grad_norm": float(grad.norm()) if grad is not None else math.nan,
             **step_meters,
+            **estimator_metrics,
             "resets": stats["resets"],
             "dropped": stats["dropped_half_a"] + stats["dropped_half_b"],
             "seconds": seconds,
@@ -335,11 +338,14 @@ class FamilyTrainer:
 def check_identity(cfg: FamilyMetaTrainConfig, state: dict[str, Any]) -> None:
     """``UsageError`` naming the first identity field where ``cfg`` and the saved run differ."""
     saved = state.get("identity", {})
-    for name, value in cfg.identity().items():
-        if saved.get(name) != value:
+    now = cfg.identity()
+    for name in [*now, *(n for n in saved if n not in now)]:
+        default = LATER_IDENTITY_DEFAULTS.get(name)
+        before, value = saved.get(name, default), now.get(name, default)
+        if before != value:
             raise UsageError(
                 f"{cfg.out} holds a different family meta-training run ({name}="
-                f"{saved.get(name)!r}, now {value!r}): use another out, or resume=false"
+                f"{before!r}, now {value!r}): use another out, or resume=false"
             )
 
 
