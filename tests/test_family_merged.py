@@ -286,3 +286,34 @@ def test_objective_is_part_of_the_identity_and_train_runs_keep_their_ids(tmp_pat
         )
     with pytest.raises(UsageError, match="objective must be one of train, valid"):
         coerce_family_config({**TINY_RUN, "objective": "test"})
+
+
+def test_the_merge_over_two_ranks_is_the_merge_over_all_pairs():
+    """Each rank merges its own pairs with the variances of every rank's (one all-reduce of
+    their sums): the two ranks' merged samples are the one process's."""
+
+    class Recorder:
+        def all_reduce_sum(self, vector: torch.Tensor) -> torch.Tensor:
+            self.vector = vector.clone()
+            return vector
+
+    class TwoRanks:
+        def __init__(self, other: torch.Tensor) -> None:
+            self.other = other
+
+        def all_reduce_sum(self, vector: torch.Tensor) -> torch.Tensor:
+            return vector + self.other
+
+    generator = torch.Generator().manual_seed(4)
+    samples = torch.randn(8, 2, 5, generator=generator, dtype=torch.float64)
+    samples[:, 1] *= 0.3  # rp with a smaller spread
+    estimator = MergedEstimator(0.01)
+    whole, metrics = estimator.combine(samples, World())
+    rank_a, rank_b = Recorder(), Recorder()
+    estimator.combine(samples[0::2], rank_a)
+    estimator.combine(samples[1::2], rank_b)
+    part_a, metrics_a = estimator.combine(samples[0::2], TwoRanks(rank_b.vector))
+    part_b, _ = estimator.combine(samples[1::2], TwoRanks(rank_a.vector))
+    torch.testing.assert_close(part_a, whole[0::2])
+    torch.testing.assert_close(part_b, whole[1::2])
+    assert metrics_a == pytest.approx(metrics)
