@@ -7,7 +7,9 @@ initialisation, data order and rescaling, advanced as one set of batched tensor 
 * :mod:`~harness.meta.batched.functional`: the ``vmap`` backend (any architecture);
 * :mod:`~harness.meta.batched.learners`: the :class:`BatchedLearner` protocol and
   :class:`BatchedAdam`;
-* :mod:`~harness.meta.batched.unroll`: :func:`unroll`.
+* :mod:`~harness.meta.batched.unroll`: :func:`unroll`;
+* :mod:`~harness.meta.batched.differentiable`: :func:`unroll_with_graph`, the same unroll with
+  the autograd graph kept (the reparameterisation gradient of the merged estimator).
 
 The task families it runs are :mod:`tasks.families`; docs/batched-engine.md has the design and
 the throughput measurements (benchmarks/batched_throughput.py).
