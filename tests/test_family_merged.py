@@ -317,3 +317,26 @@ def test_the_merge_over_two_ranks_is_the_merge_over_all_pairs():
     torch.testing.assert_close(part_a, whole[0::2])
     torch.testing.assert_close(part_b, whole[1::2])
     assert metrics_a == pytest.approx(metrics)
+
+
+def test_conv_nets_unroll_with_their_graph_through_the_vmap_backend():
+    """conv_mix (no closed form): ``inner_grad=auto`` takes create_graph autograd of the vmap
+    backend; the unroll is the engine's and its theta gradient is finite and nonzero."""
+    tasks = sample_group("conv_mix", 3, [0, 1])
+    batch, learner = ProblemBatch(tasks, [5, 6]), nominal()
+    assert batch.functional is not None
+    w = batch.init_params()
+    state = learner.batched_init(w)
+    theta = learner.init_theta(0).expand(2, -1).clone() + 0.05
+    step, horizon = torch.zeros(2, dtype=torch.int64), torch.full((2,), 100, dtype=torch.int64)
+    w1, _, _, losses1 = unroll(batch, learner, theta, w, state, step, horizon, 3, "valid")
+    leaf = theta.clone().requires_grad_(True)
+    w2, _, _, losses2 = unroll_with_graph(
+        batch, learner, leaf, w, state, step, horizon, 3, objective="valid"
+    )
+    torch.testing.assert_close(losses2.detach(), losses1, atol=1e-6, rtol=0)
+    torch.testing.assert_close(w2.detach(), w1, atol=1e-6, rtol=0)
+    (grad,) = torch.autograd.grad(outer_loss(losses2).sum(), leaf)
+    assert bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="closed-form inner gradient computes MLPs only"):
+        unroll_with_graph(batch, learner, leaf, w, state, step, horizon, 1, inner_grad="closed")
