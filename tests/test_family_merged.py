@@ -340,3 +340,30 @@ def test_conv_nets_unroll_with_their_graph_through_the_vmap_backend():
     assert bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="closed-form inner gradient computes MLPs only"):
         unroll_with_graph(batch, learner, leaf, w, state, step, horizon, 1, inner_grad="closed")
+
+
+@pytest.mark.slow
+def test_merged_with_two_torchrun_workers_trains_like_one_process(tmp_path):
+    """``parallel=processes``: the ranks all-reduce the ES and rp sums before merging, so two
+    gloo ranks give the single process's theta (up to the order of float sums)."""
+    from harness.meta.checkpoint import load_trainer_state
+    from harness.meta.family.command import meta_train_family
+    from harness.meta.family.trainer import STATE_FILE
+
+    cfg = {**TINY_RUN, "estimator": "merged", "eval_every": 0}
+    meta_train_family({**cfg, "out": str(tmp_path / "single")})
+    meta_train_family(
+        {**cfg, "out": str(tmp_path / "processes"), "parallel": "processes", "workers": 2}
+    )
+    single = load_trainer_state(tmp_path / "single" / STATE_FILE)
+    processes = load_trainer_state(tmp_path / "processes" / STATE_FILE)
+    torch.testing.assert_close(processes["theta"], single["theta"], rtol=0, atol=1e-5)
+    assert not torch.equal(single["theta"], coerce_theta(single))
+
+
+def coerce_theta(state) -> torch.Tensor:
+    """The initial theta of the run ``state`` saved."""
+    from harness.meta.truncation import STREAM_THETA, derive_seed
+
+    learner = nominal()
+    return learner.init_theta(derive_seed(state["config"]["seed"], STREAM_THETA)).float()
