@@ -33,7 +33,7 @@ import pandas as pd
 
 RECORDED = Path(__file__).resolve().parents[1] / "tests" / "data" / "resolve_equality.json"
 CLOCK_METRICS = ("seconds", "cpu_seconds")
-#: provenance, and ``source`` (the column schema 3 added to every tidy table: which job wrote the row)
+#: provenance, and ``source`` (schema 3 added it to every tidy table: which job wrote the row)
 PROVENANCE = (
     "harness_version",
     "schema_version",

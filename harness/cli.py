@@ -13,7 +13,8 @@
     lopt studies [storage=URL] [out=DIR]
     lopt meta-train task=NAME learner=metz_mlp|hparams|adam_residual|... estimator=merged|rp|es|pes
                     objective=train|valid loss=mean|log|log_mean|final outer_steps=N out=DIR
-    lopt meta-train family=NAME [learner=nominal_mlp] [estimator=pes|tes] [pairs=32] [out=DIR]
+    lopt meta-train family=NAME [learner=nominal_mlp] [estimator=pes|tes|merged]
+                    [objective=train|valid] [pairs=32] [out=DIR]
     lopt pathology [study=all|landscape|variance|training|truncation] [out=DIR] [quick=true]
     lopt select-snapshot run=DIR [snapshots=[0,5,10]] [seeds=5] [first_seed=200] [workers=2]
     lopt evaluate-family checkpoint=PATH [family=mlp_mix] [tasks=64] [seeds=10] [out=DIR]

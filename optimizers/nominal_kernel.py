@@ -166,7 +166,7 @@ def _moments_and_features(
     fast = torch.lerp(fast_old, g, 1.0 - fast_decay)
     slow = torch.lerp(slow_old, g, 1.0 - slow_decay)
     v = v_old * spec.beta2 + (1.0 - spec.beta2) * g * g
-    r = 1.0 / (torch.sqrt(v) / c(C_V) + spec.eps)  # Adam's 1 / (sqrt(v_hat) + eps)
+    r = 1.0 / (sqrt_zero_grad(v) / c(C_V) + spec.eps)  # Adam's 1 / (sqrt(v_hat) + eps)
     features = [
         m / c(C_M) * r,  # Adam's direction u
         g * r,
@@ -215,6 +215,19 @@ def update_eager(
         h = torch.relu(rest[0] @ h + rest[1].unsqueeze(-1))
     d = (rest[-1].unsqueeze(-2) @ h).squeeze(-2)
     return w - coeffs[..., C_SCALE, None] * (features[0] + d), new_moments
+
+
+def sqrt_zero_grad(v: torch.Tensor) -> torch.Tensor:
+    """``sqrt(v)`` (v >= 0), with gradient 0 instead of ``inf`` where ``v = 0`` under autograd.
+
+    ``v = 0`` where a weight's gradient has been exactly 0 all run (an input pixel that is 0 in
+    every image, a dead ReLU unit); there ``d sqrt(v) / dv = inf`` times ``dv / dg = 0`` made
+    the rp gradient NaN. That gradient is 0 whatever the weights, so 0 is the exact
+    contribution. Without autograd: plain ``torch.sqrt`` (the same values either way)."""
+    if not v.requires_grad:
+        return torch.sqrt(v)
+    positive = v > 0
+    return torch.where(positive, v, 1.0).sqrt() * positive
 
 
 def inverse_rms(

@@ -103,6 +103,20 @@ TINY: dict[str, tuple[list[str], bool]] = {
     "family_heldout_vs_adam.py": (["{family_run}", "--lrs", "0.01"], False),
     "resolve_equality.py": (["compare"], True),
     "resolve_walk.py": ([], True),
+    "family_estimator_comparison.py": (
+        [
+            "--out",
+            "{tmp}/comparison",
+            "--cpu-seconds",
+            "1",
+            "--chunk-seconds",
+            "1",
+            *("learner_cfg.compile=false", "pairs=2", "arch_groups=1", "truncation=5"),
+            *("min_horizon=10", "max_horizon=10", "heldout_tasks=2", "eval_every=2"),
+        ],
+        False,
+    ),
+    "differentiable_unroll.py": (["--rows", "2", "--steps", "2", "--rounds", "1"], False),
     "tuning_grid_cross_check.py": (
         [
             "--task",

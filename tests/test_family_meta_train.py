@@ -108,7 +108,7 @@ def test_a_different_run_in_the_same_folder_is_refused(tmp_path):
     [
         (["family=nope"], "family must be one of"),
         (["family=mlp_mix", "pairs=1"], "pairs must be an integer >= 2"),
-        (["family=mlp_mix", "estimator=merged"], "estimator must be one of pes, tes"),
+        (["family=mlp_mix", "estimator=rp"], "estimator must be one of pes, tes, merged"),
         (["family=mlp_mix", "learner=mlp"], "learner mlp has no batched_init"),
         (["family=mlp_mix", "min_horizon=30", "truncation=50"], "must be >= truncation"),
         (["family=mlp_mix", "bogus=1"], "takes no option 'bogus'"),

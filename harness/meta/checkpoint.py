@@ -18,6 +18,7 @@ identity check (:func:`check_identity`), reading the state files on rank 0
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,32 +54,47 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     return load_payload(path, TRAINER_FORMAT, "meta-training state", remedy=RESTART)
 
 
-def check_identity(out: str | Path, state: dict[str, Any], mine: dict[str, Any], what: str) -> None:
+def check_identity(
+    out: str | Path,
+    state: dict[str, Any],
+    mine: dict[str, Any],
+    what: str,
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
     """``UsageError`` naming the first field of ``mine`` (a run's identity) that the saved
-    ``state``'s identity does not share; ``what`` names the kind of run."""
+    ``state``'s identity does not share; ``what`` names the kind of run. ``defaults``: fields
+    added to the identity later, left out of it at their default (so older runs still resume):
+    each is compared on both sides, a missing one read as its default."""
+    defaults = defaults or {}
     saved = state.get("identity", {})
-    for name, value in mine.items():
-        if saved.get(name) != value:
+    for name in [*mine, *(n for n in defaults if n not in mine)]:
+        before, value = saved.get(name, defaults.get(name)), mine.get(name, defaults.get(name))
+        if before != value:
             raise UsageError(
-                f"{out} holds a different {what} ({name}={saved.get(name)!r}, now {value!r}): "
+                f"{out} holds a different {what} ({name}={before!r}, now {value!r}): "
                 "use another out, or resume=false to start it again"
             )
 
 
 def prepare_out(
-    cfg: Any, identity: dict[str, Any], what: str, state_file: str, old_files: list[str]
+    cfg: Any,
+    identity: dict[str, Any],
+    what: str,
+    state_file: str,
+    old_files: list[str],
+    defaults: Mapping[str, Any] | None = None,
 ) -> Path:
     """Create the run's folder ``cfg.out``; with ``cfg.resume`` check a saved run
     (``state_file``) is this one (its ``identity``; ``what`` names the kind of run), else remove
     the run's files (``old_files``, names or globs in ``out``); write ``config.json``
-    (``cfg.to_dict()``, sorted keys). Returns ``out``."""
+    (``cfg.to_dict()``, sorted keys); ``defaults``: as :func:`check_identity`. Returns ``out``."""
     given, out, resume = cfg.out, Path(cfg.out), cfg.resume
     if out.exists() and not out.is_dir():
         raise UsageError(f"out={str(out)!r} is a file; meta-training writes a folder")
     state_path = out / state_file
     if state_path.is_file():
         if resume:
-            check_identity(given, load_trainer_state(state_path), identity, what)
+            check_identity(given, load_trainer_state(state_path), identity, what, defaults)
         else:
             for pattern in old_files:
                 for old in out.glob(pattern):

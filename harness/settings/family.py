@@ -24,7 +24,9 @@ from harness.settings.validate import config_data, integer, one_of, positive_int
 from harness.util import to_plain
 
 #: harness.meta.family.estimators.FAMILY_ESTIMATORS, in this order
-FAMILY_ESTIMATORS = ("pes", "tes")
+FAMILY_ESTIMATORS = ("pes", "tes", "merged")
+#: what a truncation's outer loss is measured on
+OBJECTIVES = ("train", "valid")
 PARALLEL = ("processes", "single")
 
 #: fields that define what a run computes: a resumed run must agree on all of them
@@ -47,6 +49,9 @@ IDENTITY_FIELDS = (
     "clip",
     "heldout_tasks",
 )
+#: identity fields added later: in a run's identity only when not at this default, so runs
+#: made before them keep their ids and resume
+LATER_IDENTITY_DEFAULTS: dict[str, Any] = {"objective": "train"}
 
 
 @dataclass
@@ -59,8 +64,13 @@ class FamilyMetaTrainConfig:
         learner: the registered learner family to train; it must run batched (``batched_init``
             and ``batched_step``).
         learner_cfg: the learner's settings (``learner_cfg.NAME=VALUE``).
-        estimator: ``pes`` (persistent ES: unbiased over the whole inner run) or ``tes``
-            (antithetic ES on each truncation: biased towards short horizons).
+        estimator: ``pes`` (persistent ES: unbiased over the whole inner run), ``tes``
+            (antithetic ES on each truncation: biased towards short horizons) or ``merged``
+            (the paper's: truncated ES and the reparameterisation gradient of each truncation,
+            merged per element by inverse variance).
+        objective: ``train`` (the outer loss on the member task's training minibatches: speed)
+            or ``valid`` (on its validation minibatches, the paper's outer-valid:
+            generalisation); the inner steps train on training minibatches either way.
         outer_steps: outer steps (Adam steps on theta) to reach.
         out: the folder for ``family_state.pt``, ``inner_state.pt``, ``lopt.safetensors``,
             ``meta_log.csv`` and ``config.json``.
@@ -94,6 +104,7 @@ class FamilyMetaTrainConfig:
     learner: str = "nominal_mlp"
     learner_cfg: dict[str, Any] = field(default_factory=dict)
     estimator: str = "pes"
+    objective: str = "train"
     outer_steps: int = 1000
     out: str = "outputs/meta/family"
     seed: int = 0
@@ -124,6 +135,7 @@ class FamilyMetaTrainConfig:
         Values only: the family and the learner are looked up by
         :func:`harness.resolve.resolve_family`."""
         one_of("estimator", self.estimator, FAMILY_ESTIMATORS)
+        one_of("objective", self.objective, OBJECTIVES)
         one_of("parallel", self.parallel, PARALLEL)
         check_shared(self)
         for name in ("truncation", "min_horizon", "max_horizon", "heldout_tasks"):
@@ -159,7 +171,11 @@ class FamilyMetaTrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the run it continues."""
         data = self.to_dict()
-        return {name: data[name] for name in IDENTITY_FIELDS}
+        out = {name: data[name] for name in IDENTITY_FIELDS}
+        for name, default in LATER_IDENTITY_DEFAULTS.items():
+            if data[name] != default:
+                out[name] = data[name]
+        return out
 
 
 def coerce_family_config(cfg: Any = None, **overrides: Any) -> FamilyMetaTrainConfig:

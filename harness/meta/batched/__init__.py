@@ -10,6 +10,8 @@ initialisation, data order and rescaling, advanced as one set of batched tensor 
 * :mod:`~harness.meta.batched.unroll`: :func:`unroll`;
 * :mod:`~harness.meta.batched.memory`: large blocks kept in glibc's heap (no page faults for
   each step's outputs).
+* :mod:`~harness.meta.batched.differentiable`: :func:`unroll_with_graph`, the same unroll with
+  the autograd graph kept (the reparameterisation gradient of the merged estimator).
 
 The task families it runs are :mod:`tasks.families`; docs/batched-engine.md has the design and
 the throughput measurements (benchmarks/batched_throughput.py).

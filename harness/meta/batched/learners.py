@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from optimizers.nominal_kernel import sqrt_zero_grad
+
 
 @runtime_checkable
 class BatchedLearner(Protocol):
@@ -84,7 +86,7 @@ class BatchedAdam:
         bias1 = 1.0 - torch.pow(self.beta1, t)
         bias2_sqrt = torch.sqrt(1.0 - torch.pow(self.beta2, t))
         step_size = self.lr * torch.exp(theta[:, :1].to(w.dtype)) / bias1
-        denom = v.sqrt().div_(bias2_sqrt).add_(self.eps)
+        denom = sqrt_zero_grad(v) / bias2_sqrt + self.eps  # out of place: differentiable
         new_w = w - m.div(denom).mul_(step_size)
         return new_w, {"m": m, "v": v}
 

@@ -19,6 +19,8 @@ def _activate(z: torch.Tensor, activation: str) -> torch.Tensor:
         return torch.relu(z)
     if activation == "tanh":
         if z.dtype == torch.float32:  # torch.tanh is 4-6x slower than sigmoid here (float32)
+            if z.requires_grad:  # the same arithmetic, out of place (autograd needs sigmoid's)
+                return torch.sigmoid(z * 2.0) * 2.0 - 1.0
             return torch.sigmoid(z * 2.0).mul_(2.0).sub_(1.0)
         return torch.tanh(z)
     return torch.nn.functional.gelu(z)

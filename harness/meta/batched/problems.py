@@ -14,7 +14,9 @@ model's parameter order). Two backends compute the minibatch loss and gradient:
 * ``vmap`` (any architecture; the default for conv nets):
   :mod:`~harness.meta.batched.functional`.
 
-Nothing here is timed or random beyond the problems' own seeds; nothing keeps autograd history.
+Nothing here is timed or random beyond the problems' own seeds; nothing keeps autograd history
+but :meth:`ProblemBatch.minibatch_loss` with autograd on
+(:mod:`~harness.meta.batched.differentiable`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from tasks.families.datasets import family_splits
 from tasks.families.member import build_model
 
 BACKENDS = ("auto", "hand", "vmap")
+#: the splits an outer loss may be measured on (minibatches: :meth:`ProblemBatch.batch_indices`)
+OUTER_SPLITS = ("train", "valid")
+#: mixed into a problem's seed for its validation minibatch order
+VALID_ORDER_STREAM = 0x5A11D
 EVAL_EXAMPLES = 512  # examples per forward pass in eval_loss
 EVAL_ROWS = 64  # problems per forward pass in eval_loss
 
@@ -141,6 +147,7 @@ class ProblemBatch:
         self._scale = scales.to(dtype=dtype, device=self.device) if self._rescaled else None
         self.seeds = [int(s) for s in init_seeds]
         self._orders = [self._order(i) for i in range(self.size)]
+        self._valid: dict[int, tuple[int, DataOrder]] = {}  # row -> (seed, its valid order)
 
     # -- data ---------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -176,18 +183,79 @@ class ProblemBatch:
         _, n = self._ranges["train"][self._row_dataset[row]]
         return DataOrder(self.seeds[row], n, self.spec.batch_size)
 
-    def batch_indices(self, step: torch.Tensor | Sequence[int], num_steps: int) -> torch.Tensor:
-        """``[num_steps, B, batch]`` int64 rows of the concatenated training inputs: problem
-        i's minibatches of its steps ``step[i] .. step[i] + num_steps - 1``."""
+    def batch_indices(
+        self, step: torch.Tensor | Sequence[int], num_steps: int, split: str = "train"
+    ) -> torch.Tensor:
+        """``[num_steps, B, batch]`` int64 rows of the concatenated ``split`` inputs: problem
+        i's minibatches of its steps ``step[i] .. step[i] + num_steps - 1``.
+
+        ``train``: the task's own shuffled epochs (``batches("train", seed)``). ``valid``: the
+        same construction over the validation split, with the order seeded by the problem's
+        seed mixed with :data:`VALID_ORDER_STREAM` (so the two rows of an antithetic pair, same
+        seed and step, see the same validation minibatches: the outer-valid objective's)."""
+        if split not in OUTER_SPLITS:
+            raise ValueError(f"split must be one of {', '.join(OUTER_SPLITS)}, got {split!r}")
         steps = step.tolist() if isinstance(step, torch.Tensor) else list(step)
+        orders = self._orders if split == "train" else self._valid_orders()
         local = torch.stack(
-            [
-                order.indices(int(s), num_steps)
-                for order, s in zip(self._orders, steps, strict=True)
-            ],
+            [order.indices(int(s), num_steps) for order, s in zip(orders, steps, strict=True)],
             dim=1,
         ).to(self.device)
-        return local + self._offsets.view(1, -1, 1)
+        offsets = self._offsets if split == "train" else self._split_offsets(split)
+        return local + offsets.view(1, -1, 1)
+
+    def _valid_orders(self) -> list[DataOrder]:
+        """Each problem's validation order (rebuilt for a problem whose seed changed)."""
+        orders = self._valid
+        out = []
+        for row in range(self.size):
+            seed = self.seeds[row]
+            found = orders.get(row)
+            if found is None or found[0] != seed:
+                _, n = self._ranges["valid"][self._row_dataset[row]]
+                mixed = (seed * 1_000_003 + VALID_ORDER_STREAM) % (2**63 - 1)
+                found = orders[row] = (seed, DataOrder(mixed, n, self.spec.batch_size))
+            out.append(found[1])
+        return out
+
+    def _split_offsets(self, split: str) -> torch.Tensor:
+        ranges = self._ranges[split]
+        return torch.tensor(
+            [ranges[d][0] for d in self._row_dataset], dtype=torch.long, device=self.device
+        )
+
+    def minibatch(
+        self, indices: torch.Tensor, split: str = "train"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs ``[B, batch, ...]`` (flat for ``hand``) and labels ``[B, batch]`` of rows
+        ``indices`` ``[B, batch]`` of :meth:`batch_indices` (of the same ``split``)."""
+        inputs, labels = self._data[split]
+        flat = indices.reshape(-1)  # index_select: ~10x faster than inputs[indices] here
+        x = inputs.index_select(0, flat).view(*indices.shape, *inputs.shape[1:])
+        y = labels.index_select(0, flat).view(indices.shape)
+        return x, y
+
+    def effective(self, w: torch.Tensor) -> torch.Tensor:
+        """The model's weights of the optimizer's variables ``w`` [B, N] (the rescaling;
+        out of place, so differentiable)."""
+        return w * self._scale if self._scale is not None else w
+
+    def minibatch_loss(
+        self, w: torch.Tensor, indices: torch.Tensor, split: str = "valid"
+    ) -> torch.Tensor:
+        """Each problem's mean cross-entropy ``[B]`` on its minibatch ``indices`` of ``split``
+        (forward only; differentiable in ``w`` when autograd is on)."""
+        x, y = self.minibatch(indices, split)
+        w_eff = self.effective(w)
+        if self._functional is not None:
+            return torch.func.vmap(self._functional.loss)(w_eff, x, y)
+        logits = mlp_logits(w_eff, x, self.shapes, self.spec.activation)
+        return cross_entropy_rows(logits, y).mean(dim=1)
+
+    @property
+    def functional(self) -> FunctionalModel | None:
+        """The ``vmap`` backend's model (None for ``hand``)."""
+        return self._functional
 
     def reseed(self, rows: Sequence[int], init_seeds: Sequence[int]) -> torch.Tensor:
         """Give problems ``rows`` new seeds (a reset: new init and data order); returns their

@@ -19,6 +19,7 @@ def unroll(
     step: torch.Tensor,
     horizon: torch.Tensor,
     num_steps: int,
+    objective: str = "train",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """``num_steps`` inner steps of every problem: minibatch loss and gradient at ``w`` (each
     problem's own minibatch of its current step), then ``learner.batched_step``.
@@ -26,10 +27,14 @@ def unroll(
     Args:
         theta: ``[B, D]``, one row per problem.
         w: ``[B, N]``; state: the learner's; step, horizon: ``[B]`` int64.
+        objective: the split of the returned losses: ``train`` (the minibatch the step trains
+            on) or ``valid`` (a validation minibatch of the same size at the same ``w``, one
+            forward pass more per step: the outer-valid objective).
 
     Returns ``(w, state, step, losses)``: the parameters, state and steps after ``num_steps``
     updates, and ``losses`` ``[num_steps, B]``, the minibatch loss of each step before its
-    update (step j's loss is at ``w`` after j updates). No autograd graph (ES/PES need none);
+    update (step j's loss is at ``w`` after j updates), on ``objective``'s minibatch. No
+    autograd graph (ES/PES need none; :mod:`~harness.meta.batched.differentiable` keeps one);
     no resets: a caller that wants them checks ``step >= horizon`` and :meth:`ProblemBatch.reseed`.
     The first call raises glibc's mmap threshold for the process
     (:func:`harness.meta.batched.memory.keep_large_allocations`).
@@ -41,10 +46,11 @@ def unroll(
         )
     keep_large_allocations()  # once per process: no page faults for each step's outputs
     indices = batch.batch_indices(step, num_steps)
+    outer = batch.batch_indices(step, num_steps, objective) if objective != "train" else None
     losses = w.new_empty(num_steps, batch.size)
     for j in range(num_steps):
         loss, grad = batch.loss_and_grad(w, step, indices=indices[j])
-        losses[j] = loss
+        losses[j] = loss if outer is None else batch.minibatch_loss(w, outer[j], objective)
         w, state = learner.batched_step(theta, w, grad, state, step, horizon, batch.segments)
         step = step + 1
     return w, state, step, losses

@@ -7,8 +7,8 @@ One job per module:
   are touched (rows of inner problems, grouped by architecture; the outer loss);
 * :mod:`~harness.meta.family.pairs`: antithetic pairs, their horizons, resets, staggering and
   truncations (the TruncatedStep);
-* :mod:`~harness.meta.family.estimators`: PES and truncated ES (and whole-run ES, the
-  reference);
+* :mod:`~harness.meta.family.estimators`: PES, truncated ES and the paper's merged estimator
+  (and whole-run ES, the reference);
 * :mod:`~harness.meta.family.meters`: split-half cosine, signal-to-noise ratio, their controls;
 * :mod:`~harness.meta.family.heldout`: the fixed held-out set that judges theta;
 * :mod:`~harness.meta.family.trainer`: the outer loop, state files, log, progress, resume;

@@ -1,7 +1,8 @@
 """``lopt meta-train family=NAME ...``: the entrance of family meta-training.
 
-    lopt meta-train family=mlp_mix [learner=nominal_mlp] [estimator=pes|tes] [pairs=32]
-                    [outer_steps=N] [max_seconds=S] [out=DIR] [workers=2] [KEY=VALUE ...]
+    lopt meta-train family=mlp_mix [learner=nominal_mlp] [estimator=pes|tes|merged]
+                    [objective=train|valid] [pairs=32] [outer_steps=N] [max_seconds=S]
+                    [out=DIR] [workers=2] [KEY=VALUE ...]
 
 :func:`meta_train_family` checks the settings (one-line ``UsageError``, nothing written), prepares
 ``out`` (``resume=false`` removes a previous run's files; ``resume=true`` checks a saved run is
@@ -30,7 +31,11 @@ from harness.meta.processes import interrupted_line
 from harness.meta.trainer import CONFIG_FILE, LOG_FILE, LOPT_FILE
 from harness.meta.world import World
 from harness.resolve import FamilyRun, resolve_family
-from harness.settings.family import FamilyMetaTrainConfig, coerce_family_config
+from harness.settings.family import (
+    LATER_IDENTITY_DEFAULTS,
+    FamilyMetaTrainConfig,
+    coerce_family_config,
+)
 from harness.util import to_plain
 
 MODULE = "harness.meta.family.command"
@@ -62,7 +67,9 @@ def prepare_out(run: FamilyRun) -> Path:
     """Create ``out``; with ``resume`` check a saved run is this one, else clear it; write
     ``config.json``."""
     old = [STATE_FILE, INNER_FILE, LOG_FILE, LOPT_FILE]
-    return checkpoint.prepare_out(run.cfg, run.identity, WHAT, STATE_FILE, old)
+    return checkpoint.prepare_out(
+        run.cfg, run.identity, WHAT, STATE_FILE, old, LATER_IDENTITY_DEFAULTS
+    )
 
 
 def family_command(overrides: Sequence[Any], *, show_help: bool = False) -> int:

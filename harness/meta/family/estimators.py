@@ -1,5 +1,5 @@
-"""Gradient estimators on the batched engine: PES and truncated ES (and whole-run ES, the
-reference they are tested against).
+"""Gradient estimators on the batched engine: PES, truncated ES and the paper's merged estimator
+(and whole-run ES, the reference they are tested against).
 
 For pair ``i`` at outer step k, ``n ~ N(0, I)`` (``[D]``), the +eps row runs ``theta + sigma n``
 and the -eps row ``theta - sigma n`` for one truncation on the same minibatches; ``L+``, ``L-``
@@ -15,12 +15,19 @@ loss, :func:`harness.meta.family.problems.outer_loss`).
   the sample is ``(L+ - L-) / (2 sigma) * n``: unbiased for one truncation from a fixed state,
   biased for the whole run (it ignores theta's effect on where the truncation starts).
 
-Every sample is float64 ``[D]``; the trainer reduces them to :class:`SampleSums`.
+Every sample is float64 ``[D]``; the trainer reduces them to :class:`SampleSums`
+(:meth:`FamilyEstimator.combine` first, which only the merged estimator needs).
 
-The paper's merged estimator (inverse-variance merge with a reparameterisation gradient) is not
-here: it needs a differentiable unroll of the batched engine (autograd through the engine's
-closed-form backward and the learner's ``batched_step``), which the engine does not promise.
-The per-problem loop (:mod:`harness.meta.estimators`, ``estimator=merged``) keeps it.
+* The paper's merged estimator (``merged``; Metz et al. 2019): truncated like ``tes`` (both
+  rows from the +eps row's state), each pair gives its ES sample and its reparameterisation
+  sample ``rp = 1/2 d/dtheta [L(theta + eps) + L(theta - eps)]`` (backprop through both rows'
+  truncation on the engine's differentiable unroll, :mod:`harness.meta.batched.differentiable`).
+  Per element j, the variances of the two over the outer step's pairs (all ranks: one
+  all-reduce of their :class:`SampleSums`) give the weight of ES, ``w_j = var_rp / (var_rp +
+  var_es)``, and each pair's merged sample is ``w es + (1 - w) rp``; their mean is the paper's
+  ``(mu_rp var_es + mu_es var_rp) / (var_rp + var_es)``
+  (:func:`harness.meta.estimators.inverse_variance_merge`), and the meters see the merged
+  samples. A pair whose ES or rp sample is not finite is dropped whole.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from harness.meta.estimators import SampleSums, mean_and_variance
 from harness.meta.family.pairs import (
     PairSchedule,
     PairState,
@@ -81,6 +89,12 @@ class FamilyEstimator(ABC):
         )
         return samples, result, new, resets
 
+    def combine(self, samples: torch.Tensor, world: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """This rank's per-pair samples ``[P, D]`` from what :meth:`step` gave, and metrics to
+        log (collective: every rank calls it). PES and TES: the samples themselves."""
+        del world
+        return samples, {}
+
     def scale(self, result: Truncation) -> torch.Tensor:
         """``(L+ - L-) / (2 sigma)`` per pair (``[P, 1]``, float64)."""
         return ((result.loss_plus - result.loss_minus) / (2.0 * self.sigma))[:, None]
@@ -111,9 +125,89 @@ class TruncatedESEstimator(FamilyEstimator):
         return self.scale(result) * noises.double(), list(accumulated)
 
 
+class MergedEstimator(FamilyEstimator):
+    """The paper's inverse-variance merge of truncated ES and rp (module docstring).
+
+    :meth:`step` gives ``[P, 2, D]``: per pair its ES sample and its rp sample;
+    :meth:`combine` all-reduces their sums and gives the merged per-pair samples ``[P, D]``.
+    """
+
+    name = "merged"
+    two_trajectories = False
+    SLOTS = ("es", "rp")
+
+    def __init__(self, sigma: float, first_order: bool = False) -> None:
+        super().__init__(sigma)
+        self.first_order = first_order
+
+    def step(
+        self,
+        schedule: PairSchedule,
+        learner: Any,
+        theta: torch.Tensor,
+        noises: torch.Tensor,
+        states: Sequence[PairState],
+        outer_step: int = 0,
+    ) -> tuple[torch.Tensor, Truncation, list[PairState], list[bool]]:
+        result = antithetic_truncation(
+            schedule, learner, theta, noises, self.sigma, states, rp=True
+        )
+        assert result.rp is not None
+        es = self.scale(result) * noises.double()
+        samples = torch.stack([es, result.rp.double()], dim=1)
+        new, resets = next_states(
+            schedule,
+            learner,
+            states,
+            result,
+            [s.accumulated for s in states],
+            False,
+            outer_step,
+        )
+        return samples, result, new, resets
+
+    def samples(
+        self, result: Truncation, noises: torch.Tensor, accumulated: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The ES part alone (the rp part needs the differentiable unroll: :meth:`step`)."""
+        return self.scale(result) * noises.double(), list(accumulated)
+
+    def combine(self, samples: torch.Tensor, world: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Merged per-pair samples ``[P, D]`` (NaN rows: pairs dropped) and ``es_weight`` (the
+        mean over elements of ES's weight), ``var_es``, ``var_rp`` (means over elements)."""
+        size = samples.shape[-1]
+        sums = SampleSums(size, slots=self.SLOTS)
+        keep = torch.isfinite(samples).flatten(1).all(dim=1)
+        for j in torch.nonzero(keep).flatten().tolist():
+            for k, slot in enumerate(self.SLOTS):
+                value = samples[j, k].double()
+                sums.counts[slot] += 1
+                sums.sums[slot].add_(value)
+                sums.sumsqs[slot].addcmul_(value, value)
+        total = world.all_reduce_sum(sums.to_vector())
+        merged = SampleSums.from_vector(total, size, self.SLOTS)
+        variances = {
+            slot: mean_and_variance(merged.sums[slot], merged.sumsqs[slot], merged.counts[slot])[1]
+            for slot in self.SLOTS
+        }
+        var_es, var_rp = variances["es"], variances["rp"]
+        if var_es is None or var_rp is None:  # fewer than two usable pairs: ES alone
+            weight = torch.ones(size, dtype=torch.float64)
+        else:
+            weight = var_rp / (var_rp + var_es)
+        out = weight * samples[:, 0].double() + (1.0 - weight) * samples[:, 1].double()
+        out[~keep] = torch.nan
+        metrics = {
+            "es_weight": float(weight.mean()),
+            "var_es": float(var_es.mean()) if var_es is not None else float("nan"),
+            "var_rp": float(var_rp.mean()) if var_rp is not None else float("nan"),
+        }
+        return out, metrics
+
+
 #: the estimators ``estimator=NAME`` selects
 FAMILY_ESTIMATORS: dict[str, type[FamilyEstimator]] = {
-    cls.name: cls for cls in (PESEstimator, TruncatedESEstimator)
+    cls.name: cls for cls in (PESEstimator, TruncatedESEstimator, MergedEstimator)
 }
 
 

@@ -9,7 +9,9 @@ comparable along the run.
 
 Logged (means over the set): ``heldout_loss`` (the whole run's mean of the log of the clipped
 minibatch loss: the outer loss over the whole horizon), ``heldout_final_train`` and
-``heldout_final_valid`` (the log of the whole-split loss at the end of the run). Untimed.
+``heldout_final_valid`` (the log of the whole-split loss at the end of the run), and
+``heldout_loss_se``, the standard error of ``heldout_loss`` over the set's tasks (their spread
+over sqrt(count)). Untimed.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class HeldOutSet:
         inits = [m[1] for m in members]
         ws, states = initial_rows(learner, tasks, inits)
         rows = Rows(tasks, inits, ws, states, [0] * len(mine), [m[2] for m in members])
-        totals = torch.zeros(len(HELDOUT_METRICS), dtype=torch.float64)
+        totals = torch.zeros(len(HELDOUT_METRICS) + 1, dtype=torch.float64)  # + sum of squares
         loss_sum = torch.zeros(len(mine), dtype=torch.float64)
         active = list(range(len(mine)))
         truncation = self.schedule.truncation
@@ -87,8 +89,12 @@ class HeldOutSet:
                     valid = whole_split_losses(finished, "valid").clamp_min(1e-8).log()
                     for n, j in enumerate(done):
                         totals[0] += loss_sum[j] / rows.horizon[j]
+                        totals[3] += (loss_sum[j] / rows.horizon[j]) ** 2
                         totals[1] += train[n]
                         totals[2] += valid[n]
                 active = [j for j in active if rows.step[j] < rows.horizon[j]]
         totals = world.all_reduce_sum(totals) / self.count
-        return {name: float(v) for name, v in zip(HELDOUT_METRICS, totals, strict=True)}
+        out = {name: float(v) for name, v in zip(HELDOUT_METRICS, totals[:3], strict=True)}
+        spread = max(0.0, float(totals[3]) - out["heldout_loss"] ** 2) * self.count
+        out["heldout_loss_se"] = (spread / max(1, self.count - 1)) ** 0.5 / self.count**0.5
+        return out

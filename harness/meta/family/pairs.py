@@ -43,7 +43,9 @@ STREAM_ARCH = 29
 
 @dataclass(frozen=True)
 class PairSchedule:
-    """Which task, initialisation and horizon each (pair, instance) gets."""
+    """Which task, initialisation and horizon each (pair, instance) gets, and what a
+    truncation's outer loss is measured on (``objective``: ``train`` or ``valid`` minibatches
+    of the pair's task; the inner steps always train on ``train``)."""
 
     family: str
     seed: int
@@ -52,6 +54,7 @@ class PairSchedule:
     max_horizon: int
     stagger: bool = True
     arch_groups: int | None = None
+    objective: str = "train"
 
     @property
     def arch_period(self) -> int:
@@ -219,12 +222,15 @@ class Truncation:
     Attributes:
         loss_plus, loss_minus: each pair's outer loss on its +eps and -eps row (``[P]``).
         plus, minus: the rows after the truncation.
+        rp: with ``rp``, each pair's reparameterisation sample ``[P, D]`` (float64):
+            ``1/2 d/dtheta [L(theta + eps) + L(theta - eps)]``, backprop through both rows.
     """
 
     loss_plus: torch.Tensor
     loss_minus: torch.Tensor
     plus: Rows
     minus: Rows
+    rp: torch.Tensor | None = None
 
 
 def antithetic_truncation(
@@ -234,21 +240,31 @@ def antithetic_truncation(
     noises: torch.Tensor,
     sigma: float,
     states: Sequence[PairState],
+    rp: bool = False,
 ) -> Truncation:
     """Both rows of every pair one truncation further: the +eps row with ``theta + sigma n_i``
     from the +eps trajectory, the -eps row with ``theta - sigma n_i`` from the -eps trajectory
-    (or the +eps one), all pairs' rows as one set of batches. ``noises`` is ``[P, D]``."""
-    from harness.meta.family.problems import outer_loss
+    (or the +eps one), all pairs' rows as one set of batches. ``noises`` is ``[P, D]``. The
+    outer loss is on the schedule's ``objective`` split; with ``rp`` the rows run through the
+    differentiable unroll and the truncation carries each pair's rp sample."""
+    from harness.meta.family.problems import advance_with_gradient, outer_loss
 
     count = len(states)
     plus, minus = rows_of(schedule, states, "plus"), rows_of(schedule, states, "minus")
     both = plus + minus
     eps = sigma * noises.to(theta.dtype)
     thetas = torch.cat([theta + eps, theta - eps])
-    after, losses = advance(learner, both, thetas, schedule.truncation)
+    grads = None
+    if rp:
+        after, losses, grads = advance_with_gradient(
+            learner, both, thetas, schedule.truncation, schedule.objective
+        )
+    else:
+        after, losses = advance(learner, both, thetas, schedule.truncation, schedule.objective)
     loss = outer_loss(losses)
     first, second = list(range(count)), list(range(count, 2 * count))
-    return Truncation(loss[:count], loss[count:], after.subset(first), after.subset(second))
+    sample = None if grads is None else 0.5 * (grads[:count] + grads[count:])
+    return Truncation(loss[:count], loss[count:], after.subset(first), after.subset(second), sample)
 
 
 def finite_rows(rows: Rows, j: int) -> bool:

@@ -23,6 +23,11 @@ import torch
 
 from harness.errors import UsageError
 
+#: the rp graph of a truncation holds about this many bytes per row, inner step and weight
+#: (nominal_mlp eager: 30 floats measured); :func:`advance_with_gradient` differentiates at most
+#: RP_GRAPH_BYTES of graph at a time (rows of one architecture in chunks)
+RP_BYTES_PER_WEIGHT_STEP = 128
+RP_GRAPH_BYTES = 2**30
 #: the outer loss is the mean over a truncation's steps of log(clamp(loss, LOG_FLOOR, LOSS_CLIP))
 #: (a non-finite loss counts as the clip)
 LOSS_CLIP = 10.0
@@ -135,15 +140,92 @@ def initial_rows(
 
 
 def advance(
-    learner: Any, rows: Rows, theta: torch.Tensor, num_steps: int
+    learner: Any, rows: Rows, theta: torch.Tensor, num_steps: int, objective: str = "train"
 ) -> tuple[Rows, torch.Tensor]:
     """Every row ``num_steps`` inner steps further with its own row of ``theta`` (``[R, D]``).
 
     Returns the rows after the steps and the minibatch losses ``[num_steps, R]`` (the loss at
-    each step's parameters before its update). No row may pass its horizon.
+    each step's parameters before its update, on a ``objective`` minibatch: ``train``, the one
+    the step trains on, or ``valid``). No row may pass its horizon.
     """
     from harness.meta.batched import unroll
 
+    out, losses = _moved(rows, num_steps)
+    for idx in groups(rows.tasks):
+        batch, w, state, step, horizon = _group(rows, idx)
+        w, state, _, group_losses = unroll(
+            batch, learner, theta[idx], w, state, step, horizon, num_steps, objective
+        )
+        _put(out, losses, idx, w, state, group_losses)
+    return out, losses
+
+
+def advance_with_gradient(
+    learner: Any,
+    rows: Rows,
+    theta: torch.Tensor,
+    num_steps: int,
+    objective: str = "train",
+    first_order: bool = False,
+) -> tuple[Rows, torch.Tensor, torch.Tensor]:
+    """:func:`advance` through the differentiable unroll, plus each row's gradient of its
+    outer loss (:func:`outer_loss`) in its own row of ``theta``: ``[R, D]`` float64 (the
+    reparameterisation gradient, backprop through the truncation's inner updates and inner
+    gradients unless ``first_order``). One graph at a time (built, differentiated, freed): the
+    rows of one architecture, in chunks of at most :data:`RP_GRAPH_BYTES` of graph (about 1
+    GiB). Returns ``(rows, losses, grads)``; rows and losses detached."""
+    out, losses = _moved(rows, num_steps)
+    grads = torch.zeros(theta.shape, dtype=torch.float64)
+    for group in groups(rows.tasks):
+        size = int(rows.w[group[0]].numel())
+        per_graph = max(1, int(RP_GRAPH_BYTES // (RP_BYTES_PER_WEIGHT_STEP * num_steps * size)))
+        for first in range(0, len(group), per_graph):
+            idx = group[first : first + per_graph]
+            _rp_part(
+                learner, rows, idx, theta, num_steps, objective, first_order, out, losses, grads
+            )
+    return out, losses, grads
+
+
+def _rp_part(
+    learner: Any,
+    rows: Rows,
+    idx: Sequence[int],
+    theta: torch.Tensor,
+    num_steps: int,
+    objective: str,
+    first_order: bool,
+    out: Rows,
+    losses: torch.Tensor,
+    grads: torch.Tensor,
+) -> None:
+    """One graph of :func:`advance_with_gradient`: rows ``idx`` (one architecture)."""
+    from harness.meta.batched.differentiable import unroll_with_graph
+
+    batch, w, state, step, horizon = _group(rows, idx)
+    with torch.enable_grad():
+        leaf = theta[idx].detach().clone().requires_grad_(True)
+        w, state, _, group_losses = unroll_with_graph(
+            batch,
+            learner,
+            leaf,
+            w,
+            state,
+            step,
+            horizon,
+            num_steps,
+            objective=objective,
+            first_order=first_order,
+        )
+        (grad,) = torch.autograd.grad(outer_loss(group_losses).sum(), leaf)
+    grads[idx] = grad.double()
+    state = {k: v.detach() for k, v in state.items()}
+    _put(out, losses, idx, w.detach(), state, group_losses.detach())
+
+
+def _moved(rows: Rows, num_steps: int) -> tuple[Rows, torch.Tensor]:
+    """A copy of ``rows`` with the steps moved on, and an empty ``[num_steps, R]`` loss table
+    (``ValueError`` if a row would pass its horizon)."""
     count = len(rows.tasks)
     losses = torch.empty(num_steps, count)
     out = Rows(
@@ -156,21 +238,33 @@ def advance(
     )
     if any(s + num_steps > h for s, h in zip(rows.step, rows.horizon, strict=True)):
         raise ValueError("a row would pass its horizon")
-    for idx in groups(rows.tasks):
-        batch = batch_of([rows.tasks[r] for r in idx], [rows.init_seeds[r] for r in idx])
-        w = torch.stack([rows.w[r] for r in idx])
-        names = rows.state[idx[0]].keys()
-        state = {k: torch.stack([rows.state[r][k] for r in idx]) for k in names}
-        step = torch.tensor([rows.step[r] for r in idx], dtype=torch.int64)
-        horizon = torch.tensor([rows.horizon[r] for r in idx], dtype=torch.int64)
-        w, state, _, group_losses = unroll(
-            batch, learner, theta[idx], w, state, step, horizon, num_steps
-        )
-        losses[:, idx] = group_losses.to(losses.dtype)
-        for j, r in enumerate(idx):
-            out.w[r] = w[j].clone()
-            out.state[r] = {k: v[j].clone() for k, v in state.items()}
     return out, losses
+
+
+def _group(rows: Rows, idx: Sequence[int]) -> tuple[Any, Any, Any, Any, Any]:
+    """The engine's batch of rows ``idx`` and their stacked ``w``, state, step and horizon."""
+    batch = batch_of([rows.tasks[r] for r in idx], [rows.init_seeds[r] for r in idx])
+    w = torch.stack([rows.w[r] for r in idx])
+    names = rows.state[idx[0]].keys()
+    state = {k: torch.stack([rows.state[r][k] for r in idx]) for k in names}
+    step = torch.tensor([rows.step[r] for r in idx], dtype=torch.int64)
+    horizon = torch.tensor([rows.horizon[r] for r in idx], dtype=torch.int64)
+    return batch, w, state, step, horizon
+
+
+def _put(
+    out: Rows,
+    losses: torch.Tensor,
+    idx: Sequence[int],
+    w: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    group_losses: torch.Tensor,
+) -> None:
+    """Write a group's results back into row order."""
+    losses[:, idx] = group_losses.to(losses.dtype)
+    for j, r in enumerate(idx):
+        out.w[r] = w[j].clone()
+        out.state[r] = {k: v[j].clone() for k, v in state.items()}
 
 
 def outer_loss(losses: torch.Tensor) -> torch.Tensor:

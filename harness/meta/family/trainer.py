@@ -44,7 +44,7 @@ from harness.meta.world import World
 from harness.progress import Progress
 from harness.resolve import FamilyRun, resolve_family
 from harness.results.schema import FAMILY_META
-from harness.settings.family import FamilyMetaTrainConfig
+from harness.settings.family import LATER_IDENTITY_DEFAULTS, FamilyMetaTrainConfig
 
 STATE_FILE = "family_state.pt"
 INNER_FILE = "inner_state.pt"
@@ -88,6 +88,7 @@ class FamilyTrainer:
             cfg.min_horizon,
             cfg.max_horizon,
             arch_groups=cfg.arch_groups or None,
+            objective=cfg.objective,
         )
         self.heldout_set = HeldOutSet(self.schedule, cfg.heldout_tasks)
         self.num_theta = int(self.learner.num_theta)
@@ -138,6 +139,7 @@ class FamilyTrainer:
             samples, result, self.pairs, resets = self.estimator.step(
                 self.schedule, self.learner, self.theta, self.noises(), self.pairs, self.outer_step
             )
+        samples, estimator_metrics = self.estimator.combine(samples, self.world)
         sums = meters.new_sums(self.num_theta)
         for j, p in enumerate(self.local):
             control = meters.control_direction(samples[j], cfg.seed, self.outer_step, p)
@@ -164,6 +166,7 @@ class FamilyTrainer:
             "outer_loss": stats["loss_sum"] / max(1.0, stats["loss_count"]),
             "grad_norm": float(grad.norm()) if grad is not None else math.nan,
             **step_meters,
+            **estimator_metrics,
             "resets": stats["resets"],
             "dropped": stats["dropped_half_a"] + stats["dropped_half_b"],
             "seconds": seconds,
@@ -317,7 +320,7 @@ class FamilyTrainer:
     def load(self, small: dict[str, Any], inner: dict[str, Any] | None) -> None:
         """Continue from :meth:`small_state` (and the pairs, when ``inner`` is the same outer
         step's; otherwise the pairs start afresh, staggered, with the loaded theta)."""
-        check_identity(self.cfg.out, small, self.identity, WHAT)
+        check_identity(self.cfg.out, small, self.identity, WHAT, LATER_IDENTITY_DEFAULTS)
         self.outer_step = int(small["outer_step"])
         self.seconds = float(small["seconds"])
         self.cpu_seconds = float(small["cpu_seconds"])
