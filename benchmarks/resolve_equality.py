@@ -43,6 +43,12 @@ PROVENANCE = (
     "source",
 )
 
+#: family meta-training settings added after the recording, left out at their defaults (their
+#: default is the old behaviour): ``objective``
+LATER_FIELDS = {"objective": "train"}
+#: metrics logged since the recording: the held-out judge's standard error over its tasks
+LATER_METRICS = ("heldout_loss_se",)
+
 BENCH = ["task=quadratic", "optimizer=adam", "steps=20", "eval_every=10", "seeds=2"]
 META = [
     "task=quadratic",
@@ -80,8 +86,9 @@ FAMILY = [
 
 
 def values(frame: pd.DataFrame, clock_columns: tuple[str, ...]) -> list[list[Any]]:
-    """The frame without clock rows and clock or provenance columns, as plain rows."""
-    frame = frame[~frame["metric"].isin(CLOCK_METRICS)]
+    """The frame without clock rows, metrics logged since the recording (``LATER_METRICS``) and
+    clock or provenance columns, as plain rows."""
+    frame = frame[~frame["metric"].isin((*CLOCK_METRICS, *LATER_METRICS))]
     keep = [c for c in frame.columns if c not in (*clock_columns, *PROVENANCE, "threads")]
     return [list(map(_plain, row)) for row in frame[keep].itertuples(index=False)]
 
@@ -94,16 +101,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def checkpoint(path: Path) -> dict[str, Any]:
-    """theta's SHA-256 and the checkpoint's fields, clock fields aside."""
+def checkpoint(path: Path, family: bool = False) -> dict[str, Any]:
+    """theta's SHA-256 and the checkpoint's fields, clock fields (and, for a ``family`` run,
+    ``LATER_FIELDS`` at their defaults) aside."""
     from optimizers.checkpoint import load_payload
 
     payload = load_payload(path, "lopt-harness/learned-optimizer", "checkpoint", remedy="")
     theta = payload["theta"].contiguous().numpy().tobytes()
+    later = LATER_FIELDS if family else {}
     meta = {
         k: v
         for k, v in payload["meta_training"].items()
-        if k not in ("seconds", "cpu_seconds", "out")
+        if k not in ("seconds", "cpu_seconds", "out") and later.get(k, object()) != v
     }
     return {
         "theta_sha256": hashlib.sha256(theta).hexdigest(),
@@ -131,7 +140,7 @@ def outputs(work: Path) -> dict[str, Any]:
     assert main(["meta-train", *FAMILY, f"out={work / 'family'}"]) == 0
     family_log = pd.read_csv(work / "family" / "meta_log.csv")
     result["family_log"] = values(family_log, ("wall_time_s",))
-    result["family_checkpoint"] = checkpoint(work / "family" / "lopt.safetensors")
+    result["family_checkpoint"] = checkpoint(work / "family" / "lopt.safetensors", family=True)
     fixed = bench.copy()
     fixed["wall_time_s"] = fixed["step"] * 1e-3  # the clock as a function of the step
     for column in ("harness_version", "git_commit", "torch_version", "device"):

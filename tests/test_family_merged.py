@@ -271,13 +271,14 @@ def test_a_valid_objective_run_trains_and_logs_its_meters(tmp_path, estimator):
 def test_objective_is_part_of_the_identity_and_train_runs_keep_their_ids(tmp_path):
     from harness.errors import UsageError
     from harness.meta.family.command import meta_train_family
-    from harness.meta.family.trainer import run_id
+    from harness.resolve import family_run_id
     from harness.settings.family import coerce_family_config
 
     plain = coerce_family_config(TINY_RUN)
     assert "objective" not in plain.identity()  # ids of runs made before the field: unchanged
     valid = coerce_family_config({**TINY_RUN, "objective": "valid"})
-    assert valid.identity()["objective"] == "valid" and run_id(valid) != run_id(plain)
+    assert valid.identity()["objective"] == "valid"
+    assert family_run_id(valid, valid.identity()) != family_run_id(plain, plain.identity())
     out = str(tmp_path)
     meta_train_family({**TINY_RUN, "estimator": "tes", "outer_steps": 1, "out": out})
     with pytest.raises(UsageError, match="objective='train', now 'valid'"):
