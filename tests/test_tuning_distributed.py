@@ -71,19 +71,34 @@ def _pid(trial: optuna.trial.FrozenTrial) -> int | None:
     return None if worker is None else int(str(worker).rsplit(":", 2)[1])
 
 
+def _running(storage: str, victim: subprocess.Popen) -> tuple[int, list[int]]:
+    """How many trials are counted, and the numbers of the trials ``victim`` is running."""
+    study = _study(storage, BUDGET) if _exists(storage) else None
+    if study is None:
+        return 0, []
+    counts = count_trials(study)
+    return len(counts.counted), [t.number for t in counts.in_flight if _pid(t) == victim.pid]
+
+
 def _kill_in_a_trial(storage: str, victim: subprocess.Popen, after: int) -> int:
     """SIGKILL ``victim`` while it runs a trial, once ``after`` trials are counted; the number
-    of the trial it was running."""
+    of the trial it was running.
+
+    The victim is frozen (SIGSTOP) and the storage read again before the kill: a trial seen
+    running may have ended between the read and the signal (CI saw one killed between trials),
+    and a frozen worker writes nothing more. If its trial ended, it is let go and tried again."""
     deadline = time.time() + 300
     while time.time() < deadline:
-        study = _study(storage, BUDGET) if _exists(storage) else None
-        if study is not None:
-            counts = count_trials(study)
-            mine = [t for t in counts.in_flight if _pid(t) == victim.pid]
-            if len(counts.counted) >= after and mine:
+        counted, mine = _running(storage, victim)
+        if counted >= after and mine:
+            victim.send_signal(signal.SIGSTOP)
+            time.sleep(0.5)  # let the server apply whatever the worker sent before it froze
+            _, still = _running(storage, victim)
+            if still:
                 victim.send_signal(signal.SIGKILL)
                 victim.wait()
-                return mine[0].number
+                return still[0]
+            victim.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     raise AssertionError("the victim never ran a trial")
 
