@@ -12,10 +12,18 @@ import torch
 
 from harness.cli import main
 from harness.errors import UsageError
-from harness.meta.checkpoint import load_trainer_state
+from harness.meta.checkpoint import load_trainer_state, save_trainer_state
 from harness.meta.family.command import meta_train_family
-from harness.meta.family.trainer import INNER_FILE, LOG_FILE, LOPT_FILE, STATE_FILE, FamilyTrainer
+from harness.meta.family.trainer import (
+    BEST_FILE,
+    INNER_FILE,
+    LOG_FILE,
+    LOPT_FILE,
+    STATE_FILE,
+    FamilyTrainer,
+)
 from harness.settings.family import coerce_family_config
+from optimizers.checkpoint import load_lopt_checkpoint
 
 # a tiny run: 4 pairs in 2 architecture groups, horizons of 20-40 steps in truncations of 10,
 # nominal_mlp eager (no compile in tests), 4 held-out tasks
@@ -69,6 +77,28 @@ def test_a_run_split_in_two_chunks_equals_one_run(tmp_path):
     for name in ("split_cosine", "snr", "control_split_cosine", "control_snr", "heldout_loss"):
         assert name in metrics
     assert (tmp_path / "one" / LOPT_FILE).is_file()
+
+
+def test_best_snapshot_is_theta_at_the_lowest_judged_heldout_loss(tmp_path):
+    run(tmp_path, outer_steps=4)
+    log = pd.read_csv(tmp_path / LOG_FILE)
+    judged = log[log["metric"] == "heldout_loss"].reset_index(drop=True)
+    best_step = int(judged.loc[judged["value"].idxmin(), "outer_step"])
+    assert best_step > 0  # theta moved, and the judge saw it improve
+    loaded = load_lopt_checkpoint(tmp_path / BEST_FILE)
+    record = loaded.meta_training
+    assert record["outer_step"] == best_step and record["selected_on"] == "heldout_loss"
+    assert record["heldout_loss"] == pytest.approx(judged["value"].min())
+    state = load_trainer_state(tmp_path / STATE_FILE)
+    assert state["outer_step"] == best_step and torch.equal(loaded.theta, state["theta"])
+    # a later judgement that is not lower leaves the snapshot alone: make the saved best
+    # unbeatable, then continue the run
+    state["best"] = {"heldout_loss": -1e9, "outer_step": 1.0}
+    save_trainer_state(tmp_path / STATE_FILE, state, "cpu")
+    before = (tmp_path / BEST_FILE).read_bytes()
+    run(tmp_path, outer_steps=6)
+    assert (tmp_path / BEST_FILE).read_bytes() == before
+    assert load_trainer_state(tmp_path / STATE_FILE)["best"]["heldout_loss"] == -1e9
 
 
 def test_without_the_inner_state_a_run_continues_from_its_small_state(tmp_path):

@@ -14,10 +14,13 @@ Files in ``out`` (written atomically by rank 0 every ``checkpoint_every`` outer 
 end of a chunk): ``family_state.pt`` (theta, Adam's moments, the outer step, the counters, the
 log: a few hundred kB, small enough to commit), ``inner_state.pt`` (every pair's two
 trajectories: what an exact resume needs, too large to commit), ``lopt.safetensors`` (the learned
-optimizer, served by ``optimizer=lopt optimizer.checkpoint=PATH``) and ``meta_log.csv`` (tidy:
-one row per outer step and metric). Resuming with both state files repeats nothing and gives
-what one uninterrupted run gives; with ``family_state.pt`` alone (a committed run continued on
-another machine) the pairs start afresh, staggered, and the run says so.
+optimizer, served by ``optimizer=lopt optimizer.checkpoint=PATH``), ``best.safetensors`` (theta
+at the lowest ``heldout_loss`` so far, written when a judgement improves on it: the judge's
+snapshot, whose ``meta_training`` record names its outer step and ``selected_on``) and
+``meta_log.csv`` (tidy: one row per outer step and metric). Resuming with both state files
+repeats nothing and gives what one uninterrupted run gives; with ``family_state.pt`` alone (a
+committed run continued on another machine) the pairs start afresh, staggered, and the run says
+so.
 """
 
 from __future__ import annotations
@@ -45,9 +48,12 @@ from harness.progress import Progress
 from harness.resolve import FamilyRun, resolve_family
 from harness.results.schema import FAMILY_META
 from harness.settings.family import LATER_IDENTITY_DEFAULTS, FamilyMetaTrainConfig
+from optimizers.checkpoint import save_lopt_checkpoint
 
 STATE_FILE = "family_state.pt"
 INNER_FILE = "inner_state.pt"
+#: theta at the lowest held-out meta-loss judged so far
+BEST_FILE = "best.safetensors"
 #: the log's own columns (then the shared provenance and ``source``: harness.results.schema)
 LOG_COLUMNS = FAMILY_META.own
 #: the kind of run, in the message that refuses to resume a different one
@@ -106,6 +112,8 @@ class FamilyTrainer:
         self.log: list[list[Any]] = []  # [outer_step, wall_time_s, metric, value]
         self.meter_rows: list[dict[str, float]] = []
         self.last: dict[str, float] = {}
+        #: the lowest ``heldout_loss`` judged so far and its outer step (``best.safetensors``)
+        self.best: dict[str, float] | None = None
         self.started_at = 0.0
         self.progress = Progress(cfg.outer_steps, show=False)  # run() opens the shown one
 
@@ -182,9 +190,21 @@ class FamilyTrainer:
         self.last.update(metrics)
 
     def heldout(self) -> dict[str, float]:
-        """Judge the current theta on the held-out set (logged, untimed)."""
+        """Judge the current theta on the held-out set (logged, untimed); a judgement below
+        every earlier one writes ``best.safetensors`` (rank 0)."""
         values = self.heldout_set.evaluate(self.learner, self.theta, self.world)
         self.record(values)
+        loss = values["heldout_loss"]
+        if math.isfinite(loss) and (self.best is None or loss < self.best["heldout_loss"]):
+            self.best = {"heldout_loss": loss, "outer_step": float(self.outer_step)}
+            if self.world.is_main:
+                save_lopt_checkpoint(
+                    Path(self.cfg.out) / BEST_FILE,
+                    self.theta,
+                    self.learner,
+                    {**self.meta(), "selected_on": "heldout_loss", "heldout_loss": loss},
+                    record=self.learner_record,
+                )
         return values
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -285,6 +305,7 @@ class FamilyTrainer:
             "theta": self.theta.detach().cpu(),
             "adam": self.adam.state_dict(),
             "log": self.log,
+            "best": self.best,
             "meter_rows": [[r[n] for n in meters.METER_NAMES] for r in self.meter_rows],
         }
 
@@ -294,14 +315,7 @@ class FamilyTrainer:
         if gathered is None:
             return
         pairs = sorted((p for part in gathered for p in part), key=lambda p: p["pair"])
-        meta = {
-            **self.config,
-            "outer_step": self.outer_step,
-            "seconds": self.seconds,
-            "cpu_seconds": self.cpu_seconds,
-            "problem_steps": self.problem_steps,
-            "run_id": self.run_id,
-        }
+        meta = self.meta()
         states = {
             INNER_FILE: {"outer_step": self.outer_step, "pairs": pairs},
             STATE_FILE: self.small_state(),
@@ -317,6 +331,18 @@ class FamilyTrainer:
             self.log_frame(),
         )
 
+    def meta(self) -> dict[str, Any]:
+        """How the current theta was obtained: the settings, the outer step and the counters
+        (a checkpoint's ``meta_training`` record)."""
+        return {
+            **self.config,
+            "outer_step": self.outer_step,
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "problem_steps": self.problem_steps,
+            "run_id": self.run_id,
+        }
+
     def load(self, small: dict[str, Any], inner: dict[str, Any] | None) -> None:
         """Continue from :meth:`small_state` (and the pairs, when ``inner`` is the same outer
         step's; otherwise the pairs start afresh, staggered, with the loaded theta)."""
@@ -328,6 +354,7 @@ class FamilyTrainer:
         self.theta = small["theta"].float()
         self.adam.load_state_dict(small["adam"])
         self.log = [list(row) for row in small["log"]]
+        self.best = small.get("best")  # None in a state saved before best.safetensors existed
         self.meter_rows = [
             dict(zip(meters.METER_NAMES, r, strict=True)) for r in small["meter_rows"]
         ]
