@@ -79,26 +79,29 @@ def test_a_run_split_in_two_chunks_equals_one_run(tmp_path):
     assert (tmp_path / "one" / LOPT_FILE).is_file()
 
 
-def test_best_snapshot_is_theta_at_the_lowest_judged_heldout_loss(tmp_path):
-    run(tmp_path, outer_steps=4)
+@pytest.mark.parametrize(
+    ("objective", "metric"), [("train", "heldout_loss"), ("valid", "heldout_final_valid")]
+)
+def test_best_snapshot_is_theta_at_the_lowest_judgement(tmp_path, objective, metric):
+    run(tmp_path, outer_steps=4, objective=objective, lr=0.1)
     log = pd.read_csv(tmp_path / LOG_FILE)
-    judged = log[log["metric"] == "heldout_loss"].reset_index(drop=True)
+    judged = log[log["metric"] == metric].reset_index(drop=True)
     best_step = int(judged.loc[judged["value"].idxmin(), "outer_step"])
     assert best_step > 0  # theta moved, and the judge saw it improve
     loaded = load_lopt_checkpoint(tmp_path / BEST_FILE)
     record = loaded.meta_training
-    assert record["outer_step"] == best_step and record["selected_on"] == "heldout_loss"
-    assert record["heldout_loss"] == pytest.approx(judged["value"].min())
-    state = load_trainer_state(tmp_path / STATE_FILE)
+    assert record["outer_step"] == best_step and record["selected_on"] == metric
+    assert record[metric] == pytest.approx(judged["value"].min())
+    state = load_trainer_state(tmp_path / STATE_FILE)  # this tiny run improves at every judgement
     assert state["outer_step"] == best_step and torch.equal(loaded.theta, state["theta"])
     # a later judgement that is not lower leaves the snapshot alone: make the saved best
     # unbeatable, then continue the run
-    state["best"] = {"heldout_loss": -1e9, "outer_step": 1.0}
+    state["best"] = {metric: -1e9, "outer_step": 1.0}
     save_trainer_state(tmp_path / STATE_FILE, state, "cpu")
     before = (tmp_path / BEST_FILE).read_bytes()
-    run(tmp_path, outer_steps=6)
+    run(tmp_path, outer_steps=6, objective=objective, lr=0.1)
     assert (tmp_path / BEST_FILE).read_bytes() == before
-    assert load_trainer_state(tmp_path / STATE_FILE)["best"]["heldout_loss"] == -1e9
+    assert load_trainer_state(tmp_path / STATE_FILE)["best"][metric] == -1e9
 
 
 def test_without_the_inner_state_a_run_continues_from_its_small_state(tmp_path):

@@ -15,8 +15,9 @@ end of a chunk): ``family_state.pt`` (theta, Adam's moments, the outer step, the
 log: a few hundred kB, small enough to commit), ``inner_state.pt`` (every pair's two
 trajectories: what an exact resume needs, too large to commit), ``lopt.safetensors`` (the learned
 optimizer, served by ``optimizer=lopt optimizer.checkpoint=PATH``), ``best.safetensors`` (theta
-at the lowest ``heldout_loss`` so far, written when a judgement improves on it: the judge's
-snapshot, whose ``meta_training`` record names its outer step and ``selected_on``) and
+at the lowest ``heldout_loss`` so far, ``heldout_final_valid`` for ``objective=valid``, written
+when a judgement improves on it: the judge's snapshot, whose ``meta_training`` record names its
+outer step and ``selected_on``) and
 ``meta_log.csv`` (tidy: one row per outer step and metric). Resuming with both state files
 repeats nothing and gives what one uninterrupted run gives; with ``family_state.pt`` alone (a
 committed run continued on another machine) the pairs start afresh, staggered, and the run says
@@ -191,21 +192,28 @@ class FamilyTrainer:
 
     def heldout(self) -> dict[str, float]:
         """Judge the current theta on the held-out set (logged, untimed); a judgement below
-        every earlier one writes ``best.safetensors`` (rank 0)."""
+        every earlier one, on :attr:`selected_on`, writes ``best.safetensors`` (rank 0)."""
         values = self.heldout_set.evaluate(self.learner, self.theta, self.world)
         self.record(values)
-        loss = values["heldout_loss"]
-        if math.isfinite(loss) and (self.best is None or loss < self.best["heldout_loss"]):
-            self.best = {"heldout_loss": loss, "outer_step": float(self.outer_step)}
+        name = self.selected_on
+        loss = values[name]
+        if math.isfinite(loss) and (self.best is None or loss < self.best[name]):
+            self.best = {name: loss, "outer_step": float(self.outer_step)}
             if self.world.is_main:
                 save_lopt_checkpoint(
                     Path(self.cfg.out) / BEST_FILE,
                     self.theta,
                     self.learner,
-                    {**self.meta(), "selected_on": "heldout_loss", "heldout_loss": loss},
+                    {**self.meta(), "selected_on": name, name: loss},
                     record=self.learner_record,
                 )
         return values
+
+    @property
+    def selected_on(self) -> str:
+        """The judge's metric that picks ``best.safetensors``: the held-out meta-loss for the
+        train objective, the held-out tasks' final validation loss for ``objective=valid``."""
+        return "heldout_loss" if self.cfg.objective == "train" else "heldout_final_valid"
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> Path:
