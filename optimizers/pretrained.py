@@ -67,11 +67,12 @@ def publish(
     """Ship a ``lopt meta-train`` checkpoint as ``folder/NAME.safetensors`` with its ``NAME.json``.
 
     The sidecar records the description, the command that produced the checkpoint and, read
-    from the checkpoint (which is checked to load), its meta-training config, outer steps,
-    meta-training wall-clock seconds, git commit and creation time, and, for a run that started
-    at an earlier checkpoint (``init_from``), that chain (``curriculum``). Both files are written
-    atomically; the checkpoint's fields are copied unchanged (from either container) into the
-    safetensors file. Returns its path; the optimizer ``NAME`` serves it on the next import.
+    from the checkpoint (which is checked to load), its meta-training config (a family run's with
+    the defaults of the settings added after it ran), outer steps, meta-training wall-clock
+    seconds, git commit and creation time, and, for a run that started at an earlier checkpoint
+    (``init_from``), that chain (``curriculum``). Both files are written atomically; the
+    checkpoint's fields are copied unchanged (from either container) into the safetensors file.
+    Returns its path; the optimizer ``NAME`` serves it on the next import.
     """
     from harness.util import write_atomically
     from optimizers.checkpoint import (
@@ -84,6 +85,10 @@ def publish(
 
     loaded = load_lopt_checkpoint(checkpoint)
     meta = dict(loaded.meta_training)
+    if "family" in meta:  # a family run: settings added since it ran had their defaults
+        from harness.settings.family import LATER_IDENTITY_DEFAULTS
+
+        meta = {**LATER_IDENTITY_DEFAULTS, **meta}
     info = {
         "description": description,
         "command": command,
