@@ -117,6 +117,13 @@ TINY: dict[str, tuple[list[str], bool]] = {
         False,
     ),
     "differentiable_unroll.py": (["--rows", "2", "--steps", "2", "--rounds", "1"], False),
+    "paired_speedup.py": (
+        [
+            str(ROOT / "results" / "fresh-seeds" / "mnist5k_cnn16_train.csv"),
+            *("--candidate", "nominal_mlp_mlp_mix_train", "--target", "1.011e-05"),
+        ],
+        True,
+    ),
     "tuning_grid_cross_check.py": (
         [
             "--task",
