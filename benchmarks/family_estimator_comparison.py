@@ -51,6 +51,7 @@ from harness.errors import UsageError
 from harness.meta.checkpoint import load_trainer_state
 from harness.meta.family.command import meta_train_family
 from harness.meta.family.meters import METER_NAMES
+from harness.meta.family.report import plot_heldout
 from harness.meta.family.trainer import LOG_FILE, STATE_FILE
 from harness.util import write_atomically
 
@@ -147,12 +148,10 @@ def figure(frame: pd.DataFrame, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, part in frame.groupby("estimator", sort=False):
         wide = part.pivot_table(index="cpu_hours", columns="metric", values="value")
-        loss = wide["heldout_loss"]
-        se = wide.get("heldout_loss_se", pd.Series(0.0, index=wide.index)).fillna(0.0)
-        ax.plot(loss.index, loss.values, marker="o", ms=3, label=str(name))
-        ax.fill_between(loss.index, loss - 2 * se, loss + 2 * se, alpha=0.2)
-    ax.set_xlabel("meta-training CPU-hours")
-    ax.set_ylabel("held-out meta-loss (mean log loss; lower is better)")
+        if "heldout_loss_se" not in wide:
+            wide["heldout_loss_se"] = 0.0
+        curves = wide.reset_index().fillna({"heldout_loss_se": 0.0})
+        plot_heldout(ax, curves, str(name))
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()

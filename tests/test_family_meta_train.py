@@ -14,6 +14,7 @@ from harness.cli import main
 from harness.errors import UsageError
 from harness.meta.checkpoint import load_trainer_state, save_trainer_state
 from harness.meta.family.command import meta_train_family
+from harness.meta.family.report import CURVES_FILE, heldout_curves
 from harness.meta.family.trainer import (
     BEST_FILE,
     INNER_FILE,
@@ -102,6 +103,19 @@ def test_best_snapshot_is_theta_at_the_lowest_judgement(tmp_path, objective, met
     run(tmp_path, outer_steps=6, objective=objective, lr=0.1)
     assert (tmp_path / BEST_FILE).read_bytes() == before
     assert load_trainer_state(tmp_path / STATE_FILE)["best"][metric] == -1e9
+
+
+def test_the_command_draws_the_runs_curves_after_each_chunk(tmp_path):
+    out = tmp_path / "run"
+    args = [f"{k}={v}" for k, v in TINY.items() if k != "learner_cfg"]
+    args += ["learner_cfg.compile=false", "outer_steps=4", f"out={out}"]
+    assert main(["meta-train", *args]) == 0
+    assert (out / CURVES_FILE).stat().st_size > 10_000
+    curves = heldout_curves(pd.read_csv(out / LOG_FILE))
+    assert list(curves["outer_step"]) == [0, 2, 4]  # eval_every=2
+    assert (curves["cpu_hours"].diff().dropna() > 0).all()
+    assert list(curves["problem_steps"]) == [0, 2 * 2 * 10 * 4, 4 * 2 * 10 * 4]
+    assert (curves["heldout_loss_se"] > 0).all() and curves["heldout_final_valid"].notna().all()
 
 
 def test_without_the_inner_state_a_run_continues_from_its_small_state(tmp_path):

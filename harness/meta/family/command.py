@@ -8,7 +8,8 @@
 ``out`` (``resume=false`` removes a previous run's files; ``resume=true`` checks a saved run is
 this one), writes ``out/config.json``, then runs one chunk in this process (``parallel=single``
 or one worker) or launches ``workers`` ranks with torchrun (``parallel=processes``; gloo) and
-waits. Rerunning the same command continues the run for another chunk. Ctrl-C stops every
+waits; after each chunk it draws ``out/family_curves.png`` (:mod:`harness.meta.family.report`).
+Rerunning the same command continues the run for another chunk. Ctrl-C stops every
 process of the run within seconds (:mod:`harness.meta.processes`), keeps the last checkpoint
 and prints one line, ``interrupted at outer step N; rerun the same command to continue``
 (exit 130).
@@ -26,7 +27,14 @@ import torch
 
 from harness.errors import Interrupted, UsageError
 from harness.meta import checkpoint
-from harness.meta.family.trainer import INNER_FILE, STATE_FILE, WHAT, run_family_training
+from harness.meta.family.report import CURVES_FILE, build_family_report
+from harness.meta.family.trainer import (
+    BEST_FILE,
+    INNER_FILE,
+    STATE_FILE,
+    WHAT,
+    run_family_training,
+)
 from harness.meta.processes import interrupted_line
 from harness.meta.trainer import CONFIG_FILE, LOG_FILE, LOPT_FILE
 from harness.meta.world import World
@@ -66,7 +74,7 @@ def meta_train_family(cfg: FamilyMetaTrainConfig | Any = None, **overrides: Any)
 def prepare_out(run: FamilyRun) -> Path:
     """Create ``out``; with ``resume`` check a saved run is this one, else clear it; write
     ``config.json``."""
-    old = [STATE_FILE, INNER_FILE, LOG_FILE, LOPT_FILE]
+    old = [STATE_FILE, INNER_FILE, LOG_FILE, LOPT_FILE, BEST_FILE, CURVES_FILE]
     return checkpoint.prepare_out(
         run.cfg, run.identity, WHAT, STATE_FILE, old, LATER_IDENTITY_DEFAULTS
     )
@@ -84,6 +92,7 @@ def family_command(overrides: Sequence[Any], *, show_help: bool = False) -> int:
             print(f"  {f.name}={json.dumps(to_plain(default))}")
         return 0
     path = meta_train_family(settings_from_overrides(overrides))
+    build_family_report(path.parent)  # family_curves.png: the judge, the meters, CPU-hours
     print(summary_line(path.parent))
     return 0
 
