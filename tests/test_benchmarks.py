@@ -117,6 +117,10 @@ TINY: dict[str, tuple[list[str], bool]] = {
         False,
     ),
     "differentiable_unroll.py": (["--rows", "2", "--steps", "2", "--rounds", "1"], False),
+    "param_norms.py": (
+        ["--task", "quadratic", "--steps", "4", "--every", "2", "--optimizers", "adam:lr=0.1,sgd"],
+        False,
+    ),
     "paired_speedup.py": (
         [
             str(ROOT / "results" / "fresh-seeds" / "mnist5k_cnn16_train.csv"),
