@@ -103,6 +103,14 @@ def test_best_snapshot_is_theta_at_the_lowest_judgement(tmp_path, objective, met
     run(tmp_path, outer_steps=6, objective=objective, lr=0.1)
     assert (tmp_path / BEST_FILE).read_bytes() == before
     assert load_trainer_state(tmp_path / STATE_FILE)["best"][metric] == -1e9
+    # a state saved before best.safetensors existed: its log's lowest judgement counts
+    state = load_trainer_state(tmp_path / STATE_FILE)
+    del state["best"]
+    state["log"].append([6, 0.0, metric, -1e8])
+    save_trainer_state(tmp_path / STATE_FILE, state, "cpu")
+    run(tmp_path, outer_steps=8, objective=objective, lr=0.1)
+    assert (tmp_path / BEST_FILE).read_bytes() == before
+    assert load_trainer_state(tmp_path / STATE_FILE)["best"] == {metric: -1e8, "outer_step": 6.0}
 
 
 def test_the_command_draws_the_runs_curves_after_each_chunk(tmp_path):

@@ -17,11 +17,11 @@ trajectories: what an exact resume needs, too large to commit), ``lopt.safetenso
 optimizer, served by ``optimizer=lopt optimizer.checkpoint=PATH``), ``best.safetensors`` (theta
 at the lowest ``heldout_loss`` so far, ``heldout_final_valid`` for ``objective=valid``, written
 when a judgement improves on it: the judge's snapshot, whose ``meta_training`` record names its
-outer step and ``selected_on``) and
-``meta_log.csv`` (tidy: one row per outer step and metric). Resuming with both state files
-repeats nothing and gives what one uninterrupted run gives; with ``family_state.pt`` alone (a
-committed run continued on another machine) the pairs start afresh, staggered, and the run says
-so.
+outer step and ``selected_on``; a run resumed from a state older than this file counts its
+log's judgements) and ``meta_log.csv`` (tidy: one row per outer step and metric). Resuming with
+both state files repeats nothing and gives what one uninterrupted run gives; with
+``family_state.pt`` alone (a committed run continued on another machine) the pairs start afresh,
+staggered, and the run says so.
 """
 
 from __future__ import annotations
@@ -362,7 +362,12 @@ class FamilyTrainer:
         self.theta = small["theta"].float()
         self.adam.load_state_dict(small["adam"])
         self.log = [list(row) for row in small["log"]]
-        self.best = small.get("best")  # None in a state saved before best.safetensors existed
+        self.best = small.get("best")
+        if self.best is None:  # a state from before best.safetensors: its log's lowest
+            judged = [r for r in self.log if r[2] == self.selected_on and math.isfinite(r[3])]
+            if judged:  # written again only by a judgement that beats it
+                low = min(judged, key=lambda r: r[3])
+                self.best = {self.selected_on: float(low[3]), "outer_step": float(low[0])}
         self.meter_rows = [
             dict(zip(meters.METER_NAMES, r, strict=True)) for r in small["meter_rows"]
         ]
