@@ -35,6 +35,7 @@ import pandas as pd
 from verdict import verdict
 
 from harness.errors import UsageError
+from harness.meta.family.evalstats import seed_interval
 from harness.results.derived import time_to_target
 from harness.results.io import read_results
 
@@ -95,14 +96,6 @@ def per_seed(
     return table
 
 
-def interval(values: np.ndarray, stat=np.median, seed: int = 0) -> tuple[float, float, float]:
-    """The statistic and its 95 % percentile bootstrap interval over the seeds."""
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(values), size=(RESAMPLES, len(values)))
-    draws = stat(values[picks], axis=1)
-    return float(stat(values)), float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
@@ -134,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{int(table['reference_reached'].sum())} of {n})"
     )
     for column in ("speedup_steps", "speedup_seconds"):
-        mid, low, high = interval(table[column].to_numpy(float))
+        mid, low, high = seed_interval(table[column], RESAMPLES, stat=np.median)
         at_least = int((table[column] >= args.factor).sum())
         print(
             f"{column}: median {mid:.3g}x [{low:.3g}, {high:.3g}], min "
             f"{table[column].min():.3g}x; >= {args.factor}x on {at_least} of {n} seeds"
         )
-    mid, low, high = interval(table["test_diff"].to_numpy(float), stat=np.mean)
+    mid, low, high = seed_interval(table["test_diff"], RESAMPLES)
     print(
         f"test loss: {args.candidate} {table['candidate_test'].mean():.4g}, {args.reference} "
         f"{table['reference_test'].mean():.4g}; mean paired difference {mid:+.4g} "

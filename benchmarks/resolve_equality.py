@@ -31,6 +31,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.settings.family import LATER_IDENTITY_DEFAULTS
+
 RECORDED = Path(__file__).resolve().parents[1] / "tests" / "data" / "resolve_equality.json"
 CLOCK_METRICS = ("seconds", "cpu_seconds")
 #: provenance, and ``source`` (schema 3 added it to every tidy table: which job wrote the row)
@@ -44,8 +46,8 @@ PROVENANCE = (
 )
 
 #: family meta-training settings added after the recording, left out at their defaults (their
-#: default is the old behaviour): ``objective``
-LATER_FIELDS = {"objective": "train"}
+#: default is the old behaviour)
+LATER_FIELDS = LATER_IDENTITY_DEFAULTS
 #: metrics logged since the recording: the held-out judge's standard error over its tasks
 LATER_METRICS = ("heldout_loss_se",)
 

@@ -21,8 +21,9 @@ row's (0 when never reached); in seconds = that times tuned Adam's cost per step
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -150,13 +151,17 @@ def bootstrap(
 
 
 def seed_interval(
-    diffs: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95
+    diffs: np.ndarray,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    stat: Callable[..., Any] = np.mean,
 ) -> tuple[float, float, float]:
-    """Mean of per-seed paired differences ``[S]`` and its percentile bootstrap interval
-    (seeds drawn with replacement)."""
+    """``stat`` (the mean, or e.g. ``np.median``) of per-seed paired values ``[S]`` and its
+    percentile bootstrap interval (seeds drawn with replacement)."""
     diffs = np.asarray(diffs, dtype=float)
     rng = np.random.default_rng(seed)
-    means = diffs[rng.integers(0, diffs.size, (resamples, diffs.size))].mean(axis=1)
+    draws = stat(diffs[rng.integers(0, diffs.size, (resamples, diffs.size))], axis=1)
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(diffs.mean()), float(low), float(high)
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return float(stat(diffs)), float(low), float(high)
