@@ -162,7 +162,7 @@ def list_command(args: list[str]) -> int:
                 )
             )
         elif kind == "learners":  # the family's settings and their defaults
-            detail = " ".join(f"{k}={v!r}" for k, v in factory().record().items())
+            detail = learner_settings(factory)
         else:
             detail = " ".join(
                 f"{spec.name}={spec.default!r}" for spec in getattr(factory, "hparam_specs", ())
@@ -171,6 +171,21 @@ def list_command(args: list[str]) -> int:
         print(f"{name:<{width}} {entry.description}{source}")
         print(f"{'':<{width}} {detail or '(no hyperparameters)'}")
     return 0
+
+
+def learner_settings(factory: Any) -> str:
+    """``key=default ...`` of a learner family: its record when it builds with no settings,
+    else its constructor's keywords (a family with a required setting, such as
+    ``specialised``'s ``base``)."""
+    import inspect
+
+    try:
+        return " ".join(f"{k}={v!r}" for k, v in factory().record().items())
+    except UsageError:
+        parameters = inspect.signature(factory).parameters.values()
+        return " ".join(
+            f"{p.name}={p.default!r}" for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD
+        )
 
 
 # -- override handling ---------------------------------------------------------------------------

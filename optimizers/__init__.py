@@ -17,6 +17,7 @@ from optimizers import (  # noqa: F401  (registration)
     pretrained,
     rmsprop,
     sgd,
+    specialised,
 )
 from optimizers.base import (
     HParam,

@@ -95,6 +95,12 @@ class KernelSpec:
     def sizes(self) -> list[int]:
         return [math.prod(shape) for shape in self.shapes]
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The blocks' names, in the order of :attr:`shapes` (``schedule`` is ``a``)."""
+        second = ("W2", "b2") if self.layers == 2 else ()
+        return ("schedule", "W1", "Wt", "b1", *second, "W3")
+
 
 def unpack(spec: KernelSpec, theta: torch.Tensor) -> list[torch.Tensor]:
     """Views of ``theta (..., D)`` with the shapes of :attr:`KernelSpec.shapes` (leading dims

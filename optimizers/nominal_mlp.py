@@ -166,6 +166,15 @@ class NominalMLP:
     def record(self) -> dict[str, Any]:
         return self.settings.to_dict()
 
+    def theta_blocks(self) -> dict[str, tuple[int, int]]:
+        """Each named block of theta and its ``[start, stop)`` in the flat vector (``schedule``:
+        the learned schedule's ``a``; ``W1``, ``Wt``, ``b1``, ``W2``, ``b2``, ``W3``: the MLP)."""
+        out, start = {}, 0
+        for name, size in zip(self.spec.names, self.spec.sizes, strict=True):
+            out[name] = (start, start + size)
+            start += size
+        return out
+
     def init_theta(self, seed: int) -> torch.Tensor:
         """``a``, the biases and ``W3`` zero (the update is Adam's at ``lr0``); ``W1`` and
         ``Wt`` ``N(0, 1 / (F + S))`` (one fan-in over both), ``W2`` ``N(0, 1 / hidden)``."""

@@ -51,7 +51,9 @@ IDENTITY_FIELDS = (
 )
 #: identity fields added later: in a run's identity only when not at this default, so runs
 #: made before them keep their ids and resume
-LATER_IDENTITY_DEFAULTS: dict[str, Any] = {"objective": "train"}
+LATER_IDENTITY_DEFAULTS: dict[str, Any] = {"objective": "train", "loss_floor": 1e-8}
+#: the outer loss's clip (a non-finite or larger loss counts as this; a floor lies below it)
+LOSS_CLIP = 10.0
 
 
 @dataclass
@@ -71,6 +73,11 @@ class FamilyMetaTrainConfig:
         objective: ``train`` (the outer loss on the member task's training minibatches: speed)
             or ``valid`` (on its validation minibatches, the paper's outer-valid:
             generalisation); the inner steps train on training minibatches either way.
+        loss_floor: a truncation's outer loss is the mean of ``log(clamp(loss, loss_floor,
+            10))``: a minibatch loss below the floor earns nothing more. The default 1e-8
+            rewards driving the training loss towards zero, which a learned optimizer can buy by
+            inflating the weights after the fit (docs/family-evaluation.md); a floor such as
+            1e-4 stops rewarding that.
         outer_steps: outer steps (Adam steps on theta) to reach.
         out: the folder for ``family_state.pt``, ``inner_state.pt``, ``lopt.safetensors``,
             ``meta_log.csv`` and ``config.json``.
@@ -105,6 +112,7 @@ class FamilyMetaTrainConfig:
     learner_cfg: dict[str, Any] = field(default_factory=dict)
     estimator: str = "pes"
     objective: str = "train"
+    loss_floor: float = 1e-8
     outer_steps: int = 1000
     out: str = "outputs/meta/family"
     seed: int = 0
@@ -138,6 +146,11 @@ class FamilyMetaTrainConfig:
         one_of("objective", self.objective, OBJECTIVES)
         one_of("parallel", self.parallel, PARALLEL)
         check_shared(self)
+        if not 0 < self.loss_floor < LOSS_CLIP:
+            raise UsageError(
+                f"loss_floor must be > 0 and < {LOSS_CLIP:g} (the outer loss's clip); "
+                f"got {self.loss_floor!r}"
+            )
         for name in ("truncation", "min_horizon", "max_horizon", "heldout_tasks"):
             positive_int(name, getattr(self, name))
         integer("pairs", self.pairs, 2)

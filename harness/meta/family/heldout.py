@@ -79,7 +79,7 @@ class HeldOutSet:
             while active:
                 part = rows.subset(active)
                 part, losses = advance(learner, part, theta.expand(len(active), -1), truncation)
-                loss_sum[active] += outer_loss(losses) * truncation
+                loss_sum[active] += outer_loss(losses, self.schedule.loss_floor) * truncation
                 for n, j in enumerate(active):
                     rows.w[j], rows.state[j], rows.step[j] = part.w[n], part.state[n], part.step[n]
                 done = [j for j in active if rows.step[j] >= rows.horizon[j]]

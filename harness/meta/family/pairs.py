@@ -45,7 +45,8 @@ STREAM_ARCH = 29
 class PairSchedule:
     """Which task, initialisation and horizon each (pair, instance) gets, and what a
     truncation's outer loss is measured on (``objective``: ``train`` or ``valid`` minibatches
-    of the pair's task; the inner steps always train on ``train``)."""
+    of the pair's task; the inner steps always train on ``train``) and the loss below which it
+    earns nothing more (``loss_floor``: :func:`~harness.meta.family.problems.outer_loss`)."""
 
     family: str
     seed: int
@@ -55,6 +56,7 @@ class PairSchedule:
     stagger: bool = True
     arch_groups: int | None = None
     objective: str = "train"
+    loss_floor: float = 1e-8
 
     @property
     def arch_period(self) -> int:
@@ -257,11 +259,16 @@ def antithetic_truncation(
     grads = None
     if rp:
         after, losses, grads = advance_with_gradient(
-            learner, both, thetas, schedule.truncation, schedule.objective
+            learner,
+            both,
+            thetas,
+            schedule.truncation,
+            schedule.objective,
+            floor=schedule.loss_floor,
         )
     else:
         after, losses = advance(learner, both, thetas, schedule.truncation, schedule.objective)
-    loss = outer_loss(losses)
+    loss = outer_loss(losses, schedule.loss_floor)
     first, second = list(range(count)), list(range(count, 2 * count))
     sample = None if grads is None else 0.5 * (grads[:count] + grads[count:])
     return Truncation(loss[:count], loss[count:], after.subset(first), after.subset(second), sample)

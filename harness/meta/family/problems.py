@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
+from harness.settings.family import LOSS_CLIP
 
 #: the rp graph of a truncation holds about this many bytes per row, inner step and weight
 #: (nominal_mlp eager: 30 floats measured); :func:`advance_with_gradient` differentiates at most
@@ -30,7 +31,6 @@ RP_BYTES_PER_WEIGHT_STEP = 128
 RP_GRAPH_BYTES = 2**30
 #: the outer loss is the mean over a truncation's steps of log(clamp(loss, LOG_FLOOR, LOSS_CLIP))
 #: (a non-finite loss counts as the clip)
-LOSS_CLIP = 10.0
 LOG_FLOOR = 1e-8
 
 
@@ -167,13 +167,14 @@ def advance_with_gradient(
     num_steps: int,
     objective: str = "train",
     first_order: bool = False,
+    floor: float = LOG_FLOOR,
 ) -> tuple[Rows, torch.Tensor, torch.Tensor]:
     """:func:`advance` through the differentiable unroll, plus each row's gradient of its
-    outer loss (:func:`outer_loss`) in its own row of ``theta``: ``[R, D]`` float64 (the
-    reparameterisation gradient, backprop through the truncation's inner updates and inner
-    gradients unless ``first_order``). One graph at a time (built, differentiated, freed): the
-    rows of one architecture, in chunks of at most :data:`RP_GRAPH_BYTES` of graph (about 1
-    GiB). Returns ``(rows, losses, grads)``; rows and losses detached."""
+    outer loss (:func:`outer_loss` at ``floor``) in its own row of ``theta``: ``[R, D]``
+    float64 (the reparameterisation gradient, backprop through the truncation's inner updates
+    and inner gradients unless ``first_order``). One graph at a time (built, differentiated,
+    freed): the rows of one architecture, in chunks of at most :data:`RP_GRAPH_BYTES` of graph
+    (about 1 GiB). Returns ``(rows, losses, grads)``; rows and losses detached."""
     out, losses = _moved(rows, num_steps)
     grads = torch.zeros(theta.shape, dtype=torch.float64)
     for group in groups(rows.tasks):
@@ -182,7 +183,17 @@ def advance_with_gradient(
         for first in range(0, len(group), per_graph):
             idx = group[first : first + per_graph]
             _rp_part(
-                learner, rows, idx, theta, num_steps, objective, first_order, out, losses, grads
+                learner,
+                rows,
+                idx,
+                theta,
+                num_steps,
+                objective,
+                first_order,
+                floor,
+                out,
+                losses,
+                grads,
             )
     return out, losses, grads
 
@@ -195,6 +206,7 @@ def _rp_part(
     num_steps: int,
     objective: str,
     first_order: bool,
+    floor: float,
     out: Rows,
     losses: torch.Tensor,
     grads: torch.Tensor,
@@ -217,7 +229,7 @@ def _rp_part(
             objective=objective,
             first_order=first_order,
         )
-        (grad,) = torch.autograd.grad(outer_loss(group_losses).sum(), leaf)
+        (grad,) = torch.autograd.grad(outer_loss(group_losses, floor).sum(), leaf)
     grads[idx] = grad.double()
     state = {k: v.detach() for k, v in state.items()}
     _put(out, losses, idx, w.detach(), state, group_losses.detach())
@@ -267,11 +279,12 @@ def _put(
         out.state[r] = {k: v[j].clone() for k, v in state.items()}
 
 
-def outer_loss(losses: torch.Tensor) -> torch.Tensor:
-    """Per row, the mean over steps of ``log(clamp(loss, 1e-8, 10))`` (non-finite: the clip):
-    ``[steps, R] -> [R]`` (float64)."""
+def outer_loss(losses: torch.Tensor, floor: float = LOG_FLOOR) -> torch.Tensor:
+    """Per row, the mean over steps of ``log(clamp(loss, floor, 10))`` (non-finite: the clip):
+    ``[steps, R] -> [R]`` (float64). A loss below ``floor`` earns nothing more (a run's
+    ``loss_floor``; default 1e-8)."""
     clean = torch.nan_to_num(losses.double(), nan=LOSS_CLIP, posinf=LOSS_CLIP, neginf=LOSS_CLIP)
-    return clean.clamp(LOG_FLOOR, LOSS_CLIP).log().mean(0)
+    return clean.clamp(floor, LOSS_CLIP).log().mean(0)
 
 
 def whole_split_losses(rows: Rows, split: str) -> torch.Tensor:

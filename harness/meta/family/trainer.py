@@ -96,6 +96,7 @@ class FamilyTrainer:
             cfg.max_horizon,
             arch_groups=cfg.arch_groups or None,
             objective=cfg.objective,
+            loss_floor=cfg.loss_floor,
         )
         self.heldout_set = HeldOutSet(self.schedule, cfg.heldout_tasks)
         self.num_theta = int(self.learner.num_theta)
