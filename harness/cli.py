@@ -563,6 +563,7 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
         report=cfg.report,
         reference=cfg.reference,
         resume=cfg.resume,
+        reuse=cfg.reuse,
         fresh=cfg.fresh,
         workers=cfg.workers,
         plugin_modules=list(cfg.plugins),

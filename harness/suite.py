@@ -22,7 +22,8 @@ which tasks were not rerun and why, the run's last lines say it again, and
 redoes everything a suite normally takes from the repository: every tuning study (in
 ``<out>/fresh/optuna.db``, by the retuning protocol of :mod:`harness.tuning.campaign`, capped at
 the suite's ``tuning.trials``) and every meta-training (in ``<out>/fresh/meta/<optimizer>``);
-the runs then use those.
+the runs then use those. ``reuse=true`` keeps the runs the results file already has (the same
+run ids) and runs only the others, e.g. the entries added to the suite file since.
 
 :func:`run_suite` returns a :class:`SuiteOutcome`: the tidy table it wrote and the tasks it
 skipped; the report (``report: standard`` or ``comparison``) is written next to it.
@@ -65,6 +66,7 @@ class SuiteRun:
     report: bool = True
     reference: str | None = None
     resume: bool = True
+    reuse: bool = False
     fresh: bool = False
     workers: int = 1
     plugin_modules: tuple[str, ...] | list[str] = ()
@@ -117,6 +119,11 @@ def run_suite(settings: SuiteRun, log: Log) -> SuiteOutcome:
     """Run the suite (see the module docstring)."""
     suite = settings.suite
     check_suite_file(suite)
+    if settings.reuse and settings.fresh:
+        raise UsageError(
+            "reuse=true keeps earlier runs and fresh=true redoes the suite from scratch; "
+            "give one of them"
+        )
     entries, unavailable = available_entries(suite, log)
     if settings.fresh:
         prepare_fresh(settings, entries, log)
@@ -125,6 +132,8 @@ def run_suite(settings: SuiteRun, log: Log) -> SuiteOutcome:
     planned = resolve_plans(plans)  # bad input fails before anything is written aside
     skipped_entries = [e for e in suite_entries(suite) if e.task in unavailable]
     keep, skipped = earlier_rows(settings, skipped_entries, unavailable)
+    if settings.reuse:
+        reuse_earlier_runs(settings.results_path, [p.run_id for p in planned], log)
     frame = execute(
         planned,
         settings.results_path,
@@ -149,6 +158,29 @@ def run_suite(settings: SuiteRun, log: Log) -> SuiteOutcome:
     for item in skipped:
         log(item.line(settings.results_path))
     return SuiteOutcome(frame=frame, results=settings.results_path, skipped=skipped)
+
+
+def reuse_earlier_runs(results: Path, run_ids: list[str], log: Log) -> int:
+    """Save the rows of every run in ``results`` whose id is in ``run_ids`` where
+    :func:`harness.plan.execute` looks for finished runs (``<results>.parts/``, unless a run is
+    there already), so that it runs only the others; returns how many were reused."""
+    from harness.plan import parts_dir
+
+    if not results.is_file():
+        log(f"reuse: no earlier results in {results}; running every run")
+        return 0
+    previous = read_results(results)
+    wanted = previous[previous["run_id"].isin(set(run_ids))]
+    parts = parts_dir(results)
+    parts.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for run_id, rows in wanted.groupby("run_id", sort=False):
+        target = parts / f"{run_id}.csv"
+        if not target.exists():
+            write_results(rows, target)
+        count += 1
+    log(f"reuse: {count} of the suite's {len(set(run_ids))} runs are kept from {results}")
+    return count
 
 
 def available_entries(suite: DictConfig, log: Log) -> tuple[list[SuiteEntry], dict[str, str]]:

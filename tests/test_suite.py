@@ -335,3 +335,41 @@ def test_every_suite_on_the_shipped_studies_resolves(name: str) -> None:
     for plan in plans:
         if "checkpoint" in plan.hparams:  # a file or a shipped name
             assert resolve_checkpoint(plan.hparams["checkpoint"]).is_file()
+
+
+def test_reuse_runs_only_the_entries_added_since(tmp_path, capsys) -> None:
+    """``reuse=true``: the runs already in the results file (same ids) are kept, byte for byte
+    in their rows, and only the new entry's runs are run; an entry dropped from the suite is
+    dropped from the file; reuse with fresh is refused in one line."""
+    out = tmp_path / "toy" / "results.csv"
+    runs = [{"task": "quadratic", "optimizer": "sgd", "steps": BUDGET}]
+    lines: list[str] = []
+    first = run_suite(
+        SuiteRun(suite=suite_config(tmp_path, runs), seeds=2, out=out, report=False),
+        log=lines.append,
+    ).frame
+    added = [*runs, {"task": "quadratic", "optimizer": "adam", "steps": BUDGET}]
+    lines.clear()
+    capsys.readouterr()
+    second = run_suite(
+        SuiteRun(suite=suite_config(tmp_path, added), seeds=2, out=out, report=False, reuse=True),
+        log=lines.append,
+    ).frame
+    assert any("reuse: 2 of the suite's 4 runs are kept" in line for line in lines)
+    ran = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    assert len(ran) == 2 and all(" adam seed " in line for line in ran)
+    assert second.run_id.nunique() == 4
+    kept = second[second.optimizer == "sgd"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, first.reset_index(drop=True), check_dtype=False)
+    dropped = run_suite(
+        SuiteRun(
+            suite=suite_config(tmp_path, added[1:]), seeds=2, out=out, report=False, reuse=True
+        ),
+        log=lambda _m: None,
+    ).frame
+    assert set(dropped.optimizer) == {"adam"} and dropped.run_id.nunique() == 2
+    with pytest.raises(UsageError, match="^reuse=true keeps earlier runs and fresh=true"):
+        run_suite(
+            SuiteRun(suite=suite_config(tmp_path, runs), seeds=2, out=out, reuse=True, fresh=True),
+            log=lambda _m: None,
+        )

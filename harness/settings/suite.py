@@ -61,6 +61,11 @@ class SuiteConfig:
         report: write the report (tables and plots) next to the results file.
         reference: the optimizer speedups are measured against.
         resume: skip the runs an interrupted call already saved.
+        reuse: keep the runs already in the results file that this suite still makes (the
+            same run id: task, settings, hyperparameters, seed) and run only the others, e.g.
+            the entries added to the suite file since; false reruns everything. A learned
+            optimizer's checkpoint is not part of the id: after re-meta-training one, run with
+            reuse=false.
         plugins: local modules to import first (tasks and optimizers they register).
     """
 
@@ -75,6 +80,7 @@ class SuiteConfig:
     report: bool = True
     reference: Optional[str] = None  # noqa: UP045  (None: the report's default)
     resume: bool = True
+    reuse: bool = False
     fresh: bool = False  # redo the suite's tuning studies and meta-training from scratch
     plugins: list[str] = field(default_factory=list)
 
