@@ -10,6 +10,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from family_runs import TINY_FAMILY_RUN
 
 from harness.errors import UsageError
 from harness.meta.family.problems import Rows, advance_with_gradient, initial_rows, outer_loss
@@ -17,25 +18,7 @@ from harness.registry import create_learner
 from harness.settings.family import coerce_family_config
 from tasks.families import sample_group
 
-TINY_RUN = {
-    "family": "mlp_mix",
-    "learner": "nominal_mlp",
-    "learner_cfg": {"compile": False},
-    "estimator": "tes",
-    "pairs": 4,
-    "arch_groups": 2,
-    "truncation": 10,
-    "min_horizon": 20,
-    "max_horizon": 40,
-    "heldout_tasks": 2,
-    "eval_every": 2,
-    "checkpoint_every": 2,
-    "parallel": "single",
-    "progress": False,
-    "lr": 1e-2,
-    "seed": 26,
-    "outer_steps": 2,
-}
+TINY_RUN = {**TINY_FAMILY_RUN, "estimator": "tes"}
 
 
 def test_the_outer_loss_counts_a_loss_below_the_floor_as_the_floor():

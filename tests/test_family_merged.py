@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from family_runs import TINY_FAMILY_RUN
 
 from harness.meta.batched import BatchedAdam, ProblemBatch, unroll
 from harness.meta.batched.differentiable import unroll_with_graph
@@ -220,24 +221,7 @@ def test_a_pair_with_a_non_finite_part_is_dropped_whole():
 
 
 # -- the command: estimator=merged, objective=valid ---------------------------------------------
-TINY_RUN = {
-    "family": "mlp_mix",
-    "learner": "nominal_mlp",
-    "learner_cfg": {"compile": False},
-    "pairs": 4,
-    "arch_groups": 2,
-    "truncation": 10,
-    "min_horizon": 20,
-    "max_horizon": 40,
-    "heldout_tasks": 2,
-    "eval_every": 2,
-    "checkpoint_every": 2,
-    "parallel": "single",
-    "progress": False,
-    "lr": 1e-2,
-    "seed": 26,
-    "outer_steps": 2,
-}
+TINY_RUN = TINY_FAMILY_RUN
 
 
 @pytest.mark.parametrize("estimator", ["merged", "pes", "tes"])

@@ -368,7 +368,7 @@ def test_reuse_runs_only_the_entries_added_since(tmp_path, capsys) -> None:
         log=lambda _m: None,
     ).frame
     assert set(dropped.optimizer) == {"adam"} and dropped.run_id.nunique() == 2
-    with pytest.raises(UsageError, match="^reuse=true keeps earlier runs and fresh=true"):
+    with pytest.raises(UsageError, match=r"^reuse=true keeps earlier runs and fresh=true"):
         run_suite(
             SuiteRun(suite=suite_config(tmp_path, runs), seeds=2, out=out, reuse=True, fresh=True),
             log=lambda _m: None,
