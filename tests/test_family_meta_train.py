@@ -9,6 +9,7 @@ import io
 import pandas as pd
 import pytest
 import torch
+from family_runs import TINY_FAMILY_RUN
 
 from harness.cli import main
 from harness.errors import UsageError
@@ -29,20 +30,8 @@ from optimizers.checkpoint import load_lopt_checkpoint
 # a tiny run: 4 pairs in 2 architecture groups, horizons of 20-40 steps in truncations of 10,
 # nominal_mlp eager (no compile in tests), 4 held-out tasks
 TINY = {
-    "family": "mlp_mix",
-    "learner": "nominal_mlp",
-    "learner_cfg": {"compile": False},
-    "pairs": 4,
-    "arch_groups": 2,
-    "truncation": 10,
-    "min_horizon": 20,
-    "max_horizon": 40,
+    **{k: v for k, v in TINY_FAMILY_RUN.items() if k not in ("progress", "outer_steps")},
     "heldout_tasks": 4,
-    "eval_every": 2,
-    "checkpoint_every": 2,
-    "parallel": "single",
-    "lr": 1e-2,
-    "seed": 26,
 }
 
 
