@@ -124,6 +124,8 @@ def run_suite(settings: SuiteRun, log: Log) -> SuiteOutcome:
             "reuse=true keeps earlier runs and fresh=true redoes the suite from scratch; "
             "give one of them"
         )
+    if settings.reuse and not settings.resume:
+        raise UsageError("reuse=true keeps earlier runs, which resume=false discards; drop one")
     entries, unavailable = available_entries(suite, log)
     if settings.fresh:
         prepare_fresh(settings, entries, log)

@@ -368,8 +368,12 @@ def test_reuse_runs_only_the_entries_added_since(tmp_path, capsys) -> None:
         log=lambda _m: None,
     ).frame
     assert set(dropped.optimizer) == {"adam"} and dropped.run_id.nunique() == 2
-    with pytest.raises(UsageError, match=r"^reuse=true keeps earlier runs and fresh=true"):
-        run_suite(
-            SuiteRun(suite=suite_config(tmp_path, runs), seeds=2, out=out, reuse=True, fresh=True),
-            log=lambda _m: None,
-        )
+    for extra, message in (
+        ({"fresh": True}, "and fresh=true"),
+        ({"resume": False}, "resume=false"),
+    ):
+        with pytest.raises(UsageError, match=rf"^reuse=true keeps earlier runs.*{message}"):
+            run_suite(
+                SuiteRun(suite=suite_config(tmp_path, runs), seeds=2, out=out, reuse=True, **extra),
+                log=lambda _m: None,
+            )
