@@ -17,8 +17,9 @@ Settings (all recorded in the checkpoint, so it loads without the base file):
 
 Contract: ``theta`` is the trainable blocks' values, concatenated in the base's block order
 (``num_theta`` of them); the update is the base learner's with the frozen values put back,
-``full = base_theta * (1 - mask) + theta @ P^T`` (exact: each element is either the frozen value
-or the trained one), so at ``init_theta`` it *is* the base checkpoint, bit for bit.
+``full = base_theta * (1 - mask) + theta @ P^T`` (``mask`` is 1 at the trainable elements;
+exact: each element is either the frozen value or the trained one), so at ``init_theta`` it
+*is* the base checkpoint, bit for bit.
 Differentiable in ``theta`` and ``vmap``-safe (a matrix product); the base's compiled path
 applies wherever it would (no autograd).
 """
@@ -105,7 +106,8 @@ class Specialised:
         #: P (D, K): column k is one-hot at the k-th trainable element; mask = 1 there
         self.placement = torch.zeros(theta.numel(), len(index))
         self.placement[self.index, torch.arange(len(index))] = 1.0
-        self.mask = self.placement.sum(1)
+        #: base_theta with the trainable elements zeroed (built once: apply is on the hot path)
+        self.frozen = self.base_theta * (1.0 - self.placement.sum(1))
 
     # -- the Learner contract --------------------------------------------------------------------
     @property
@@ -129,8 +131,7 @@ class Specialised:
     def full_theta(self, theta: torch.Tensor) -> torch.Tensor:
         """The base learner's theta ``(..., D)`` for the trainable values ``theta (..., K)``."""
         placement = self.placement.to(dtype=theta.dtype, device=theta.device)
-        frozen = (self.base_theta * (1.0 - self.mask)).to(dtype=theta.dtype, device=theta.device)
-        return frozen + theta @ placement.T
+        return self.frozen.to(dtype=theta.dtype, device=theta.device) + theta @ placement.T
 
     def init(self, params: Params) -> OptState:
         return self.base_learner.init(params)
