@@ -478,6 +478,10 @@ def _run_trial(
             value = evaluate_configuration(task, protocol, hparams, trial)
     except optuna.TrialPruned as exc:
         state, outcome = optuna.trial.TrialState.PRUNED, f"pruned ({exc})"
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # a report found the trial finished: another worker failed it as stale (its heartbeat
+        # was lost) and re-queued it; the tell below finds it finished and says so
+        state, outcome = optuna.trial.TrialState.FAIL, "taken over"
     except TrialDiverged as exc:
         trial.set_user_attr("fail_reason", str(exc))  # "diverged at step ..."
         if math.isfinite(exc.penalty):
