@@ -113,6 +113,7 @@ TINY: dict[str, tuple[list[str], bool]] = {
             "1",
             *("learner_cfg.compile=false", "pairs=2", "arch_groups=1", "truncation=5"),
             *("min_horizon=10", "max_horizon=10", "heldout_tasks=2", "eval_every=2"),
+            *("--final-tasks", "3"),
         ],
         False,
     ),

@@ -65,15 +65,41 @@ class HeldOutSet:
         """Run this rank's members (``k = rank, rank + size, ...``) with ``theta`` for their whole
         horizons; returns the means over the whole set (all-reduced)."""
         world = world or World()
-        mine = list(range(world.rank, self.count, world.size))
-        members = [self.member(k) for k in mine]
-        tasks = [m[0] for m in members]
-        inits = [m[1] for m in members]
-        ws, states = initial_rows(learner, tasks, inits)
-        rows = Rows(tasks, inits, ws, states, [0] * len(mine), [m[2] for m in members])
         totals = torch.zeros(len(HELDOUT_METRICS) + 1, dtype=torch.float64)  # + sum of squares
-        loss_sum = torch.zeros(len(mine), dtype=torch.float64)
-        active = list(range(len(mine)))
+        mine = list(range(world.rank, self.count, world.size))
+        for _, loss, train, valid in self.finished(learner, theta, mine):
+            totals[0] += loss
+            totals[3] += loss**2
+            totals[1] += train
+            totals[2] += valid
+        totals = world.all_reduce_sum(totals) / self.count
+        out = {name: float(v) for name, v in zip(HELDOUT_METRICS, totals[:3], strict=True)}
+        spread = max(0.0, float(totals[3]) - out["heldout_loss"] ** 2) * self.count
+        out["heldout_loss_se"] = (spread / max(1, self.count - 1)) ** 0.5 / self.count**0.5
+        return out
+
+    def per_task(self, learner: Any, theta: torch.Tensor) -> torch.Tensor:
+        """``[count, 3]`` float64, in one process: member ``k``'s ``heldout_loss``,
+        ``heldout_final_train`` and ``heldout_final_valid`` (the values :meth:`evaluate`
+        averages), for paired comparisons of thetas on the same tasks."""
+        out = torch.full((self.count, len(HELDOUT_METRICS)), float("nan"), dtype=torch.float64)
+        for k, loss, train, valid in self.finished(learner, theta, list(range(self.count))):
+            out[k] = torch.stack(
+                [torch.as_tensor(v, dtype=torch.float64) for v in (loss, train, valid)]
+            )
+        return out
+
+    def finished(self, learner: Any, theta: torch.Tensor, members: list[int]) -> list[tuple]:
+        """Run ``members`` with ``theta`` for their whole horizons (batched, no gradients);
+        ``(k, heldout_loss, final train log-loss, final valid log-loss)`` in the order they end."""
+        ended: list[tuple] = []
+        runs = [self.member(k) for k in members]
+        tasks = [m[0] for m in runs]
+        inits = [m[1] for m in runs]
+        ws, states = initial_rows(learner, tasks, inits)
+        rows = Rows(tasks, inits, ws, states, [0] * len(members), [m[2] for m in runs])
+        loss_sum = torch.zeros(len(members), dtype=torch.float64)
+        active = list(range(len(members)))
         truncation = self.schedule.truncation
         with torch.no_grad():
             while active:
@@ -88,13 +114,8 @@ class HeldOutSet:
                     train = whole_split_losses(finished, "train").clamp_min(1e-8).log()
                     valid = whole_split_losses(finished, "valid").clamp_min(1e-8).log()
                     for n, j in enumerate(done):
-                        totals[0] += loss_sum[j] / rows.horizon[j]
-                        totals[3] += (loss_sum[j] / rows.horizon[j]) ** 2
-                        totals[1] += train[n]
-                        totals[2] += valid[n]
+                        ended.append(
+                            (members[j], loss_sum[j] / rows.horizon[j], train[n], valid[n])
+                        )
                 active = [j for j in active if rows.step[j] < rows.horizon[j]]
-        totals = world.all_reduce_sum(totals) / self.count
-        out = {name: float(v) for name, v in zip(HELDOUT_METRICS, totals[:3], strict=True)}
-        spread = max(0.0, float(totals[3]) - out["heldout_loss"] ** 2) * self.count
-        out["heldout_loss_se"] = (spread / max(1, self.count - 1)) ** 0.5 / self.count**0.5
-        return out
+        return ended
