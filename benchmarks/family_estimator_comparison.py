@@ -161,11 +161,13 @@ def late_level(frame: pd.DataFrame, name: str, budget: float) -> dict[str, float
     return out
 
 
-def summary(folder: Path, name: str, frame: pd.DataFrame, budget: float) -> dict[str, Any]:
-    """One estimator's line: steps, CPU, last held-out values, the level over the second half
-    of the common ``budget`` (CPU seconds), the meters' medians."""
+def summary(
+    folder: Path, name: str, frame: pd.DataFrame, done: tuple[float, int, float], budget: float
+) -> dict[str, Any]:
+    """One estimator's line: steps and CPU (``done``, its :func:`spent`), last held-out values,
+    the level over the second half of the common ``budget`` (CPU seconds), the meters' medians."""
     log = pd.read_csv(folder / LOG_FILE)
-    cpu, step, _ = spent(folder)
+    cpu, step, _ = done
     out: dict[str, Any] = {"estimator": name, "outer_steps": step, "cpu_hours": cpu / 3600}
     mine = frame[frame["estimator"] == name]
     last = mine[mine["outer_step"] == mine["outer_step"].max()]
@@ -285,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     run_chunks(args, base, names)
     frame = pd.concat([tidy(args.out / n, n) for n in names], ignore_index=True)
     write_atomically(args.out / "comparison.csv", lambda tmp: frame.to_csv(tmp, index=False))
-    budget = min(spent(args.out / n)[0] for n in names)
-    table = pd.DataFrame([summary(args.out / n, n, frame, budget) for n in names])
+    done = {n: spent(args.out / n) for n in names}
+    budget = min(cpu for cpu, _, _ in done.values())
+    table = pd.DataFrame([summary(args.out / n, n, frame, done[n], budget) for n in names])
     write_atomically(args.out / "summary.csv", lambda tmp: table.to_csv(tmp, index=False))
     title = f"{args.family}, {args.learner}, {args.cpu_seconds:.0f} CPU-s per estimator"
     figure(frame, args.out / "comparison.png", title)

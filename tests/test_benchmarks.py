@@ -5,12 +5,11 @@ benchmark with a target prints its ``verdict:`` line."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_modules import load_benchmark
 
 from harness.cli import main
 
@@ -193,14 +192,7 @@ def test_benchmark_runs_to_its_verdict(
         assert main([*run, f"out={family_run}"]) == 0
     args = [a.replace("{tmp}", str(tmp_path)).replace("{storage}", storage) for a in args]
     args = [a.replace("{family_run}", str(family_run)) for a in args]
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as `python benchmarks/X.py` has
-    spec = importlib.util.spec_from_file_location(
-        f"benchmark_{script[:-3]}", ROOT / "benchmarks" / script
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    module = load_benchmark(script, monkeypatch)
     capsys.readouterr()
     code = module.main(args)
     out = capsys.readouterr().out

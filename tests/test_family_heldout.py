@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from benchmark_modules import load_benchmark
 from family_runs import TINY_FAMILY_RUN
 
 from harness.meta.family.heldout import HELDOUT_METRICS, HeldOutSet
 from harness.meta.family.trainer import FamilyTrainer
 from harness.settings.family import coerce_family_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_per_task_values_average_to_what_the_judge_logs(tmp_path: Path) -> None:
@@ -34,14 +31,7 @@ def test_per_task_values_average_to_what_the_judge_logs(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def comparison(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    path = ROOT / "benchmarks" / "family_estimator_comparison.py"
-    spec = importlib.util.spec_from_file_location("benchmark_comparison_stats", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("family_estimator_comparison.py", monkeypatch)
 
 
 def test_the_late_level_averages_the_second_half_of_the_common_budget(comparison) -> None:

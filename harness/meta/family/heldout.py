@@ -84,9 +84,7 @@ class HeldOutSet:
         averages), for paired comparisons of thetas on the same tasks."""
         out = torch.full((self.count, len(HELDOUT_METRICS)), float("nan"), dtype=torch.float64)
         for k, loss, train, valid in self.finished(learner, theta, list(range(self.count))):
-            out[k] = torch.stack(
-                [torch.as_tensor(v, dtype=torch.float64) for v in (loss, train, valid)]
-            )
+            out[k, 0], out[k, 1], out[k, 2] = loss, train, valid
         return out
 
     def finished(self, learner: Any, theta: torch.Tensor, members: list[int]) -> list[tuple]:
