@@ -10,8 +10,8 @@ CPU time, which a loaded machine inflates less), and the cost of a suite run (2,
 three splits every ``--eval-every`` steps) and of a tuning trial (2,000 steps, the objective's
 split every 200 steps, times ``--tuning-seeds``; and the same trial evaluating only at steps 0
 and 2,000, as a campaign without pruning does for a new study) in LM steps and in minutes at the
-measured rates (evaluations costed at the training step's rate; each tuning seed's run also
-evaluates once in its untimed warm-up, counted here). Batches are fetched before the clock
+measured rates (evaluations costed at the training step's rate; the runner's warm-up evaluates
+nothing since 2026-12-06, so none is counted for it). Batches are fetched before the clock
 starts; the unit is the runner's timed step (:func:`harness.runner.make_train_step`).
 
     python benchmarks/charlm_cost.py [--rounds 5] [--steps 20] [--width 64] [--layers 2]
@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     n_evals = 2000 // args.eval_every + 1
     run = 2000 + n_evals * sum(cost.values())
     trial = {
-        split: args.tuning_seeds * (2000 + (2000 // 200 + 2) * cost[split])
+        split: args.tuning_seeds * (2000 + (2000 // 200 + 1) * cost[split])
         for split in ("train", "valid")
     }
-    final_only = {split: args.tuning_seeds * (2000 + 3 * cost[split]) for split in trial}
+    final_only = {split: args.tuning_seeds * (2000 + 2 * cost[split]) for split in trial}
     print(
         f"median over {args.rounds} rounds: LM step {step * 1e3:.1f} ms ({cpu * 1e3:.1f} ms of "
         f"process CPU time) = "

@@ -6,7 +6,7 @@ train split only every 100 steps, of the valid split every ``steps // 10`` steps
 default), and of the train and of the valid split at steps 0 and ``steps`` only (what a
 campaign's new studies do with pruning off, ``python -m harness.tuning.campaign``), and prints
 the wall and timed seconds of each and the final-only runs' wall-clock over the
-``steps // 10`` ones' (same split). Each run's untimed warm-up evaluates once more.
+``steps // 10`` ones' (same split). The runner's untimed warm-up evaluates nothing.
 
     python benchmarks/tuning_trial_cost.py [--task mnist5k_cnn16] [--steps 2000]
 """

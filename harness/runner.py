@@ -11,6 +11,7 @@ What happens in a run, in order:
    (validated), parameters are initialised from ``seed``.
 2. Warm-up: ``warmup_steps`` training steps on *copies* of the parameters and a fresh optimizer
    state, then thrown away. Untimed; the run itself starts from the untouched initial state.
+   No warm-up evaluation: the untimed evaluation at step 0 comes before the first timed step.
 3. Evaluation at step 0, then at every ``eval_every`` steps and at the last step: loss (and
    accuracy) over each whole split in ``eval_splits``. Untimed.
 4. Each training step: fetch the next batch (untimed; the task's iterator prepares it on the
@@ -397,7 +398,7 @@ def execute_run(
     )
     train_step = make_train_step(task, optimizer)
     params = task.init_params(spec.seed)
-    _warm_up(train_step, task, optimizer, params, spec.seed, spec.warmup_steps, eval_splits)
+    _warm_up(train_step, task, optimizer, params, spec.seed, spec.warmup_steps)
 
     record = result.measurements.append
 
@@ -448,10 +449,13 @@ def _warm_up(
     params: Params,
     seed: int,
     warmup_steps: int,
-    eval_splits: tuple[str, ...],
 ) -> None:
-    """Run ``warmup_steps`` throw-away steps on copies (untimed; the run's state is untouched),
-    and one evaluation when the run will evaluate."""
+    """Run ``warmup_steps`` throw-away steps on copies (untimed; the run's state is untouched).
+
+    It evaluates nothing: the run's own evaluation at step 0, untimed, comes before the first
+    timed step and warms the evaluation path (on the language model a whole-split evaluation of
+    the training split costs as much as 128 steps, so a second one here cost 5 % of a trial).
+    """
     if warmup_steps == 0:
         return
     copies = tuple(p.detach().clone() for p in params)
@@ -459,5 +463,3 @@ def _warm_up(
     batches = task.batches("train", seed)
     for _ in range(warmup_steps):
         copies, state, _loss = train_step(copies, state, next(batches))
-    if eval_splits:
-        task.evaluate(copies, eval_splits[0])  # warms the evaluation path too

@@ -95,6 +95,21 @@ def test_timed_total_is_the_sum_of_timed_sections_only(clocked) -> None:
     assert list(batch_rows.wall_time_s) == pytest.approx([s * per_step for s in range(1, 13)])
 
 
+def test_the_warm_up_trains_on_copies_and_evaluates_nothing() -> None:
+    """Each whole-split evaluation is one of the run's own (steps 0, 4, 8, 12): the warm-up's
+    three steps add none (on the language model one costs as much as 128 steps)."""
+    evaluated: list[str] = []
+
+    class CountingQuadratic(Quadratic):
+        def evaluate(self, params: Params, split: str) -> dict[str, float]:
+            evaluated.append(split)
+            return super().evaluate(params, split)
+
+    run(CountingQuadratic(), "sgd", {"lr": 0.1}, steps=12, eval_every=4, warmup_steps=3)
+    splits = set(evaluated)
+    assert splits and len(evaluated) == 4 * len(splits)
+
+
 def test_every_clock_read_is_preceded_by_a_sync(clocked) -> None:
     clock, task, optimizer, stopwatch = clocked
     run(task, optimizer, steps=5, stopwatch=stopwatch)
