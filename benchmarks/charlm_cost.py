@@ -10,8 +10,10 @@ CPU time, which a loaded machine inflates less), and the cost of a suite run (2,
 three splits every ``--eval-every`` steps) and of a tuning trial (2,000 steps, the objective's
 split every 200 steps, times ``--tuning-seeds``; and the same trial evaluating only at steps 0
 and 2,000, as a campaign without pruning does for a new study) in LM steps and in minutes at the
-measured rates (evaluations costed at the training step's rate; the runner's warm-up evaluates
-nothing since 2026-12-06, so none is counted for it). Batches are fetched before the clock
+measured rates (evaluations costed at the training step's rate; since 2026-12-06 the runner's
+warm-up evaluates nothing and a trial reuses the step-0 evaluation of the study's first trial on
+each seed, :mod:`harness.evaluation_memo`, so a suite run and a tuning trial are counted without
+both; a study's first trial pays one more evaluation per seed). Batches are fetched before the clock
 starts; the unit is the runner's timed step (:func:`harness.runner.make_train_step`).
 
     python benchmarks/charlm_cost.py [--rounds 5] [--steps 20] [--width 64] [--layers 2]
@@ -97,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     step, cpu = statistics.median(lm_steps), statistics.median(lm_cpu)
     cost = {s: statistics.median(v) for s, v in evals.items()}
-    n_evals = 2000 // args.eval_every + 1
+    n_evals = 2000 // args.eval_every  # step 0's is reused from the seed's first run
     run = 2000 + n_evals * sum(cost.values())
     trial = {
-        split: args.tuning_seeds * (2000 + (2000 // 200 + 1) * cost[split])
+        split: args.tuning_seeds * (2000 + (2000 // 200) * cost[split])
         for split in ("train", "valid")
     }
-    final_only = {split: args.tuning_seeds * (2000 + 2 * cost[split]) for split in trial}
+    final_only = {split: args.tuning_seeds * (2000 + cost[split]) for split in trial}
     print(
         f"median over {args.rounds} rounds: LM step {step * 1e3:.1f} ms ({cpu * 1e3:.1f} ms of "
         f"process CPU time) = "

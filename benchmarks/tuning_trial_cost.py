@@ -6,7 +6,9 @@ train split only every 100 steps, of the valid split every ``steps // 10`` steps
 default), and of the train and of the valid split at steps 0 and ``steps`` only (what a
 campaign's new studies do with pruning off, ``python -m harness.tuning.campaign``), and prints
 the wall and timed seconds of each and the final-only runs' wall-clock over the
-``steps // 10`` ones' (same split). The runner's untimed warm-up evaluates nothing.
+``steps // 10`` ones' (same split). The runner's untimed warm-up evaluates nothing. Each way
+pays its own step-0 evaluation (the runner's memo of them is emptied before each), as a study's
+first trial on a seed does; later trials on that seed reuse it (:mod:`harness.evaluation_memo`).
 
     python benchmarks/tuning_trial_cost.py [--task mnist5k_cnn16] [--steps 2000]
 """
@@ -19,7 +21,7 @@ import time
 
 import torch
 
-from harness import run
+from harness import evaluation_memo, run
 from harness.registry import create_task
 
 
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     walls: dict[tuple[str, int], float] = {}
     for splits, every in cases:
+        evaluation_memo.forget()
         started = time.perf_counter()
         result = run(
             task,

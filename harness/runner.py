@@ -13,7 +13,9 @@ What happens in a run, in order:
    state, then thrown away. Untimed; the run itself starts from the untouched initial state.
    No warm-up evaluation: the untimed evaluation at step 0 comes before the first timed step.
 3. Evaluation at step 0, then at every ``eval_every`` steps and at the last step: loss (and
-   accuracy) over each whole split in ``eval_splits``. Untimed.
+   accuracy) over each whole split in ``eval_splits``. Untimed. Step 0's is reused from an
+   earlier run on the same task instance with the same parameter bytes
+   (:mod:`harness.evaluation_memo`), as runs on one seed start from the same parameters.
 4. Each training step: fetch the next batch (untimed; the task's iterator prepares it on the
    device), then, inside the stopwatch's timed section, the gradient and the optimizer update.
    The minibatch loss is read after the section closes and logged every ``log_every`` steps.
@@ -38,6 +40,7 @@ import torch
 
 from harness.defaults import DIVERGENCE_FACTOR, LOG_EVERY, WARMUP_STEPS
 from harness.errors import UsageError
+from harness.evaluation_memo import evaluate_initial
 from harness.resolve import build_optimizer, build_task
 from harness.results.schema import (
     BENCH,
@@ -403,7 +406,12 @@ def execute_run(
     record = result.measurements.append
 
     def evaluate(step: int) -> None:
-        measured = {split: task.evaluate(params, split) for split in eval_splits}
+        measured = {
+            split: evaluate_initial(task, params, split)
+            if step == 0
+            else task.evaluate(params, split)
+            for split in eval_splits
+        }
         for split, metrics in measured.items():
             for metric, value in metrics.items():
                 record((step, stopwatch.total, split, metric, value))

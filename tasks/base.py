@@ -105,7 +105,8 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(self, params: Params, split: str) -> dict[str, float]:
-        """Each of ``self.metrics`` averaged over the whole ``split``."""
+        """Each of ``self.metrics`` averaged over the whole ``split``: a pure function of the
+        instance, ``params`` and ``split`` (the runner reuses step 0's for equal parameters)."""
 
     @classmethod
     def pairs_with_optimizer(cls, optimizer: str) -> bool:
