@@ -6,6 +6,7 @@
                [device=cpu|cuda] [threads=N] ...
     lopt suite name=SUITE [seeds=N] [workers=N] [out=PATH.csv] [report=true] [fresh=true] ...
     lopt report in=PATH.csv out=DIR [reference=OPTIMIZER] [target_split=train] [kind=comparison]
+                (in=[A.csv,B.csv]: several results files as one table)
                 [mode=new|replace]
     lopt tune task=NAME optimizer=NAME[,NAME...] trials=N objective=valid_loss|train_loss
               budget_steps=S [until=trials|saturated] [sampler=tpe|random|grid|qmc]
@@ -584,9 +585,9 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
 # -- lopt report -----------------------------------------------------------------------------------
 def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> int:
     from harness.outputs import check_existing_folder, check_writable
-    from harness.results.io import read_results
+    from harness.results.io import read_many_results
     from harness.results.report import build_report
-    from harness.settings.report import check_report
+    from harness.settings.report import check_report, report_inputs
 
     if show_help:
         return _print_help("report")
@@ -594,13 +595,15 @@ def report_command(overrides: list[str], *, multirun: bool, show_help: bool) -> 
     check_report(cfg)
     check_existing_folder(str(cfg.out), str(cfg.mode))
     check_writable(str(cfg.out))  # before any work
-    frame = read_results(str(cfg["in"]))
+    inputs = report_inputs(cfg)
+    frame = read_many_results(inputs)
     if cfg.kind == "comparison":
         from harness.results.comparison import build_comparison_report
 
-        studies = Path(str(cfg["in"])).parent / "optuna.db"  # the tuned runs' studies, if there
-        storage = f"sqlite:///{studies}" if studies.is_file() else None
-        written = build_comparison_report(frame, Path(str(cfg.out)), storage=storage)
+        # the tuned runs' studies: each results file's neighbouring optuna.db, where there is one
+        studies = dict.fromkeys(Path(path).parent / "optuna.db" for path in inputs)
+        storages = [f"sqlite:///{db}" for db in studies if db.is_file()]
+        written = build_comparison_report(frame, Path(str(cfg.out)), storage=storages or None)
     else:
         written = build_report(
             frame, Path(str(cfg.out)), reference=cfg.reference, target_split=cfg.target_split

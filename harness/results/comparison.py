@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -243,14 +243,16 @@ def build_comparison_report(
     frame: pd.DataFrame,
     out_dir: str | Path,
     skipped: Mapping[str, str] | None = None,
-    storage: str | None = None,
+    storage: str | Sequence[str] | None = None,
 ) -> list[Path]:
     """Write the comparison report into ``out_dir`` (see the module docstring).
 
     ``skipped``: tasks the suite could not run, with the reason; they and the rows it kept from
     an earlier run (``summary.csv``'s ``not_reproduced`` column, present only then) are listed
-    at the top of ``summary.md``. ``storage``: the Optuna storage of the tuned runs' studies
-    (default ``out_dir/optuna.db`` when it exists); without one the tuning cost is left out."""
+    at the top of ``summary.md``. ``storage``: the Optuna storage of the tuned runs' studies, or
+    several (a study is read from the first that has it; a report spanning suites has one per
+    suite), default ``out_dir/optuna.db`` when it exists; without one the tuning cost is left
+    out."""
     out_dir = Path(out_dir)
     written, sections = extra_sections(split_comparisons(frame), out_dir, storage)
     # Beyond the profiles (which count a family sample as one workload), each member of a
@@ -282,7 +284,7 @@ def is_baseline(optimizer: str) -> bool:
 
 
 def extra_sections(
-    comparisons: dict[str, pd.DataFrame], out_dir: Path, storage: str | None
+    comparisons: dict[str, pd.DataFrame], out_dir: Path, storage: str | Sequence[str] | None
 ) -> tuple[list[Path], list[str]]:
     """Write the performance profiles and the tuning cost (see the module docstring) into
     ``out_dir``; returns the files written and their markdown sections."""

@@ -100,6 +100,30 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def read_many_results(paths: list[str | Path] | tuple[str | Path, ...]) -> pd.DataFrame:
+    """The tidy tables of ``paths`` as one (each read by :func:`read_results`, in order), so a
+    report can span suites (the paper's tasks and the language model). ``UsageError`` when a
+    path is named twice or a run is in two files: a report counts each run once."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise UsageError("no results file given")
+    named = [str(p) for p in paths]
+    twice = sorted({p for p in named if named.count(p) > 1})
+    if twice:
+        raise UsageError(f"results file {twice[0]!r} is given twice")
+    frames = [read_results(path) for path in paths]
+    seen: dict[str, Path] = {}
+    for path, frame in zip(paths, frames, strict=True):
+        for run_id in frame["run_id"].unique():
+            if run_id in seen:
+                raise UsageError(
+                    f"run {run_id} is in both {str(seen[run_id])!r} and {str(path)!r}: "
+                    "a report reads each run once"
+                )
+            seen[run_id] = path
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
 def check_csv_rows(path: Path) -> None:
     """``UsageError`` naming the first row whose field count differs from the header's (a file
     cut off mid-row, or a row with a stray comma)."""

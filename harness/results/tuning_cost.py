@@ -143,6 +143,16 @@ def study_values(storage: str, study: str, trials: int) -> list[float]:
     ]
 
 
+def first_study_values(storages: Sequence[str], study: str, trials: int) -> list[float] | None:
+    """:func:`study_values` from the first of ``storages`` that has ``study``; None if none has."""
+    for storage in storages:
+        try:
+            return study_values(storage, study, trials)
+        except KeyError:  # optuna: no such study in this storage
+            continue
+    return None
+
+
 def _tags(text: object) -> dict:
     try:
         data = json.loads(text) if isinstance(text, str) and text else {}
@@ -153,7 +163,7 @@ def _tags(text: object) -> dict:
 
 def tuning_cost(
     comparisons: dict[str, pd.DataFrame],
-    storage: str,
+    storage: str | Sequence[str],
     is_baseline: Callable[[str], bool],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """For each comparison (name -> its rows, the name being the split): the best-of-k curve
@@ -161,7 +171,9 @@ def tuning_cost(
     optimizer and tuned baseline with the learned optimizer's mean final loss
     (``learned_loss``), the baseline's fully tuned expected best (``tuned_best``, at ``k = n``)
     and ``trials_to_match`` (NaN when ``n`` trials are not enough). Studies missing from
-    ``storage`` are left out."""
+    ``storage`` are left out; with several storages, a study is read from the first that has
+    it."""
+    storages = (storage,) if isinstance(storage, str) else tuple(storage)
     curves, matches = [], []
     for comparison, frame in comparisons.items():
         finals = final_and_best(frame)
@@ -177,9 +189,8 @@ def tuning_cost(
             if is_baseline(str(opt)) and "study" in data:
                 studies[(str(task), str(opt))] = (str(data["study"]), int(data["trials"]))
         for (task, opt), (study, trials) in sorted(studies.items()):
-            try:
-                values = study_values(storage, study, trials)
-            except KeyError:  # optuna: no such study in this storage
+            values = first_study_values(storages, study, trials)
+            if values is None:
                 continue
             curve = best_of_k_curve(values)
             curves.append(
