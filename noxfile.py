@@ -85,10 +85,19 @@ def paper(session: nox.Session) -> None:
 def lm(session: nox.Session) -> None:
     """The language-model workload into results/lm/: tunes the 14 baseline studies
     until saturated (resumable; docs/workloads.md has the CPU-hours), then runs the suite with
-    two 1-thread worker processes."""
+    two 1-thread worker processes, then writes the comparison report over the paper's tasks and
+    the language model together into results/workloads/ (one performance profile)."""
     install(session)
     session.run("python", "-m", "harness.tuning.campaign", "--suite", "lm")
     session.run("lopt", "suite", "name=lm", "workers=2", *session.posargs)
+    session.run(
+        "lopt",
+        "report",
+        "in=[results/paper/results.csv,results/lm/results.csv]",
+        "out=results/workloads",
+        "kind=comparison",
+        "mode=replace",
+    )
 
 
 @nox.session
