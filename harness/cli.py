@@ -6,8 +6,7 @@
                [device=cpu|cuda] [threads=N] ...
     lopt suite name=SUITE [seeds=N] [workers=N] [out=PATH.csv] [report=true] [fresh=true] ...
     lopt report in=PATH.csv out=DIR [reference=OPTIMIZER] [target_split=train] [kind=comparison]
-                (in=[A.csv,B.csv]: several results files as one table)
-                [mode=new|replace]
+                [mode=new|replace]   (in=[A.csv,B.csv]: several results files as one table)
     lopt tune task=NAME optimizer=NAME[,NAME...] trials=N objective=valid_loss|train_loss
               budget_steps=S [until=trials|saturated] [sampler=tpe|random|grid|qmc]
               [pruner=median|none] [storage=URL] [search.lr=[LOW,HIGH]] ...
