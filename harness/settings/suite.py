@@ -4,6 +4,7 @@ checked by :func:`suite_entries`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -32,6 +33,9 @@ class SuiteEntry:
     tuning: dict[str, Any] = field(default_factory=dict)  # this entry's changes to the suite's
     tags: dict[str, Any] = field(default_factory=dict)  # added to every row of the entry
     meta_train: dict[str, Any] = field(default_factory=dict)  # how fresh=true makes a checkpoint
+    #: for a task family: one run per member seed, each with ``task.member`` set (and, when
+    #: tuned, its own study: a study's name includes the member); empty: the entry as written
+    members: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -99,12 +103,39 @@ def suite_entries(suite: Any) -> list[SuiteEntry]:
             raise UsageError(
                 f"suite {suite.name!r}, runs[{index}]: {first_line(exc)} "
                 "(each run needs task and optimizer; may set steps, hparams, task_cfg, tuned, "
-                "tuning, tags, meta_train)"
+                "tuning, tags, meta_train, members)"
             ) from exc
-        entries.append(entry)
+        entries.extend(per_member(suite.name, index, entry))
     if not entries:
         raise UsageError(f"suite {suite.name!r} has no runs")
     return entries
+
+
+def per_member(suite: str, index: int, entry: SuiteEntry) -> list[SuiteEntry]:
+    """``entry`` once per seed of its ``members`` (each with ``task_cfg.member`` set and
+    ``members`` empty), or ``[entry]`` when it names none. ``UsageError`` when the task is not a
+    family, a member is not an integer >= 0 or repeats, or ``task_cfg`` sets ``member`` too."""
+    if not entry.members:
+        return [entry]
+    from harness.results.members import family_names
+
+    where = f"suite {suite!r}, runs[{index}] ({entry.task}/{entry.optimizer})"
+    families = sorted(family_names())
+    if entry.task not in families:
+        raise UsageError(
+            f"{where}: members= needs a task family; allowed tasks: {', '.join(families)}"
+        )
+    if "member" in entry.task_cfg:
+        raise UsageError(f"{where}: set members= or task_cfg.member, not both")
+    members = list(entry.members)
+    bad = [m for m in members if isinstance(m, bool) or not isinstance(m, int) or m < 0]
+    if bad or len(set(members)) != len(members):
+        shown = bad[0] if bad else "a repeated seed"
+        raise UsageError(f"{where}: members must be distinct integers >= 0, got {shown!r}")
+    return [
+        dataclasses.replace(entry, task_cfg={**entry.task_cfg, "member": m}, members=[])
+        for m in members
+    ]
 
 
 def check_suite_file(suite: Any) -> None:

@@ -61,6 +61,7 @@ from omegaconf import OmegaConf
 
 from harness.errors import UsageError
 from harness.progress import Log
+from harness.settings.suite import suite_entries
 from harness.tuning.saturation import DEFAULT_RULE, study_saturation
 from harness.tuning.storage import open_storage
 from harness.tuning.study import (
@@ -128,16 +129,14 @@ def suite_studies(suite: str) -> tuple[list[StudySpec], dict[str, Any]]:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in SUITES.glob("*.yaml")))
         raise UsageError(f"no suite {suite!r}; known: {known}")
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    common = dict(data.get("tuning") or {})
+    suite_file = OmegaConf.load(path)
+    common = dict(to_plain(suite_file.get("tuning")) or {})
     specs = []
-    for run in data.get("runs") or []:
-        if not run.get("tuned"):
+    for entry in suite_entries(suite_file):
+        if not entry.tuned:
             continue
-        tuning = {**common, **(run.get("tuning") or {})}
-        spec = StudySpec.of_run(
-            run["task"], run["optimizer"], run["steps"], run.get("task_cfg"), tuning
-        )
+        tuning = {**common, **entry.tuning}
+        spec = StudySpec.of_run(entry.task, entry.optimizer, entry.steps, entry.task_cfg, tuning)
         if spec not in specs:
             specs.append(spec)
     return specs, common
@@ -179,7 +178,13 @@ class Campaign:
     def study_name(self, spec: StudySpec) -> str:
         tag = spec.tag if self.tag is None else self.tag
         return study_name(
-            spec.task, spec.optimizer, spec.objective, spec.budget_steps, self.sampler, tag
+            spec.task,
+            spec.optimizer,
+            spec.objective,
+            spec.budget_steps,
+            self.sampler,
+            tag,
+            task_cfg=spec.task_cfg,
         )
 
     def existing(self, spec: StudySpec) -> Any:

@@ -1,10 +1,10 @@
 """The tuning protocol, study names, and the bookkeeping that makes studies resumable.
 
-A study is named from what defines it (``study_name``): task, optimizer, objective, step budget,
-sampler and the protocol version (plus an optional tag). Everything else that changes the
-objective (search space, fixed hyperparameters, tuning seeds, pruner, ...) is stored with the
-study as its protocol; reopening a study with a different protocol is refused rather than
-silently mixing two experiments.
+A study is named from what defines it (``study_name``): task (for a task family, the member),
+optimizer, objective, step budget, sampler and the protocol version (plus an optional tag).
+Everything else that changes the objective (search space, fixed hyperparameters, tuning seeds,
+pruner, ...) is stored with the study as its protocol; reopening a study with a different
+protocol is refused rather than silently mixing two experiments.
 
 Trial states, and what counts towards the study's ``trials``:
 
@@ -95,10 +95,30 @@ def study_name(
     sampler: str,
     tag: str = "",
     version: int = PROTOCOL_VERSION,
+    *,
+    task_cfg: Mapping[str, Any] | None = None,
 ) -> str:
-    """E.g. ``mnist5k_cnn16-adam-valid_loss-300steps-tpe-p2`` (``-TAG`` appended if given)."""
+    """E.g. ``mnist5k_cnn16-adam-valid_loss-300steps-tpe-p2`` (``-TAG`` appended if given).
+
+    For a task family's member the task part names the member (:func:`study_task`), e.g.
+    ``mlp_mix.m1100001-adam-...``: each member has studies of its own."""
+    task = study_task(task, task_cfg)
     name = f"{task}-{optimizer}-{objective}-{budget_steps}steps-{sampler}-p{version}"
     return f"{name}-{tag}" if tag else name
+
+
+def study_task(task: str, task_cfg: Mapping[str, Any] | None) -> str:
+    """The task part of a study's name: ``task``, or for a task family (``task.member`` picks
+    one sampled task) ``mlp_mix.m1100001`` (``member`` from ``task_cfg``; the family's default,
+    0, when it is unset). Free of shell pattern characters: it also names the study's folder."""
+    from harness.results.members import family_names
+
+    if task not in family_names():
+        return task
+    member = (task_cfg or {}).get("member", 0)
+    if isinstance(member, bool) or not isinstance(member, int):
+        raise UsageError(f"{task}: task.member must be an integer, got {member!r}")
+    return f"{task}.m{member}"
 
 
 def space_as_data(space: SearchSpace) -> dict[str, dict[str, Any]]:

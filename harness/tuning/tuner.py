@@ -89,6 +89,7 @@ from harness.tuning.study import (
     space_as_data,
     stored_protocol,
     study_name,
+    study_task,
     surplus_key,
     worker_id,
 )
@@ -180,6 +181,7 @@ def tune(
         protocol.budget_steps,
         settings.sampler,
         settings.tag,
+        task_cfg=settings.task_cfg,
     )
     opened = open_storage(settings.storage, heartbeat=settings.heartbeat, stale_callback=requeue)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -624,14 +626,16 @@ def tuned_configuration(
     tuned on: a learning rate tuned on one data split or batch size is not the tuned one for
     another. ``UsageError`` naming the ``lopt tune`` command that creates (or finishes) the study.
     """
+    member = (task_cfg or {}).get("member") if study_task(task, task_cfg) != task else None
     command = (
         f"lopt tune task={task} optimizer={optimizer} objective={objective} "
         f"budget_steps={budget_steps} sampler={sampler}"
+        + (f" task.member={member}" if member is not None else "")
         + (f" tag={tag}" if tag else "")
         + (f" storage={storage}" if storage != DEFAULT_STORAGE else "")
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = study_name(task, optimizer, objective, budget_steps, sampler, tag)
+    name = study_name(task, optimizer, objective, budget_steps, sampler, tag, task_cfg=task_cfg)
     try:
         opened: OpenedStorage = open_storage(storage, create=False)
     except UsageError as exc:
@@ -643,7 +647,9 @@ def tuned_configuration(
     for version in range(PROTOCOL_VERSION, 0, -1):
         study = load_existing(
             opened.storage,
-            study_name(task, optimizer, objective, budget_steps, sampler, tag, version),
+            study_name(
+                task, optimizer, objective, budget_steps, sampler, tag, version, task_cfg=task_cfg
+            ),
         )
         if study is not None:
             name = study.study_name
