@@ -2,7 +2,8 @@
 ``dev`` (a ``.venv/`` with the package installed editable: ``lopt`` on the PATH once it is
 activated), ``tests`` (the test suite), ``lint``, ``suite`` (the small suite at default
 hyperparameters), ``pathology`` (the pathology study), ``lm`` (the language-model workload),
-``benchmarks`` (speed checks that print ratios).
+``family`` (a held-out family sample as a workload), ``benchmarks`` (speed checks that print
+ratios).
 
 torch is installed first, from ``$LOPT_TORCH`` (default ``torch==2.13.0``, the CPU build on the
 machines this project runs on). Elsewhere pick the build for your platform, for example
@@ -81,23 +82,44 @@ def paper(session: nox.Session) -> None:
     session.run("lopt", "suite", "name=paper", "workers=2", *session.posargs)
 
 
-@nox.session
-def lm(session: nox.Session) -> None:
-    """The language-model workload into results/lm/: tunes the 14 baseline studies
-    until saturated (resumable; docs/workloads.md has the CPU-hours), then runs the suite with
-    two 1-thread worker processes, then writes the comparison report over the paper's tasks and
-    the language model together into results/workloads/ (one performance profile)."""
+#: the suites whose results one comparison report profiles together (results/workloads/)
+WORKLOAD_RESULTS = (
+    "results/paper/results.csv",
+    "results/lm/results.csv",
+    "results/family/results.csv",
+)
+
+
+def workload_suite(session: nox.Session, name: str) -> None:
+    """Tune suite ``name``'s baselines until saturated (resumable), run it with two 1-thread
+    worker processes, then write the comparison report over every workload suite whose results
+    exist into results/workloads/ (one performance profile)."""
     install(session)
-    session.run("python", "-m", "harness.tuning.campaign", "--suite", "lm")
-    session.run("lopt", "suite", "name=lm", "workers=2", *session.posargs)
+    session.run("python", "-m", "harness.tuning.campaign", "--suite", name)
+    session.run("lopt", "suite", f"name={name}", "workers=2", *session.posargs)
+    present = ",".join(path for path in WORKLOAD_RESULTS if Path(path).is_file())
     session.run(
         "lopt",
         "report",
-        "in=[results/paper/results.csv,results/lm/results.csv]",
+        f"in=[{present}]",
         "out=results/workloads",
         "kind=comparison",
         "mode=replace",
     )
+
+
+@nox.session
+def lm(session: nox.Session) -> None:
+    """The language-model workload into results/lm/: its 14 baseline studies (docs/workloads.md
+    has the CPU-hours), its suite, then the report over every workload (results/workloads/)."""
+    workload_suite(session, "lm")
+
+
+@nox.session
+def family(session: nox.Session) -> None:
+    """A held-out sample of the mlp_mix family (5 members) into results/family/: its 70
+    baseline studies, its suite, then the report over every workload (results/workloads/)."""
+    workload_suite(session, "family")
 
 
 @nox.session

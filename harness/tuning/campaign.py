@@ -70,6 +70,7 @@ from harness.tuning.study import (
     load_existing,
     stored_protocol,
     study_name,
+    study_task,
 )
 from harness.tuning.tuner import TuneOutcome, TuneSettings, TuningStopped, tune
 from harness.util import to_plain
@@ -96,7 +97,8 @@ class StudySpec:
     seeds: int | None = None  # tuning seeds; None: the campaign's default for the objective
 
     def label(self) -> str:
-        return f"{self.task} {self.optimizer} {self.objective}"
+        """E.g. ``mnist5k_cnn16 adam valid_loss``; a family member's task as ``mlp_mix.m7``."""
+        return f"{study_task(self.task, self.task_cfg)} {self.optimizer} {self.objective}"
 
     @classmethod
     def of_run(
