@@ -7,6 +7,8 @@ A suite file (``harness/conf/suite/NAME.yaml``, typed by
   trial of the entry's tuning study (the suite's ``tuning`` block, updated by the entry's own
   ``tuning``), whose provenance then tags every row;
 * add ``tags`` (e.g. ``comparison: train`` for a comparison report);
+* for a task family, give ``members`` (member seeds): the entry runs once per member, each with
+  ``task.member`` set and, when tuned, its own study (``harness/conf/suite/family.yaml``);
 * for a learned optimizer, give ``meta_train`` (a ``lopt meta-train`` configuration): how its
   checkpoint is made when the suite is run with ``fresh=true``; a curriculum lists its earlier
   stages under ``meta_train.before`` (each a configuration; every stage starts at the previous
