@@ -71,7 +71,7 @@ def test_two_members_are_tuned_in_two_studies_and_each_run_finds_its_own(tmp_pat
         chosen[member] = (hparams["lr"], tags["study"])
     assert chosen[1100002][0] == 0.05 and chosen[1100004][0] == 0.002
     assert chosen[1100002][1] != chosen[1100004][1]
-    with pytest.raises(UsageError, match=r"task\.member=1100003"):  # the command to run names it
+    with pytest.raises(UsageError, match=r"task\.member=1100003") as caught:  # the command
         tuned_configuration(
             task="mlp_mix",
             optimizer="momentum",
@@ -80,6 +80,8 @@ def test_two_members_are_tuned_in_two_studies_and_each_run_finds_its_own(tmp_pat
             storage=storage,
             task_cfg={"member": 1100003},
         )
+    # the studies that exist, each with the member that selects it
+    assert "(task.member=1100002 tuning.objective=train_loss" in str(caught.value)
 
 
 def _suite(*runs: dict) -> object:

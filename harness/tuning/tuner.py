@@ -724,14 +724,23 @@ def existing_studies(task: str, optimizer: str, storage: str) -> str:
             protocol = json.loads(study.user_attrs.get(ATTR_PROTOCOL, "{}"))
             if (protocol.get("task"), protocol.get("optimizer")) != (task, optimizer):
                 continue
+            task_cfg = protocol.get("task_cfg") or {}
+            member = (
+                {"member": task_cfg.get("member")} if study_task(task, task_cfg) != task else {}
+            )
             keys = {
+                **{f"task.{k}": v for k, v in member.items()},
                 "objective": protocol["objective"],
                 "budget_steps": protocol["budget_steps"],
                 "sampler": protocol["sampler"],
                 "tag": protocol.get("tag") or "",
                 "storage": url,
             }
-            shown = " ".join(f"tuning.{k}={v}" for k, v in keys.items() if v != "")
+            shown = " ".join(
+                f"{k}={v}" if k.startswith("task.") else f"tuning.{k}={v}"
+                for k, v in keys.items()
+                if v != ""
+            )
             found.append(f"{study.study_name} ({shown})")
     if not found:
         return ""
