@@ -162,6 +162,36 @@ def test_three_workers_on_a_journal_file_survive_a_killed_worker(tmp_path) -> No
     fault_test(f"journal:{tmp_path}/optuna.log", tmp_path / "out")
 
 
+def test_a_worker_killed_while_writing_the_journal_stalls_nobody(tmp_path) -> None:
+    """A process SIGKILLed while it holds the journal's append lock: the next write goes
+    through at once. (Optuna's default lock, a symbolic link, made every other worker wait 30
+    s for it, longer than a 4 s heartbeat's grace, and live trials were then judged stale:
+    CI saw a survivor's trial failed beside the killed one's.)"""
+    url = f"journal:{tmp_path}/optuna.log"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from harness.tuning.storage import open_storage\n"
+            f"opened = open_storage({url!r}, heartbeat=4)\n"
+            "opened.storage._backend._lock.acquire()  # as in the middle of an append\n"
+            "print('held', flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        env=ENV,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+    holder.kill()
+    holder.wait()
+    opened = open_storage(url, heartbeat=4)
+    started = time.perf_counter()
+    optuna.create_study(storage=opened.storage, study_name="after-the-kill")
+    waited = time.perf_counter() - started
+    assert waited < 4, f"the write waited {waited:.1f} s for a dead worker's lock"
+
+
 def test_eight_workers_on_postgresql_lose_and_repeat_nothing(postgres_server, tmp_path) -> None:
     """The load run: 8 workers, 64 trials, against one worker on the same server."""
     budget = 100

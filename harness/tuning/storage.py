@@ -10,7 +10,10 @@ URLs:
   it). ``mysql://...`` or any other SQLAlchemy URL works with its own driver, without a claim
   lock (below).
 * ``journal:PATH``: Optuna's journal file, for many processes on one machine or a shared file
-  system.
+  system. Its appends are serialised by an ``fcntl`` lock on ``PATH.write``
+  (:class:`JournalWriteLock`), which the kernel releases when its holder dies; Optuna's default
+  lock (a symbolic link) outlives a killed holder for 30 seconds, in which no other worker can
+  record a heartbeat, so live trials of other workers were then judged stale.
 
 **Claims.** Claiming a trial (count what is done or in flight, then ``ask``) and recovering an
 interrupted one happen under an exclusive lock, so two workers never both take the last trial
@@ -47,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import UsageError
@@ -125,6 +129,36 @@ class OpenedStorage:
             self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
 
 
+class JournalWriteLock(BaseJournalFileLock):
+    """The journal file's append lock: an exclusive ``fcntl`` lock on ``path`` (created on the
+    first write, never by a look-up), held by one thread of one process at a time and released
+    by the kernel when its holder dies, so a worker killed in the middle of an append stalls
+    nobody. Each thread locks through its own open file, so threads of one process exclude each
+    other too."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._held = threading.local()
+
+    def acquire(self) -> bool:
+        handle = open(self._path, "a")  # noqa: SIM115 (closed by release)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except BaseException:
+            handle.close()
+            raise
+        self._held.handle = handle
+        return True
+
+    def release(self) -> None:
+        handle = getattr(self._held, "handle", None)
+        if handle is None:
+            raise RuntimeError("the journal write lock is not held by this thread")
+        self._held.handle = None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
     """A journal storage with Optuna's heartbeat protocol (``record_heartbeat``, stale trials):
     the heartbeat is a trial system attribute, compared with this process's clock."""
@@ -180,7 +214,9 @@ def open_storage(
         if url.startswith(JOURNAL_PREFIX):
             path = Path(url[len(JOURNAL_PREFIX) :]).expanduser()
             _make_parent(path, url, create)
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
+            backend = optuna.storages.journal.JournalFileBackend(
+                str(path), lock_obj=JournalWriteLock(_write_lock_for(path))
+            )
             storage: optuna.storages.BaseStorage = (
                 optuna.storages.JournalStorage(backend)
                 if heartbeat is None
@@ -339,3 +375,10 @@ def _make_parent(path: Path, url: str, create: bool) -> None:
 
 def _lock_for(path: Path) -> Path:
     return path.with_name(path.name + ".claim")  # not ".lock": Optuna's journal uses that name
+
+
+def _write_lock_for(path: Path) -> Path:
+    """The journal's append lock file (:class:`JournalWriteLock`); not the claim lock's file:
+    a process holding the claim writes to the journal, and two ``flock`` calls of one process
+    on one file through two open files would wait for each other."""
+    return path.with_name(path.name + ".write")
