@@ -194,8 +194,8 @@ def family_and_task() -> pd.DataFrame:
     """Three members (targets 1.0 each, by the rule) and the fixed task ``t``.
 
     Seconds to target (member 1, 2, 3): sgd 2, never, 1; adam never, 3, never; lopt 1, never,
-    2; so the members' ratios are sgd (2, inf, 1), adam (inf, 1, inf), lopt (1, inf, 2), and
-    the family's, their medians: sgd 2, adam inf, lopt 2. On ``t``: sgd 2, adam inf, lopt 1.
+    2; so the members' ratios are sgd (2, inf, 1), adam (inf, 1, inf), lopt (1, inf, 2), each
+    member a third of the family's workload. On ``t``: sgd 2, adam inf, lopt 1.
     """
     flat = [4.0] * 5
     members = [
@@ -217,10 +217,12 @@ def test_a_family_sample_is_one_workload_timed_per_member():
     assert set(members["target_source"]) == {"derived per member from these runs"}
     got = members.set_index(["member", "optimizer"])["seconds"]
     assert [got[(m, "sgd")] for m in (1, 2, 3)] == [2.0, INF, 1.0]
-    ratio = workload_ratios(times)
-    assert ratio.index.tolist() == ["mlp_mix", "t"]
-    assert ratio.loc["mlp_mix"].to_dict() == {"adam": INF, "lopt": 2.0, "sgd": 2.0}
-    assert ratio.loc["t"].to_dict() == {"adam": INF, "lopt": 1.0, "sgd": 2.0}
+    ratio, weight = workload_ratios(times)
+    assert ratio.index.tolist() == ["mlp_mix[1]", "mlp_mix[2]", "mlp_mix[3]", "t"]
+    assert weight.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0])
+    assert ratio["sgd"].tolist() == [2.0, INF, 1.0, 2.0]
+    assert ratio["adam"].tolist() == [INF, 1.0, INF, INF]
+    assert ratio["lopt"].tolist() == [1.0, INF, 2.0, 1.0]
 
 
 def test_the_profile_counts_the_family_sample_once():
@@ -229,16 +231,34 @@ def test_the_profile_counts_the_family_sample_once():
     got = profile.set_index("optimizer")
     assert set(got["workloads"]) == {2}
     assert got["ran_on"].to_dict() == {"lopt": 2, "sgd": 2, "adam": 2}
-    # lopt: (4 - 2) / 3 on the family, 1 on t; sgd: 2/3 on both; adam: never.
-    assert got["score"].to_dict() == pytest.approx({"lopt": 5 / 6, "sgd": 2 / 3, "adam": 0.0})
+    # Per member (4 - ratio) / 3, averaged over the family's members, then over 2 workloads:
+    # lopt (1 + 0 + 2/3) / 3 and 1 on t; sgd (2/3 + 0 + 1) / 3 and 2/3; adam (0 + 1 + 0) / 3.
+    assert got["score"].to_dict() == pytest.approx(
+        {"lopt": (5 / 9 + 1) / 2, "sgd": (5 / 9 + 2 / 3) / 2, "adam": (1 / 3) / 2}
+    )
+    # rho(1): lopt is fastest on member 1 and on t, adam on member 2, sgd on member 3.
+    assert got["rho_1"].to_dict() == pytest.approx({"lopt": 2 / 3, "sgd": 1 / 6, "adam": 1 / 6})
+    assert got["rho_2"].to_dict() == pytest.approx({"lopt": 5 / 6, "sgd": 5 / 6, "adam": 1 / 6})
     lines = "\n".join(profile_markdown(times, profile))
     assert "mlp_mix (family sample)" in lines and "one per member (3 members)" in lines
     # A member without an optimizer's run is a miss there: without lopt on member 1, its
-    # ratios are (inf, inf, 2), median inf.
+    # ratio there is inf, and sgd is now the fastest on member 1.
     dropped = frame[frame["run_id"] != "lopt-m1"]
-    ratio = workload_ratios(workload_times(dropped, "train", is_baseline))
-    assert ratio.loc["mlp_mix", "lopt"] == INF
-    assert ratio.loc["mlp_mix", "sgd"] == 1.0  # now fastest on member 1: (1, inf, 1)
+    ratio, _ = workload_ratios(workload_times(dropped, "train", is_baseline))
+    assert ratio.loc["mlp_mix[1]", "lopt"] == INF
+    assert ratio.loc["mlp_mix[1]", "sgd"] == 1.0
+
+
+def test_a_weighted_profile_is_the_profile_of_the_rows_repeated_by_weight():
+    """Weights 1/2, 1/2, 1 are the unweighted profile of the rows w1, w2, w3, w3."""
+    r = ratios(known_times())
+    weight = pd.Series([0.5, 0.5, 1.0], index=r.index)
+    repeated = pd.concat([r, r.loc[["w3"]]])
+    taus = [1.0, 1.5, 2.0, 3.0, 4.0]
+    assert profile_curve(r, taus, weight).to_numpy() == pytest.approx(
+        profile_curve(repeated, taus).to_numpy()
+    )
+    assert profile_score(r, weight).to_numpy() == pytest.approx(profile_score(repeated).to_numpy())
 
 
 def test_a_family_row_without_a_member_is_refused():

@@ -24,10 +24,12 @@ members; :mod:`harness.results.members`) is one workload, however many members i
 that a sample of 16 small tasks weighs in the profile as much as one fixed task (AlgoPerf
 weighs each workload equally). Each member is timed as above, to its own target (the rule
 applied to the member's runs: the members' loss scales differ, so one value cannot serve them
-all), and gets its ratios; the workload's ratio of an optimizer is the median over members
-of its ratios (:func:`workload_ratios`), so it is finite exactly when the optimizer is within
-a finite factor of the fastest on more than half the members, and 1 only when it is fastest
-on more than half of them.
+all), and gets its ratios; each of the ``m`` members then counts ``1/m`` of a workload
+(:func:`workload_ratios`): the sample's share of ``rho(tau)`` is the fraction of its members on
+which the optimizer is within ``tau`` of the fastest, and its share of the score the mean of
+the members' scores (a weighted profile). So an optimizer fastest on 2 of 5 members gets 2/5 of
+the workload at ``tau = 1``. (Until 2026-12-06 the sample's ratio was the median over members;
+where the fastest optimizer differs by member, that scored 0 for everyone.)
 """
 
 from __future__ import annotations
@@ -174,34 +176,50 @@ def ratios(times: pd.DataFrame) -> pd.DataFrame:
     return out.fillna(math.inf)
 
 
-def workload_ratios(times: pd.DataFrame) -> pd.DataFrame:
-    """Workloads x optimizers: the ratio each profile counts. ``times``: rows of
-    :data:`TIME_COLUMNS` (one comparison). A single task's row is :func:`ratios` of its times;
-    a family sample's, per optimizer, the median over its members of their :func:`ratios`
-    (an optimizer with no run on a member is ``inf`` there)."""
+def workload_ratios(times: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """The ratios a profile counts and their weights. ``times``: rows of :data:`TIME_COLUMNS`
+    (one comparison). Returns tasks x optimizers, :func:`ratios` of the times (an optimizer
+    with no run on a task is ``inf`` there; a family sample's members are tasks of their own,
+    ``mlp_mix[SEED]``), and per task its weight: 1 for a task that is a workload, ``1/m`` for
+    each of a family sample's ``m`` members. The weights sum to the number of workloads."""
     wide = times.pivot(index="task", columns="optimizer", values="seconds")
     per_task = ratios(wide)
     workload_of = times.drop_duplicates("task").set_index("task")["workload"]
-    grouped = per_task.groupby(workload_of.reindex(per_task.index).to_numpy(), sort=True)
-    out = grouped.median()
-    out.index.name = "workload"
-    return out
+    workload_of = workload_of.reindex(per_task.index)
+    weight = 1.0 / workload_of.map(workload_of.value_counts()).astype(float)
+    return per_task, weight.rename("weight")
 
 
-def profile_curve(ratio: pd.DataFrame, taus: Iterable[float]) -> pd.DataFrame:
-    """``rho(tau)`` per optimizer: the fraction of workloads (rows of ``ratio``) whose ratio
-    is at most ``tau``; rows are the ``taus``, columns the optimizers."""
+def _weights(ratio: pd.DataFrame, weight: pd.Series | None) -> pd.Series:
+    if weight is None:
+        return pd.Series(1.0, index=ratio.index)
+    return weight.reindex(ratio.index).astype(float)
+
+
+def profile_curve(
+    ratio: pd.DataFrame, taus: Iterable[float], weight: pd.Series | None = None
+) -> pd.DataFrame:
+    """``rho(tau)`` per optimizer: the weighted fraction of the rows of ``ratio`` whose ratio
+    is at most ``tau`` (``weight`` per row, as :func:`workload_ratios` gives; None: 1 each);
+    rows are the ``taus``, columns the optimizers."""
     taus = list(taus)
-    data = {opt: [float((ratio[opt] <= tau).mean()) for tau in taus] for opt in ratio.columns}
+    w = _weights(ratio, weight)
+    total = float(w.sum())
+    data = {
+        opt: [float(w[ratio[opt] <= tau].sum()) / total for tau in taus] for opt in ratio.columns
+    }
     return pd.DataFrame(data, index=pd.Index(taus, name="tau"))
 
 
-def profile_score(ratio: pd.DataFrame, tau_max: float = TAU_MAX) -> pd.Series:
+def profile_score(
+    ratio: pd.DataFrame, weight: pd.Series | None = None, tau_max: float = TAU_MAX
+) -> pd.Series:
     """The integral of ``rho`` over ``[1, tau_max]`` over ``tau_max - 1``, per optimizer
-    (exact; see the module docstring)."""
+    (exact; see the module docstring): the ``weight``-ed mean over rows (None: 1 each)."""
     clipped = ratio.clip(lower=1.0)
-    area = (tau_max - clipped).where(clipped <= tau_max, 0.0)
-    return (area / (tau_max - 1.0)).mean(axis=0)
+    area = (tau_max - clipped).where(clipped <= tau_max, 0.0) / (tau_max - 1.0)
+    w = _weights(ratio, weight)
+    return area.mul(w, axis=0).sum(axis=0) / float(w.sum())
 
 
 def comparison_profiles(
@@ -215,9 +233,9 @@ def comparison_profiles(
     for comparison, rows in comparisons.items():
         sub = workload_times(rows, comparison, is_baseline)
         times.append(sub)
-        ratio = workload_ratios(sub)
-        curve = profile_curve(ratio, TAU_COLUMNS)
-        score = profile_score(ratio)
+        ratio, weight = workload_ratios(sub)
+        curve = profile_curve(ratio, TAU_COLUMNS, weight)
+        score = profile_score(ratio, weight)
         ran_on = sub.groupby("optimizer")["workload"].nunique()
         for optimizer in ratio.columns:
             table.append(
@@ -226,7 +244,7 @@ def comparison_profiles(
                     "optimizer": optimizer,
                     "role": "baseline" if is_baseline(optimizer) else "learned",
                     "score": float(score[optimizer]),
-                    "workloads": len(ratio),
+                    "workloads": sub["workload"].nunique(),
                     "ran_on": int(ran_on.get(optimizer, 0)),
                     **{f"rho_{tau:g}": float(curve.loc[tau, optimizer]) for tau in TAU_COLUMNS},
                 }
@@ -247,8 +265,8 @@ def plot_profiles(times: pd.DataFrame, path: str | Path) -> Path:
     for k, comparison in enumerate(names):
         axes = figure.add_subplot(1, len(names), k + 1)
         sub = times[times["comparison"] == comparison]
-        ratio = workload_ratios(sub)
-        curve = profile_curve(ratio, taus)
+        ratio, weight = workload_ratios(sub)
+        curve = profile_curve(ratio, taus, weight)
         colours = iter(PALETTE * 2)
         for optimizer in curve.columns:
             learned = sub.loc[sub["optimizer"] == optimizer, "learned"].any()
@@ -264,7 +282,7 @@ def plot_profiles(times: pd.DataFrame, path: str | Path) -> Path:
         axes.set_ylim(-0.02, 1.02)
         axes.set_xlabel("tau (time to target over the fastest's)")
         axes.set_ylabel("fraction of workloads within tau")
-        axes.set_title(f"{comparison} comparison: {len(ratio)} workloads")
+        axes.set_title(f"{comparison} comparison: {sub['workload'].nunique()} workloads")
         axes.legend(fontsize="xx-small", loc="center right")
     return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
 
@@ -290,8 +308,8 @@ def profile_markdown(times: pd.DataFrame, profile: pd.DataFrame) -> list[str]:
                     comparison,
                     f"{workload} (family sample)",
                     f"one per member ({members} members)",
-                    "the rule on each member's runs; the workload's ratio is the median of "
-                    "the members' ratios",
+                    "the rule on each member's runs; each member counts 1/"
+                    f"{members} of the workload",
                 ]
             )
         else:
