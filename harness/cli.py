@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.errors import UsageError
+from harness.errors import EXIT_UNFINISHED, Unfinished, UsageError
 from harness.overrides import parse_overrides
 from harness.settings.validate import at_least
 
@@ -78,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"lopt: error: {exc}", file=sys.stderr)
         return 2
+    except Unfinished as exc:
+        print(f"lopt: unfinished: {exc}", file=sys.stderr)
+        return EXIT_UNFINISHED
     except KeyboardInterrupt as exc:
         message = getattr(exc, "message", None) or (
             "finished runs are saved: rerun the same command to resume"
@@ -554,6 +557,7 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
     _check_run_settings(cfg)
     seeds = cfg.seeds if cfg.seeds is not None else cfg.suite.seeds
     at_least("seeds", seeds, 1)
+    at_least("max_seconds", cfg.max_seconds, 0, strict=True)
     settings = SuiteRun(
         suite=cfg.suite,
         seeds=seeds,
@@ -567,6 +571,7 @@ def suite_command(overrides: list[str], *, multirun: bool, show_help: bool) -> i
         fresh=cfg.fresh,
         workers=cfg.workers,
         plugin_modules=list(cfg.plugins),
+        max_seconds=cfg.max_seconds,
     )
     check_results_target(settings.results_path)  # before any work (the suite updates it)
     outcome = run_suite(settings, log=_log)

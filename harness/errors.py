@@ -27,6 +27,16 @@ class RegistrationError(HarnessError):
     """Two different plugins claimed the same name, or a plugin is malformed."""
 
 
+#: the exit code of a chunk that stopped at its time budget with work left (EX_TEMPFAIL): the
+#: same command continues it
+EXIT_UNFINISHED = 75
+
+
+class Unfinished(HarnessError):
+    """A chunk (``max_seconds``) stopped with work left and everything finished saved: the CLI
+    prints the one-line message and exits with :data:`EXIT_UNFINISHED`."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with what was saved and how to go on (the CLI prints ``message``, exit 130)."""
 

@@ -10,10 +10,18 @@
   settings: ``lr=0.01``), the ETA weighted by each run's cost
   (:class:`harness.progress.WeightedEta`); on a terminal also a bar over the runs (and one over
   the steps of the run in flight);
+* runs seed by seed: every plan's runs of the first seed, in the plans' order, then the next
+  seed's, so a stopped chunk leaves whole seeds across the optimizers, and the machine's drift
+  over hours (and a resumed call on another machine, named in each row's ``device``) falls on
+  every optimizer alike; ``out`` keeps the plans' order;
 * saves each finished run's rows at once under ``<out>.parts/`` (atomically), so an interrupted
   invocation loses at most the run in flight: rerunning the same command skips the finished runs
   (their ids are deterministic) and completes only the missing ones;
 * writes ``out`` atomically once every run is done, then removes the parts folder;
+* with ``max_seconds``, is a resumable chunk (:class:`RunDeadline`): it starts no run that would
+  end past the budget, lets the runs in flight finish and raises
+  :class:`~harness.errors.Unfinished` (the CLI's exit 75) when runs are left; the same command
+  continues;
 * with ``workers=N`` (N > 1), runs N plans at a time in N spawned 1-thread processes (on a CPU,
   N one-thread processes beat one N-thread process in throughput; each run's clock still
   measures only its own work, but runs share memory bandwidth, so compare timings only between
@@ -25,6 +33,7 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -35,7 +44,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from harness.defaults import LOG_EVERY, WARMUP_STEPS
-from harness.errors import UsageError
+from harness.errors import Unfinished, UsageError
 from harness.progress import Log, Progress, WeightedEta, display_mode, duration
 from harness.registry import OPTIMIZERS, TASKS, create_optimizer, create_task
 from harness.results.io import check_results_target, read_results, write_results
@@ -123,6 +132,35 @@ def resolve_plans(plans: Sequence[RunPlan | PlannedRun]) -> list[PlannedRun]:
     return [p if isinstance(p, PlannedRun) else resolve_plan(p) for p in plans]
 
 
+class RunDeadline:
+    """A chunk's stop rule: another run may start while the seconds since this object was made
+    plus the longest run so far (0 before the first ends) stay within ``max_seconds``; the first
+    run of a call always may, so every chunk makes progress. ``clock``: seconds, monotonic."""
+
+    def __init__(self, max_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not max_seconds > 0:
+            raise UsageError(f"max_seconds must be > 0, got {max_seconds!r}")
+        self.max_seconds = max_seconds
+        self.clock = clock
+        self.start = clock()
+        self.longest = 0.0
+        self.started = 0
+        self.refused = False
+
+    def allows_another(self) -> bool:
+        """Whether a run may start now (counted as started when it may)."""
+        used = self.clock() - self.start
+        if self.started and used + self.longest > self.max_seconds:
+            self.refused = True
+            return False
+        self.started += 1
+        return True
+
+    def finished(self, seconds: float) -> None:
+        """A run took ``seconds`` of wall-clock (from its start to its rows saved)."""
+        self.longest = max(self.longest, seconds)
+
+
 def parts_dir(out: Path) -> Path:
     """Where finished runs are saved until ``out`` is written."""
     return out.with_name(out.name + ".parts")
@@ -138,6 +176,7 @@ def execute(
     workers: int = 1,
     plugin_modules: Sequence[str] = (),
     keep: pd.DataFrame | None = None,
+    max_seconds: float | None = None,
 ) -> pd.DataFrame:
     """Run ``plans`` (skipping those already saved when ``resume``) and write the tidy ``out``.
 
@@ -154,10 +193,15 @@ def execute(
         plugin_modules: modules the worker processes import before running (local plugins).
         keep: rows of runs that are not in ``plans`` but belong in ``out`` (a suite keeps the
             earlier rows of the runs it could not rerun); written after the new rows.
+        max_seconds: this call's budget of wall-clock seconds (None: none): no run starts that
+            would end past it, by the longest run so far (:class:`RunDeadline`).
     Returns the whole tidy table, as written to ``out``.
+    Raises :class:`~harness.errors.Unfinished` when ``max_seconds`` left runs to do (the
+    finished ones saved in the parts folder, ``out`` unwritten).
     """
     out = Path(out)
     at_least("workers", workers, 1)
+    deadline = None if max_seconds is None else RunDeadline(max_seconds)
     check_results_target(out)  # before any work: the format, its engine, a writable folder
     planned = resolve_plans(plans)
     log = log or _stderr
@@ -172,6 +216,7 @@ def execute(
 
     labels = dict(zip(unique, run_labels([p.plan for p in unique.values()]), strict=True))
     todo = [(p, labels[run_id]) for run_id, p in unique.items() if run_id not in done]
+    todo.sort(key=lambda item: item[0].plan.seed)  # seed by seed (stable: plan order within)
     show_bars = display_mode(progress_bars) == "bar"
     work = {label: (run.plan.task, run.spec.steps) for run, label in todo}
     eta = WeightedEta(len(unique), len(already), work=work, workers=workers)
@@ -192,16 +237,36 @@ def execute(
         )
         progress.update()
 
+    def may_start() -> bool:
+        return deadline is None or deadline.allows_another()
+
+    def took(seconds: float) -> None:
+        if deadline is not None:
+            deadline.finished(seconds)
+
     try:
         if workers == 1 or len(todo) <= 1:
             tasks: dict[tuple[str, str, str], Task] = {}  # each dataset is loaded once
             for run, label in todo:
+                if not may_start():
+                    break
+                began = time.monotonic()
                 summary = run_and_save(run, parts, label, show_bars, tasks)
+                took(time.monotonic() - began)
                 finished(label, summary)
         else:
-            _execute_in_workers(todo, parts, workers, list(plugin_modules), finished)
+            _execute_in_workers(
+                todo, parts, workers, list(plugin_modules), finished, may_start, took
+            )
     finally:
         progress.close()
+
+    if deadline is not None and deadline.refused:
+        saved = len({p.stem for p in parts.glob("*.csv")} & set(unique))
+        raise Unfinished(
+            f"max_seconds={max_seconds:g} used (the longest run took {deadline.longest:.0f} s): "
+            f"{saved} of {len(unique)} runs saved in {parts}; rerun the same command to continue"
+        )
 
     frames = [read_results(parts / f"{run_id}.csv") for run_id in unique]
     if keep is not None and not keep.empty:
@@ -324,10 +389,13 @@ def _execute_in_workers(
     workers: int,
     plugin_modules: list[str],
     on_finished: Callable[[str, str], None],
+    may_start: Callable[[], bool] = lambda: True,
+    took: Callable[[float], None] = lambda seconds: None,
 ) -> None:
     """Run the plans ``workers`` at a time in spawned processes; the first failure stops the
     submission of new runs, lets the ones in flight finish (their rows are saved), and is
-    re-raised."""
+    re-raised. ``may_start()`` is asked before each submission (False: submit no more);
+    ``took(seconds)`` hears each finished run's wall-clock from its submission."""
     context = multiprocessing.get_context("spawn")
     pending = list(reversed(labelled))
     with ProcessPoolExecutor(
@@ -336,18 +404,23 @@ def _execute_in_workers(
         initializer=_worker_init,
         initargs=(plugin_modules,),
     ) as pool:
-        running: dict[Future[str], str] = {}
+        running: dict[Future[str], tuple[str, float]] = {}
         failure: BaseException | None = None
+        stopped = False
         while pending or running:
-            while pending and failure is None and len(running) < workers:
+            while pending and failure is None and not stopped and len(running) < workers:
+                if not may_start():
+                    stopped = True
+                    break
                 run, label = pending.pop()
                 future = pool.submit(_run_in_worker, run.plan, run.spec, parts, label)
-                running[future] = label
+                running[future] = (label, time.monotonic())
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                label = running.pop(future)
+                label, submitted = running.pop(future)
+                took(time.monotonic() - submitted)
                 try:
                     on_finished(label, future.result())
                 except BaseException as exc:  # re-raised once the runs in flight end

@@ -72,6 +72,7 @@ class SuiteRun:
     fresh: bool = False
     workers: int = 1
     plugin_modules: tuple[str, ...] | list[str] = ()
+    max_seconds: float | None = None
 
     @property
     def results_path(self) -> Path:
@@ -145,6 +146,7 @@ def run_suite(settings: SuiteRun, log: Log) -> SuiteOutcome:
         workers=settings.workers,
         plugin_modules=settings.plugin_modules,
         keep=keep,
+        max_seconds=settings.max_seconds,
     )
     if settings.report:
         folder = settings.results_path.parent

@@ -7,8 +7,16 @@ import re
 import pandas as pd
 import pytest
 
-from harness.errors import UsageError
-from harness.plan import RunPlan, duration, execute, parts_dir, resolve_plan, run_labels
+from harness.errors import Unfinished, UsageError
+from harness.plan import (
+    RunDeadline,
+    RunPlan,
+    duration,
+    execute,
+    parts_dir,
+    resolve_plan,
+    run_labels,
+)
 from harness.runner import run
 
 
@@ -110,6 +118,54 @@ def test_an_interrupted_invocation_is_completed_by_rerunning_it(tmp_path, monkey
     seen[:] = []
     execute(_plans(), out, resume=False, log=lambda _: None)
     assert len(seen) == 4  # resume=false discards what was saved
+
+
+def test_runs_go_seed_by_seed_and_the_file_keeps_the_plans_order(tmp_path, monkeypatch):
+    import harness.plan as plan_module
+
+    real, ran = plan_module.execute_run, []
+    monkeypatch.setattr(
+        plan_module,
+        "execute_run",
+        lambda spec, *a, **k: ran.append((spec.optimizer, spec.seed)) or real(spec, *a, **k),
+    )
+    plans = _plans()  # sgd 0, sgd 1, adam 0, adam 1
+    frame = execute(plans, tmp_path / "order.csv", log=lambda _: None)
+    assert ran == [("sgd", 0), ("adam", 0), ("sgd", 1), ("adam", 1)]
+    assert list(frame.run_id.unique()) == [plan.run_id() for plan in plans]
+
+
+def test_a_deadline_starts_no_run_that_would_end_past_it() -> None:
+    now = [100.0]
+    deadline = RunDeadline(10.0, clock=lambda: now[0])
+    now[0] = 120.0  # already past the budget: the call's first run still starts
+    assert deadline.allows_another() and not deadline.refused
+    deadline = RunDeadline(10.0, clock=lambda: now[0])
+    assert deadline.allows_another()  # at 0 s, the first run
+    now[0] += 3.0
+    deadline.finished(3.0)
+    assert deadline.allows_another()  # 3 s used + 3 s (the longest) <= 10 s
+    now[0] += 4.0
+    deadline.finished(4.0)
+    assert not deadline.allows_another()  # 7 s used + 4 s > 10 s
+    assert deadline.refused and deadline.started == 2
+    with pytest.raises(UsageError, match=r"^max_seconds must be > 0, got 0"):
+        RunDeadline(0)
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_chunk_saves_what_it_ran_and_the_same_call_continues(tmp_path, workers) -> None:
+    out = tmp_path / "chunk.csv"
+    lines: list[str] = []
+    # a budget any run outlasts: the first run starts (each chunk makes progress), no other
+    with pytest.raises(Unfinished, match=r"^max_seconds=1e-09 used .*: 1 of 4 runs saved in "):
+        execute(_plans(), out, workers=workers, max_seconds=1e-9, log=lines.append)
+    assert not out.exists() and len(list(parts_dir(out).glob("*.csv"))) == 1
+    assert sum("completed" in line for line in lines) == 1
+    frame = execute(_plans(), out, workers=workers, max_seconds=3600, log=lines.append)
+    assert "resuming: 1 of 4 runs already saved" in "\n".join(lines)
+    assert sum("completed" in line for line in lines) == 4  # nothing was run twice
+    assert frame.run_id.nunique() == 4 and not parts_dir(out).exists()
 
 
 FAILING_PLUGIN = """

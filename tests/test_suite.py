@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -206,6 +207,30 @@ def test_lopt_suite_exits_3_when_a_task_was_not_rerun(tmp_path, monkeypatch, cap
     assert last[0].startswith("NOT reproduced: digits_mlp (skipped:")
     assert last[1].startswith("lopt: incomplete: digits_mlp not rerun")
     assert len(pd.read_csv(out)) == rows
+
+
+@pytest.mark.slow
+def test_lopt_suite_in_chunks_exits_75_until_done(tmp_path, capsys) -> None:
+    from harness.cli import main
+
+    out = tmp_path / "smoke" / "results.csv"
+    args = [
+        "suite",
+        "name=smoke",
+        "suite.runs=[{task: quadratic, optimizer: sgd, steps: 30}]",
+        "seeds=2",
+        f"out={out}",
+        "report=false",
+    ]
+    assert main([*args, "max_seconds=1e-9"]) == 75
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.match(r"lopt: unfinished: max_seconds=1e-09 used .*: 1 of 2 runs saved in ", last)
+    assert not out.exists()
+    assert main([*args, "max_seconds=600"]) == 0
+    assert "resuming: 1 of 2 runs already saved" in capsys.readouterr().err
+    assert pd.read_csv(out).run_id.nunique() == 2
+    assert main([*args, "max_seconds=0"]) == 2
+    assert capsys.readouterr().err.strip() == "lopt: error: max_seconds must be > 0, got 0.0"
 
 
 @pytest.mark.slow

@@ -71,6 +71,10 @@ class SuiteConfig:
             optimizer's checkpoint is not part of the id: after re-meta-training one, run with
             reuse=false.
         plugins: local modules to import first (tasks and optimizers they register).
+        max_seconds: make this call a resumable chunk of about this many wall-clock seconds:
+            no run starts that would end past it (by the longest run so far); the runs in
+            flight finish and, with runs left, the command exits 75 and the same command
+            continues (None: no limit).
     """
 
     defaults: list[Any] = field(default_factory=lambda: ["_self_", {"suite": "small"}])
@@ -87,6 +91,7 @@ class SuiteConfig:
     reuse: bool = False
     fresh: bool = False  # redo the suite's tuning studies and meta-training from scratch
     plugins: list[str] = field(default_factory=list)
+    max_seconds: Optional[float] = None  # noqa: UP045  (None: no limit)
 
 
 def suite_entries(suite: Any) -> list[SuiteEntry]:

@@ -59,7 +59,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from harness.errors import UsageError
+from harness.errors import EXIT_UNFINISHED, UsageError
 from harness.progress import Log
 from harness.settings.suite import suite_entries
 from harness.tuning.saturation import DEFAULT_RULE, study_saturation
@@ -78,8 +78,6 @@ from harness.util import to_plain
 SUITES = Path(__file__).resolve().parent.parent / "conf" / "suite"
 DEFAULT_CAPS = (32, 48, 64, 96, 128)
 DEFAULT_SEEDS = {"train_loss": 1, "valid_loss": 2}
-#: the exit status of a campaign stopped by ``--max-seconds`` with studies left to tune
-EXIT_UNFINISHED = 75
 
 
 @dataclass(frozen=True)
