@@ -3,6 +3,7 @@ studies, and the status lines (issue 25: the LM campaign finished over many shor
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -87,7 +88,10 @@ def test_a_campaign_chunk_stops_between_trials_and_the_next_continues(tmp_path) 
     assert len([t for t in study.trials if t.state.is_finished()]) == 2  # two trials fitted
     # New studies of an unpruned campaign evaluate at the end of the budget only.
     assert stored_protocol(study)["eval_every"] == 60
-    assert campaign_status(campaign)[0].startswith(f"{campaign.study_name(spec)}: 2 trials")
+    line = campaign_status(campaign)[0]
+    assert line.startswith(f"{campaign.study_name(spec)}: 2 trials")
+    best = min(t.value for t in study.trials if t.state.is_finished())
+    assert re.search(rf"; best {best:.5g} at lr=[0-9.e-]+; mean trial \d+ s$", line)
     outcome = run_campaign(campaign, log=quiet)[0]
     assert outcome.ran == outcome.counted - 2 and outcome.counted >= 32
 

@@ -49,6 +49,7 @@ study that already exists keeps the ``eval_every`` stored in its protocol.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import time
@@ -310,8 +311,10 @@ def run_campaign(
 
 
 def campaign_status(campaign: Campaign) -> list[str]:
-    """One line per study of ``campaign``: its name, counted trials, trials asked for and the
-    saturation verdict so far (\"not started\" when it does not exist). Writes nothing."""
+    """One line per study of ``campaign``: its name, counted trials, trials asked for, the
+    saturation verdict so far, then (once a trial finished) the best objective value with its
+    hyperparameters and the finished trials' mean wall-clock from the storage's start and end
+    times (\"not started\" when the study does not exist). Writes nothing."""
     lines = []
     for spec in campaign.specs:
         name = campaign.study_name(spec)
@@ -319,11 +322,27 @@ def campaign_status(campaign: Campaign) -> list[str]:
         if study is None:
             lines.append(f"{name}: not started")
             continue
-        counted = len(count_trials(study).counted)
+        trials = count_trials(study).counted
         asked = int(study.user_attrs.get(ATTR_TRIALS, 0))
-        verdict = study_saturation(study, counted).verdict if counted else "no trial yet"
-        lines.append(f"{name}: {counted} trials (asked {asked}); {verdict}")
+        verdict = study_saturation(study, len(trials)).verdict if trials else "no trial yet"
+        lines.append(f"{name}: {len(trials)} trials (asked {asked}); {verdict}{_facts(trials)}")
     return lines
+
+
+def _facts(trials: Sequence[Any]) -> str:
+    """``; best V at NAME=X, ...; mean trial S s`` over the finished ``trials`` ('' if none)."""
+    valued = [t for t in trials if t.value is not None and math.isfinite(t.value)]
+    if not valued:
+        return ""
+    best = min(valued, key=lambda t: t.value)
+    params = ", ".join(f"{key}={value:.3g}" for key, value in sorted(best.params.items()))
+    timed = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in valued
+        if t.datetime_start is not None and t.datetime_complete is not None
+    ]
+    mean = f"; mean trial {sum(timed) / len(timed):.0f} s" if timed else ""
+    return f"; best {best.value:.5g} at {params or 'its defaults'}{mean}"
 
 
 def main(argv: list[str] | None = None) -> int:
