@@ -154,10 +154,10 @@ def test_a_declared_target_and_its_step_budget_are_used(monkeypatch: pytest.Monk
     assert set(got["target_source"]) == {"declared"}
 
 
-def test_the_paper_tasks_declare_their_targets_by_the_rule():
+def test_the_paper_tasks_and_the_lm_declare_their_targets_by_the_rule():
     from harness.registry import TASKS
 
-    for name in ("mnist5k_cnn16", "fmnist_cnn16"):
+    for name in ("mnist5k_cnn16", "fmnist_cnn16", "charlm_transformer"):
         task = TASKS.get(name).factory
         for split in ("train", "valid"):
             target = task.target_for(split)
@@ -166,13 +166,14 @@ def test_the_paper_tasks_declare_their_targets_by_the_rule():
 
 
 @pytest.mark.slow
-def test_the_declared_paper_targets_are_the_rule_applied_to_the_committed_results():
+@pytest.mark.parametrize(("suite", "workloads"), [("paper", 4), ("lm", 2)])
+def test_the_declared_targets_are_the_rule_applied_to_the_committed_results(suite, workloads):
     from harness.results.io import read_results
     from harness.results.targets import derived_targets
 
-    path = Path(__file__).resolve().parent.parent / "results" / "paper" / "results.csv"
+    path = Path(__file__).resolve().parent.parent / "results" / suite / "results.csv"
     table = derived_targets(read_results(path))
-    assert len(table) == 4
+    assert len(table) == workloads
     assert table["derived"].tolist() == pytest.approx(table["declared"].tolist(), rel=1e-12)
 
 
