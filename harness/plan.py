@@ -22,6 +22,12 @@
   end past the budget, lets the runs in flight finish and raises
   :class:`~harness.errors.Unfinished` (the CLI's exit 75) when runs are left; the same command
   continues;
+* stops gracefully on a signal (:class:`~harness.stopping.StopRequest`): the first SIGTERM or
+  SIGINT starts no new run, lets the runs in flight finish and save, and raises
+  :class:`~harness.errors.Interrupted` (the CLI's exit 130) when runs are left; a second one
+  stops at once (the worker processes are killed; their runs are redone on the rerun). Workers
+  ignore both signals, so a terminal's Ctrl-C or a scheduler's SIGTERM to the whole process
+  group reaches only this decision;
 * with ``workers=N`` (N > 1), runs N plans at a time in N spawned 1-thread processes (on a CPU,
   N one-thread processes beat one N-thread process in throughput; each run's clock still
   measures only its own work, but runs share memory bandwidth, so compare timings only between
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,13 +51,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from harness.defaults import LOG_EVERY, WARMUP_STEPS
-from harness.errors import Unfinished, UsageError
+from harness.errors import Interrupted, Unfinished, UsageError
 from harness.progress import Log, Progress, WeightedEta, display_mode, duration
 from harness.registry import OPTIMIZERS, TASKS, create_optimizer, create_task
 from harness.results.io import check_results_target, read_results, write_results
 from harness.results.schema import canonical_json
 from harness.runner import RunResult, RunSpec, execute_run, run_spec
 from harness.settings.validate import at_least
+from harness.stopping import StopRequest
 from optimizers.base import Optimizer
 from tasks.base import Task, task_config
 
@@ -196,8 +204,9 @@ def execute(
         max_seconds: this call's budget of wall-clock seconds (None: none): no run starts that
             would end past it, by the longest run so far (:class:`RunDeadline`).
     Returns the whole tidy table, as written to ``out``.
-    Raises :class:`~harness.errors.Unfinished` when ``max_seconds`` left runs to do (the
-    finished ones saved in the parts folder, ``out`` unwritten).
+    Raises :class:`~harness.errors.Unfinished` when ``max_seconds`` left runs to do, and
+    :class:`~harness.errors.Interrupted` when a signal did (the finished ones saved in the
+    parts folder, ``out`` unwritten; a second signal raises ``KeyboardInterrupt`` at once).
     """
     out = Path(out)
     at_least("workers", workers, 1)
@@ -237,32 +246,40 @@ def execute(
         )
         progress.update()
 
+    stop = StopRequest("the runs in flight", log=progress.write)
+
     def may_start() -> bool:
-        return deadline is None or deadline.allows_another()
+        return not stop() and (deadline is None or deadline.allows_another())
 
     def took(seconds: float) -> None:
         if deadline is not None:
             deadline.finished(seconds)
 
     try:
-        if workers == 1 or len(todo) <= 1:
-            tasks: dict[tuple[str, str, str], Task] = {}  # each dataset is loaded once
-            for run, label in todo:
-                if not may_start():
-                    break
-                began = time.monotonic()
-                summary = run_and_save(run, parts, label, show_bars, tasks)
-                took(time.monotonic() - began)
-                finished(label, summary)
-        else:
-            _execute_in_workers(
-                todo, parts, workers, list(plugin_modules), finished, may_start, took
-            )
+        with stop:
+            if workers == 1 or len(todo) <= 1:
+                tasks: dict[tuple[str, str, str], Task] = {}  # each dataset is loaded once
+                for run, label in todo:
+                    if not may_start():
+                        break
+                    began = time.monotonic()
+                    summary = run_and_save(run, parts, label, show_bars, tasks)
+                    took(time.monotonic() - began)
+                    finished(label, summary)
+            else:
+                _execute_in_workers(
+                    todo, parts, workers, list(plugin_modules), finished, may_start, took
+                )
     finally:
         progress.close()
 
+    saved = len({p.stem for p in parts.glob("*.csv")} & set(unique)) if parts.exists() else 0
+    if stop() and saved < len(unique):
+        raise Interrupted(
+            f"interrupted by {stop.name} after the runs in flight: {saved} of {len(unique)} "
+            f"runs saved in {parts}; rerun the same command to continue"
+        )
     if deadline is not None and deadline.refused:
-        saved = len({p.stem for p in parts.glob("*.csv")} & set(unique))
         raise Unfinished(
             f"max_seconds={max_seconds:g} used (the longest run took {deadline.longest:.0f} s): "
             f"{saved} of {len(unique)} runs saved in {parts}; rerun the same command to continue"
@@ -371,6 +388,8 @@ def _worker_init(plugin_modules: list[str]) -> None:
 
     from harness.resolve import load_plugins
 
+    for kind in (signal.SIGINT, signal.SIGTERM):  # the parent decides (StopRequest)
+        signal.signal(kind, signal.SIG_IGN)
     torch.set_num_threads(1)
     if plugin_modules:
         load_plugins(plugin_modules)
@@ -395,7 +414,8 @@ def _execute_in_workers(
     """Run the plans ``workers`` at a time in spawned processes; the first failure stops the
     submission of new runs, lets the ones in flight finish (their rows are saved), and is
     re-raised. ``may_start()`` is asked before each submission (False: submit no more);
-    ``took(seconds)`` hears each finished run's wall-clock from its submission."""
+    ``took(seconds)`` hears each finished run's wall-clock from its submission. A
+    ``KeyboardInterrupt`` here (a second signal) kills the workers and is re-raised at once."""
     context = multiprocessing.get_context("spawn")
     pending = list(reversed(labelled))
     with ProcessPoolExecutor(
@@ -407,26 +427,43 @@ def _execute_in_workers(
         running: dict[Future[str], tuple[str, float]] = {}
         failure: BaseException | None = None
         stopped = False
-        while pending or running:
-            while pending and failure is None and not stopped and len(running) < workers:
-                if not may_start():
-                    stopped = True
+        try:
+            while pending or running:
+                while pending and failure is None and not stopped and len(running) < workers:
+                    if not may_start():
+                        stopped = True
+                        break
+                    run, label = pending.pop()
+                    future = pool.submit(_run_in_worker, run.plan, run.spec, parts, label)
+                    running[future] = (label, time.monotonic())
+                if not running:
                     break
-                run, label = pending.pop()
-                future = pool.submit(_run_in_worker, run.plan, run.spec, parts, label)
-                running[future] = (label, time.monotonic())
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                label, submitted = running.pop(future)
-                took(time.monotonic() - submitted)
-                try:
-                    on_finished(label, future.result())
-                except BaseException as exc:  # re-raised once the runs in flight end
-                    failure = failure or exc
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    label, submitted = running.pop(future)
+                    took(time.monotonic() - submitted)
+                    try:
+                        on_finished(label, future.result())
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException as exc:  # re-raised once the runs in flight end
+                        failure = failure or exc
+        except KeyboardInterrupt:
+            _kill_workers(pool)
+            raise
         if failure is not None:
             raise failure
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill ``pool``'s worker processes (they ignore SIGINT and SIGTERM), so that leaving the
+    pool does not wait for the runs in flight; a rerun redoes them."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _run_with_progress(

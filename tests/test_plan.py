@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
+import signal
+import time
 
 import pandas as pd
 import pytest
 
-from harness.errors import Unfinished, UsageError
+from harness.errors import Interrupted, Unfinished, UsageError
 from harness.plan import (
     RunDeadline,
     RunPlan,
@@ -166,6 +170,52 @@ def test_a_chunk_saves_what_it_ran_and_the_same_call_continues(tmp_path, workers
     assert "resuming: 1 of 4 runs already saved" in "\n".join(lines)
     assert sum("completed" in line for line in lines) == 4  # nothing was run twice
     assert frame.run_id.nunique() == 4 and not parts_dir(out).exists()
+
+
+def _signal_after_the_first_run(lines: list[str], times: int = 1):
+    """A log that sends this process SIGTERM ``times`` times once the first run is reported."""
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("[1/"):
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return log
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_signal_stops_after_the_runs_in_flight_and_the_same_call_continues(tmp_path, workers):
+    out = tmp_path / "stopped.csv"
+    lines: list[str] = []
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as stopped:
+        execute(_plans(), out, workers=workers, log=_signal_after_the_first_run(lines))
+    # workers=2: the second run was in flight when the signal came, and it finished
+    assert stopped.value.message == (
+        f"interrupted by SIGTERM after the runs in flight: {workers} of 4 runs saved in "
+        f"{parts_dir(out)}; rerun the same command to continue"
+    )
+    assert "stopping after the runs in flight (signal again: at once)" in lines
+    assert len(list(parts_dir(out).glob("*.csv"))) == workers and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
+    frame = execute(_plans(), out, workers=workers, log=lines.append)
+    assert sum("completed" in line for line in lines) == 4  # nothing was run twice
+    assert frame.run_id.nunique() == 4
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_at_once_and_kills_the_runs_in_flight(tmp_path) -> None:
+    short = RunPlan(task="quadratic", optimizer="sgd", seed=0, steps=20, eval_every=20)
+    long = RunPlan(task="quadratic", optimizer="adam", seed=0, steps=10**7, eval_every=10**7)
+    out, lines = tmp_path / "killed.csv", []
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        execute([short, long], out, workers=2, log=_signal_after_the_first_run(lines, times=2))
+    assert type(stopped.value) is KeyboardInterrupt  # at once, not after the runs in flight
+    assert time.monotonic() - began < 120  # the long run alone would take far longer
+    assert [p.stem for p in parts_dir(out).glob("*.csv")] == [short.run_id()]
+    assert not multiprocessing.active_children()  # the workers are gone
 
 
 FAILING_PLUGIN = """

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +62,7 @@ from omegaconf import OmegaConf
 from harness.errors import EXIT_UNFINISHED, UsageError
 from harness.progress import Log
 from harness.settings.suite import suite_entries
+from harness.stopping import StopRequest
 from harness.tuning.saturation import DEFAULT_RULE, study_saturation
 from harness.tuning.storage import open_storage
 from harness.tuning.study import (
@@ -413,12 +413,13 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(campaign_status(campaign)))
             return 0
         budget = None if args.max_seconds is None else TimeBudget(args.max_seconds)
-        outcomes = run_campaign(
-            campaign,
-            log=lambda m: print(m, file=sys.stderr, flush=True),
-            stop=_stop_on_signal(),
-            budget=budget,
-        )
+        with StopRequest("the trial in flight") as stop:
+            outcomes = run_campaign(
+                campaign,
+                log=lambda m: print(m, file=sys.stderr, flush=True),
+                stop=stop,
+                budget=budget,
+            )
     except UsageError as exc:
         print(f"campaign: error: {exc}", file=sys.stderr)
         return 2
@@ -438,22 +439,6 @@ def main(argv: list[str] | None = None) -> int:
     for outcome in outcomes:
         print(f"{outcome.study}: {outcome.counted} trials, {outcome.saturation.verdict}")
     return 0
-
-
-def _stop_on_signal() -> Callable[[], bool]:
-    """SIGTERM or SIGINT once: stop after the trial in flight (the storage is then between
-    trials, safe to copy); twice: stop at once (the trial in flight is redone on the next run)."""
-    asked = []
-
-    def handler(signum: int, _frame: Any) -> None:
-        if asked:
-            raise KeyboardInterrupt
-        asked.append(signum)
-        print("stopping after the trial in flight (signal again: at once)", file=sys.stderr)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, handler)
-    return lambda: bool(asked)
 
 
 if __name__ == "__main__":
