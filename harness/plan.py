@@ -273,16 +273,18 @@ def execute(
     finally:
         progress.close()
 
-    saved = len({p.stem for p in parts.glob("*.csv")} & set(unique)) if parts.exists() else 0
-    if stop() and saved < len(unique):
+    def saved() -> int:
+        return len({p.stem for p in parts.glob("*.csv")} & set(unique))
+
+    if stop() and (count := saved()) < len(unique):
         raise Interrupted(
-            f"interrupted by {stop.name} after the runs in flight: {saved} of {len(unique)} "
+            f"interrupted by {stop.name} after the runs in flight: {count} of {len(unique)} "
             f"runs saved in {parts}; rerun the same command to continue"
         )
     if deadline is not None and deadline.refused:
         raise Unfinished(
             f"max_seconds={max_seconds:g} used (the longest run took {deadline.longest:.0f} s): "
-            f"{saved} of {len(unique)} runs saved in {parts}; rerun the same command to continue"
+            f"{saved()} of {len(unique)} runs saved in {parts}; rerun the same command to continue"
         )
 
     frames = [read_results(parts / f"{run_id}.csv") for run_id in unique]
